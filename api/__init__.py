@@ -1,0 +1,1 @@
+"""Routing API: FastAPI app factory, routers and error mapping."""

@@ -1,0 +1,1 @@
+"""Domain core: settings, model registry, encoder, vector index and typed errors."""

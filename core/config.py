@@ -1,0 +1,88 @@
+"""The one Settings object (environment variables prefixed IMAGESEARCH_, or a .env file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.errors import ConfigError
+from core.types import Device, IndexType, Metric, Precision
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
+ENV_PREFIX = "IMAGESEARCH_"
+
+
+class Settings(BaseSettings):
+    """Every knob of the platform. Built once at the edge (a ``run_*.py``) and passed down."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", extra="ignore",
+                                      validate_default=True)
+
+    # where things live
+    root: Path = Field(PROJECT_ROOT, description="folder holding data/ models/ checkpoints/ logs/")
+
+    # encoder
+    clip_model: str = Field(DEFAULT_CLIP_MODEL, min_length=1,
+                            description="hub id or local folder of a CLIP-family checkpoint")
+    device: Device = Field(Device.AUTO, description="auto | cpu | cuda")
+    precision: Precision = Field(Precision.AUTO, description="auto (bf16 where fast, else fp32) | fp32 | bf16 | fp16")
+    torch_threads: int = Field(0, ge=0, le=256, description="torch intra-op threads (0 = all cores)")
+    batch_size: int = Field(32, ge=1, le=1024, description="images per forward pass in extraction")
+
+    # download
+    download_workers: int = Field(8, ge=1, le=128, description="concurrent image downloads")
+    download_per_host: int = Field(4, ge=1, le=64, description="concurrent downloads to one host")
+    download_timeout: float = Field(10.0, gt=0, le=300, description="seconds per request (connect and read)")
+    download_retries: int = Field(3, ge=0, le=10, description="retries on 429/5xx/connection errors")
+    download_backoff: float = Field(0.5, ge=0, le=60, description="first retry delay in seconds, doubled each retry")
+    max_redirects: int = Field(5, ge=0, le=30, description="redirects followed per image")
+    max_image_bytes: int = Field(20_000_000, ge=1024, description="largest image file accepted, bytes")
+    max_image_pixels: int = Field(40_000_000, ge=1024, description="largest image accepted, width x height")
+    cache_image_size: int = Field(384, ge=32, le=4096, description="shorter side of cached images, px")
+    max_images_per_product: int = Field(10, ge=1, le=100, description="views kept per product")
+
+    # index
+    index_type: IndexType = Field(IndexType.AUTO, description="auto | flat | ivf | hnsw")
+    metric: Metric = Field(Metric.COSINE, description="cosine (inner product) | euclidean (L2)")
+    flat_max_products: int = Field(20_000, ge=1, description="auto: exact flat index up to this size")
+    hnsw_max_products: int = Field(2_000_000, ge=1, description="auto: HNSW up to this size, IVF beyond")
+    hnsw_m: int = Field(32, ge=4, le=256, description="HNSW graph degree")
+    hnsw_ef_search: int = Field(64, ge=1, le=4096, description="HNSW search breadth")
+    ivf_nprobe: int = Field(16, ge=1, le=65536, description="IVF lists probed per query")
+
+    # API / UI
+    api_key: str | None = Field(None, description="key for admin routes (header X-API-Key); unset disables them")
+    max_upload_bytes: int = Field(10_000_000, ge=1024, description="largest upload accepted by the API, bytes")
+    api_url: str = Field("http://127.0.0.1:8000", description="where the UI finds the API")
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.root / "logs"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build Settings from the environment (+ overrides), turning a bad value into a ConfigError."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            problems.append(f"{ENV_PREFIX}{field.upper()}: {err['msg']}")
+        raise ConfigError("invalid setting " + "; ".join(problems)) from None

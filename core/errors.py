@@ -1,0 +1,125 @@
+"""Typed error hierarchy; CLIs turn these into one-line messages and the API maps them to HTTP."""
+
+from __future__ import annotations
+
+
+class ImageSearchError(Exception):
+    """Base of every error this project raises on purpose (a known failure, not a bug)."""
+
+    status_code = 500  # the API's mapping; CLIs ignore it
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigError(ImageSearchError):
+    """A setting, model.json or command-line value is invalid."""
+
+    status_code = 500
+
+
+class InvalidModelNameError(ImageSearchError):
+    """A model name outside ``[a-z0-9_-]{1,64}`` (names become paths and URLs)."""
+
+    status_code = 404
+
+    def __init__(self, name: str) -> None:
+        shown = name if len(name) <= 80 else name[:77] + "..."
+        super().__init__(f"invalid model name {shown!r}: use 1-64 characters from a-z, 0-9, '_' and '-'")
+        self.name = name
+
+
+class UnknownModelError(ImageSearchError):
+    """A well-formed model name that the registry does not hold."""
+
+    status_code = 404
+
+    def __init__(self, name: str, available: list[str]) -> None:
+        listed = ", ".join(available) or "none"
+        super().__init__(f"unknown model {name!r}; available models: {listed}")
+        self.name = name
+        self.available = available
+
+
+class MissingInputError(ImageSearchError):
+    """A required input file (products.csv, a previous phase's output) does not exist."""
+
+    status_code = 503
+
+    def __init__(self, model: str, message: str) -> None:
+        super().__init__(f"model {model!r}: {message}")
+        self.model = model
+
+
+class CsvSchemaError(ImageSearchError):
+    """The CSV as a whole cannot be used (missing required column, unreadable file)."""
+
+    status_code = 400
+
+    def __init__(self, model: str, message: str) -> None:
+        super().__init__(f"model {model!r}: {message}")
+        self.model = model
+
+
+class NoUsableProductsError(ImageSearchError):
+    """Every product was rejected or lost its images: there is nothing to index."""
+
+    status_code = 503
+
+    def __init__(self, model: str, message: str) -> None:
+        super().__init__(f"model {model!r}: {message}")
+        self.model = model
+
+
+class BackboneLoadError(ImageSearchError):
+    """The CLIP weights could not be loaded (hub unreachable, bad local folder)."""
+
+    status_code = 503
+
+
+class IndexNotReadyError(ImageSearchError):
+    """A model has no index yet, or its index files are missing, inconsistent or corrupt."""
+
+    status_code = 503
+
+    def __init__(self, model: str, reason: str) -> None:
+        super().__init__(f"model {model!r} is not searchable: {reason}")
+        self.model = model
+        self.reason = reason
+
+
+class ProductNotFoundError(ImageSearchError):
+    """A product id that the model's catalogue does not hold."""
+
+    status_code = 404
+
+    def __init__(self, model: str, product_id: str) -> None:
+        super().__init__(f"product {product_id!r} not found in model {model!r}")
+        self.model = model
+        self.product_id = product_id
+
+
+class BadImageError(ImageSearchError):
+    """An uploaded or referenced image cannot be decoded or breaks a limit."""
+
+    status_code = 400
+
+    def __init__(self, reason: str, status_code: int = 400) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status_code = status_code
+
+
+class BadRequestError(ImageSearchError):
+    """A well-typed request whose content cannot be served (empty query, bad filter)."""
+
+    status_code = 400
+
+
+class AuthError(ImageSearchError):
+    """Admin access denied: missing/wrong key (401) or admin disabled (403)."""
+
+    def __init__(self, message: str, status_code: int = 401) -> None:
+        super().__init__(message)
+        self.status_code = status_code

@@ -1,0 +1,177 @@
+"""Model registry: built-in model specs plus every ``data/<name>/products.csv`` discovered."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from core.config import Settings
+from core.errors import ConfigError, InvalidModelNameError, UnknownModelError
+from core.types import IndexType
+
+_NAME_RE = re.compile(r"[a-z0-9_-]{1,64}")
+ALL_MODELS = "all"  # reserved: /all/search searches every model
+
+
+def validate_model_name(name: str) -> str:
+    """Return ``name`` if it is a legal model name, else raise InvalidModelNameError."""
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or name == ALL_MODELS:
+        raise InvalidModelNameError(str(name))
+    return name
+
+
+@dataclass(frozen=True)
+class ModelPaths:
+    """Where one model's inputs, cache, outputs and checkpoints live."""
+
+    data: Path
+    models: Path
+    checkpoints: Path
+
+    @property
+    def csv(self) -> Path:
+        return self.data / "products.csv"
+
+    @property
+    def image_cache(self) -> Path:
+        return self.data / "image_cache"
+
+    @property
+    def processed_products(self) -> Path:
+        return self.models / "processed_products.json"
+
+    @property
+    def manifest(self) -> Path:
+        return self.models / "manifest.json"
+
+    @property
+    def index(self) -> Path:
+        return self.models / "index.faiss"
+
+    @property
+    def metadata(self) -> Path:
+        return self.models / "metadata.jsonl"
+
+    @property
+    def embeddings(self) -> Path:
+        """Product vectors as indexed (after the fine-tuned head, if one is adopted)."""
+        return self.models / "embeddings.npy"
+
+    @property
+    def clip_embeddings(self) -> Path:
+        """Raw averaged CLIP vectors per product, before any head."""
+        return self.models / "clip_embeddings.npy"
+
+    @property
+    def head(self) -> Path:
+        return self.models / "head.safetensors"
+
+    def checkpoint(self, phase: str) -> Path:
+        return self.checkpoints / f"{phase}.json"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A named, searchable catalogue. ``backbone=None`` means the global ``clip_model`` setting."""
+
+    name: str
+    display_name: str = ""
+    description: str = ""
+    categories: tuple[str, ...] = ()
+    backbone: str | None = None
+    index_type: IndexType | None = None
+    builtin: bool = False
+    extra: dict = field(default_factory=dict, compare=False)
+
+    def paths(self, settings: Settings) -> ModelPaths:
+        return ModelPaths(data=settings.data_dir / self.name, models=settings.models_dir / self.name,
+                          checkpoints=settings.checkpoints_dir / self.name)
+
+    def backbone_for(self, settings: Settings) -> str:
+        return self.backbone or settings.clip_model
+
+    def index_type_for(self, settings: Settings) -> IndexType:
+        return self.index_type or settings.index_type
+
+
+BUILTIN_MODELS: tuple[ModelSpec, ...] = (
+    ModelSpec(name="general", display_name="General products", builtin=True,
+              description="Every kind of product: home, electronics, toys, apparel and more."),
+    ModelSpec(name="shirts", display_name="Shirts", builtin=True,
+              description="Shirts and tops; may use a fashion-tuned CLIP backbone via model.json."),
+)
+
+_MODEL_JSON_KEYS = {"display_name", "description", "categories", "backbone", "index_type"}
+
+
+def _read_model_json(path: Path, base: ModelSpec) -> ModelSpec:
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a JSON object")
+    unknown = set(raw) - _MODEL_JSON_KEYS
+    if unknown:
+        raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; allowed: {sorted(_MODEL_JSON_KEYS)}")
+    updates: dict = {}
+    for key in ("display_name", "description", "backbone"):
+        if key in raw:
+            if not isinstance(raw[key], str):
+                raise ConfigError(f"{path}: {key!r} must be a string")
+            updates[key] = raw[key]
+    if "categories" in raw:
+        cats = raw["categories"]
+        if not isinstance(cats, list) or not all(isinstance(c, str) for c in cats):
+            raise ConfigError(f"{path}: 'categories' must be a list of strings")
+        updates["categories"] = tuple(cats)
+    if "index_type" in raw:
+        try:
+            updates["index_type"] = IndexType(raw["index_type"])
+        except ValueError:
+            raise ConfigError(f"{path}: 'index_type' must be one of {[t.value for t in IndexType]}") from None
+    return replace(base, **updates)
+
+
+class ModelRegistry:
+    """Name -> ModelSpec. Lookup of an unknown or malformed name raises a typed error."""
+
+    def __init__(self, specs: list[ModelSpec] | tuple[ModelSpec, ...]) -> None:
+        self._specs = {validate_model_name(s.name): s for s in specs}
+
+    @classmethod
+    def discover(cls, settings: Settings) -> "ModelRegistry":
+        """Built-ins, then every ``data/<name>/products.csv`` (with optional ``model.json``)."""
+        specs = {s.name: s for s in BUILTIN_MODELS}
+        data_dir = settings.data_dir
+        folders = sorted(p for p in data_dir.iterdir() if p.is_dir()) if data_dir.is_dir() else []
+        for folder in folders:
+            if not _NAME_RE.fullmatch(folder.name) or folder.name == ALL_MODELS:
+                continue
+            has_csv = (folder / "products.csv").is_file()
+            if folder.name not in specs and not has_csv:
+                continue
+            spec = specs.get(folder.name) or ModelSpec(name=folder.name,
+                                                      display_name=folder.name.replace("_", " ").title())
+            if (folder / "model.json").is_file():
+                spec = _read_model_json(folder / "model.json", spec)
+            specs[folder.name] = spec
+        return cls(list(specs.values()))
+
+    def get(self, name: str) -> ModelSpec:
+        validate_model_name(name)
+        try:
+            return self._specs[name]
+        except KeyError:
+            raise UnknownModelError(name, self.names()) from None
+
+    def names(self) -> list[str]:
+        return sorted(self._specs)
+
+    def __iter__(self):
+        return iter(self._specs[n] for n in self.names())
+
+    def __len__(self) -> int:
+        return len(self._specs)

@@ -1,0 +1,1 @@
+"""The four-phase training pipeline: validation, download, extraction, index."""

@@ -1,0 +1,121 @@
+"""Phase interface, shared run context and fingerprinted checkpoints."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from core.config import Settings
+from core.model_config import ModelPaths, ModelSpec
+from core.types import PhaseName
+from utils.atomic import read_json, write_json_atomic
+
+if TYPE_CHECKING:
+    from core.encoder import ClipEncoder
+
+logger = logging.getLogger(__name__)
+
+PIPELINE_VERSION = 1  # bump when an output format changes, so old checkpoints are redone
+
+
+@dataclass
+class PipelineContext:
+    """What every phase gets: settings, the model's spec and paths, and a lazily loaded encoder."""
+
+    settings: Settings
+    spec: ModelSpec
+    progress: bool = True
+    _encoder: "ClipEncoder | None" = field(default=None, repr=False)
+
+    @property
+    def paths(self) -> ModelPaths:
+        return self.spec.paths(self.settings)
+
+    @property
+    def model(self) -> str:
+        return self.spec.name
+
+    @property
+    def backbone(self) -> str:
+        return self.spec.backbone_for(self.settings)
+
+    def encoder(self) -> "ClipEncoder":
+        if self._encoder is None:
+            from core.encoder import ClipEncoder
+
+            self._encoder = ClipEncoder.from_settings(self.settings, self.backbone)
+        return self._encoder
+
+
+@dataclass
+class PhaseResult:
+    """Counts for the summary. ``complete=False`` (e.g. transient download failures) means the
+    phase is not checkpointed as done, so a rerun retries what failed (and reuses what worked)."""
+
+    ok: int = 0
+    failed: Counter = field(default_factory=Counter)
+    details: dict[str, Any] = field(default_factory=dict)
+    complete: bool = True
+
+    @property
+    def num_failed(self) -> int:
+        return sum(self.failed.values())
+
+
+class Phase(Protocol):
+    """One step of the pipeline. Phases hand data on through files under the model's folders."""
+
+    name: PhaseName
+
+    def fingerprint(self, ctx: PipelineContext) -> dict[str, Any]:
+        """Everything the phase's output depends on (input hashes, settings, backbone)."""
+
+    def outputs(self, ctx: PipelineContext) -> list[Path]:
+        """Files that must exist for a matching checkpoint to be trusted."""
+
+    def run(self, ctx: PipelineContext) -> PhaseResult: ...
+
+
+def digest(obj: Any) -> str:
+    """Stable sha256 of a JSON-able object."""
+    blob = json.dumps(obj, sort_keys=True, default=str, ensure_ascii=True).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def file_digest(path: Path) -> str | None:
+    """sha256 of a file's bytes, or None when it does not exist."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_checkpoint(path: Path) -> dict[str, Any] | None:
+    try:
+        data = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_checkpoint(path: Path, phase: PhaseName, fingerprint: str, result: PhaseResult, seconds: float) -> None:
+    """The marker is written last, atomically: the phase is done exactly when it exists and matches."""
+    write_json_atomic(path, {
+        "phase": phase.value,
+        "fingerprint": fingerprint,
+        "completed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(seconds, 3),
+        "ok": result.ok,
+        "failed": dict(result.failed),
+        "details": result.details,
+    })

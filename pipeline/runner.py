@@ -1,0 +1,87 @@
+"""Runs phases in order for one model: skips those whose checkpoint still matches, times the rest."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+
+from core.config import Settings
+from core.model_config import ModelSpec
+from core.types import PhaseName
+from pipeline.base import (PIPELINE_VERSION, Phase, PhaseResult, PipelineContext, digest, read_checkpoint,
+                           write_checkpoint)
+
+logger = logging.getLogger(__name__)
+
+
+class PhaseStatus(StrEnum):
+    RAN = "ran"
+    SKIPPED = "skipped"
+    INCOMPLETE = "incomplete"
+
+
+@dataclass
+class PhaseOutcome:
+    phase: PhaseName
+    status: PhaseStatus
+    result: PhaseResult
+    seconds: float
+
+
+def default_phases(mode: str = "all") -> list[Phase]:
+    """``data`` = validation + download, ``ml`` = extraction + index, ``all`` = the four."""
+    from pipeline.download import DownloadPhase
+    from pipeline.extraction import ExtractionPhase
+    from pipeline.indexing import IndexPhase
+    from pipeline.validation import ValidationPhase
+
+    data: list[Phase] = [ValidationPhase(), DownloadPhase()]
+    ml: list[Phase] = [ExtractionPhase(), IndexPhase()]
+    return {"data": data, "ml": ml, "all": data + ml}[mode]
+
+
+def _fingerprint(phase: Phase, ctx: PipelineContext) -> str:
+    return digest({"pipeline_version": PIPELINE_VERSION, "phase": phase.name.value, **phase.fingerprint(ctx)})
+
+
+def _can_skip(phase: Phase, ctx: PipelineContext, fingerprint: str) -> PhaseResult | None:
+    checkpoint = read_checkpoint(ctx.paths.checkpoint(phase.name))
+    if not checkpoint or checkpoint.get("fingerprint") != fingerprint:
+        return None
+    if not all(p.exists() for p in phase.outputs(ctx)):
+        return None
+    from collections import Counter
+
+    return PhaseResult(ok=checkpoint.get("ok", 0), failed=Counter(checkpoint.get("failed", {})),
+                       details=checkpoint.get("details", {}))
+
+
+def run_phases(ctx: PipelineContext, phases: list[Phase], *, force: bool = False) -> list[PhaseOutcome]:
+    """Run ``phases`` in order. A phase error propagates (a bad run raises); items fail softly."""
+    outcomes: list[PhaseOutcome] = []
+    for phase in phases:
+        fingerprint = _fingerprint(phase, ctx)
+        cached = None if force else _can_skip(phase, ctx, fingerprint)
+        if cached is not None:
+            logger.info("%s/%s: up to date, skipped", ctx.model, phase.name)
+            outcomes.append(PhaseOutcome(phase.name, PhaseStatus.SKIPPED, cached, 0.0))
+            continue
+        logger.info("%s/%s: running", ctx.model, phase.name)
+        start = time.perf_counter()
+        result = phase.run(ctx)
+        seconds = time.perf_counter() - start
+        if result.complete:
+            write_checkpoint(ctx.paths.checkpoint(phase.name), phase.name, fingerprint, result, seconds)
+        status = PhaseStatus.RAN if result.complete else PhaseStatus.INCOMPLETE
+        logger.info("%s/%s: %s in %.1fs, ok=%d failed=%s", ctx.model, phase.name, status, seconds,
+                    result.ok, dict(result.failed))
+        outcomes.append(PhaseOutcome(phase.name, status, result, seconds))
+    return outcomes
+
+
+def run_model(settings: Settings, spec: ModelSpec, *, mode: str = "all", force: bool = False,
+              progress: bool = True) -> list[PhaseOutcome]:
+    ctx = PipelineContext(settings=settings, spec=spec, progress=progress)
+    return run_phases(ctx, default_phases(mode), force=force)

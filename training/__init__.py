@@ -1,0 +1,1 @@
+"""Quality tools: evaluation, index benchmark and metric-learning fine-tuning."""

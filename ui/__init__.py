@@ -1,0 +1,1 @@
+"""Streamlit shopper UI and its small HTTP client for the API."""

@@ -1,0 +1,1 @@
+"""Shared utilities with no project imports: atomic files, images, logging, tiny CLIP."""

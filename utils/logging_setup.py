@@ -1,0 +1,37 @@
+"""Logging for the CLIs and the API: a rotating file under logs/ plus concise console output."""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+from pathlib import Path
+
+_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def setup_logging(logs_dir: Path, *filenames: str, level: int = logging.INFO,
+                  console_level: int = logging.WARNING) -> None:
+    """Send records to each ``logs_dir/<filename>`` (rotating, 5 x 5 MB) and warnings to stderr."""
+    logs_dir = Path(logs_dir)
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    root.setLevel(level)
+    for handler in list(root.handlers):
+        if getattr(handler, "_imagesearch", False):
+            root.removeHandler(handler)
+            handler.close()
+    handlers: list[logging.Handler] = []
+    for name in filenames:
+        fh = logging.handlers.RotatingFileHandler(logs_dir / name, maxBytes=5_000_000, backupCount=5,
+                                                  encoding="utf-8")
+        fh.setLevel(level)
+        handlers.append(fh)
+    console = logging.StreamHandler()
+    console.setLevel(console_level)
+    handlers.append(console)
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter(_FORMAT))
+        handler._imagesearch = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    for noisy in ("urllib3", "PIL", "httpx", "httpcore", "filelock", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
