@@ -25,7 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
-        setup_logging(settings.logs_dir, "pipeline.log", console_level=logging.CRITICAL)
+    except ImageSearchError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    setup_logging(settings.logs_dir, "pipeline.log", console_level=logging.CRITICAL)
+    try:
         registry = ModelRegistry.discover(settings)
         specs = [registry.get(args.model)] if args.model else [s for s in registry if s.paths(settings).csv.is_file()]
     except ImageSearchError as exc:

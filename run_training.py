@@ -34,7 +34,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give a model name, or --list")
     try:
         settings = load_settings()
-        setup_logging(settings.logs_dir, "training.log", "pipeline.log", console_level=logging.CRITICAL)
+    except ImageSearchError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    setup_logging(settings.logs_dir, "training.log", "pipeline.log", console_level=logging.CRITICAL)
+    try:
         registry = ModelRegistry.discover(settings)
         from pipeline.report import format_model_list, format_summary
 
