@@ -17,6 +17,7 @@ sends its next request after reading a response.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -99,10 +100,11 @@ class HttpServer:
             self.max_in_flight_total = 0
 
     def start(self) -> "HttpServer":
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self._httpd.daemon_threads = True
+        self._httpd = _Server(("127.0.0.1", 0), _Handler)
         self._httpd.app = self  # type: ignore[attr-defined]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="test-http", daemon=True)
+        # a short poll interval keeps shutdown (once per test) fast
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="test-http", daemon=True)
         self._thread.start()
         return self
 
@@ -136,6 +138,15 @@ class HttpServer:
     def _end(self, host: str) -> None:
         with self._lock:
             self._in_flight[host] -= 1
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        # a client hanging up (timeouts, aborted transfers) is routine here, not worth a traceback
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
