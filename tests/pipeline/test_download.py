@@ -23,7 +23,7 @@ from pipeline.base import PipelineContext
 from pipeline.download import USER_AGENT, DownloadPhase, images_manifest_path
 from pipeline.runner import PhaseStatus, run_phases
 from tests.fake_images import huge_png, jpeg_bytes, png_bytes
-from tests.http_server import HttpServer, Reply
+from tests.http_server import Reply
 from utils.atomic import read_json, write_json_atomic
 
 REPO = Path(__file__).resolve().parents[2]
@@ -95,7 +95,7 @@ def test_good_images_are_cached_downscaled_and_recorded(http_server, make_ctx):
     assert http_server.requests[0].headers["User-Agent"] == USER_AGENT
 
 
-def test_bad_refs_are_recorded_with_stable_reasons(http_server, make_ctx, caplog, tmp_path):
+def test_bad_refs_are_recorded_with_stable_reasons(http_server, make_ctx, caplog):
     ctx = make_ctx(max_image_bytes=60_000)  # the pixel bomb PNG is ~50 KB
     routes = {
         "/missing.jpg": (None, "http 404"),
