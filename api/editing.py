@@ -3,28 +3,28 @@ from them (same type), write everything atomically (manifest last), then swap th
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
+from PIL import Image
 
 from core.config import Settings
 from core.encoder import l2_normalize
 from core.errors import BadImageError, BadRequestError
 from core.types import IndexType, Metric
 from core.vector_index import IndexBundle, build_index, write_index_bundle
-from utils.atomic import read_json, save_npy_atomic, write_bytes_atomic, write_json_atomic
-from utils.images import ImageDecodeError, decode_image, encode_jpeg
+from pipeline.image_cache import ImageCache
+from utils.atomic import read_json, save_npy_atomic, write_json_atomic
+from utils.http_fetch import FetchError, Fetcher, FetchPolicy
+from utils.images import ImageDecodeError
 
 from api.catalogue import Catalogue
 from api.loaded import LoadedModel, file_signature, snapshot
 from api.schemas import ProductUpsert
-
-if TYPE_CHECKING:
-    from PIL import Image
 
 logger = logging.getLogger(__name__)
 
@@ -33,46 +33,48 @@ _IDS_FILE = "embedding_ids.json"
 
 @dataclass
 class _Fetched:
-    images: list["Image.Image"]
+    images: list[Image.Image]
+    cached: list[str]  # names in the image cache, one per image
     failed: dict[str, str]
 
 
-def _read_ref(ref: str, settings: Settings, data_dir: Path) -> bytes:
-    if ref.startswith(("http://", "https://")):
-        from api.fetching import fetch_url
+def _policy(settings: Settings) -> FetchPolicy:
+    return FetchPolicy(timeout=settings.download_timeout, retries=settings.download_retries,
+                       backoff=settings.download_backoff, max_redirects=settings.max_redirects,
+                       max_bytes=settings.max_image_bytes, per_host=settings.download_per_host,
+                       deadline=4 * settings.download_timeout * (settings.download_retries + 1))
 
-        return fetch_url(ref, settings)
-    path = (data_dir / ref).resolve()
-    if not path.is_relative_to(data_dir.resolve()) or not path.is_file():
-        raise BadImageError(f"{ref!r} is neither an http(s) URL nor a file inside {data_dir.name}/")
+
+def _read_ref(ref: str, settings: Settings, data_dir: Path, fetcher: Fetcher) -> bytes:
+    """An http(s) URL, or a file inside the model's data folder (as in products.csv)."""
+    if urlsplit(ref).scheme:
+        return fetcher.fetch(ref)  # refuses file://, ftp:// and friends
+    base = data_dir.resolve()
+    path = (base / ref).resolve()
+    if not path.is_relative_to(base) or not path.is_file():
+        raise FetchError("file not found", f"{ref!r} is not a file inside {data_dir.name}/")
     if path.stat().st_size > settings.max_image_bytes:
-        raise BadImageError(f"larger than {settings.max_image_bytes} bytes")
+        raise FetchError("too large", f"more than {settings.max_image_bytes} bytes")
     return path.read_bytes()
 
 
-def _fetch_images(refs: list[str], settings: Settings, data_dir: Path) -> _Fetched:
-    got = _Fetched(images=[], failed={})
-    for ref in refs:
-        try:
-            data = _read_ref(ref, settings, data_dir)
-            got.images.append(decode_image(data, max_pixels=settings.max_image_pixels,
-                                           shorter_side=settings.cache_image_size))
-        except BadImageError as exc:
-            got.failed[ref] = exc.reason
-        except ImageDecodeError as exc:
-            got.failed[ref] = exc.reason
+def _fetch_images(refs: list[str], settings: Settings, data_dir: Path, cache: ImageCache) -> _Fetched:
+    """Fetch and cache each view as the download phase does; keep the cache names of those that worked."""
+    got = _Fetched(images=[], cached=[], failed={})
+    with Fetcher(_policy(settings)) as fetcher:
+        for ref in refs:
+            try:
+                entry = cache.store(_read_ref(ref, settings, data_dir, fetcher))
+            except (FetchError, ImageDecodeError) as exc:
+                got.failed[ref] = exc.reason
+                continue
+            with Image.open(cache.root / entry["cache"]) as img:  # embed the cached copy, like extraction
+                got.images.append(img.convert("RGB"))
+            got.cached.append(entry["cache"])
     if not got.images:
         listed = "; ".join(f"{r}: {why}" for r, why in got.failed.items())
         raise BadImageError(f"none of the product's images could be used ({listed})")
     return got
-
-
-def _cache_preview(image: "Image.Image", cache_dir: Path) -> str:
-    """Content-addressed JPEG in the model's image cache; returns its name relative to the cache."""
-    blob = encode_jpeg(image)
-    name = f"admin/{hashlib.sha256(blob).hexdigest()[:32]}.jpg"
-    write_bytes_atomic(cache_dir / name, blob)
-    return name
 
 
 def _metadata_row(product: ProductUpsert, preview_cache: str) -> dict[str, Any]:
@@ -133,11 +135,11 @@ def upsert_product(catalogue: Catalogue, model: str, product: ProductUpsert) -> 
     settings = catalogue.settings
     current = catalogue.model(model).require()
     paths = current.spec.paths(settings)
-    fetched = _fetch_images(product.images, settings, paths.data)
+    fetched = _fetch_images(product.images, settings, paths.data, ImageCache(paths.image_cache, settings))
     embedder = catalogue.embedder(current.backbone)
     clip_vector = l2_normalize(embedder.embed_images(fetched.images).mean(axis=0, keepdims=True))[0]
     vector = current.head.apply(clip_vector[None])[0] if current.head is not None else clip_vector
-    row = _metadata_row(product, _cache_preview(fetched.images[0], paths.image_cache))
+    row = _metadata_row(product, fetched.cached[0])
     with catalogue.admin_lock(model):
         current = catalogue.model(model).require()  # the latest snapshot, now that we hold the lock
         existed = product.id in current.positions

@@ -25,16 +25,11 @@ def _free_port() -> int:
 
 def build_models(settings: Settings, names: tuple[str, ...] = ("general", "shirts")) -> None:
     from core.model_config import ModelRegistry
-
-    try:
-        import pipeline.indexing  # noqa: F401
-        from pipeline.runner import run_model
-    except ImportError:  # TEMPORARY until the pipeline lands on main
-        from tests.api._direct_build import build_direct as run_model
+    from pipeline.runner import run_model
 
     registry = ModelRegistry.discover(settings)
     for name in names:
-        run_model(settings, registry.get(name))
+        run_model(settings, registry.get(name), progress=False)
 
 
 @dataclass
