@@ -44,7 +44,7 @@ class Catalogue:
         self._embedders: dict[str, Embedder] = {}
         self._embedder_errors: dict[str, str] = {}
         self._lock = threading.Lock()
-        self._admin_locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._admin_locks: dict[str, threading.RLock] = defaultdict(threading.RLock)
         self._watch_interval = watch_interval
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -93,7 +93,8 @@ class Catalogue:
         """backbone -> (forward passes, queries embedded) by the micro-batcher."""
         return {b: (e.batcher.batches, e.batcher.items) for b, e in sorted(self._embedders.items())}
 
-    def admin_lock(self, name: str) -> threading.Lock:
+    def admin_lock(self, name: str) -> threading.RLock:
+        """Serialises writers of one model (admin edits, reloads); readers never take it."""
         return self._admin_locks[name]
 
     # writing
@@ -103,10 +104,11 @@ class Catalogue:
 
     def reload(self, name: str) -> LoadedModel:
         """Reload one model from disk. A failed reload keeps the old snapshot serving and raises."""
-        current = self.model(name)
-        fresh = self._load(current.spec)
-        if fresh.searchable or not current.searchable:
-            self._install(fresh)
+        with self.admin_lock(name):
+            current = self.model(name)
+            fresh = self._load(current.spec)
+            if fresh.searchable or not current.searchable:
+                self._install(fresh)
         if not fresh.searchable:
             kept = "still serving the previous index; " if current.searchable else ""
             raise IndexNotReadyError(name, f"reload failed, {kept}{fresh.error}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from fastapi import APIRouter, Depends, Request
@@ -13,6 +14,7 @@ from core.errors import ImageNotAvailableError
 
 from api.catalogue import Catalogue
 from api.deps import base_url, get_catalogue, get_settings
+from api.loaded import LoadedModel
 from api.routes.params import Category, MinScore, TopK
 from api.routes.search import search_loaded
 from api.schemas import ProductInfo, SearchResponse
@@ -47,9 +49,8 @@ async def similar_products(model: str, product_id: str, request: Request, top_k:
                           search_time_ms=round((time.perf_counter() - start) * 1000, 3), results=hits)
 
 
-def _headless(loaded):
-    from dataclasses import replace
-
+def _headless(loaded: LoadedModel) -> LoadedModel:
+    """The same snapshot searched without its head (for vectors already in index space)."""
     return loaded if loaded.head is None else replace(loaded, head=None)
 
 
