@@ -145,3 +145,24 @@ def test_admin_on_unknown_model_is_404(editable):
     with editable.client() as c:
         assert c.post("/nope/reload", headers=KEY).status_code == 404
         assert c.delete("/%C3%BC/products/x", headers=KEY).status_code == 404
+
+
+def test_a_pipeline_rebuild_after_an_admin_add_replaces_the_overlay(built_root, tiny_clip, tmp_path):
+    """Admin edits live until the next rebuild from products.csv; the rebuild must not trip over them."""
+    from core.config import load_settings
+    from tests.api.conftest import build_models
+
+    root = tmp_path / "overlay"
+    for sub in ("data", "models", "checkpoints"):
+        shutil.copytree(built_root / sub, root / sub)
+    settings = load_settings(root=root, clip_model=str(tiny_clip), device="cpu", api_key=API_KEY)
+    server = start_server(settings)
+    try:
+        with server.client() as c:
+            body = {"id": "OVERLAY", "title": "Admin only", "images": ["images/G1001_0.jpg"]}
+            assert c.post("/general/products", json=body, headers=KEY).json()["num_products"] == 67
+            build_models(settings, ("general",))
+            assert c.post("/general/reload", headers=KEY).json()["num_products"] == 66
+            assert c.get("/general/products/OVERLAY").status_code == 404
+    finally:
+        stop_server(server)
