@@ -69,8 +69,8 @@ class ExtractionPhase:
     name = PhaseName.EXTRACTION
 
     def fingerprint(self, ctx: PipelineContext) -> dict[str, Any]:
-        return {"products": file_digest(ctx.paths.processed_products), "images": file_digest(images_manifest_path(ctx.paths)),
-                **self._model_key(ctx)}
+        return {"products": file_digest(ctx.paths.processed_products),
+                "images": file_digest(images_manifest_path(ctx.paths)), **self._model_key(ctx)}
 
     def outputs(self, ctx: PipelineContext) -> list[Path]:
         return [ctx.paths.clip_embeddings, ctx.paths.models / "embedding_ids.json"]

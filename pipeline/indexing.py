@@ -37,7 +37,8 @@ class IndexPhase:
         s = ctx.settings
         return {"embeddings": file_digest(ctx.paths.clip_embeddings),
                 "ids": file_digest(ctx.paths.models / "embedding_ids.json"),
-                "products": file_digest(ctx.paths.processed_products), "images": file_digest(images_manifest_path(ctx.paths)),
+                "products": file_digest(ctx.paths.processed_products),
+                "images": file_digest(images_manifest_path(ctx.paths)),
                 "head": file_digest(ctx.paths.head), "index_type": ctx.spec.index_type_for(s).value,
                 "metric": s.metric.value, "hnsw": [s.hnsw_m, s.hnsw_ef_search], "nprobe": s.ivf_nprobe,
                 "auto": [s.flat_max_products, s.hnsw_max_products]}
