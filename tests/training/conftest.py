@@ -73,3 +73,16 @@ def image_model(make_settings, tiny_encoder):
 
 def read_json(path):
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def buried_signal_catalogue(n_cat: int = 6, per: int = 40, dim: int = 32, signal_dims: int = 4,
+                            noise: float = 0.8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Unit vectors whose categories separate along ``signal_dims`` directions but drown in noise
+    along the others, so raw cosine ranks poorly and a learned reweighting ranks well."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_cat, signal_dims))
+    labels = np.repeat(np.arange(n_cat), per)
+    x = rng.standard_normal((len(labels), dim)) * noise
+    x[:, :signal_dims] = centres[labels] + rng.standard_normal((len(labels), signal_dims)) * 0.3
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float32), labels
