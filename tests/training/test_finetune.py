@@ -142,3 +142,28 @@ def test_single_category_and_tiny_categories_get_clear_messages(make_settings):
     tiny = write_model_files(settings, "tiny", x, [f"c{i // 3}" for i in range(len(x))])
     with pytest.raises(NotEnoughDataError, match="at least 5 products"):
         run_finetune(settings, tiny, progress=False)
+
+
+def test_adoption_through_the_real_index_phase(make_settings):
+    from core.vector_index import load_index_bundle
+    from pipeline.base import PipelineContext
+    from pipeline.indexing import IndexPhase
+    from pipeline.runner import run_phases
+
+    settings = make_settings(**FAST_SETTINGS)
+    x, y = buried_signal_catalogue()
+    spec = write_model_files(settings, "noisy", x, [f"c{c}" for c in y])
+    run_phases(PipelineContext(settings=settings, spec=spec, progress=False), [IndexPhase()])
+    paths = spec.paths(settings)
+    assert load_index_bundle(paths, spec.name).manifest["head"] is None
+
+    result = run_finetune(settings, spec, progress=False)
+
+    head = load_head(paths.head)
+    assert result["adopted"] and head is not None
+    bundle = load_index_bundle(paths, spec.name)
+    assert bundle.manifest["head"] == head.sha256
+    assert np.allclose(np.load(paths.embeddings), head.apply(x), atol=1e-6)
+    # a query through the head finds its own product first in the rebuilt index
+    _, pos = bundle.search(head.apply(x[:3]), 1)
+    assert pos[:, 0].tolist() == [0, 1, 2]
