@@ -184,4 +184,6 @@ def fit_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val:
                 logger.info("early stop at epoch %d (best %d, val loss %.4f)", epoch, best_epoch, best_loss)
                 break
     bar.close()
+    logger.info("trained %d epochs: validation loss %.4f at start, best %.4f at epoch %d", len(history), initial,
+                best_loss, best_epoch)
     return FitResult(best_state[0], best_state[1], best_epoch, len(history), best_loss, initial, history)
