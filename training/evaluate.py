@@ -207,11 +207,12 @@ def run_evaluation(settings: Settings, spec: ModelSpec, *, progress: bool = True
         from core.encoder import ClipEncoder
 
         encoder = ClipEncoder.from_settings(settings, spec.backbone_for(settings))
+    expected = cat.head.input_dim if cat.head is not None else cat.vectors.shape[1]
+    if encoder.dim != expected:
+        raise IndexNotReadyError(spec.name, f"the encoder gives {encoder.dim}-d vectors but the index (and head) "
+                                            f"expect {expected}-d; rebuild with the current backbone")
     rows = _sample(with_preview, settings.eval_max_queries, settings.seed)
     queries = embed_previews(encoder, cat, rows, batch_size=settings.batch_size, desc="queries", progress=progress)
-    if queries.shape[1] != cat.vectors.shape[1]:
-        raise IndexNotReadyError(spec.name, f"the encoder gives {queries.shape[1]}-d queries but the index holds "
-                                            f"{cat.vectors.shape[1]}-d vectors; rebuild with the current backbone")
     result = _base_result(settings, spec, cat, names, len(with_preview))
     note = _category_note(labels, names)
     if note:

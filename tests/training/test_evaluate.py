@@ -70,3 +70,18 @@ def test_no_preview_images_is_a_clear_error(make_settings):
     spec = write_model_files(settings, "bare", np.eye(4, dtype=np.float32), ["a", "a", "b", "b"])
     with pytest.raises(NotEnoughDataError, match="no product has a cached preview"):
         run_evaluation(settings, spec, progress=False)
+
+
+def test_backbone_width_mismatch_is_a_typed_error(make_settings, tiny_encoder):
+    from core.errors import IndexNotReadyError
+
+    settings = make_settings()
+    spec = write_model_files(settings, "wide", np.eye(4, 64, dtype=np.float32), ["a", "a", "b", "b"],
+                             previews={0: "0.jpg"})
+    from PIL import Image
+
+    cache = settings.data_dir / "wide" / "image_cache"
+    cache.mkdir(parents=True)
+    Image.new("RGB", (32, 32), "red").save(cache / "0.jpg")
+    with pytest.raises(IndexNotReadyError, match="rebuild with the current backbone"):
+        run_evaluation(settings, spec, progress=False, encoder=tiny_encoder)
