@@ -166,7 +166,7 @@ def _ranking_metrics(queries: Embeddings, rows: np.ndarray, cat: Catalogue, labe
     table = metrics.per_category(qm, labels[rows], names, products=products)
     scored = [(row["precision_at_5"], name) for name, row in table.items() if row["precision_at_5"] is not None]
     return {**metrics.summarize(qm), "per_category": table,
-            "worst_categories": [name for _, name in sorted(scored)[:WORST_SHOWN]],
+            "worst_categories": [name for _, name in sorted(scored)[:min(WORST_SHOWN, max(1, len(scored) // 2))]],
             "categories_with_one_product": [n for n, c in zip(names, products) if c == 1]}
 
 

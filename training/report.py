@@ -50,7 +50,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def plot_category_precision(per_category: dict[str, dict], path: Path, *, title: str) -> Path | None:
-    """Horizontal bar chart of precision@5 per category (worst at the top); None when nothing to plot."""
+    """Horizontal bar chart of precision@5 per category (worst at the bottom); None when nothing to plot."""
     rows = sorted(((name, row["precision_at_5"]) for name, row in per_category.items()
                    if row.get("precision_at_5") is not None), key=lambda r: (r[1], r[0]))
     if not rows:
