@@ -125,6 +125,26 @@ class AuthError(ImageSearchError):
         self.status_code = status_code
 
 
+class NotEnoughDataError(ImageSearchError):
+    """The catalogue cannot support a quality task (one category, too few products per category)."""
+
+    status_code = 422
+
+    def __init__(self, model: str, message: str) -> None:
+        super().__init__(f"model {model!r}: {message}")
+        self.model = model
+
+
+class TrainingError(ImageSearchError):
+    """Fine-tuning could not finish or adopt its head (e.g. the index rebuild through it failed)."""
+
+    status_code = 500
+
+    def __init__(self, model: str, message: str) -> None:
+        super().__init__(f"model {model!r}: {message}")
+        self.model = model
+
+
 class ImageNotAvailableError(ImageSearchError):
     """A known product whose preview image is not cached (or has gone from disk)."""
 
