@@ -74,11 +74,17 @@ def test_category_and_min_score_filters(client, built_root):
     assert all(h["score"] >= 0.999 for h in r.json()["results"]) and r.json()["num_results"] >= 1
 
 
-def test_all_search_merges_models(client, built_root):
+def _queries_embedded(live) -> int:
+    return sum(q for _, q in live.app.state.catalogue.batch_stats().values())
+
+
+def test_all_search_merges_models(client, live, built_root):
     row = _single_view(built_root, "shirts")[0]
+    before = _queries_embedded(live)
     r = client.post("/all/search", params={"top_k": 4},
                     files={"file": ("q.jpg", _own_image(built_root, "shirts", row), "image/jpeg")})
     assert r.status_code == 200, r.text
+    assert _queries_embedded(live) == before + 1  # both models share the backbone: one forward
     body = r.json()
     assert set(body["per_model"]) == {"general", "shirts"}
     assert body["per_model"]["shirts"]["results"][0]["id"] == row["shopify_product_id"]
