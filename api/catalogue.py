@@ -21,18 +21,6 @@ from api.loaded import LoadedModel, file_signature, load_model
 logger = logging.getLogger(__name__)
 
 
-def configure_threads(settings: Settings) -> None:
-    """torch gets the cores for the one forward pass at a time; FAISS searches single-threaded,
-    since one query gains nothing from OpenMP and concurrent ones would oversubscribe."""
-    import os
-
-    import faiss
-    import torch
-
-    torch.set_num_threads(settings.torch_threads or os.cpu_count() or 1)
-    faiss.omp_set_num_threads(1)
-
-
 class Catalogue:
     """Loaded models by name, shared embedders by backbone, and the hot-reload watcher."""
 
@@ -51,7 +39,6 @@ class Catalogue:
 
     # lifecycle
     def start(self) -> None:
-        configure_threads(self.settings)
         registry = self._registry or ModelRegistry.discover(self.settings)
         for spec in registry:
             self._install(self._load(spec))
@@ -133,14 +120,11 @@ class Catalogue:
         with self._lock:
             if backbone in self._embedders:
                 return self._embedders[backbone]
-        from core.encoder import ClipEncoder
-
         try:
-            emb = Embedder(ClipEncoder.from_settings(self.settings, backbone))
+            emb = Embedder.load(self.settings, backbone)
         except BackboneLoadError as exc:
             self._embedder_errors[backbone] = exc.message
             raise
-        emb.start()
         with self._lock:
             self._embedders.setdefault(backbone, emb)
             winner = self._embedders[backbone]

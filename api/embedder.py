@@ -1,4 +1,5 @@
-"""Query embedding: one CLIP encoder and micro-batcher per backbone; decoding runs in worker threads."""
+"""Query embedding: one CLIP encoder and micro-batcher per backbone; decoding runs in worker threads,
+every torch call on the batcher's one thread."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from api.batcher import MicroBatcher
 if TYPE_CHECKING:
     from PIL import Image
 
+    from core.config import Settings
     from core.encoder import ClipEncoder
 
 logger = logging.getLogger(__name__)
@@ -30,18 +32,27 @@ MAX_WAIT_MS = 5.0
 class Embedder:
     """A loaded backbone: images go through the micro-batcher, texts straight to the text tower."""
 
-    def __init__(self, encoder: "ClipEncoder", *, max_batch: int = MAX_BATCH, max_wait_ms: float = MAX_WAIT_MS) -> None:
+    def __init__(self, encoder: "ClipEncoder", batcher: MicroBatcher) -> None:
         self.encoder = encoder
         self.backbone = encoder.backbone
-        self.batcher = MicroBatcher(encoder.encode_pixels, name=encoder.backbone.rsplit("/", 1)[-1],
-                                    max_batch=max_batch, max_wait_ms=max_wait_ms)
+        self.batcher = batcher
+        batcher.fn = encoder.encode_pixels
+
+    @classmethod
+    def load(cls, settings: "Settings", backbone: str) -> "Embedder":
+        """Start the backbone's worker thread and load the encoder on it. Raises BackboneLoadError."""
+        batcher = MicroBatcher(None, name=backbone.rsplit("/", 1)[-1], max_batch=MAX_BATCH, max_wait_ms=MAX_WAIT_MS)
+        batcher.start()
+        try:
+            encoder = batcher.call(_load_encoder, settings, backbone).result()
+        except BaseException:
+            batcher.stop()
+            raise
+        return cls(encoder, batcher)
 
     @property
     def dim(self) -> int:
         return self.encoder.dim
-
-    def start(self) -> None:
-        self.batcher.start()
 
     def stop(self) -> None:
         self.batcher.stop()
@@ -50,11 +61,22 @@ class Embedder:
         text = text.strip()
         if not text:
             raise BadRequestError("the text query is empty")
-        return (await to_thread.run_sync(self.encoder.encode_texts, [text]))[0]
+        return (await self.batcher.run(self.encoder.encode_texts, [text]))[0]
 
     def embed_images(self, images: list["Image.Image"]) -> Embeddings:
-        """Synchronous batch embedding (admin edits), bypassing the query batcher."""
-        return self.encoder.encode_images(images)
+        """Blocking batch embedding for admin edits (call from a worker thread, not the event loop)."""
+        return self.batcher.call(self.encoder.encode_images, images).result()
+
+
+def _load_encoder(settings: "Settings", backbone: str) -> "ClipEncoder":
+    import os
+
+    import torch
+
+    from core.encoder import ClipEncoder
+
+    torch.set_num_threads(settings.torch_threads or os.cpu_count() or 1)  # set on the thread that runs torch
+    return ClipEncoder.from_settings(settings, backbone)
 
 
 def decode_query(data: bytes, *, max_pixels: int, shorter_side: int | None) -> "Image.Image":

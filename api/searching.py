@@ -36,9 +36,18 @@ def _accept(row: dict[str, Any], score: float, filters: Filters) -> bool:
     return True
 
 
+def _one_faiss_thread() -> None:
+    """FAISS searches single-threaded: one query gains little from OpenMP, and concurrent ones would
+    fight torch for the cores. The OpenMP setting is per calling thread, hence on every search."""
+    import faiss
+
+    faiss.omp_set_num_threads(1)
+
+
 def nearest(model: LoadedModel, vector: np.ndarray, filters: Filters) -> list[tuple[int, float]]:
     """(position, score) pairs, best first, after filters. ``vector`` is already in index space."""
     bundle = model.require().bundle
+    _one_faiss_thread()
     n = len(bundle.metadata)
     if n == 0 or (filters.category is not None and filters.category not in model.category_counts):
         return []

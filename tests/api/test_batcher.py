@@ -81,3 +81,17 @@ def test_full_queue_is_overloaded():
         first.cancel()
 
     _run(main())
+
+
+def test_calls_run_on_the_worker_thread_between_batches():
+    batcher = MicroBatcher(lambda b: b, name="t")
+    batcher.start()
+    try:
+        worker = batcher.call(threading.get_ident).result(5)
+        assert worker != threading.get_ident()
+        assert _run(batcher.run(threading.get_ident)) == worker
+        with pytest.raises(ZeroDivisionError):
+            batcher.call(lambda: 1 / 0).result(5)
+        assert _run(batcher.submit(np.ones(1, dtype=np.float32))).tolist() == [1.0]
+    finally:
+        batcher.stop()
