@@ -166,6 +166,8 @@ class MicroBatcher:
             self._run_batch(self._collect(first))
 
     def _run_batch(self, jobs: list[_Job]) -> None:
+        self.batches += 1  # counted before any waiter wakes, so a client sees its own query counted
+        self.items += len(jobs)
         try:
             rows = self.fn(np.stack([j.item for j in jobs]))
             for job, row in zip(jobs, rows):
@@ -174,5 +176,3 @@ class MicroBatcher:
             logger.exception("batch of %d failed in %s", len(jobs), self.name)
             for job in jobs:
                 _resolve(job, None, exc)
-        self.batches += 1
-        self.items += len(jobs)
