@@ -116,7 +116,7 @@ class FakeApi:
         handler = type("Handler", (_Handler,), {"catalogue": catalogue})
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
 
     def __enter__(self) -> "FakeApi":
         self._thread.start()
