@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 # `streamlit run ui/app.py` puts ui/ (not the project root) on sys.path; the ui package needs the root.
 _ROOT = str(Path(__file__).resolve().parent.parent)
@@ -34,9 +35,17 @@ def _image_bytes(api_url: str, path: str) -> bytes:
 
 
 def _img_src(client: ApiClient, hit: dict) -> str:
-    path = hit.get("image_url") or client.image_url(hit.get("model") or "", hit.get("id", ""))
+    """A picture the API serves is fetched here and inlined; a remote original is linked as is."""
+    url = hit.get("image_url")
+    if not url:
+        return render.PLACEHOLDER_SRC
+    path = client.image_path(hit.get("model") or "", hit.get("id", ""))
+    if urlsplit(url).path.endswith(path):
+        url = path  # the API names itself by the address it was called on; use the one we can reach
+    elif url.startswith(("http://", "https://")):
+        return url
     try:
-        return render.image_src(_image_bytes(client.base_url, path))
+        return render.image_src(_image_bytes(client.base_url, url))
     except (ApiError, ApiUnavailable):
         return render.PLACEHOLDER_SRC
 
@@ -218,7 +227,8 @@ def _more_like_this(model: str, product_id: str, title: str) -> None:
 
 def _query_panel(client: ApiClient, query: Query) -> None:
     if query.kind == "similar":
-        src = _img_src(client, {"model": query.product_model, "id": query.product_id})
+        src = _img_src(client, {"model": query.product_model, "id": query.product_id,
+                                "image_url": client.image_url(query.product_model, query.product_id)})
         _html(render.query_panel("More like", src, query.product_title))
         st.button("← Back to your search", key="back", on_click=_clear_similar, use_container_width=True)
     elif query.kind == "text":

@@ -131,8 +131,12 @@ class ApiClient:
     def product(self, model: str, product_id: str) -> dict:
         return self._json("GET", f"/{quote(model)}/products/{quote(str(product_id), safe='')}")
 
+    @staticmethod
+    def image_path(model: str, product_id: str) -> str:
+        return f"/{quote(model)}/products/{quote(str(product_id), safe='')}/image"
+
     def image_url(self, model: str, product_id: str) -> str:
-        return self.url(f"/{quote(model)}/products/{quote(str(product_id), safe='')}/image")
+        return self.url(self.image_path(model, product_id))
 
     def image(self, path_or_url: str) -> bytes:
         """Bytes of a product image served by the API (relative path or absolute URL)."""

@@ -88,7 +88,7 @@ def _price(value: object) -> str:
 def product_card(hit: dict, img_src: str, *, show_model: str | None = None) -> str:
     """One result card; ``data-*`` attributes carry id, rank and model for tests and scripts."""
     pct = match_percent(hit.get("score"))
-    price = _price(hit.get("price"))
+    price = _price(hit.get("price", (hit.get("extra") or {}).get("price")))
     model = hit.get("model") or ""
     score = hit.get("score")
     score_title = f"cosine similarity {float(score):.3f}" if score is not None else ""

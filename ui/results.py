@@ -50,9 +50,8 @@ def groups_from_response(response: dict, *, query_model: str) -> list[ResultGrou
                             search_time_ms=response.get("search_time_ms"))]
     groups = [ResultGroup(key="merged", model="all", hits=_hits(response.get("results"), ""), merged=True,
                           show_model=True)]
-    errors = response.get("errors") or {}
-    for name in sorted(set(per_model) | set(errors)):
-        sub = per_model.get(name) or {}
+    for name in sorted(per_model):
+        sub = per_model[name] or {}
         groups.append(ResultGroup(key=name, model=name, hits=_hits(sub.get("results"), name),
-                                  error=str(errors.get(name) or ""), search_time_ms=sub.get("search_time_ms")))
+                                  error=str(sub.get("error") or ""), search_time_ms=sub.get("search_time_ms")))
     return groups

@@ -19,6 +19,7 @@ class FakeCatalogue:
         self.products = {m: self._read(data_dir / m / "products.csv") for m in models}
         self.unbuilt = set(unbuilt)
         self.requests: list[tuple[str, str, dict]] = []
+        self.base_url = ""  # set by FakeApi: image URLs are absolute, as the real API makes them
 
     @staticmethod
     def _read(csv_path: Path) -> list[dict]:
@@ -29,8 +30,9 @@ class FakeCatalogue:
         rows = [r for r in self.products[model] if not category or r["category"] == category]
         rows.sort(key=lambda r: r["shopify_product_id"] != first)
         return [{"rank": n + 1, "id": r["shopify_product_id"], "title": r["title"], "category": r["category"],
-                 "score": round(0.95 - 0.03 * n, 4), "price": r["price"], "preview_image": r["preview_image"],
-                 "image_url": f"/{model}/products/{r['shopify_product_id']}/image", "model": model}
+                 "score": round(0.95 - 0.03 * n, 4), "preview_image": r["preview_image"],
+                 "image_url": f"{self.base_url}/{model}/products/{r['shopify_product_id']}/image", "model": None,
+                 "extra": {"price": r["price"], "vendor": r["vendor"]}}
                 for n, r in enumerate(rows[:top_k])]
 
 
@@ -73,29 +75,31 @@ class _Handler(BaseHTTPRequestHandler):
                          "models": {m: {"products": len(p), "name": m, "built_at": "2025-01-01T00:00:00Z"}
                                     for m, p in cat.products.items()}}
         if parts == ["models"]:
-            return 200, [{"name": m, "display_name": m.title(), "num_products": len(p),
+            return 200, {"count": len(cat.products), "models": [{"name": m, "display_name": m.title(), "num_products": len(p),
                           "categories": sorted({r["category"] for r in p}), "searchable": m not in cat.unbuilt,
-                          "search_path": f"/{m}/search"} for m, p in cat.products.items()]
+                          "search_path": f"/{m}/search"} for m, p in cat.products.items()]}
         model = parts[0]
         if model not in cat.products and model != "all":
-            return 404, {"message": f"unknown model {model!r}"}
+            return 404, {"detail": f"unknown model {model!r}", "error": "UnknownModelError"}
         if model in cat.unbuilt:
-            return 503, {"message": f"model {model!r} is not built yet"}
+            return 503, {"detail": f"model {model!r} is not built yet", "error": "ModelNotReadyError"}
         top_k = int(query.get("top_k", 10))
         if parts[1:] == ["search"] and method == "POST":
             if b"not an image" in body:
-                return 400, {"message": "uploaded file is not an image"}
+                return 400, {"detail": "uploaded file is not an image", "error": "ImageDecodeError"}
             if model == "all":
                 groups = {m: _response(m, cat.hits(m, top_k, query.get("category"))) for m in cat.products}
-                merged = sorted((h for g in groups.values() for h in g["results"]), key=lambda h: -h["score"])
-                return 200, {**_response("all", merged[:top_k]), "per_model": groups}
+                merged = sorted(({**h, "model": m} for m, g in groups.items() for h in g["results"]),
+                                key=lambda h: -h["score"])[:top_k]
+                merged = [{**h, "rank": n} for n, h in enumerate(merged, start=1)]
+                return 200, {**_response("all", merged), "per_model": groups}
             return 200, _response(model, cat.hits(model, top_k, query.get("category")), "query.jpg")
         if parts[1:] == ["search", "text"]:
             return 200, _response(model, cat.hits(model, top_k, query.get("category")))
         if len(parts) >= 3 and parts[1] == "products":
             row = next((r for r in cat.products[model] if r["shopify_product_id"] == parts[2]), None)
             if row is None:
-                return 404, {"message": f"no product {parts[2]!r} in {model!r}"}
+                return 404, {"detail": f"no product {parts[2]!r} in {model!r}", "error": "ProductNotFoundError"}
             if parts[3:] == ["image"]:
                 return 200, (cat.data_dir / model / row["preview_image"]).read_bytes()
             if parts[3:] == ["similar"]:
@@ -116,6 +120,7 @@ class FakeApi:
         handler = type("Handler", (_Handler,), {"catalogue": catalogue})
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        catalogue.base_url = self.url
         self._thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
 
     def __enter__(self) -> "FakeApi":

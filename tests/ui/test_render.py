@@ -8,7 +8,7 @@ from ui.results import groups_from_response
 
 def test_card_escapes_text_and_carries_hooks():
     hit = {"id": 'G"1', "rank": 2, "model": "general", "title": "<script>alert(1)</script>",
-           "category": "mugs & cups", "score": 0.873, "price": "1234.5"}
+           "category": "mugs & cups", "score": 0.873, "extra": {"price": "1234.5"}}
     card = render.product_card(hit, render.image_src(b"\xff\xd8"), show_model="General")
     assert "<script>" not in card and "&lt;script&gt;" in card
     assert 'data-product-id="G&quot;1"' in card and 'data-rank="2"' in card
@@ -41,8 +41,8 @@ def test_single_model_response_is_one_group_tagged_with_its_model():
 
 def test_all_models_response_puts_the_merged_ranking_first():
     response = {"results": [{"id": "s1", "model": "shirts"}, {"id": "g1", "model": "general"}],
-                "per_model": {"shirts": {"results": [{"id": "s1"}]}, "general": {"results": [{"id": "g1"}]}},
-                "errors": {"broken": "not built"}}
+                "per_model": {"shirts": {"results": [{"id": "s1"}]}, "general": {"results": [{"id": "g1"}]},
+                              "broken": {"results": [], "error": "not built"}}}
     groups = groups_from_response(response, query_model="all")
     assert [g.model for g in groups] == ["all", "broken", "general", "shirts"]
     assert groups[0].merged and groups[0].show_model and groups[1].error == "not built"
