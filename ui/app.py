@@ -118,6 +118,7 @@ def _categories(models: list[dict], model: str) -> list[str]:
 
 def _model_selector(models: list[dict]) -> str | None:
     names = [m["name"] for m in models if m.get("searchable", True)]
+    st.session_state["searchable"] = names
     if not names:
         _html(render.alert("warning", "No catalogue is ready yet",
                            "The product catalogues are still being built. Please check back shortly.",
@@ -168,11 +169,11 @@ def _cached_fetch(url: str) -> Query:
 
 # --- searching -----------------------------------------------------------------------------------
 
-def _search(client: ApiClient, model: str, query: Query, top_k: int, category: str | None,
-            min_score: float | None) -> dict:
-    opts = dict(top_k=top_k, category=category, min_score=min_score)
+def _search(client: ApiClient, model: str, query: Query, opts: dict) -> dict:
     if query.kind == "similar":
-        return client.similar(query.product_model, query.product_id, top_k=top_k)
+        return client.similar(query.product_model, query.product_id, **opts)
+    if query.kind == "text" and model == ALL:
+        return client.search_text_all(st.session_state["searchable"], query.text, **opts)
     if query.kind == "text":
         return client.search_text(model, query.text, **opts)
     if model == ALL:
@@ -180,15 +181,14 @@ def _search(client: ApiClient, model: str, query: Query, top_k: int, category: s
     return client.search(model, query.image, query.filename, **opts)
 
 
-def _cached_search(client: ApiClient, model: str, query: Query, top_k: int, category: str | None,
-                   min_score: float | None) -> dict:
+def _cached_search(client: ApiClient, model: str, query: Query, opts: dict) -> dict:
     """Search once per distinct query and options; widget reruns (e.g. a click) reuse the answer."""
-    key = (client.base_url, model, query.signature, top_k, category, min_score)
+    key = (client.base_url, model, query.signature, tuple(sorted(opts.items())))
     last = st.session_state.get("last_search")
     if last and last[0] == key:
         return last[1]
     with st.spinner("Searching the catalogue…"):
-        response = _search(client, model, query, top_k, category, min_score)
+        response = _search(client, model, query, opts)
     st.session_state["last_search"] = (key, response)
     return response
 
@@ -285,7 +285,8 @@ def main() -> None:
         _query_panel(client, query)
     with right:
         try:
-            response = _cached_search(client, model, query, top_k, category, min_score)
+            response = _cached_search(client, model, query, dict(top_k=top_k, category=category,
+                                                                  min_score=min_score))
         except (ApiUnavailable, ApiError) as exc:
             _search_failed(client, exc, _display_name(models, query.product_model or model))
             return
