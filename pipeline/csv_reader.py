@@ -1,0 +1,165 @@
+"""Parse a merchant's products.csv (seed format, messy variants, or a Shopify export) into row dicts."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from core.errors import CsvSchemaError
+
+# column name -> accepted aliases (compared lower-cased, spaces/dashes as underscores)
+ALIASES: dict[str, tuple[str, ...]] = {
+    "id": ("shopify_product_id", "product_id", "id", "sku"),
+    "title": ("title", "name", "product_title"),
+    "images": ("images", "image_urls", "image_url", "image_list"),
+    "preview_image": ("preview_image", "preview", "thumbnail", "image"),
+    "category": ("category", "product_type", "type", "product_category"),
+}
+_SHOPIFY_COLUMNS = ("handle", "image_src")
+_SURROGATE = re.compile(r"[\udc80-\udcff]")
+
+
+@dataclass
+class RawRow:
+    """One CSV record: its line number, canonical fields, extra columns, and a decoding problem if any."""
+
+    line: int
+    fields: dict[str, str]
+    extra: dict[str, str] = field(default_factory=dict)
+    images: list[str] = field(default_factory=list)
+    bad_encoding: str | None = None
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[\s\-]+", "_", name.strip().lstrip("\ufeff").strip().lower())
+
+
+def decode_csv(raw: bytes) -> tuple[str, str]:
+    """(text, encoding label). Invalid UTF-8 is kept as surrogates so the rows holding it can be rejected;
+    a file with no valid UTF-8 text beyond ASCII at all is read as Windows-1252 (an Excel export)."""
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    try:
+        return raw.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        pass
+    text = raw.decode("utf-8", errors="surrogateescape")
+    if not any(ord(ch) > 0x7F and not _SURROGATE.match(ch) for ch in text):
+        return raw.decode("cp1252", errors="replace"), "cp1252"
+    return text, "utf-8 (some rows invalid)"
+
+
+def _column_map(header: list[str], model: str) -> dict[str, int]:
+    normalised = [_norm(h) for h in header]
+    mapping: dict[str, int] = {}
+    for canonical, aliases in ALIASES.items():
+        for alias in aliases:
+            if alias in normalised and normalised.index(alias) not in mapping.values():
+                mapping[canonical] = normalised.index(alias)
+                break
+    missing = [c for c in ("id", "title") if c not in mapping]
+    if "images" not in mapping and "preview_image" not in mapping:
+        missing.append("images")
+    if missing:
+        raise CsvSchemaError(model, f"products.csv is missing required column(s) {', '.join(missing)} "
+                                    f"(found: {', '.join(h.strip() for h in header) or 'nothing'})")
+    return mapping
+
+
+def _records(text: str) -> Iterator[tuple[int, list[str]]]:
+    reader = csv.reader(io.StringIO(text, newline=""), skipinitialspace=False)
+    line = 1
+    for record in reader:
+        start, line = line, reader.line_num + 1
+        if record and any(cell.strip() for cell in record):
+            yield start, record
+
+
+def read_rows(text: str, model: str) -> Iterator[RawRow]:
+    """Yield one RawRow per non-blank record (seed format) or per product (Shopify export)."""
+    records = _records(text)
+    try:
+        _, header = next(records)
+    except StopIteration:
+        raise CsvSchemaError(model, "products.csv is empty") from None
+    names = [_norm(h) for h in header]
+    if all(c in names for c in _SHOPIFY_COLUMNS):
+        yield from _shopify_rows(header, records)
+        return
+    mapping = _column_map(header, model)
+    used = set(mapping.values())
+    for line, record in records:
+        cells = record + [""] * (len(header) - len(record))
+        row = RawRow(line=line, fields={k: cells[i].strip() for k, i in mapping.items()},
+                     extra={header[i].strip().lstrip("\ufeff"): cells[i].strip()
+                            for i in range(len(header)) if i not in used and cells[i].strip()})
+        row.bad_encoding = _bad_encoding(header, cells)
+        yield row
+
+
+def _bad_encoding(header: list[str], cells: list[str]) -> str | None:
+    for name, cell in zip(header, cells):
+        if _SURROGATE.search(cell):
+            return name.strip() or "?"
+    return None
+
+
+def _shopify_rows(header: list[str], records: Iterator[tuple[int, list[str]]]) -> Iterator[RawRow]:
+    """Shopify product export: one row per image, grouped by Handle (first row carries the title)."""
+    names = [_norm(h) for h in header]
+    col = {n: i for i, n in reversed(list(enumerate(names)))}
+    groups: dict[str, RawRow] = {}
+    for line, record in records:
+        cells = record + [""] * (len(header) - len(record))
+        get = (lambda n: cells[col[n]].strip() if n in col else "")
+        handle = get("handle")
+        row = groups.get(handle)
+        if row is None:
+            row = groups[handle] = RawRow(line=line, fields={"id": handle, "title": "", "category": ""})
+        row.fields["title"] = row.fields["title"] or get("title")
+        row.fields["category"] = row.fields["category"] or get("product_category") or get("type")
+        for key in ("vendor", "variant_price", "tags"):
+            if get(key) and key not in row.extra:
+                row.extra[key.removeprefix("variant_")] = get(key)
+        position = get("image_position")
+        if get("image_src"):
+            row.images.append((int(position) if position.isdigit() else 10**6, get("image_src")))
+        row.bad_encoding = row.bad_encoding or _bad_encoding(header, cells)
+    for row in groups.values():
+        row.images = [src for _, src in sorted(row.images, key=lambda p: p[0])]
+        yield row
+
+
+class ImageListError(ValueError):
+    """The images cell cannot be read as a list of references."""
+
+
+def parse_image_list(cell: str) -> list[str]:
+    """A JSON array of refs, a single ref, or a comma/pipe separated list; tolerates doubled quotes
+    and trailing commas. Raises ImageListError when it looks like JSON but cannot be repaired."""
+    cell = cell.strip()
+    if not cell:
+        return []
+    if cell.startswith("["):
+        return _parse_json_list(cell)
+    sep = "|" if "|" in cell else ("," if "," in cell else None)
+    parts = cell.split(sep) if sep else [cell]
+    return [p.strip().strip("'\"").strip() for p in parts if p.strip().strip("'\"").strip()]
+
+
+def _parse_json_list(cell: str) -> list[str]:
+    attempts = [cell, cell.replace('""', '"'), re.sub(r",\s*]", "]", cell.replace('""', '"')),
+                re.sub(r",\s*]", "]", cell.replace('""', '"').replace("'", '"'))]
+    for attempt in attempts:
+        try:
+            value = json.loads(attempt)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return [v.strip() for v in value if v.strip()]
+        raise ImageListError("images must be a JSON array of strings")
+    raise ImageListError("malformed images JSON")

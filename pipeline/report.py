@@ -1,0 +1,65 @@
+"""Human-readable summaries: the end-of-run phase table and the ``--list`` model overview."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from core.config import Settings
+from core.model_config import ModelSpec
+from pipeline.runner import PhaseOutcome
+from utils.atomic import read_json
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows)]
+    fmt = lambda cells: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
+                                  for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([fmt(headers), fmt(["-" * w for w in widths]), *(fmt(r) for r in rows)])
+
+
+def format_summary(spec: ModelSpec, settings: Settings, outcomes: list[PhaseOutcome]) -> str:
+    """Phase table (status, ok, failed, seconds), failures by reason, and where the reports are."""
+    rows = [[o.phase.value, o.status.value, str(o.result.ok), str(o.result.num_failed), f"{o.seconds:.2f}"]
+            for o in outcomes]
+    lines = [f"model {spec.name}" + (f" ({spec.display_name})" if spec.display_name else ""),
+             _table(["phase", "status", "ok", "failed", "seconds"], rows)]
+    reasons = [(o.phase.value, reason, n) for o in outcomes for reason, n in o.result.failed.most_common()]
+    if reasons:
+        lines.append("failed by reason:")
+        lines += [f"  {phase}: {reason} x{n}" for phase, reason, n in reasons]
+    details = [f"  {o.phase.value}: " + ", ".join(f"{k}={v}" for k, v in o.result.details.items())
+               for o in outcomes if o.result.details]
+    if details:
+        lines += ["details:", *details]
+    if any(o.status.value == "incomplete" for o in outcomes):
+        lines.append("some downloads failed for transient reasons (timeouts, 5xx): run again to retry them")
+    paths = spec.paths(settings)
+    lines.append(f"reports: {paths.models / 'validation_report.json'}, {paths.models / 'images.json'}")
+    return "\n".join(lines)
+
+
+def _model_row(spec: ModelSpec, settings: Settings) -> list[str]:
+    paths = spec.paths(settings)
+    products = images = "-"
+    indexed, built, kind = "no", "-", "-"
+    try:
+        products = str(len(read_json(paths.processed_products)["products"]))
+    except (OSError, ValueError, KeyError):
+        pass
+    try:
+        entries = read_json(paths.models / "images.json")["images"].values()
+        images = str(sum(1 for e in entries if e.get("status") == "ok"))
+    except (OSError, ValueError, KeyError, AttributeError):
+        pass
+    try:
+        manifest = read_json(paths.manifest)
+        indexed, built, kind = f"yes ({manifest['num_products']})", manifest["built_at"], manifest["index_type"]
+    except (OSError, ValueError, KeyError):
+        pass
+    csv = "yes" if paths.csv.is_file() else "no"
+    return [spec.name, spec.display_name or spec.name, csv, products, images, indexed, kind, built]
+
+
+def format_model_list(specs: Iterable[ModelSpec], settings: Settings) -> str:
+    rows = [_model_row(s, settings) for s in specs]
+    return _table(["model", "name", "csv", "products", "images cached", "indexed", "index", "built at"], rows)

@@ -1,0 +1,134 @@
+"""Phase 1: read and validate products.csv into processed_products.json plus a per-row report."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
+
+from core.errors import MissingInputError
+from core.types import PhaseName
+from pipeline.base import PhaseResult, PipelineContext, file_digest
+from pipeline.csv_reader import ImageListError, RawRow, decode_csv, parse_image_list, read_rows
+from utils.atomic import write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+
+def check_ref(ref: str) -> str | None:
+    """None if ``ref`` is an http(s) URL or a relative path inside the model folder, else the reason."""
+    parts = urlsplit(ref)
+    if parts.scheme.lower() in ("http", "https"):
+        return None if parts.hostname else "URL has no host"
+    if len(parts.scheme) > 1:
+        return f"unsupported URL scheme '{parts.scheme.lower()}'"
+    if ref.startswith(("/", "\\")) or len(parts.scheme) == 1:
+        return "absolute paths are not allowed"
+    if ".." in PurePosixPath(ref.replace("\\", "/")).parts:
+        return "path escapes the model folder"
+    return None
+
+
+@dataclass
+class _Report:
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[dict[str, Any]] = field(default_factory=list)
+    image_rejects: list[dict[str, Any]] = field(default_factory=list)
+
+    def reject(self, row: RawRow, reason: str, detail: str = "") -> None:
+        self.rejected.append({"row": row.line, "id": row.fields.get("id", ""), "reason": reason,
+                              "detail": detail})
+
+    def warn(self, row: RawRow, message: str) -> None:
+        self.warnings.append({"row": row.line, "id": row.fields.get("id", ""), "message": message})
+
+
+def _refs(row: RawRow, report: _Report) -> list[str] | None:
+    """The row's valid image refs, or None if the images cell is unreadable (row rejected)."""
+    try:
+        refs = parse_image_list(row.fields["images"]) if "images" in row.fields else list(row.images)
+    except ImageListError as exc:
+        report.reject(row, str(exc), row.fields.get("images", "")[:200])
+        return None
+    good: list[str] = []
+    for ref in dict.fromkeys(refs):
+        reason = check_ref(ref)
+        if reason:
+            report.image_rejects.append({"row": row.line, "id": row.fields.get("id", ""), "ref": ref[:300],
+                                         "reason": reason})
+        else:
+            good.append(ref)
+    return good
+
+
+def _product(row: RawRow, report: _Report, max_images: int) -> dict[str, Any] | None:
+    if row.bad_encoding:
+        report.reject(row, "non-UTF-8 bytes", f"column {row.bad_encoding}")
+        return None
+    pid, title = row.fields.get("id", ""), row.fields.get("title", "")
+    if not pid or not title:
+        report.reject(row, "empty id" if not pid else "empty title")
+        return None
+    views = _refs(row, report)
+    if views is None:
+        return None
+    preview = row.fields.get("preview_image", "")
+    preview = preview if preview and not check_ref(preview) else ""
+    if len(views) > max_images:
+        report.warn(row, f"{len(views)} images, kept the first {max_images}")
+        views = views[:max_images]
+    views = views or ([preview] if preview else [])
+    if not views:
+        report.reject(row, "no usable image")
+        return None
+    return {"id": pid, "title": title, "category": row.fields.get("category", ""), "images": views,
+            "preview_image": preview or views[0], "extra": row.extra, "row": row.line}
+
+
+class ValidationPhase:
+    name = PhaseName.VALIDATION
+
+    def fingerprint(self, ctx: PipelineContext) -> dict[str, Any]:
+        return {"csv": file_digest(ctx.paths.csv), "max_images": ctx.settings.max_images_per_product}
+
+    def outputs(self, ctx: PipelineContext) -> list[Path]:
+        return [ctx.paths.processed_products, ctx.paths.models / "validation_report.json"]
+
+    def run(self, ctx: PipelineContext) -> PhaseResult:
+        if not ctx.paths.csv.is_file():
+            raise MissingInputError(ctx.model, f"no products.csv at {ctx.paths.csv}")
+        text, encoding = decode_csv(ctx.paths.csv.read_bytes())
+        report = _Report()
+        products: dict[str, dict[str, Any]] = {}
+        rows = 0
+        for row in read_rows(text, ctx.model):
+            rows += 1
+            product = _product(row, report, ctx.settings.max_images_per_product)
+            if product is None:
+                continue
+            if product["id"] in products:
+                report.warn(row, f"duplicate id {product['id']!r} (first seen on row "
+                                 f"{products[product['id']]['row']}): this later row wins")
+                del products[product["id"]]  # re-insert so order follows the winning row
+            products[product["id"]] = product
+        return self._write(ctx, list(products.values()), report, rows, encoding)
+
+    def _write(self, ctx, products, report: _Report, rows: int, encoding: str) -> PhaseResult:
+        write_json_atomic(ctx.paths.processed_products,
+                          {"model": ctx.model, "source": str(ctx.paths.csv), "products": products}, indent=None)
+        failed = Counter(r["reason"] for r in report.rejected)
+        write_json_atomic(ctx.paths.models / "validation_report.json", {
+            "model": ctx.model, "encoding": encoding, "rows": rows, "accepted": len(products),
+            "rejected_by_reason": dict(failed), "rejected": report.rejected, "warnings": report.warnings,
+            "image_rejects": report.image_rejects})
+        for r in report.rejected:
+            logger.warning("%s: row %d rejected: %s %s", ctx.model, r["row"], r["reason"], r["detail"])
+        for w in report.warnings:
+            logger.warning("%s: row %d: %s", ctx.model, w["row"], w["message"])
+        details = {"rows": rows, "warnings": len(report.warnings), "images_rejected": len(report.image_rejects),
+                   "encoding": encoding}
+        failed.update(f"image: {r['reason']}" for r in report.image_rejects)
+        return PhaseResult(ok=len(products), failed=failed, details=details)

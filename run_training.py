@@ -1,0 +1,64 @@
+"""Train (build) one model's search index: python run_training.py <model> [--force] | --list."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from core.config import load_settings
+from core.errors import ImageSearchError
+from core.model_config import ModelRegistry
+from utils.logging_setup import setup_logging
+
+logger = logging.getLogger("run_training")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Validate data/<model>/products.csv, download images, embed them with CLIP and build "
+                    "the model's FAISS index. Finished phases are skipped unless their inputs changed.")
+    parser.add_argument("model", nargs="?", help="model name, e.g. general or shirts (see --list)")
+    parser.add_argument("--list", action="store_true", help="list every model and its build state")
+    parser.add_argument("--force", action="store_true", help="rerun every phase (the image cache is kept)")
+    parser.add_argument("--mode", choices=["data", "ml", "all"], default="all",
+                        help="data = validate + download, ml = embed + index, all = both (default)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not args.list and not args.model:
+        parser.error("give a model name, or --list")
+    try:
+        settings = load_settings()
+    except ImageSearchError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    setup_logging(settings.logs_dir, "training.log", "pipeline.log", console_level=logging.CRITICAL)
+    try:
+        registry = ModelRegistry.discover(settings)
+        from pipeline.report import format_model_list, format_summary
+
+        if args.list:
+            print(format_model_list(registry, settings))
+            return 0
+        spec = registry.get(args.model)
+        from pipeline.runner import run_model
+
+        outcomes = run_model(settings, spec, mode=args.mode, force=args.force, progress=not args.no_progress)
+        print(format_summary(spec, settings, outcomes))
+        return 0
+    except ImageSearchError as exc:
+        logger.error("%s", exc.message)
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: finished work is kept; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
