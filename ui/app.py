@@ -60,6 +60,7 @@ def _api_down(client: ApiClient) -> None:
     _html(render.alert("error", "The search service is offline",
                        f"We can't reach the product search service at {client.base_url} right now. "
                        "Please try again in a moment.", testid="api-down"))
+    st.button("Try again", key="retry", type="primary")  # a click reruns the page, checking again
 
 
 def _load_catalogues(client: ApiClient) -> tuple[dict, list[dict]] | None:
@@ -230,7 +231,8 @@ def _query_panel(client: ApiClient, query: Query) -> None:
         src = _img_src(client, {"model": query.product_model, "id": query.product_id,
                                 "image_url": client.image_url(query.product_model, query.product_id)})
         _html(render.query_panel("More like", src, query.product_title))
-        st.button("← Back to your search", key="back", on_click=_clear_similar, use_container_width=True)
+        st.button("← Back", key="back", help="Back to your own search", on_click=_clear_similar,
+                  use_container_width=True)
     elif query.kind == "text":
         _html(render.query_panel("You searched for", text=f"“{query.text}”"))
     else:

@@ -16,7 +16,7 @@ CSS = """
 .block-container {padding-top: 3.2rem; max-width: 1500px;}
 .shop-banner {display:flex; align-items:center; gap:.9rem; padding:1rem 1.3rem; border-radius:14px;
   background:linear-gradient(90deg,#1f2a44 0%,#35508a 100%); color:#fff; margin-bottom:1rem;}
-.shop-banner h1 {font-size:1.55rem; margin:0; padding:0; color:#fff;}
+.shop-banner__title {font-size:1.55rem; font-weight:700; color:#fff; line-height:1.3;}
 .shop-banner p {margin:0; opacity:.85; font-size:.92rem;}
 .shop-card {background:#fff; border:1px solid #e6e8ec; border-radius:12px; overflow:hidden;
   box-shadow:0 1px 3px rgba(16,24,40,.06); transition:box-shadow .15s, transform .15s; margin-bottom:.35rem;}
@@ -37,14 +37,14 @@ CSS = """
 .shop-card__model {color:#35508a; font-size:.7rem; margin-top:.15rem;}
 .shop-group {display:flex; align-items:baseline; gap:.6rem; margin:1.1rem 0 .5rem;
   border-bottom:2px solid #eef0f3; padding-bottom:.3rem;}
-.shop-group h3 {margin:0; padding:0; font-size:1.15rem;}
+.shop-group__title {font-size:1.15rem; font-weight:700; color:#1d2433;}
 .shop-group span {color:#6b7380; font-size:.85rem;}
 .shop-query {background:#fff; border:1px solid #e6e8ec; border-radius:12px; padding:.7rem;}
 .shop-query img {width:100%; border-radius:8px;}
 .shop-query__label {color:#6b7380; font-size:.75rem; text-transform:uppercase; letter-spacing:.05em;}
-.shop-query__text {font-size:1.05rem; font-weight:600; color:#1d2433; margin-top:.3rem;}
+.shop-query__text {font-size:.92rem; font-weight:600; color:#1d2433; margin-top:.3rem;}
 .shop-alert {border-radius:12px; padding:1rem 1.2rem; margin:.6rem 0; border:1px solid;}
-.shop-alert h4 {margin:0 0 .25rem; padding:0; font-size:1.05rem;}
+.shop-alert__title {margin:0 0 .25rem; font-size:1.05rem; font-weight:700;}
 .shop-alert p {margin:0; font-size:.92rem;}
 .shop-alert.error {background:#fdf0f0; border-color:#f3c5c5; color:#7a1f1f;}
 .shop-alert.warning {background:#fff8ec; border-color:#f5dcaa; color:#7a4b00;}
@@ -109,17 +109,18 @@ def product_card(hit: dict, img_src: str, *, show_model: str | None = None) -> s
 
 def group_header(title: str, subtitle: str, *, testid: str, model: str = "") -> str:
     return (f'<div class="shop-group" data-testid="{_e(testid)}" data-model="{_e(model)}">'
-            f'<h3>{_e(title)}</h3><span>{_e(subtitle)}</span></div>')
+            f'<div class="shop-group__title">{_e(title)}</div><span>{_e(subtitle)}</span></div>')
 
 
 def alert(kind: str, title: str, message: str, *, testid: str) -> str:
     """A friendly message box; ``kind`` is error | warning | info."""
     return (f'<div class="shop-alert {_e(kind)}" data-testid="{_e(testid)}" role="alert">'
-            f'<h4>{_e(title)}</h4><p>{_e(message)}</p></div>')
+            f'<div class="shop-alert__title">{_e(title)}</div><p>{_e(message)}</p></div>')
 
 
 def banner(title: str, subtitle: str) -> str:
-    return f'<div class="shop-banner"><div><h1>{_e(title)}</h1><p>{_e(subtitle)}</p></div></div>'
+    return (f'<div class="shop-banner"><div><div class="shop-banner__title">{_e(title)}</div>'
+            f"<p>{_e(subtitle)}</p></div></div>")
 
 
 def query_panel(label: str, img_src: str | None = None, text: str | None = None) -> str:
