@@ -1,0 +1,140 @@
+"""The whole pipeline with the tiny CLIP: demo catalogue, bad input over HTTP, resuming and the CLIs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from core.config import PROJECT_ROOT
+from core.model_config import ModelRegistry, ModelSpec
+from core.vector_index import load_index_bundle
+from pipeline.runner import PhaseStatus, run_model
+from tests.fake_images import huge_png, jpeg_bytes
+from tests.http_server import HttpServer, Reply
+from utils.demo_catalogue import write_demo
+
+pytestmark = pytest.mark.slow
+
+
+def _write_csv(folder, rows: list[tuple[str, str, list[str], str]]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["shopify_product_id,title,images,category"]
+    for pid, title, images, category in rows:
+        lines.append(f'{pid},{title},"{json.dumps(images).replace(chr(34), chr(34) * 2)}",{category}')
+    (folder / "products.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_demo_catalogue_builds_searches_and_skips_when_unchanged(make_settings):
+    settings = make_settings()
+    write_demo(settings.data_dir, general_per_category=3, shirts_per_category=2)
+    spec = ModelRegistry.discover(settings).get("general")
+    outcomes = run_model(settings, spec, progress=False)
+    assert [o.status for o in outcomes] == [PhaseStatus.RAN] * 4
+    bundle = load_index_bundle(spec.paths(settings), "general")
+    assert bundle.manifest["num_products"] == 18 and bundle.manifest["backbone"] == settings.clip_model
+    assert {"dim", "index_type", "built_at"} <= set(bundle.manifest)
+    # each product's own preview (a view of it) finds that product first
+    views = np.load(spec.paths(settings).models / "view_embeddings.npy")
+    keys = json.loads((spec.paths(settings).models / "view_keys.json").read_text())
+    first_view = {pid: views[i] for i, (pid, _) in reversed(list(enumerate(keys)))}
+    hits = sum(bundle.metadata[bundle.search(v[None], 1)[1][0, 0]]["id"] == pid for pid, v in first_view.items())
+    assert hits >= 16  # multi-view products are averaged, so a single view may rank a twin first
+    row = bundle.metadata[0]
+    assert row["extra"]["price"] and row["preview_cache"] and row["category"] == "mugs"
+
+    again = run_model(settings, spec, progress=False)
+    assert [o.status for o in again] == [PhaseStatus.SKIPPED] * 4
+    csv = spec.paths(settings).csv
+    csv.write_text(csv.read_text().replace("Red Ceramic Mug", "Crimson Ceramic Mug"))
+    changed = run_model(settings, spec, progress=False)
+    assert changed[0].status == PhaseStatus.RAN and changed[2].result.details["embedded"] == 0
+    assert load_index_bundle(spec.paths(settings), "general").metadata[0]["title"] == "Crimson Ceramic Mug"
+    forced = run_model(settings, spec, force=True, progress=False)
+    assert all(o.status == PhaseStatus.RAN for o in forced)
+
+
+def _truncated_jpeg() -> bytes:
+    data = jpeg_bytes(400, 300, seed=5)
+    return data[: len(data) * 2 // 3]
+
+
+def test_bad_urls_are_reported_and_every_good_product_is_indexed(make_settings):
+    settings = make_settings(download_timeout=0.5, download_retries=1)
+    with HttpServer() as server:
+        good = {f"/good{i}.jpg": Reply(jpeg_bytes(seed=i)) for i in range(4)}
+        server.routes.update(good)
+        server.routes.update({
+            "/slow.jpg": Reply(jpeg_bytes(seed=9), delay=3), "/page.jpg": Reply.html(),
+            "/cut.jpg": Reply(_truncated_jpeg()), "/bomb.png": Reply(huge_png(), content_type="image/png"),
+            "/loop": Reply.redirect("/loop"),
+        })
+        url = server.url
+        spec = ModelSpec(name="shop")
+        _write_csv(spec.paths(settings).data, [
+            ("1", "Good one", [url("/good0.jpg"), url("/missing.jpg")], "a"),
+            ("2", "Good two", [url("/good1.jpg")], "a"),
+            ("3", "Good three", [url("/good2.jpg"), url("/good3.jpg")], "b"),
+            ("4", "Only broken", [url("/page.jpg"), url("/cut.jpg"), url("/bomb.png"), url("/loop"),
+                                  url("/slow.jpg")], "b"),
+            ("5", "Bad schemes", ["file:///etc/passwd", "ftp://127.0.0.1/x.jpg"], "b"),
+        ])
+        outcomes = run_model(settings, spec, progress=False)
+    download, extraction = outcomes[1].result, outcomes[2].result
+    assert download.ok == 4
+    assert {"http 404", "too many redirects"} <= set(download.failed)
+    assert sum(n for r, n in download.failed.items() if "not an image" in r) == 1
+    assert download.failed["truncated image"] == 1 and download.failed["too many pixels"] == 1
+    assert not download.complete or "timeout" not in download.failed  # a timeout leaves the phase to retry
+    assert outcomes[0].result.failed["no usable image"] == 1 and extraction.failed["no usable image"] == 1
+    images = json.loads((spec.paths(settings).models / "images.json").read_text())["images"]
+    assert images[url("/missing.jpg")]["reason"] == "http 404"
+    bundle = load_index_bundle(spec.paths(settings), "shop")
+    assert sorted(r["id"] for r in bundle.metadata) == ["1", "2", "3"]
+
+
+def _cli(args: list[str], root, tiny_clip, **env) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "IMAGESEARCH_ROOT": str(root), "IMAGESEARCH_CLIP_MODEL": str(tiny_clip),
+                "IMAGESEARCH_TORCH_THREADS": "1", **env}
+    return subprocess.run([sys.executable, str(PROJECT_ROOT / "run_training.py"), *args], env=full_env,
+                          capture_output=True, text=True, timeout=240, cwd=root)
+
+
+def test_cli_builds_lists_and_fails_with_one_clear_line(tmp_path, tiny_clip):
+    root = tmp_path / "root"
+    write_demo(root / "data", general_per_category=2, shirts_per_category=2)
+    ok = _cli(["shirts", "--no-progress"], root, tiny_clip)
+    assert ok.returncode == 0, ok.stderr
+    assert "index_building" in ok.stdout and "ran" in ok.stdout
+    listing = _cli(["--list"], root, tiny_clip)
+    assert "shirts" in listing.stdout and "yes (10)" in listing.stdout
+    (root / "data" / "bad").mkdir()
+    (root / "data" / "bad" / "products.csv").write_text("shopify_product_id,images\n1,a.jpg\n")
+    for args, env, needle in [
+        (["nosuch"], {}, "unknown model 'nosuch'"),
+        (["bad"], {}, "missing required column(s) title"),
+        (["general"], {"IMAGESEARCH_CLIP_MODEL": "openai/clip-vit-base-patch32", "HF_HUB_OFFLINE": "1"},
+         "IMAGESEARCH_CLIP_MODEL"),
+    ]:
+        proc = _cli([*args, "--no-progress"], root, tiny_clip, **env)
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert proc.returncode == 1 and len(lines) == 1 and needle in lines[0], proc.stderr
+    assert (root / "logs" / "training.log").is_file() and (root / "logs" / "pipeline.log").is_file()
+
+
+def test_run_pipeline_modes(tmp_path, tiny_clip):
+    root = tmp_path / "root"
+    write_demo(root / "data", general_per_category=2, shirts_per_category=2)
+    env = {**os.environ, "IMAGESEARCH_ROOT": str(root), "IMAGESEARCH_CLIP_MODEL": str(tiny_clip)}
+    run = lambda *a: subprocess.run([sys.executable, str(PROJECT_ROOT / "run_pipeline.py"), *a, "--no-progress"],  # noqa: E731
+                                    env=env, capture_output=True, text=True, timeout=240)
+    data = run("--mode", "data")
+    assert data.returncode == 0 and (root / "models/general/images.json").is_file()
+    assert not (root / "models/general/index.faiss").exists()
+    ml = run("--mode", "ml", "--model", "shirts")
+    assert ml.returncode == 0, ml.stderr
+    assert (root / "models/shirts/index.faiss").is_file() and not (root / "models/general/index.faiss").exists()
