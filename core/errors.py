@@ -123,3 +123,20 @@ class AuthError(ImageSearchError):
     def __init__(self, message: str, status_code: int = 401) -> None:
         super().__init__(message)
         self.status_code = status_code
+
+
+class ImageNotAvailableError(ImageSearchError):
+    """A known product whose preview image is not cached (or has gone from disk)."""
+
+    status_code = 404
+
+    def __init__(self, model: str, product_id: str) -> None:
+        super().__init__(f"product {product_id!r} in model {model!r} has no cached preview image")
+        self.model = model
+        self.product_id = product_id
+
+
+class OverloadedError(ImageSearchError):
+    """The server's bounded queues are full; the client should retry shortly."""
+
+    status_code = 503

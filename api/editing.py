@@ -1,0 +1,175 @@
+"""Admin edits without a full rebuild: embed one product, update the vectors, rebuild the FAISS index
+from them (same type), write everything atomically (manifest last), then swap the snapshot in."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+from PIL import Image
+
+from core.config import Settings
+from core.encoder import l2_normalize
+from core.errors import BadImageError, BadRequestError
+from core.types import IndexType, Metric
+from core.vector_index import IndexBundle, build_index, write_index_bundle
+from pipeline.image_cache import ImageCache
+from utils.atomic import read_json, save_npy_atomic, write_json_atomic
+from utils.http_fetch import FetchError, Fetcher, FetchPolicy
+from utils.images import ImageDecodeError
+
+from api.catalogue import Catalogue
+from api.loaded import LoadedModel, file_signature, snapshot
+from api.schemas import ProductUpsert
+
+logger = logging.getLogger(__name__)
+
+_IDS_FILE = "embedding_ids.json"
+
+
+@dataclass
+class _Fetched:
+    images: list[Image.Image]
+    cached: list[str]  # names in the image cache, one per image
+    failed: dict[str, str]
+
+
+def _policy(settings: Settings) -> FetchPolicy:
+    return FetchPolicy(timeout=settings.download_timeout, retries=settings.download_retries,
+                       backoff=settings.download_backoff, max_redirects=settings.max_redirects,
+                       max_bytes=settings.max_image_bytes, per_host=settings.download_per_host,
+                       deadline=4 * settings.download_timeout * (settings.download_retries + 1))
+
+
+def _read_ref(ref: str, settings: Settings, data_dir: Path, fetcher: Fetcher) -> bytes:
+    """An http(s) URL, or a file inside the model's data folder (as in products.csv)."""
+    if urlsplit(ref).scheme:
+        return fetcher.fetch(ref)  # refuses file://, ftp:// and friends
+    base = data_dir.resolve()
+    path = (base / ref).resolve()
+    if not path.is_relative_to(base) or not path.is_file():
+        raise FetchError("file not found", f"{ref!r} is not a file inside {data_dir.name}/")
+    if path.stat().st_size > settings.max_image_bytes:
+        raise FetchError("too large", f"more than {settings.max_image_bytes} bytes")
+    return path.read_bytes()
+
+
+def _fetch_images(refs: list[str], settings: Settings, data_dir: Path, cache: ImageCache) -> _Fetched:
+    """Fetch and cache each view as the download phase does; keep the cache names of those that worked."""
+    got = _Fetched(images=[], cached=[], failed={})
+    with Fetcher(_policy(settings)) as fetcher:
+        for ref in refs:
+            try:
+                entry = cache.store(_read_ref(ref, settings, data_dir, fetcher))
+            except (FetchError, ImageDecodeError) as exc:
+                got.failed[ref] = exc.reason
+                continue
+            with Image.open(cache.root / entry["cache"]) as img:  # embed the cached copy, like extraction
+                got.images.append(img.convert("RGB"))
+            got.cached.append(entry["cache"])
+    if not got.images:
+        listed = "; ".join(f"{r}: {why}" for r, why in got.failed.items())
+        raise BadImageError(f"none of the product's images could be used ({listed})")
+    return got
+
+
+def _metadata_row(product: ProductUpsert, preview_cache: str) -> dict[str, Any]:
+    return {"id": product.id, "title": product.title, "category": product.category,
+            "preview_image": product.images[0], "preview_cache": preview_cache, "images": list(product.images),
+            "extra": dict(product.extra)}
+
+
+def _clip_table(current: LoadedModel, settings: Settings) -> tuple[list[str], np.ndarray] | None:
+    """Raw CLIP vectors and their ids, when the model keeps them (they feed head training)."""
+    paths = current.spec.paths(settings)
+    ids_path = paths.models / _IDS_FILE
+    if not (paths.clip_embeddings.is_file() and ids_path.is_file()):
+        return None
+    ids = [str(i) for i in read_json(ids_path)]
+    vectors = np.load(paths.clip_embeddings, allow_pickle=False)
+    if len(ids) != len(vectors):
+        logger.warning("%s: %d ids for %d CLIP vectors; not updating them", paths.models, len(ids), len(vectors))
+        return None
+    return ids, np.asarray(vectors, dtype=np.float32)
+
+
+def _upsert_rows(ids: list[str], vectors: np.ndarray, key: str, vector: np.ndarray) -> tuple[list[str], np.ndarray]:
+    if key in ids:
+        vectors = vectors.copy()
+        vectors[ids.index(key)] = vector
+        return ids, vectors
+    return [*ids, key], np.vstack([vectors, vector.reshape(1, -1)])
+
+
+def _drop_rows(ids: list[str], vectors: np.ndarray, key: str) -> tuple[list[str], np.ndarray]:
+    keep = [i for i, k in enumerate(ids) if k != key]
+    return [ids[i] for i in keep], vectors[keep]
+
+
+def _persist(catalogue: Catalogue, current: LoadedModel, ids: list[str], vectors: np.ndarray,
+             metadata: list[dict], clip: tuple[list[str], np.ndarray] | None) -> LoadedModel:
+    settings = catalogue.settings
+    paths = current.spec.paths(settings)
+    manifest = dict(current.manifest)
+    index_type = IndexType(manifest.get("index_type", IndexType.AUTO))
+    index = build_index(vectors, index_type, Metric(manifest.get("metric", Metric.COSINE)), settings)
+    save_npy_atomic(paths.embeddings, vectors)
+    if clip is not None:
+        save_npy_atomic(paths.clip_embeddings, clip[1])
+        write_json_atomic(paths.models / _IDS_FILE, clip[0], indent=None)
+    manifest.pop("built_at", None)
+    written = write_index_bundle(paths, index, metadata, manifest)
+    bundle = IndexBundle(index=index, metadata=metadata, manifest=written)
+    emb = np.load(paths.embeddings, mmap_mode="r", allow_pickle=False)
+    fresh = snapshot(current.spec, current.backbone, bundle, current.head, emb, file_signature(paths))
+    catalogue.install(fresh)
+    return fresh
+
+
+def upsert_product(catalogue: Catalogue, model: str, product: ProductUpsert) -> tuple[LoadedModel, dict[str, str]]:
+    """Add or replace one product. Blocking (fetch, embed, rebuild): call it from a worker thread."""
+    settings = catalogue.settings
+    current = catalogue.model(model).require()
+    paths = current.spec.paths(settings)
+    fetched = _fetch_images(product.images, settings, paths.data, ImageCache(paths.image_cache, settings))
+    embedder = catalogue.embedder(current.backbone)
+    clip_vector = l2_normalize(embedder.embed_images(fetched.images).mean(axis=0, keepdims=True))[0]
+    vector = current.head.apply(clip_vector[None])[0] if current.head is not None else clip_vector
+    row = _metadata_row(product, fetched.cached[0])
+    with catalogue.admin_lock(model):
+        current = catalogue.model(model).require()  # the latest snapshot, now that we hold the lock
+        existed = product.id in current.positions
+        metadata = list(current.bundle.metadata)
+        ids = [str(r.get("id")) for r in metadata]
+        ids, vectors = _upsert_rows(ids, current.vectors(), product.id, vector)
+        pos = ids.index(product.id)
+        metadata = metadata + [row] if pos == len(metadata) else metadata[:pos] + [row] + metadata[pos + 1:]
+        clip = _clip_table(current, settings)
+        if clip is not None:
+            clip = _upsert_rows(*clip, product.id, clip_vector)
+        fresh = _persist(catalogue, current, ids, vectors, metadata, clip)
+    logger.info("admin: %s product %s in %s (%d images, %d failed)", "updated" if existed else "added",
+                product.id, model, len(fetched.images), len(fetched.failed))
+    return fresh, fetched.failed
+
+
+def delete_product(catalogue: Catalogue, model: str, product_id: str) -> LoadedModel:
+    """Remove one product from the index and every vector table. Blocking: run in a worker thread."""
+    with catalogue.admin_lock(model):
+        current = catalogue.model(model).require()
+        current.position(product_id)  # 404 when absent
+        if current.num_products <= 1:
+            raise BadRequestError(f"cannot delete the last product of {model!r}; rebuild the model instead")
+        metadata = [r for r in current.bundle.metadata if str(r.get("id")) != product_id]
+        ids = [str(r.get("id")) for r in current.bundle.metadata]
+        ids, vectors = _drop_rows(ids, current.vectors(), product_id)
+        clip = _clip_table(current, catalogue.settings)
+        if clip is not None:
+            clip = _drop_rows(*clip, product_id)
+        fresh = _persist(catalogue, current, ids, vectors, metadata, clip)
+    logger.info("admin: deleted product %s from %s", product_id, model)
+    return fresh

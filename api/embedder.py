@@ -1,0 +1,85 @@
+"""Query embedding: one CLIP encoder and micro-batcher per backbone; decoding runs in worker threads."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import ExitStack
+from typing import TYPE_CHECKING
+
+import numpy as np
+from anyio import to_thread
+
+from core.errors import BadImageError, BadRequestError
+from core.types import Embeddings
+from utils.images import ImageDecodeError, decode_image
+
+from api.batcher import MicroBatcher
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from core.encoder import ClipEncoder
+
+logger = logging.getLogger(__name__)
+
+MAX_BATCH = 16
+MAX_WAIT_MS = 5.0
+
+
+class Embedder:
+    """A loaded backbone: images go through the micro-batcher, texts straight to the text tower."""
+
+    def __init__(self, encoder: "ClipEncoder", *, max_batch: int = MAX_BATCH, max_wait_ms: float = MAX_WAIT_MS) -> None:
+        self.encoder = encoder
+        self.backbone = encoder.backbone
+        self.batcher = MicroBatcher(encoder.encode_pixels, name=encoder.backbone.rsplit("/", 1)[-1],
+                                    max_batch=max_batch, max_wait_ms=max_wait_ms)
+
+    @property
+    def dim(self) -> int:
+        return self.encoder.dim
+
+    def start(self) -> None:
+        self.batcher.start()
+
+    def stop(self) -> None:
+        self.batcher.stop()
+
+    async def embed_text(self, text: str) -> np.ndarray:
+        text = text.strip()
+        if not text:
+            raise BadRequestError("the text query is empty")
+        return (await to_thread.run_sync(self.encoder.encode_texts, [text]))[0]
+
+    def embed_images(self, images: list["Image.Image"]) -> Embeddings:
+        """Synchronous batch embedding (admin edits), bypassing the query batcher."""
+        return self.encoder.encode_images(images)
+
+
+def decode_query(data: bytes, *, max_pixels: int, shorter_side: int | None) -> "Image.Image":
+    """Decode an uploaded image, turning a decode failure into BadImageError (413 for a pixel bomb)."""
+    try:
+        return decode_image(data, max_pixels=max_pixels, shorter_side=shorter_side)
+    except ImageDecodeError as exc:
+        status = 413 if exc.reason == "too many pixels" else 400
+        detail = f" ({exc.detail})" if exc.detail else ""
+        raise BadImageError(f"cannot use the uploaded image: {exc.reason}{detail}", status) from None
+
+
+async def embed_query_image(data: bytes, embedders: list[Embedder], *, max_pixels: int) -> dict[str, np.ndarray]:
+    """Decode once, preprocess per backbone off the loop, then one batched forward per backbone.
+
+    Returns backbone -> raw CLIP vector (before any head).
+    """
+    shorter = max(e.encoder.input_size for e in embedders)
+    with ExitStack() as stack:
+        for emb in embedders:
+            stack.enter_context(emb.batcher.expect())
+        image = await to_thread.run_sync(lambda: decode_query(data, max_pixels=max_pixels, shorter_side=shorter))
+        pixels = await asyncio.gather(*(to_thread.run_sync(e.encoder.pixels, image) for e in embedders))
+    if len(embedders) == 1:  # awaiting directly queues the job at once, with no task hop
+        vectors = [await embedders[0].batcher.submit(pixels[0])]
+    else:
+        vectors = await asyncio.gather(*(e.batcher.submit(p) for e, p in zip(embedders, pixels)))
+    return {e.backbone: v for e, v in zip(embedders, vectors)}

@@ -1,0 +1,57 @@
+"""The one place where errors become HTTP responses: typed errors by their status_code, the rest JSON too."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from core.errors import ImageSearchError, UnknownModelError
+
+logger = logging.getLogger(__name__)
+
+
+def _body(detail: str, error: str, **more) -> dict:
+    return {"detail": detail, "error": error, **more}
+
+
+async def _typed(request: Request, exc: ImageSearchError) -> JSONResponse:
+    more = {"available": exc.available} if isinstance(exc, UnknownModelError) else {}
+    if exc.status_code >= 500:
+        logger.warning("%s %s -> %d %s", request.method, request.url.path, exc.status_code, exc.message)
+    return JSONResponse(_body(exc.message, type(exc).__name__, **more), status_code=exc.status_code)
+
+
+def _describe(err: dict) -> str:
+    where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body",))
+    return f"{where}: {err.get('msg', 'invalid')}" if where else str(err.get("msg", "invalid"))
+
+
+async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    detail = "; ".join(_describe(e) for e in errors) or "invalid request"
+    cleaned = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in errors]
+    return JSONResponse(jsonable_encoder(_body(detail, "ValidationError", errors=cleaned)), status_code=422)
+
+
+async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    names = {404: "NotFound", 405: "MethodNotAllowed"}
+    detail = f"no route {request.method} {request.url.path}" if exc.status_code == 404 else str(exc.detail)
+    return JSONResponse(_body(detail, names.get(exc.status_code, "HTTPError")), status_code=exc.status_code,
+                        headers=getattr(exc, "headers", None))
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return JSONResponse(_body("internal error; see logs/api.log", type(exc).__name__), status_code=500)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ImageSearchError, _typed)
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(Exception, _unexpected)

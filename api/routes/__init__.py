@@ -1,0 +1,1 @@
+"""One router per concern: search, products, admin, system."""

@@ -1,0 +1,48 @@
+"""Admin routes (header X-API-Key): add/update/delete one product without a rebuild, reload an index."""
+
+from __future__ import annotations
+
+import time
+
+from anyio import to_thread
+from fastapi import APIRouter, Depends
+
+from api.catalogue import Catalogue
+from api.deps import get_catalogue, require_admin
+from api.editing import delete_product, upsert_product
+from api.schemas import AdminResponse, ProductUpsert, ReloadResponse
+
+router = APIRouter(tags=["admin"], dependencies=[Depends(require_admin)])
+
+
+def _ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 3)
+
+
+@router.post("/{model}/products", response_model=AdminResponse,
+             summary="Add or update one product: its images are fetched, embedded and indexed")
+async def add_product(model: str, product: ProductUpsert,
+                      catalogue: Catalogue = Depends(get_catalogue)) -> AdminResponse:
+    catalogue.model(model).require()
+    start = time.perf_counter()
+    fresh, failed = await to_thread.run_sync(upsert_product, catalogue, model, product)
+    return AdminResponse(model=model, action="upserted", id=product.id, num_products=fresh.num_products,
+                         took_ms=_ms(start), failed_images=failed)
+
+
+@router.delete("/{model}/products/{product_id}", response_model=AdminResponse, summary="Delete one product")
+async def remove_product(model: str, product_id: str, catalogue: Catalogue = Depends(get_catalogue)) -> AdminResponse:
+    catalogue.model(model).require()
+    start = time.perf_counter()
+    fresh = await to_thread.run_sync(delete_product, catalogue, model, product_id)
+    return AdminResponse(model=model, action="deleted", id=product_id, num_products=fresh.num_products,
+                         took_ms=_ms(start))
+
+
+@router.post("/{model}/reload", response_model=ReloadResponse,
+             summary="Reload the model's index from disk now (a failed reload keeps the old one serving)")
+async def reload_model(model: str, catalogue: Catalogue = Depends(get_catalogue)) -> ReloadResponse:
+    catalogue.model(model)
+    fresh = await to_thread.run_sync(catalogue.reload, model)
+    return ReloadResponse(model=model, num_products=fresh.num_products, index_type=fresh.manifest.get("index_type"),
+                          built_at=fresh.manifest.get("built_at"))

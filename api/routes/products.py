@@ -1,0 +1,71 @@
+"""Product routes: metadata, similar products, and the cached preview image."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import FileResponse
+
+from core.config import Settings
+from core.errors import ImageNotAvailableError
+
+from api.catalogue import Catalogue
+from api.deps import base_url, get_catalogue, get_settings
+from api.routes.params import Category, MinScore, TopK
+from api.routes.search import search_loaded
+from api.schemas import ProductInfo, SearchResponse
+from api.searching import Filters, image_url
+
+router = APIRouter(tags=["products"])
+
+
+@router.get("/{model}/products/{product_id}", response_model=ProductInfo, summary="One product's metadata")
+async def get_product(model: str, product_id: str, request: Request,
+                      catalogue: Catalogue = Depends(get_catalogue)) -> ProductInfo:
+    loaded = catalogue.model(model).require()
+    row = loaded.bundle.metadata[loaded.position(product_id)]
+    return ProductInfo(model=model, id=str(row.get("id")), title=str(row.get("title") or ""),
+                       category=row.get("category") or None, preview_image=row.get("preview_image"),
+                       image_url=image_url(base_url(request), model, row), images=list(row.get("images") or []),
+                       extra=row.get("extra") or {})
+
+
+@router.get("/{model}/products/{product_id}/similar", response_model=SearchResponse,
+            summary="Products that look like this one (the product itself left out)")
+async def similar_products(model: str, product_id: str, request: Request, top_k: TopK = 10,
+                           min_score: MinScore = None, category: Category = None,
+                           catalogue: Catalogue = Depends(get_catalogue)) -> SearchResponse:
+    loaded = catalogue.model(model).require()
+    start = time.perf_counter()
+    vector = loaded.vector(loaded.position(product_id))
+    filters = Filters(top_k=top_k, min_score=min_score, category=category, exclude_id=product_id)
+    # the stored vector is already in index space: search without the head
+    hits = await search_loaded(_headless(loaded), vector, filters, base_url(request))
+    return SearchResponse(model=model, query=f"similar:{product_id}", num_results=len(hits),
+                          search_time_ms=round((time.perf_counter() - start) * 1000, 3), results=hits)
+
+
+def _headless(loaded):
+    from dataclasses import replace
+
+    return loaded if loaded.head is None else replace(loaded, head=None)
+
+
+@router.get("/{model}/products/{product_id}/image", response_class=FileResponse,
+            summary="The product's cached preview image (JPEG)")
+async def product_image(model: str, product_id: str, catalogue: Catalogue = Depends(get_catalogue),
+                        settings: Settings = Depends(get_settings)) -> FileResponse:
+    loaded = catalogue.model(model).require()
+    row = loaded.bundle.metadata[loaded.position(product_id)]
+    cache_dir = loaded.spec.paths(settings).image_cache.resolve()
+    cached = row.get("preview_cache")
+    path = (cache_dir / str(cached)).resolve() if cached else None
+    if path is None or not path.is_relative_to(cache_dir) or not path.is_file():
+        raise ImageNotAvailableError(model, product_id)
+    return FileResponse(path, media_type=_media_type(path), headers={"Cache-Control": "public, max-age=3600"})
+
+
+def _media_type(path: Path) -> str:
+    return {".png": "image/png", ".webp": "image/webp", ".gif": "image/gif"}.get(path.suffix.lower(), "image/jpeg")

@@ -1,0 +1,54 @@
+"""System routes: health, the model list, Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import PlainTextResponse
+
+from api.catalogue import Catalogue
+from api.deps import get_catalogue, get_metrics
+from api.loaded import LoadedModel
+from api.metrics import Metrics
+from api.schemas import HealthResponse, ModelHealth, ModelInfo, ModelsResponse
+
+router = APIRouter(tags=["system"])
+
+
+def _health(m: LoadedModel) -> ModelHealth:
+    return ModelHealth(name=m.name, searchable=m.searchable, products=m.num_products, backbone=m.backbone,
+                       index_type=m.manifest.get("index_type"), built_at=m.manifest.get("built_at"), error=m.error)
+
+
+def _info(m: LoadedModel) -> ModelInfo:
+    categories = list(m.spec.categories) or list(m.category_counts)
+    return ModelInfo(name=m.name, display_name=m.spec.display_name or m.name, description=m.spec.description,
+                     categories=categories, category_counts=dict(m.category_counts), num_products=m.num_products,
+                     searchable=m.searchable, search_path=f"/{m.name}/search",
+                     text_search_path=f"/{m.name}/search/text", backbone=m.backbone, has_head=m.head is not None,
+                     index_type=m.manifest.get("index_type"), built_at=m.manifest.get("built_at"), error=m.error)
+
+
+@router.get("/health", response_model=HealthResponse, summary="Overall status and per-model readiness")
+async def health(catalogue: Catalogue = Depends(get_catalogue)) -> HealthResponse:
+    models = catalogue.models()
+    ready = [m for m in models if m.searchable]
+    status = "healthy" if models and len(ready) == len(models) else "degraded"
+    return HealthResponse(status=status, available_models=[m.name for m in ready],
+                          total_products=sum(m.num_products for m in ready),
+                          models={m.name: _health(m) for m in models})
+
+
+@router.get("/models", response_model=ModelsResponse, summary="Every model, searchable or not")
+async def list_models(catalogue: Catalogue = Depends(get_catalogue)) -> ModelsResponse:
+    infos = [_info(m) for m in catalogue.models()]
+    return ModelsResponse(count=len(infos), models=infos)
+
+
+@router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus text format")
+async def metrics(catalogue: Catalogue = Depends(get_catalogue), registry: Metrics = Depends(get_metrics)) -> str:
+    models = catalogue.models()
+    gauges = {
+        "imagesearch_model_products": [({"model": m.name}, m.num_products) for m in models],
+        "imagesearch_model_searchable": [({"model": m.name}, int(m.searchable)) for m in models],
+    }
+    return PlainTextResponse(registry.render(gauges), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -1,0 +1,35 @@
+"""Start the search API: python run_api.py [--host H] [--port P]."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Serve the multi-model image search API (docs at /docs).")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    args = parser.parse_args(argv)
+
+    import uvicorn
+
+    from api.app import create_app
+    from core.config import load_settings
+    from core.errors import ImageSearchError
+    from utils.logging_setup import setup_logging
+
+    try:
+        settings = load_settings()
+        setup_logging(settings.logs_dir, "api.log")
+        app = create_app(settings)
+        # log_config=None: uvicorn's records go to our handlers (logs/api.log); we write the access log
+        uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False)
+    except ImageSearchError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

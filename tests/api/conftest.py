@@ -1,0 +1,95 @@
+"""A real uvicorn on 127.0.0.1 serving general + shirts, built from the demo catalogue with the tiny CLIP."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from core.config import Settings, load_settings
+
+API_KEY = "test-admin-key"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def build_models(settings: Settings, names: tuple[str, ...] = ("general", "shirts")) -> None:
+    from core.model_config import ModelRegistry
+    from pipeline.runner import run_model
+
+    registry = ModelRegistry.discover(settings)
+    for name in names:
+        run_model(settings, registry.get(name), progress=False)
+
+
+@dataclass
+class LiveServer:
+    url: str
+    settings: Settings
+    app: object
+    server: object
+
+    def client(self, **kw) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30, **kw)
+
+
+def start_server(settings: Settings, *, watch_interval: float = 0.2) -> LiveServer:
+    import uvicorn
+
+    from api.app import create_app
+
+    app = create_app(settings, watch_interval=watch_interval)
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False,
+                                           lifespan="on"))
+    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.05)
+    live = LiveServer(url=f"http://127.0.0.1:{port}", settings=settings, app=app, server=server)
+    live.thread = thread
+    return live
+
+
+def stop_server(live: LiveServer) -> None:
+    live.server.should_exit = True
+    live.thread.join(15)
+
+
+@pytest.fixture(scope="session")
+def built_root(tmp_path_factory, tiny_clip) -> Path:
+    """Demo catalogue + the real pipeline (validation, download, extraction, index) for both models."""
+    from utils.demo_catalogue import write_demo
+
+    root = tmp_path_factory.mktemp("api_root")
+    write_demo(root / "data")
+    build_models(load_settings(root=root, clip_model=str(tiny_clip), device="cpu", torch_threads=1))
+    return root
+
+
+@pytest.fixture(scope="session")
+def live(built_root, tiny_clip) -> Iterator[LiveServer]:
+    settings = load_settings(root=built_root, clip_model=str(tiny_clip), device="cpu", api_key=API_KEY,
+                             max_upload_bytes=2_000_000, max_image_pixels=50_000_000)
+    server = start_server(settings)
+    yield server
+    stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def client(live) -> Iterator[httpx.Client]:
+    with live.client() as c:
+        yield c

@@ -1,0 +1,147 @@
+"""Admin routes: key checks, add/update/delete without a rebuild (persisted across a restart), reload."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from api.deps import get_settings
+from tests.api.conftest import API_KEY, start_server, stop_server
+from tests.http_server import HttpServer, Reply
+
+KEY = {"X-API-Key": API_KEY}
+
+
+def _poster(seed: int) -> bytes:
+    """A picture unlike anything in the demo catalogue."""
+    rng = np.random.default_rng(seed)
+    img = Image.new("RGB", (300, 260), tuple(int(v) for v in rng.integers(0, 255, 3)))
+    draw = ImageDraw.Draw(img)
+    for _ in range(12):
+        x, y = (int(v) for v in rng.integers(0, 260, 2))
+        draw.ellipse([x, y, x + 40, y + 40], fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=92)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("method,path", [("POST", "/general/products"), ("DELETE", "/general/products/G1001"),
+                                         ("POST", "/general/reload")])
+def test_admin_needs_the_key(client, method, path):
+    r = client.request(method, path, json={})
+    assert r.status_code == 401 and "X-API-Key" in r.json()["detail"]
+    r = client.request(method, path, json={}, headers={"X-API-Key": "wrong"})
+    assert r.status_code == 403 and r.json()["error"] == "AuthError"
+    r = client.request(method, path, json={}, headers={"X-API-Key": "clé-ünïcode".encode()})
+    assert r.status_code in (401, 403)
+
+
+def test_admin_disabled_without_a_configured_key(client, live):
+    live.app.dependency_overrides[get_settings] = lambda: live.settings.model_copy(update={"api_key": None})
+    try:
+        r = client.post("/general/reload", headers=KEY)
+        assert r.status_code == 403 and "IMAGESEARCH_API_KEY" in r.json()["detail"]
+    finally:
+        live.app.dependency_overrides.clear()
+    assert client.post("/general/reload", headers=KEY).status_code == 200
+
+
+@pytest.fixture(scope="module")
+def editable(built_root, tiny_clip, tmp_path_factory):
+    """A private copy of the built catalogue (edits must not leak into other tests) and its server."""
+    from core.config import load_settings
+
+    root = tmp_path_factory.mktemp("editable")
+    for sub in ("data", "models"):
+        shutil.copytree(built_root / sub, root / sub)
+    settings = load_settings(root=root, clip_model=str(tiny_clip), device="cpu", api_key=API_KEY,
+                             download_timeout=3.0, download_retries=0)
+    server = start_server(settings)
+    yield server
+    stop_server(server)
+
+
+@pytest.fixture(scope="module")
+def image_host():
+    with HttpServer() as server:
+        yield server
+
+
+def _search_top(c, data: bytes, model: str = "general") -> dict:
+    r = c.post(f"/{model}/search", files={"file": ("q.jpg", data, "image/jpeg")})
+    assert r.status_code == 200, r.text
+    return r.json()["results"][0]
+
+
+def _consistent_on_disk(root, model: str) -> int:
+    models = root / "models" / model
+    meta = [json.loads(line) for line in (models / "metadata.jsonl").read_text().splitlines()]
+    ids = json.loads((models / "embedding_ids.json").read_text())
+    assert ids == [m["id"] for m in meta]
+    assert len(np.load(models / "clip_embeddings.npy")) == len(np.load(models / "embeddings.npy")) == len(meta)
+    return len(meta)
+
+
+def test_add_update_delete_survive_a_restart(editable, image_host):
+    root = editable.settings.root
+    local, remote = _poster(1), _poster(2)
+    (root / "data" / "general" / "new").mkdir()
+    (root / "data" / "general" / "new" / "poster.jpg").write_bytes(local)
+    image_host.routes["/remote.jpg"] = Reply(remote)
+    product = {"id": "NEW-1", "title": "Dotted poster", "category": "posters",
+               "images": ["new/poster.jpg", image_host.url("/missing.jpg")],
+               "extra": {"price": 9.5, "vendor": "Admin"}}
+    with editable.client() as c:
+        r = c.post("/general/products", json=product, headers=KEY)
+        assert r.status_code == 200, r.text
+        assert r.json()["num_products"] == 67 and list(r.json()["failed_images"]) == [image_host.url("/missing.jpg")]
+        top = _search_top(c, local)
+        assert top["id"] == "NEW-1" and top["extra"] == {"price": 9.5, "vendor": "Admin"}
+        assert c.get(top["image_url"]).status_code == 200
+        assert c.get("/health").json()["models"]["general"]["products"] == 67
+
+        product.update(title="Dotted poster, framed", images=["new/poster.jpg", image_host.url("/remote.jpg")])
+        assert c.post("/general/products", json=product, headers=KEY).json()["num_products"] == 67
+        assert c.get("/general/products/NEW-1").json()["title"] == "Dotted poster, framed"
+    assert _consistent_on_disk(root, "general") == 67
+
+    stop_server(editable)  # a restart: everything comes back from disk
+    restarted = start_server(editable.settings)
+    editable.server, editable.thread, editable.url = restarted.server, restarted.thread, restarted.url
+    with editable.client() as c:
+        assert c.get("/general/products/NEW-1").json()["title"] == "Dotted poster, framed"
+        assert c.get("/general/products/NEW-1/similar").json()["num_results"] == 10
+        r = c.delete("/general/products/NEW-1", headers=KEY)
+        assert r.status_code == 200 and r.json()["num_products"] == 66
+        assert c.get("/general/products/NEW-1").status_code == 404
+        assert c.delete("/general/products/NEW-1", headers=KEY).status_code == 404
+    assert _consistent_on_disk(root, "general") == 66
+
+
+def test_add_with_no_usable_image_is_400(editable, image_host):
+    image_host.routes["/page.jpg"] = Reply.html()
+    body = {"id": "BAD", "title": "Nothing usable", "images": [image_host.url("/page.jpg"), "../../etc/passwd",
+                                                              "file:///etc/passwd"]}
+    with editable.client() as c:
+        r = c.post("/general/products", json=body, headers=KEY)
+        assert r.status_code == 400 and "none of the product's images" in r.json()["detail"]
+        assert c.get("/general/products/BAD").status_code == 404
+
+
+@pytest.mark.parametrize("body", [{}, {"id": "x", "title": "t", "images": []},
+                                  {"id": "a/b", "title": "t", "images": ["x.jpg"]},
+                                  {"id": "x", "title": "t", "images": ["x.jpg"] * 11}])
+def test_add_with_bad_body_is_422(editable, body):
+    with editable.client() as c:
+        assert c.post("/general/products", json=body, headers=KEY).status_code == 422
+
+
+def test_admin_on_unknown_model_is_404(editable):
+    with editable.client() as c:
+        assert c.post("/nope/reload", headers=KEY).status_code == 404
+        assert c.delete("/%C3%BC/products/x", headers=KEY).status_code == 404

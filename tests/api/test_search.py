@@ -1,0 +1,128 @@
+"""Image, text, all-models and legacy search against the live server."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from tests.api import images
+
+
+def _products(root, model):
+    with open(root / "data" / model / "products.csv", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _single_view(root, model):
+    """Products with one image: their indexed vector is exactly that view's (others are averages)."""
+    return [r for r in _products(root, model) if len(json.loads(r["images"])) == 1]
+
+
+def _own_image(root, model, row) -> bytes:
+    return (root / "data" / model / json.loads(row["images"])[0]).read_bytes()
+
+
+@pytest.mark.parametrize("model", ["general", "shirts"])
+def test_a_products_own_image_finds_that_product_first(client, built_root, model):
+    rows = _single_view(built_root, model)
+    assert len(rows) >= 5
+    for row in rows[::3]:
+        r = client.post(f"/{model}/search", files={"file": ("q.jpg", _own_image(built_root, model, row), "image/jpeg")})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["results"][0]["id"] == row["shopify_product_id"]
+        assert body["results"][0]["title"] == row["title"]
+
+
+def test_search_response_shape(client, built_root):
+    row = _products(built_root, "general")[0]
+    r = client.post("/general/search", params={"top_k": 5},
+                    files={"file": ("mug.jpg", _own_image(built_root, "general", row), "image/jpeg")})
+    body = r.json()
+    assert body["model"] == "general" and body["query_filename"] == "mug.jpg"
+    assert body["num_results"] == len(body["results"]) == 5
+    assert body["search_time_ms"] > 0
+    hit = body["results"][0]
+    assert [h["rank"] for h in body["results"]] == [1, 2, 3, 4, 5]
+    assert -1.0 <= hit["score"] <= 1.0 and hit["score"] > 0.9
+    assert hit["category"] == row["category"] and hit["preview_image"] == row["preview_image"]
+    assert hit["extra"] == {"price": row["price"], "vendor": row["vendor"]}
+    scores = [h["score"] for h in body["results"]]
+    assert scores == sorted(scores, reverse=True)
+    image = client.get(hit["image_url"])
+    assert image.status_code == 200 and image.headers["content-type"] == "image/jpeg"
+
+
+def test_raw_image_body_works_too(client, built_root):
+    row = _single_view(built_root, "shirts")[1]
+    r = client.post("/shirts/search", content=_own_image(built_root, "shirts", row),
+                    headers={"content-type": "image/jpeg"})
+    assert r.status_code == 200, r.text
+    assert r.json()["results"][0]["id"] == row["shopify_product_id"]
+
+
+def test_category_and_min_score_filters(client, built_root):
+    data = _own_image(built_root, "general", _products(built_root, "general")[0])
+    r = client.post("/general/search", params={"category": "lamps", "top_k": 20}, files={"file": ("q.jpg", data)})
+    assert r.status_code == 200
+    assert r.json()["num_results"] == 11 and {h["category"] for h in r.json()["results"]} == {"lamps"}
+    assert client.post("/general/search", params={"category": "nothing-like-this"},
+                       files={"file": ("q.jpg", data)}).json()["results"] == []
+    r = client.post("/general/search", params={"min_score": 0.999, "top_k": 100}, files={"file": ("q.jpg", data)})
+    assert all(h["score"] >= 0.999 for h in r.json()["results"]) and r.json()["num_results"] >= 1
+
+
+def test_all_search_merges_models(client, built_root):
+    row = _single_view(built_root, "shirts")[0]
+    r = client.post("/all/search", params={"top_k": 4},
+                    files={"file": ("q.jpg", _own_image(built_root, "shirts", row), "image/jpeg")})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body["per_model"]) == {"general", "shirts"}
+    assert body["per_model"]["shirts"]["results"][0]["id"] == row["shopify_product_id"]
+    assert body["results"][0]["id"] == row["shopify_product_id"] and body["results"][0]["model"] == "shirts"
+    scores = [h["score"] for h in body["results"]]
+    assert scores == sorted(scores, reverse=True) and len(scores) == 4 and body["search_time_ms"] > 0
+
+
+def test_legacy_route_is_general_search(client, built_root):
+    row = _products(built_root, "general")[10]
+    data = _own_image(built_root, "general", row)
+    legacy = client.post("/search_products/", files={"file": ("q.jpg", data, "image/jpeg")}).json()
+    direct = client.post("/general/search", files={"file": ("q.jpg", data, "image/jpeg")}).json()
+    assert legacy["model"] == "general"
+    assert [h["id"] for h in legacy["results"]] == [h["id"] for h in direct["results"]]
+
+
+def test_text_search(client):
+    r = client.get("/general/search/text", params={"q": "red ceramic mug", "top_k": 3})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["query"] == "red ceramic mug" and body["num_results"] == 3 and body["search_time_ms"] > 0
+
+
+@pytest.mark.parametrize("q", ["", "x" * 10_000])
+def test_text_query_empty_or_huge_is_422(client, q):
+    r = client.get("/general/search/text", params={"q": q})
+    assert r.status_code == 422 and r.json()["error"] == "ValidationError"
+
+
+def test_text_query_blank_is_400(client):
+    r = client.get("/general/search/text", params={"q": "   "})
+    assert r.status_code == 400 and "empty" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("top_k", ["0", "-1", str(10**9), "abc"])
+def test_bad_top_k_is_422(client, top_k):
+    r = client.post("/general/search", params={"top_k": top_k}, files={"file": ("q.jpg", images.jpeg())})
+    assert r.status_code == 422
+    assert "top_k" in r.json()["detail"]
+    assert client.get("/general/search/text", params={"q": "mug", "top_k": top_k}).status_code == 422
+
+
+def test_top_k_bounds_are_served(client):
+    for top_k, expected in ((1, 1), (100, 66)):
+        r = client.post("/general/search", params={"top_k": top_k}, files={"file": ("q.jpg", images.jpeg())})
+        assert r.status_code == 200 and r.json()["num_results"] == expected

@@ -1,0 +1,83 @@
+"""Health, model list, metrics, docs; a broken model is reported and answers 503 while others serve."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from tests.api import images
+from tests.api.conftest import start_server, stop_server
+
+
+def test_health(client):
+    body = client.get("/health").json()
+    assert body["status"] == "healthy" and body["available_models"] == ["general", "shirts"]
+    assert body["total_products"] == 66 + 35
+    general = body["models"]["general"]
+    assert general["products"] == 66 and general["index_type"] == "flat" and general["built_at"]
+    assert general["backbone"] and general["name"] == "general"
+
+
+def test_models(client):
+    body = client.get("/models").json()
+    assert body["count"] == 2
+    general = {m["name"]: m for m in body["models"]}["general"]
+    assert general["searchable"] and general["search_path"] == "/general/search"
+    assert general["num_products"] == 66 and general["description"]
+    assert set(general["categories"]) == set(general["category_counts"]) and sum(general["category_counts"].values()) == 66
+
+
+def test_metrics_prometheus_text(client):
+    client.post("/shirts/search", files={"file": ("q.jpg", images.jpeg())})
+    text = client.get("/metrics").text
+    assert "# TYPE imagesearch_http_requests_total counter" in text
+    assert 'imagesearch_http_requests_total{route="/{model}/search",model="shirts",method="POST",status="200"}' in text
+    assert 'imagesearch_http_request_duration_seconds_bucket{route="/{model}/search",model="shirts",method="POST",le="+Inf"}' in text
+    assert 'imagesearch_model_products{model="general"} 66' in text
+
+
+def test_docs_and_openapi(client):
+    assert client.get("/docs").status_code == 200
+    spec = client.get("/openapi.json").json()
+    assert "multipart/form-data" in spec["paths"]["/{model}/search"]["post"]["requestBody"]["content"]
+    assert {"/health", "/models", "/all/search", "/search_products/", "/metrics"} <= set(spec["paths"])
+
+
+def test_unknown_route_is_json_404(client):
+    r = client.get("/no/such/route/here")
+    assert r.status_code == 404 and r.json()["error"] == "NotFound"
+
+
+@pytest.fixture(scope="module")
+def degraded(built_root, tiny_clip, tmp_path_factory):
+    """A copy where shirts' index is corrupt and a third model has a CSV but no index yet."""
+    from core.config import load_settings
+
+    root = tmp_path_factory.mktemp("degraded")
+    shutil.copytree(built_root / "data", root / "data")
+    shutil.copytree(built_root / "models", root / "models")
+    (root / "models" / "shirts" / "index.faiss").write_bytes(b"garbage")
+    (root / "data" / "pending").mkdir()
+    shutil.copy(built_root / "data" / "shirts" / "products.csv", root / "data" / "pending" / "products.csv")
+    server = start_server(load_settings(root=root, clip_model=str(tiny_clip), device="cpu"))
+    yield server
+    stop_server(server)
+
+
+def test_broken_models_are_reported_and_the_rest_serve(degraded):
+    with degraded.client() as c:
+        health = c.get("/health").json()
+        assert health["status"] == "degraded" and health["available_models"] == ["general"]
+        assert health["total_products"] == 66
+        assert "index.faiss" in health["models"]["shirts"]["error"]
+        assert "no index built yet" in health["models"]["pending"]["error"]
+        models = {m["name"]: m for m in c.get("/models").json()["models"]}
+        assert not models["shirts"]["searchable"] and models["general"]["searchable"]
+        r = c.post("/shirts/search", files={"file": ("q.jpg", images.jpeg())})
+        assert r.status_code == 503 and "index.faiss" in r.json()["detail"]
+        assert c.get("/pending/search/text", params={"q": "shirt"}).status_code == 503
+        assert c.post("/general/search", files={"file": ("q.jpg", images.jpeg())}).status_code == 200
+        r = c.post("/all/search", files={"file": ("q.jpg", images.jpeg())})
+        assert r.status_code == 200 and r.json()["per_model"]["shirts"]["error"]
+        assert {h["model"] for h in r.json()["results"]} == {"general"}
