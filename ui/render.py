@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 from datetime import datetime
 
 PLACEHOLDER_SVG = ("<svg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 100 100'>"
@@ -70,10 +71,10 @@ def image_src(data: bytes | None, content_type: str = "image/jpeg") -> str:
 
 
 def match_percent(score: float | None) -> int:
-    """Cosine similarity as a 0-100 match percentage (negatives shown as 0)."""
+    """Cosine similarity as a 0-100 match percentage, rounded down (only an exact match shows 100)."""
     if score is None:
         return 0
-    return max(0, min(100, round(float(score) * 100)))
+    return max(0, min(100, math.floor(float(score) * 100 + 1e-6)))
 
 
 def _price(value: object) -> str:

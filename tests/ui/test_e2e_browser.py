@@ -91,6 +91,10 @@ def built_root(chromium_path, tiny_clip, tmp_path_factory) -> Path:
     for name in ("general", "shirts"):
         outcomes = run_model(settings, registry.get(name), progress=False)
         assert all(o.status != PhaseStatus.INCOMPLETE for o in outcomes), outcomes
+    # a third catalogue that was dropped in but never built: listed, not searchable
+    (root / "data" / "toys").mkdir()
+    (root / "data" / "toys" / "products.csv").write_text(
+        "shopify_product_id,title,images\nT1,Toy Robot,https://example.invalid/robot.jpg\n", encoding="utf-8")
     return root
 
 
@@ -217,11 +221,37 @@ def test_all_models_shows_the_merged_ranking_then_each_model(page, query_product
     cards = _cards(page, 3 * TOP_K, first=query_product.id)
     headers = page.eval_on_selector_all("[data-testid=merged-group], [data-testid=model-group]",
                                         "els => els.map(e => [e.dataset.testid, e.dataset.model])")
-    assert headers == [["merged-group", "all"], ["model-group", "general"], ["model-group", "shirts"]]
+    assert headers == [["merged-group", "all"], ["model-group", "general"], ["model-group", "shirts"],
+                       ["model-group", "toys"]]
+    assert "not" in page.get_by_test_id("group-error").text_content().lower()  # toys: not built yet
     merged, general, shirts = cards[:TOP_K], cards[TOP_K:2 * TOP_K], cards[2 * TOP_K:]
     assert [c["rank"] for c in merged] == [str(n) for n in range(1, TOP_K + 1)]
     assert {c["model"] for c in general} == {"general"} and {c["model"] for c in shirts} == {"shirts"}
     assert general[0]["productId"] == query_product.id
+    _no_traceback(page)
+
+
+def test_unbuilt_catalogue_is_listed_but_not_offered(page):
+    toys = page.get_by_test_id("model-status").filter(has_text="Toys")
+    assert "not built yet" in toys.text_content()
+    assert page.get_by_role("radio", name="Toys", exact=True).count() == 0
+    assert page.get_by_test_id("api-status").filter(has_text="Degraded").count() == 1
+
+
+def test_unreadable_image_and_no_match_get_friendly_messages(page, stack, query_product):
+    broken = stack.root / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 this is not really a jpeg")
+    _upload(page, broken)
+    page.get_by_test_id("bad-query").wait_for()
+    assert "couldn't read that image" in page.get_by_test_id("bad-query").text_content()
+    page.get_by_test_id("stFileUploader").get_by_role("button", name="Remove").first.click()
+    _idle(page)
+    slider = page.get_by_test_id("stSlider").filter(has_text="Minimum match").get_by_role("slider")
+    slider.focus()
+    page.keyboard.press("End")  # 100%: only a perfect match would pass
+    _idle(page)
+    _upload(page, sorted((stack.root / "data" / "shirts" / "images").glob("*.jpg"))[0])  # a shirt in General
+    page.get_by_test_id("no-results").wait_for()
     _no_traceback(page)
 
 

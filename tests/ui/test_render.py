@@ -17,7 +17,7 @@ def test_card_escapes_text_and_carries_hooks():
 
 
 def test_match_percent_clamps_cosine():
-    assert [render.match_percent(s) for s in (-0.4, 0.0, 0.555, 1.0, None)] == [0, 0, 56, 100, 0]
+    assert [render.match_percent(s) for s in (-0.4, 0.0, 0.555, 0.9999, 1.0, None)] == [0, 0, 55, 99, 100, 0]
 
 
 def test_missing_image_gets_a_placeholder():
