@@ -32,7 +32,7 @@ CSS = """
 .shop-card__match.low {background:#fff4e5; color:#9a5b00;}
 .shop-card__body {padding:.55rem .7rem .65rem;}
 .shop-card__cat {color:#6b7380; font-size:.7rem; text-transform:uppercase; letter-spacing:.04em;}
-.shop-card__title {color:#1d2433; font-weight:600; font-size:.9rem; line-height:1.25; min-height:2.25em;
+.shop-card__title {color:#1d2433; font-weight:600; font-size:.9rem; line-height:1.25; min-height:2.5em;
   overflow:hidden; display:-webkit-box; -webkit-line-clamp:2; -webkit-box-orient:vertical;}
 .shop-card__price {color:#1d2433; font-weight:700; font-size:1rem; margin-top:.2rem;}
 .shop-card__model {color:#35508a; font-size:.7rem; margin-top:.15rem;}
