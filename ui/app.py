@@ -219,7 +219,7 @@ def _grid(client: ApiClient, group: ResultGroup, models: list[dict]) -> None:
                 _html(render.product_card(hit, _img_src(client, hit), show_model=shown))
                 st.button("More like this", key=f"more-{group.key}-{hit['model']}-{hit.get('id')}-{start}",
                           on_click=_more_like_this, args=(hit["model"], hit.get("id"), hit.get("title", "")),
-                          use_container_width=True)
+                          width="stretch")
 
 
 def _more_like_this(model: str, product_id: str, title: str) -> None:
@@ -232,7 +232,7 @@ def _query_panel(client: ApiClient, query: Query) -> None:
                                 "image_url": client.image_url(query.product_model, query.product_id)})
         _html(render.query_panel("More like", src, query.product_title))
         st.button("← Back", key="back", help="Back to your own search", on_click=_clear_similar,
-                  use_container_width=True)
+                  width="stretch")
     elif query.kind == "text":
         _html(render.query_panel("You searched for", text=f"“{query.text}”"))
     else:

@@ -231,6 +231,15 @@ def test_all_models_shows_the_merged_ranking_then_each_model(page, query_product
     _no_traceback(page)
 
 
+def test_image_link_search(page, stack, query_product):
+    _choose(page, "Image link")
+    box = page.get_by_label("Paste an image link")
+    box.fill(f"{stack.api_url}/general/products/{query_product.id}/image")
+    box.press("Enter")
+    _cards(page, 10, first=query_product.id)
+    _no_traceback(page)
+
+
 def test_unbuilt_catalogue_is_listed_but_not_offered(page):
     toys = page.get_by_test_id("model-status").filter(has_text="Toys")
     assert "not built yet" in toys.text_content()
