@@ -1,4 +1,4 @@
-"""Train (build) one model's search index: python run_training.py <model> [--force] | --list."""
+"""Train (build) one model's search index: python run_training.py <model> [--force] | --list | --evaluate ..."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 from core.config import load_settings
 from core.errors import ImageSearchError
 from core.model_config import ModelRegistry
+from training.cli import add_quality_arguments, run_quality_command, wants_quality_command
 from utils.logging_setup import setup_logging
 
 logger = logging.getLogger("run_training")
@@ -24,6 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--mode", choices=["data", "ml", "all"], default="all",
                         help="data = validate + download, ml = embed + index, all = both (default)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_quality_arguments(parser)
     return parser
 
 
@@ -46,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
             print(format_model_list(registry, settings))
             return 0
         spec = registry.get(args.model)
+        if wants_quality_command(args):
+            return run_quality_command(args, settings, spec)
         from pipeline.runner import run_model
 
         outcomes = run_model(settings, spec, mode=args.mode, force=args.force, progress=not args.no_progress)

@@ -140,3 +140,23 @@ class OverloadedError(ImageSearchError):
     """The server's bounded queues are full; the client should retry shortly."""
 
     status_code = 503
+
+
+class NotEnoughDataError(ImageSearchError):
+    """The catalogue cannot support a quality task (one category, too few products per category)."""
+
+    status_code = 422
+
+    def __init__(self, model: str, message: str) -> None:
+        super().__init__(f"model {model!r}: {message}")
+        self.model = model
+
+
+class TrainingError(ImageSearchError):
+    """Fine-tuning could not finish or adopt its head (e.g. the index rebuild through it failed)."""
+
+    status_code = 500
+
+    def __init__(self, model: str, message: str) -> None:
+        super().__init__(f"model {model!r}: {message}")
+        self.model = model

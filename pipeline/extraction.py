@@ -15,6 +15,7 @@ from core.encoder import l2_normalize
 from core.errors import MissingInputError, NoUsableProductsError
 from core.types import PhaseName
 from pipeline.base import PhaseResult, PipelineContext, digest, file_digest
+from pipeline.download import images_manifest_path
 from utils.atomic import read_json, save_npy_atomic, write_atomic, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -30,17 +31,13 @@ def backbone_identity(backbone: str) -> dict[str, Any]:
             "files": {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files}}
 
 
-def images_path(ctx: PipelineContext) -> Path:
-    return ctx.paths.models / "images.json"
-
-
 def _product_views(ctx: PipelineContext) -> tuple[list[dict], dict[str, str]]:
     """(products, ref -> cache key) for every view that downloaded fine."""
-    for path in (ctx.paths.processed_products, images_path(ctx)):
+    for path in (ctx.paths.processed_products, images_manifest_path(ctx.paths)):
         if not path.is_file():
             raise MissingInputError(ctx.model, f"{path.name} is missing: run the data phases first")
     products = read_json(ctx.paths.processed_products)["products"]
-    images = read_json(images_path(ctx))["images"]
+    images = read_json(images_manifest_path(ctx.paths))["images"]
     cache = {ref: st["cache"] for ref, st in images.items() if st.get("status") == "ok"}
     return products, cache
 
@@ -72,8 +69,8 @@ class ExtractionPhase:
     name = PhaseName.EXTRACTION
 
     def fingerprint(self, ctx: PipelineContext) -> dict[str, Any]:
-        return {"products": file_digest(ctx.paths.processed_products), "images": file_digest(images_path(ctx)),
-                **self._model_key(ctx)}
+        return {"products": file_digest(ctx.paths.processed_products),
+                "images": file_digest(images_manifest_path(ctx.paths)), **self._model_key(ctx)}
 
     def outputs(self, ctx: PipelineContext) -> list[Path]:
         return [ctx.paths.clip_embeddings, ctx.paths.models / "embedding_ids.json"]

@@ -13,7 +13,8 @@ from core.head import load_head
 from core.types import PhaseName
 from core.vector_index import build_index, write_index_bundle
 from pipeline.base import PhaseResult, PipelineContext, file_digest
-from pipeline.extraction import backbone_identity, images_path
+from pipeline.download import images_manifest_path
+from pipeline.extraction import backbone_identity
 from utils.atomic import read_json, save_npy_atomic
 
 logger = logging.getLogger(__name__)
@@ -36,7 +37,8 @@ class IndexPhase:
         s = ctx.settings
         return {"embeddings": file_digest(ctx.paths.clip_embeddings),
                 "ids": file_digest(ctx.paths.models / "embedding_ids.json"),
-                "products": file_digest(ctx.paths.processed_products), "images": file_digest(images_path(ctx)),
+                "products": file_digest(ctx.paths.processed_products),
+                "images": file_digest(images_manifest_path(ctx.paths)),
                 "head": file_digest(ctx.paths.head), "index_type": ctx.spec.index_type_for(s).value,
                 "metric": s.metric.value, "hnsw": [s.hnsw_m, s.hnsw_ef_search], "nprobe": s.ivf_nprobe,
                 "auto": [s.flat_max_products, s.hnsw_max_products]}
@@ -50,7 +52,7 @@ class IndexPhase:
         vectors = np.load(ctx.paths.clip_embeddings, allow_pickle=False)
         ids = read_json(ctx.paths.models / "embedding_ids.json")
         by_id = {p["id"]: p for p in read_json(ctx.paths.processed_products)["products"]}
-        images = read_json(images_path(ctx))["images"]
+        images = read_json(images_manifest_path(ctx.paths))["images"]
         head = load_head(ctx.paths.head)
         if head is not None:
             vectors = head.apply(vectors)

@@ -35,6 +35,8 @@ def format_summary(spec: ModelSpec, settings: Settings, outcomes: list[PhaseOutc
         lines.append("some downloads failed for transient reasons (timeouts, 5xx): run again to retry them")
     paths = spec.paths(settings)
     lines.append(f"reports: {paths.models / 'validation_report.json'}, {paths.models / 'images.json'}")
+    if paths.manifest.is_file() and outcomes and outcomes[-1].phase.value == "index_building":
+        lines.append(f"index ready: {paths.index}; serve it with `python run_api.py`")
     return "\n".join(lines)
 
 
