@@ -89,6 +89,10 @@ class Catalogue:
             raise BackboneLoadError(self._embedder_errors.get(backbone, f"backbone {backbone!r} is not loaded"))
         return emb
 
+    def batch_stats(self) -> dict[str, tuple[int, int]]:
+        """backbone -> (forward passes, queries embedded) by the micro-batcher."""
+        return {b: (e.batcher.batches, e.batcher.items) for b, e in sorted(self._embedders.items())}
+
     def admin_lock(self, name: str) -> threading.Lock:
         return self._admin_locks[name]
 

@@ -50,5 +50,7 @@ async def metrics(catalogue: Catalogue = Depends(get_catalogue), registry: Metri
     gauges = {
         "imagesearch_model_products": [({"model": m.name}, m.num_products) for m in models],
         "imagesearch_model_searchable": [({"model": m.name}, int(m.searchable)) for m in models],
+        "imagesearch_encoder_batches": [({"backbone": b}, n) for b, (n, _) in catalogue.batch_stats().items()],
+        "imagesearch_encoder_batched_queries": [({"backbone": b}, n) for b, (_, n) in catalogue.batch_stats().items()],
     }
     return PlainTextResponse(registry.render(gauges), media_type="text/plain; version=0.0.4; charset=utf-8")
