@@ -1,0 +1,162 @@
+"""Small HTTP client for the search API: the UI's only way to reach models, indexes and images."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+from urllib.parse import quote, urljoin
+
+import requests
+
+DEFAULT_API_URL = "http://127.0.0.1:8000"
+API_URL_ENV = "IMAGESEARCH_API_URL"
+
+
+class ApiUnavailable(Exception):
+    """The API cannot be reached at all (refused, timed out, DNS): the service is down."""
+
+    def __init__(self, base_url: str, reason: str = "") -> None:
+        super().__init__(f"search API unreachable at {base_url}" + (f" ({reason})" if reason else ""))
+        self.base_url = base_url
+        self.reason = reason
+
+
+class ApiError(Exception):
+    """The API answered with an error status; ``message`` is its own explanation."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(f"{status}: {message}")
+        self.message = message
+        self.status = status
+
+    @property
+    def not_built(self) -> bool:
+        """503 means the model exists but its index has not been built (or is being reloaded)."""
+        return self.status == 503
+
+    @property
+    def not_found(self) -> bool:
+        return self.status == 404
+
+
+def api_url_from_env() -> str:
+    """The API address from IMAGESEARCH_API_URL, else the local default."""
+    return (os.environ.get(API_URL_ENV) or DEFAULT_API_URL).rstrip("/")
+
+
+def _error_message(response: requests.Response) -> str:
+    """The message out of a JSON error body (``message``/``detail``/``error``), else the raw text."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()[:300] or response.reason or "error"
+    if isinstance(body, dict):
+        for key in ("message", "detail", "error"):
+            value = body.get(key)
+            if isinstance(value, str) and value:
+                return value
+            if isinstance(value, list) and value:  # FastAPI validation errors: [{"msg": ...}]
+                return "; ".join(str(v.get("msg", v)) if isinstance(v, dict) else str(v) for v in value)
+    return str(body)[:300]
+
+
+def _params(**values: Any) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None and v != ""}
+
+
+class ApiClient:
+    """Calls the API over HTTP; raises ApiUnavailable when it is down and ApiError on a 4xx/5xx."""
+
+    def __init__(self, base_url: str | None = None, *, timeout: float = 30.0,
+                 session: requests.Session | None = None) -> None:
+        self.base_url = (base_url or api_url_from_env()).rstrip("/")
+        self.timeout = timeout
+        self._session = session or requests.Session()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        url = self.url(path)
+        kwargs.setdefault("timeout", self.timeout)
+        try:
+            response = self._session.request(method, url, **kwargs)
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise ApiUnavailable(self.base_url, type(exc).__name__) from None
+        if response.status_code >= 400:
+            raise ApiError(_error_message(response), response.status_code)
+        return response
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._request(method, path, **kwargs)
+        try:
+            return response.json()
+        except ValueError:
+            raise ApiError(f"expected JSON from {path}, got {response.headers.get('content-type')}",
+                           response.status_code) from None
+
+    def url(self, path: str) -> str:
+        """Absolute URL for an API path; absolute URLs (http/https) are returned unchanged."""
+        if path.startswith(("http://", "https://")):
+            return path
+        return urljoin(self.base_url + "/", path.lstrip("/"))
+
+    def health(self) -> dict:
+        return self._json("GET", "/health", timeout=min(self.timeout, 5.0))
+
+    def models(self) -> list[dict]:
+        body = self._json("GET", "/models", timeout=min(self.timeout, 5.0))
+        return body.get("models", []) if isinstance(body, dict) else list(body)
+
+    def search(self, model: str, image: bytes, filename: str = "query.jpg", *, top_k: int = 10,
+               category: str | None = None, min_score: float | None = None) -> dict:
+        """Image search in one model (``POST /<model>/search``)."""
+        return self._json("POST", f"/{quote(model)}/search",
+                          params=_params(top_k=top_k, category=category, min_score=min_score),
+                          files={"file": (filename or "query.jpg", image)})
+
+    def search_all(self, image: bytes, filename: str = "query.jpg", *, top_k: int = 10,
+                   category: str | None = None, min_score: float | None = None) -> dict:
+        """Image search in every built model plus a merged ranking (``POST /all/search``)."""
+        return self.search("all", image, filename, top_k=top_k, category=category, min_score=min_score)
+
+    def search_text(self, model: str, query: str, *, top_k: int = 10, category: str | None = None,
+                    min_score: float | None = None) -> dict:
+        """Text-to-image search (``GET /<model>/search/text?q=``); ``model="all"`` searches every model."""
+        return self._json("GET", f"/{quote(model)}/search/text",
+                          params=_params(q=query, top_k=top_k, category=category, min_score=min_score))
+
+    def search_text_all(self, models: list[str], query: str, *, top_k: int = 10, category: str | None = None,
+                        min_score: float | None = None) -> dict:
+        """Text search in each model, shaped like ``/all/search`` (the API has no all-models text route)."""
+        start = time.perf_counter()
+        per_model: dict[str, dict] = {}
+        for name in models:
+            try:
+                hits = self.search_text(name, query, top_k=top_k, category=category, min_score=min_score)["results"]
+                per_model[name] = {"model": name, "num_results": len(hits),
+                                   "results": [{**h, "model": name} for h in hits]}
+            except ApiError as exc:  # one unbuilt model must not hide the others
+                per_model[name] = {"model": name, "num_results": 0, "results": [], "error": exc.message}
+        merged = sorted((h for r in per_model.values() for h in r["results"]), key=lambda h: -h["score"])[:top_k]
+        merged = [{**h, "rank": n} for n, h in enumerate(merged, start=1)]
+        return {"model": "all", "query": query, "num_results": len(merged), "results": merged,
+                "search_time_ms": round((time.perf_counter() - start) * 1000, 3), "per_model": per_model}
+
+    def similar(self, model: str, product_id: str, *, top_k: int = 10, category: str | None = None,
+                min_score: float | None = None) -> dict:
+        """Products that look like a catalogue product, itself left out (``/<model>/products/<id>/similar``)."""
+        return self._json("GET", f"/{quote(model)}/products/{quote(str(product_id), safe='')}/similar",
+                          params=_params(top_k=top_k, category=category, min_score=min_score))
+
+    def product(self, model: str, product_id: str) -> dict:
+        return self._json("GET", f"/{quote(model)}/products/{quote(str(product_id), safe='')}")
+
+    @staticmethod
+    def image_path(model: str, product_id: str) -> str:
+        return f"/{quote(model)}/products/{quote(str(product_id), safe='')}/image"
+
+    def image_url(self, model: str, product_id: str) -> str:
+        return self.url(self.image_path(model, product_id))
+
+    def image(self, path_or_url: str) -> bytes:
+        """Bytes of a product image served by the API (relative path or absolute URL)."""
+        return self._request("GET", path_or_url, timeout=min(self.timeout, 10.0)).content

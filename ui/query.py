@@ -1,0 +1,76 @@
+"""What the shopper searches with: a photo (upload, camera, link), words, or a product they liked."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import requests
+
+MAX_QUERY_BYTES = 10_000_000
+_FETCH_TIMEOUT = 10.0
+
+
+class QueryError(Exception):
+    """The query cannot be used as given (bad link, too large, not downloadable)."""
+
+
+@dataclass(frozen=True)
+class Query:
+    """``kind`` is image | text | similar; ``signature`` says when a search must be redone."""
+
+    kind: str
+    image: bytes | None = None
+    filename: str = "query.jpg"
+    text: str = ""
+    product_model: str = ""
+    product_id: str = ""
+    product_title: str = ""
+
+    @property
+    def signature(self) -> tuple:
+        digest = hashlib.sha1(self.image).hexdigest() if self.image else ""
+        return (self.kind, digest, self.text, self.product_model, self.product_id)
+
+
+def image_query(data: bytes, filename: str) -> Query:
+    if len(data) > MAX_QUERY_BYTES:
+        raise QueryError(f"that image is {len(data) / 1e6:.1f} MB; the limit is {MAX_QUERY_BYTES / 1e6:.0f} MB")
+    return Query(kind="image", image=data, filename=filename or "query.jpg")
+
+
+def text_query(text: str) -> Query | None:
+    text = " ".join(text.split())
+    return Query(kind="text", text=text) if text else None
+
+
+def similar_query(model: str, product_id: str, title: str) -> Query:
+    return Query(kind="similar", product_model=model, product_id=str(product_id), product_title=title)
+
+
+def _filename_from_url(url: str) -> str:
+    name = urlsplit(url).path.rsplit("/", 1)[-1]
+    return name[:100] or "image-from-link.jpg"
+
+
+def fetch_image(url: str, *, session: requests.Session | None = None) -> Query:
+    """Download an image link (http/https only, size-capped) on the UI server for an image search."""
+    url = url.strip()
+    if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc:
+        raise QueryError("please paste a full image link starting with http:// or https://")
+    getter = session or requests
+    try:
+        with getter.get(url, timeout=_FETCH_TIMEOUT, stream=True) as response:
+            if response.status_code >= 400:
+                raise QueryError(f"the link answered with HTTP {response.status_code}")
+            data = bytearray()
+            for chunk in response.iter_content(64 * 1024):
+                data += chunk
+                if len(data) > MAX_QUERY_BYTES:
+                    raise QueryError(f"the linked file is larger than {MAX_QUERY_BYTES / 1e6:.0f} MB")
+    except requests.RequestException as exc:
+        raise QueryError(f"could not download the image ({type(exc).__name__})") from None
+    if not data:
+        raise QueryError("the link returned an empty file")
+    return image_query(bytes(data), _filename_from_url(url))
