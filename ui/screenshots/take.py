@@ -13,7 +13,7 @@ from pathlib import Path
 
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from core.config import load_settings  # noqa: E402
@@ -67,7 +67,7 @@ def _shoot(ui_url: str, root: Path, out: Path, chromium: str) -> None:
         page.locator("[data-testid=stFileUploader] input[type=file]").set_input_files(str(photo))
         page.wait_for_function("() => document.querySelectorAll('[data-testid=result-card]').length === 10")
         page.wait_for_timeout(1500)
-        page.screenshot(path=str(out / "screenshot-single.png"))
+        page.screenshot(path=str(out / "single.png"))
         page.set_viewport_size({"width": 1440, "height": 1560})
         slider = page.get_by_test_id("stSlider").filter(has_text="Results").get_by_role("slider")
         slider.focus()
@@ -76,13 +76,13 @@ def _shoot(ui_url: str, root: Path, out: Path, chromium: str) -> None:
         page.get_by_role("radio", name="All models", exact=True).click()
         page.wait_for_function("() => document.querySelectorAll('[data-testid=result-card]').length === 15")
         page.wait_for_timeout(1500)
-        page.screenshot(path=str(out / "screenshot-all.png"))
+        page.screenshot(path=str(out / "all.png"))
         browser.close()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, default=ROOT / "docs", help="folder for the two PNGs")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent, help="folder for the two PNGs")
     parser.add_argument("--clip", help="CLIP checkpoint folder (default: a generated tiny CLIP)")
     parser.add_argument("--chromium", default="/usr/bin/chromium", help="system chromium binary")
     args = parser.parse_args(argv)
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             for proc in procs:
                 proc.terminate()
                 proc.wait(timeout=15)
-    print(f"wrote {args.out / 'screenshot-single.png'} and {args.out / 'screenshot-all.png'}")
+    print(f"wrote {args.out / 'single.png'} and {args.out / 'all.png'}")
     return 0
 
 
