@@ -55,12 +55,16 @@ class Settings(BaseSettings):
     ivf_nprobe: int = Field(16, ge=1, le=65536, description="IVF lists probed per query")
 
     # quality: evaluation and fine-tuning (run_training.py --evaluate / --finetune)
-    eval_max_queries: int = Field(2000, ge=1, description="evaluation: products queried by their preview (a seeded sample beyond this)")
-    robustness_max_queries: int = Field(200, ge=1, description="evaluation: products queried with each perturbed preview")
-    finetune_head: Literal["linear", "mlp"] = Field("linear", description="projection head: linear or one-hidden-layer MLP")
+    eval_max_queries: int = Field(
+        2000, ge=1, description="evaluation: products queried by their preview (a seeded sample beyond this)")
+    robustness_max_queries: int = Field(200, ge=1,
+                                        description="evaluation: products queried with each perturbed preview")
+    finetune_head: Literal["linear", "mlp"] = Field("linear",
+                                                    description="projection head: linear or one-hidden-layer MLP")
     finetune_margin: float = Field(0.2, gt=0, le=2, description="triplet loss margin (distance between unit vectors)")
     finetune_epochs: int = Field(60, ge=1, le=10_000, description="most epochs of head training")
-    finetune_patience: int = Field(6, ge=1, le=1000, description="epochs without validation improvement before stopping")
+    finetune_patience: int = Field(6, ge=1, le=1000,
+                                   description="epochs without validation improvement before stopping")
     finetune_lr: float = Field(1e-3, gt=0, le=1, description="Adam learning rate")
     finetune_weight_decay: float = Field(1e-4, ge=0, le=1, description="Adam weight decay")
     finetune_batch_categories: int = Field(16, ge=2, le=1024, description="P: categories per P x K batch")

@@ -114,7 +114,8 @@ class _Preprocess:
 
 
 def _preprocess_spec(processor) -> _Preprocess:
-    size = processor.size.get("shortest_edge") or min(processor.size.get("height", 224), processor.size.get("width", 224))
+    size = processor.size.get("shortest_edge") or min(processor.size.get("height", 224),
+                                                      processor.size.get("width", 224))
     crop = processor.crop_size or {"height": size, "width": size}
     return _Preprocess(size=int(size), crop=int(min(crop["height"], crop["width"])),
                        mean=np.asarray(processor.image_mean, dtype=np.float32).reshape(1, 1, 3),
