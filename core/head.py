@@ -12,15 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
+from core.encoder import l2_normalize
 from core.errors import ConfigError
 from core.types import Embeddings
 
 HEAD_FORMAT = "imagesearch-head"
-
-
-def _normalize(x: np.ndarray) -> Embeddings:
-    x = np.asarray(x, dtype=np.float32)
-    return (x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)).astype(np.float32, copy=False)
 
 
 @dataclass(frozen=True)
@@ -43,7 +39,7 @@ class ProjectionHead:
             x = x @ w.T + b
             if i < len(self.weights) - 1:
                 np.maximum(x, 0, out=x)
-        return _normalize(x)
+        return l2_normalize(x)
 
 
 def save_head(path: Path, weights: list[np.ndarray], biases: list[np.ndarray]) -> Path:

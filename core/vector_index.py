@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import time
@@ -18,7 +17,7 @@ from core.config import Settings
 from core.errors import IndexNotReadyError
 from core.model_config import ModelPaths
 from core.types import Embeddings, IndexType, Metric
-from utils.atomic import read_json, read_jsonl, write_atomic, write_json_atomic, write_jsonl_atomic
+from utils.atomic import read_json, read_jsonl, sha256_file, write_atomic, write_json_atomic, write_jsonl_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -84,14 +83,6 @@ def search_index(index: faiss.Index, metric: Metric, queries: Embeddings, k: int
     dist, pos = index.search(queries, k)
     scores = dist if metric == Metric.COSINE else 1.0 - dist / 2.0  # |a-b|^2 = 2 - 2cos for unit vectors
     return np.clip(scores, -1.0, 1.0).astype(np.float32), pos
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def write_index_bundle(paths: ModelPaths, index: faiss.Index, metadata: list[dict[str, Any]],

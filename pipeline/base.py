@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from core.config import Settings
 from core.model_config import ModelPaths, ModelSpec
 from core.types import PhaseName
-from utils.atomic import read_json, write_json_atomic
+from utils.atomic import read_json, sha256_file, write_json_atomic
 
 if TYPE_CHECKING:
     from core.encoder import ClipEncoder
@@ -93,11 +93,7 @@ def file_digest(path: Path) -> str | None:
     path = Path(path)
     if not path.is_file():
         return None
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_file(path)
 
 
 def read_checkpoint(path: Path) -> dict[str, Any] | None:
