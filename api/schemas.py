@@ -45,6 +45,7 @@ class ModelResults(BaseModel):
 class AllSearchResponse(BaseModel):
     model: str = "all"
     query_filename: str | None = None
+    query: str | None = Field(None, description="the text query (text search)")
     num_results: int
     search_time_ms: float
     results: list[SearchHit] = Field(description="one ranking merged across models")

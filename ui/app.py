@@ -119,7 +119,6 @@ def _categories(models: list[dict], model: str) -> list[str]:
 
 def _model_selector(models: list[dict]) -> str | None:
     names = [m["name"] for m in models if m.get("searchable", True)]
-    st.session_state["searchable"] = names
     if not names:
         _html(render.alert("warning", "No catalogue is ready yet",
                            "The product catalogues are still being built. Please check back shortly.",
@@ -173,8 +172,6 @@ def _cached_fetch(url: str) -> Query:
 def _search(client: ApiClient, model: str, query: Query, opts: dict) -> dict:
     if query.kind == "similar":
         return client.similar(query.product_model, query.product_id, **opts)
-    if query.kind == "text" and model == ALL:
-        return client.search_text_all(st.session_state["searchable"], query.text, **opts)
     if query.kind == "text":
         return client.search_text(model, query.text, **opts)
     if model == ALL:

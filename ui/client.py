@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from typing import Any
 from urllib.parse import quote, urljoin
 
@@ -123,23 +122,6 @@ class ApiClient:
         """Text-to-image search (``GET /<model>/search/text?q=``); ``model="all"`` searches every model."""
         return self._json("GET", f"/{quote(model)}/search/text",
                           params=_params(q=query, top_k=top_k, category=category, min_score=min_score))
-
-    def search_text_all(self, models: list[str], query: str, *, top_k: int = 10, category: str | None = None,
-                        min_score: float | None = None) -> dict:
-        """Text search in each model, shaped like ``/all/search`` (the API has no all-models text route)."""
-        start = time.perf_counter()
-        per_model: dict[str, dict] = {}
-        for name in models:
-            try:
-                hits = self.search_text(name, query, top_k=top_k, category=category, min_score=min_score)["results"]
-                per_model[name] = {"model": name, "num_results": len(hits),
-                                   "results": [{**h, "model": name} for h in hits]}
-            except ApiError as exc:  # one unbuilt model must not hide the others
-                per_model[name] = {"model": name, "num_results": 0, "results": [], "error": exc.message}
-        merged = sorted((h for r in per_model.values() for h in r["results"]), key=lambda h: -h["score"])[:top_k]
-        merged = [{**h, "rank": n} for n, h in enumerate(merged, start=1)]
-        return {"model": "all", "query": query, "num_results": len(merged), "results": merged,
-                "search_time_ms": round((time.perf_counter() - start) * 1000, 3), "per_model": per_model}
 
     def similar(self, model: str, product_id: str, *, top_k: int = 10, category: str | None = None,
                 min_score: float | None = None) -> dict:

@@ -49,30 +49,55 @@ async def _search_image(name: str, request: Request, filters: Filters, catalogue
                           search_time_ms=_elapsed_ms(start), results=hits)
 
 
-@router.post("/all/search", response_model=AllSearchResponse, openapi_extra=UPLOAD_OPENAPI,
-             summary="Search every model with one image; per-model results and one merged ranking")
-async def search_all(request: Request, top_k: TopK = 10, min_score: MinScore = None, category: Category = None,
-                     catalogue: Catalogue = Depends(get_catalogue),
-                     settings: Settings = Depends(get_settings)) -> AllSearchResponse:
+def _ready_models(catalogue: Catalogue) -> tuple[list[LoadedModel], list[LoadedModel]]:
     models = catalogue.models()
     ready = [m for m in models if m.searchable]
     if not ready:
         raise IndexNotReadyError("all", "no model has a usable index yet")
-    embedders = {m.backbone: catalogue.embedder(m.backbone) for m in ready}  # one query pass per backbone
-    upload = await read_query_image(request, settings.max_upload_bytes)
-    start = time.perf_counter()
-    vectors = await embed_query_image(upload.data, list(embedders.values()), max_pixels=settings.max_image_pixels)
-    filters = Filters(top_k=top_k, min_score=min_score, category=category)
+    return models, ready
+
+
+async def _search_every_model(models: list[LoadedModel], vectors: dict, filters: Filters,
+                              base: str) -> tuple[list[SearchHit], dict[str, ModelResults]]:
+    """Each model searched with its backbone's query vector, then one merged ranking."""
     per_model: dict[str, ModelResults] = {}
     for model in models:
         if not model.searchable:
             per_model[model.name] = ModelResults(model=model.name, num_results=0, results=[], error=model.error)
             continue
-        hits = await search_loaded(model, vectors[model.backbone], filters, base_url(request), tag_model=True)
+        hits = await search_loaded(model, vectors[model.backbone], filters, base, tag_model=True)
         per_model[model.name] = ModelResults(model=model.name, num_results=len(hits), results=hits)
-    merged = merge_rankings([r.results for r in per_model.values()], top_k)
+    return merge_rankings([r.results for r in per_model.values()], filters.top_k), per_model
+
+
+@router.post("/all/search", response_model=AllSearchResponse, openapi_extra=UPLOAD_OPENAPI,
+             summary="Search every model with one image; per-model results and one merged ranking")
+async def search_all(request: Request, top_k: TopK = 10, min_score: MinScore = None, category: Category = None,
+                     catalogue: Catalogue = Depends(get_catalogue),
+                     settings: Settings = Depends(get_settings)) -> AllSearchResponse:
+    models, ready = _ready_models(catalogue)
+    embedders = {m.backbone: catalogue.embedder(m.backbone) for m in ready}  # one query pass per backbone
+    upload = await read_query_image(request, settings.max_upload_bytes)
+    start = time.perf_counter()
+    vectors = await embed_query_image(upload.data, list(embedders.values()), max_pixels=settings.max_image_pixels)
+    filters = Filters(top_k=top_k, min_score=min_score, category=category)
+    merged, per_model = await _search_every_model(models, vectors, filters, base_url(request))
     return AllSearchResponse(query_filename=upload.filename, num_results=len(merged), search_time_ms=_elapsed_ms(start),
                              results=merged, per_model=per_model)
+
+
+@router.get("/all/search/text", response_model=AllSearchResponse,
+            summary="Search every model with a text query; per-model results and one merged ranking")
+async def search_all_text(request: Request, q: TextQuery, top_k: TopK = 10, min_score: MinScore = None,
+                          category: Category = None,
+                          catalogue: Catalogue = Depends(get_catalogue)) -> AllSearchResponse:
+    models, ready = _ready_models(catalogue)
+    start = time.perf_counter()
+    vectors = {b: await catalogue.embedder(b).embed_text(q) for b in {m.backbone for m in ready}}  # once per backbone
+    filters = Filters(top_k=top_k, min_score=min_score, category=category)
+    merged, per_model = await _search_every_model(models, vectors, filters, base_url(request))
+    return AllSearchResponse(query=q, num_results=len(merged), search_time_ms=_elapsed_ms(start), results=merged,
+                             per_model=per_model)
 
 
 @router.post("/search_products/", response_model=SearchResponse, openapi_extra=UPLOAD_OPENAPI,

@@ -109,6 +109,17 @@ def test_text_search(client):
     assert body["query"] == "red ceramic mug" and body["num_results"] == 3 and body["search_time_ms"] > 0
 
 
+def test_text_search_in_all_models_merges_one_ranking(client):
+    r = client.get("/all/search/text", params={"q": "blue striped polo", "top_k": 5})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["query"] == "blue striped polo" and set(body["per_model"]) == {"general", "shirts"}
+    every = [h for m in body["per_model"].values() for h in m["results"]]
+    best = sorted(every, key=lambda h: -h["score"])[:5]
+    assert [(h["model"], h["id"]) for h in body["results"]] == [(h["model"], h["id"]) for h in best]
+    assert [h["rank"] for h in body["results"]] == [1, 2, 3, 4, 5]
+
+
 @pytest.mark.parametrize("q", ["", "x" * 10_000])
 def test_text_query_empty_or_huge_is_422(client, q):
     r = client.get("/general/search/text", params={"q": q})

@@ -94,10 +94,3 @@ def test_api_url_comes_from_the_environment(monkeypatch):
     assert api_url_from_env() == "http://127.0.0.1:8000"
     monkeypatch.setenv("IMAGESEARCH_API_URL", "http://10.0.0.5:9000/")
     assert api_url_from_env() == "http://10.0.0.5:9000"
-
-
-def test_text_search_across_models_merges_and_reports_unbuilt_ones(api):
-    body = api.search_text_all(["general", "shirts"], "mug", top_k=3)
-    assert [h["rank"] for h in body["results"]] == [1, 2, 3]
-    assert {h["model"] for h in body["results"]} == {"general"}
-    assert body["per_model"]["shirts"]["error"] and body["per_model"]["general"]["num_results"] == 3
