@@ -18,7 +18,7 @@ from core.errors import BadImageError, BadRequestError
 from core.types import IndexType, Metric
 from core.vector_index import IndexBundle, build_index, write_index_bundle
 from pipeline.image_cache import ImageCache
-from utils.atomic import read_json, save_npy_atomic, write_json_atomic
+from utils.atomic import save_npy_atomic
 from utils.http_fetch import FetchError, Fetcher, FetchPolicy
 from utils.images import ImageDecodeError
 
@@ -28,7 +28,6 @@ from api.schemas import ProductUpsert
 
 logger = logging.getLogger(__name__)
 
-_IDS_FILE = "embedding_ids.json"
 
 
 @dataclass
@@ -83,20 +82,6 @@ def _metadata_row(product: ProductUpsert, preview_cache: str) -> dict[str, Any]:
             "extra": dict(product.extra)}
 
 
-def _clip_table(current: LoadedModel, settings: Settings) -> tuple[list[str], np.ndarray] | None:
-    """Raw CLIP vectors and their ids, when the model keeps them (they feed head training)."""
-    paths = current.spec.paths(settings)
-    ids_path = paths.models / _IDS_FILE
-    if not (paths.clip_embeddings.is_file() and ids_path.is_file()):
-        return None
-    ids = [str(i) for i in read_json(ids_path)]
-    vectors = np.load(paths.clip_embeddings, allow_pickle=False)
-    if len(ids) != len(vectors):
-        logger.warning("%s: %d ids for %d CLIP vectors; not updating them", paths.models, len(ids), len(vectors))
-        return None
-    return ids, np.asarray(vectors, dtype=np.float32)
-
-
 def _upsert_rows(ids: list[str], vectors: np.ndarray, key: str, vector: np.ndarray) -> tuple[list[str], np.ndarray]:
     if key in ids:
         vectors = vectors.copy()
@@ -110,17 +95,15 @@ def _drop_rows(ids: list[str], vectors: np.ndarray, key: str) -> tuple[list[str]
     return [ids[i] for i in keep], vectors[keep]
 
 
-def _persist(catalogue: Catalogue, current: LoadedModel, ids: list[str], vectors: np.ndarray,
-             metadata: list[dict], clip: tuple[list[str], np.ndarray] | None) -> LoadedModel:
+def _persist(catalogue: Catalogue, current: LoadedModel, vectors: np.ndarray, metadata: list[dict]) -> LoadedModel:
+    """Write the edited bundle. The pipeline's own outputs (clip_embeddings.npy, embedding_ids.json)
+    are left alone: edits are an overlay on the index that lasts until the model is rebuilt from its CSV."""
     settings = catalogue.settings
     paths = current.spec.paths(settings)
     manifest = dict(current.manifest)
     index_type = IndexType(manifest.get("index_type", IndexType.AUTO))
     index = build_index(vectors, index_type, Metric(manifest.get("metric", Metric.COSINE)), settings)
     save_npy_atomic(paths.embeddings, vectors)
-    if clip is not None:
-        save_npy_atomic(paths.clip_embeddings, clip[1])
-        write_json_atomic(paths.models / _IDS_FILE, clip[0], indent=None)
     manifest.pop("built_at", None)
     written = write_index_bundle(paths, index, metadata, manifest)
     bundle = IndexBundle(index=index, metadata=metadata, manifest=written)
@@ -148,10 +131,7 @@ def upsert_product(catalogue: Catalogue, model: str, product: ProductUpsert) -> 
         ids, vectors = _upsert_rows(ids, current.vectors(), product.id, vector)
         pos = ids.index(product.id)
         metadata = metadata + [row] if pos == len(metadata) else metadata[:pos] + [row] + metadata[pos + 1:]
-        clip = _clip_table(current, settings)
-        if clip is not None:
-            clip = _upsert_rows(*clip, product.id, clip_vector)
-        fresh = _persist(catalogue, current, ids, vectors, metadata, clip)
+        fresh = _persist(catalogue, current, vectors, metadata)
     logger.info("admin: %s product %s in %s (%d images, %d failed)", "updated" if existed else "added",
                 product.id, model, len(fetched.images), len(fetched.failed))
     return fresh, fetched.failed
@@ -167,9 +147,6 @@ def delete_product(catalogue: Catalogue, model: str, product_id: str) -> LoadedM
         metadata = [r for r in current.bundle.metadata if str(r.get("id")) != product_id]
         ids = [str(r.get("id")) for r in current.bundle.metadata]
         ids, vectors = _drop_rows(ids, current.vectors(), product_id)
-        clip = _clip_table(current, catalogue.settings)
-        if clip is not None:
-            clip = _drop_rows(*clip, product_id)
-        fresh = _persist(catalogue, current, ids, vectors, metadata, clip)
+        fresh = _persist(catalogue, current, vectors, metadata)
     logger.info("admin: deleted product %s from %s", product_id, model)
     return fresh

@@ -52,12 +52,6 @@ class IndexPhase:
         vectors = np.load(ctx.paths.clip_embeddings, allow_pickle=False)
         ids = read_json(ctx.paths.models / "embedding_ids.json")
         by_id = {p["id"]: p for p in read_json(ctx.paths.processed_products)["products"]}
-        # products added through the API's admin routes are not in the CSV: a rebuild drops them
-        keep = [k for k, i in enumerate(ids) if i in by_id]
-        if len(keep) < len(ids):
-            logger.warning("%s: %d products not in products.csv (admin edits) left out of the rebuilt index",
-                           ctx.model, len(ids) - len(keep))
-            vectors, ids = vectors[keep], [ids[k] for k in keep]
         images = read_json(images_manifest_path(ctx.paths))["images"]
         head = load_head(ctx.paths.head)
         if head is not None:
