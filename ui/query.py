@@ -6,7 +6,7 @@ import hashlib
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import requests
+from utils.http_fetch import Fetcher, FetchError, FetchPolicy
 
 MAX_QUERY_BYTES = 10_000_000
 _FETCH_TIMEOUT = 10.0
@@ -54,23 +54,26 @@ def _filename_from_url(url: str) -> str:
     return name[:100] or "image-from-link.jpg"
 
 
-def fetch_image(url: str, *, session: requests.Session | None = None) -> Query:
-    """Download an image link (http/https only, size-capped) on the UI server for an image search."""
+def _link_error(err: FetchError) -> QueryError:
+    if err.reason in ("bad scheme", "bad url"):
+        return QueryError("please paste a full image link starting with http:// or https://")
+    if err.reason.startswith("http "):
+        return QueryError(f"the link answered with HTTP {err.reason.removeprefix('http ')}")
+    if err.reason == "too large":
+        return QueryError(f"the linked file is larger than {MAX_QUERY_BYTES / 1e6:.0f} MB")
+    return QueryError(f"could not download the image ({err.reason})")
+
+
+def fetch_image(url: str) -> Query:
+    """Download an image link on the UI server for an image search, with the pipeline's fetcher
+    (http/https only, bounded redirects, size cap, overall deadline)."""
     url = url.strip()
-    if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc:
-        raise QueryError("please paste a full image link starting with http:// or https://")
-    getter = session or requests
+    policy = FetchPolicy(timeout=_FETCH_TIMEOUT, retries=1, max_bytes=MAX_QUERY_BYTES, deadline=3 * _FETCH_TIMEOUT)
     try:
-        with getter.get(url, timeout=_FETCH_TIMEOUT, stream=True) as response:
-            if response.status_code >= 400:
-                raise QueryError(f"the link answered with HTTP {response.status_code}")
-            data = bytearray()
-            for chunk in response.iter_content(64 * 1024):
-                data += chunk
-                if len(data) > MAX_QUERY_BYTES:
-                    raise QueryError(f"the linked file is larger than {MAX_QUERY_BYTES / 1e6:.0f} MB")
-    except requests.RequestException as exc:
-        raise QueryError(f"could not download the image ({type(exc).__name__})") from None
+        with Fetcher(policy) as fetcher:
+            data = fetcher.fetch(url)
+    except FetchError as err:
+        raise _link_error(err) from None
     if not data:
         raise QueryError("the link returned an empty file")
-    return image_query(bytes(data), _filename_from_url(url))
+    return image_query(data, _filename_from_url(url))
