@@ -7,7 +7,6 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 from PIL import Image
@@ -17,9 +16,10 @@ from core.encoder import l2_normalize
 from core.errors import BadImageError, BadRequestError
 from core.types import IndexType, Metric
 from core.vector_index import IndexBundle, build_index, write_index_bundle
+from pipeline.download import fetch_policy, read_ref
 from pipeline.image_cache import ImageCache
 from utils.atomic import save_npy_atomic
-from utils.http_fetch import FetchError, Fetcher, FetchPolicy
+from utils.http_fetch import FetchError, Fetcher
 from utils.images import ImageDecodeError
 
 from api.catalogue import Catalogue
@@ -29,7 +29,6 @@ from api.schemas import ProductUpsert
 logger = logging.getLogger(__name__)
 
 
-
 @dataclass
 class _Fetched:
     images: list[Image.Image]
@@ -37,33 +36,13 @@ class _Fetched:
     failed: dict[str, str]
 
 
-def _policy(settings: Settings) -> FetchPolicy:
-    return FetchPolicy(timeout=settings.download_timeout, retries=settings.download_retries,
-                       backoff=settings.download_backoff, max_redirects=settings.max_redirects,
-                       max_bytes=settings.max_image_bytes, per_host=settings.download_per_host,
-                       deadline=4 * settings.download_timeout * (settings.download_retries + 1))
-
-
-def _read_ref(ref: str, settings: Settings, data_dir: Path, fetcher: Fetcher) -> bytes:
-    """An http(s) URL, or a file inside the model's data folder (as in products.csv)."""
-    if urlsplit(ref).scheme:
-        return fetcher.fetch(ref)  # refuses file://, ftp:// and friends
-    base = data_dir.resolve()
-    path = (base / ref).resolve()
-    if not path.is_relative_to(base) or not path.is_file():
-        raise FetchError("file not found", f"{ref!r} is not a file inside {data_dir.name}/")
-    if path.stat().st_size > settings.max_image_bytes:
-        raise FetchError("too large", f"more than {settings.max_image_bytes} bytes")
-    return path.read_bytes()
-
-
 def _fetch_images(refs: list[str], settings: Settings, data_dir: Path, cache: ImageCache) -> _Fetched:
     """Fetch and cache each view as the download phase does; keep the cache names of those that worked."""
     got = _Fetched(images=[], cached=[], failed={})
-    with Fetcher(_policy(settings)) as fetcher:
+    with Fetcher(fetch_policy(settings)) as fetcher:
         for ref in refs:
             try:
-                entry = cache.store(_read_ref(ref, settings, data_dir, fetcher))
+                entry = cache.store(read_ref(ref, data_dir, fetcher, settings.max_image_bytes))
             except (FetchError, ImageDecodeError) as exc:
                 got.failed[ref] = exc.reason
                 continue

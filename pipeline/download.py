@@ -90,7 +90,7 @@ class DownloadPhase:
                 outcomes[ref] = _logged(outcome)
         logger.info("%s: %d image refs, %d cached, %d to fetch", ctx.model, len(refs),
                     len(refs) - len(todo), len(todo))
-        with Fetcher(_policy(ctx.settings)) as fetcher, logging_redirect_tqdm():
+        with Fetcher(fetch_policy(ctx.settings)) as fetcher, logging_redirect_tqdm():
             for outcome in _fetch_all(ctx, _interleave_by_host(todo), fetcher, cache):
                 outcomes[outcome.ref] = _logged(outcome)
         return _finish(ctx, [outcomes[ref] for ref in refs])
@@ -173,15 +173,22 @@ def _fetch_all(ctx: PipelineContext, todo: list[_Target], fetcher: Fetcher,
 def _process(target: _Target, fetcher: Fetcher, cache: ImageCache, max_bytes: int) -> _Outcome:
     """Fetch, verify, cache, then mark one ref. Runs on a worker thread."""
     try:
-        if target.url is not None:
-            data, source = fetcher.fetch(target.url), "downloaded"
-        else:
-            data, source = _read_local(target, max_bytes), "local"
-        entry = cache.store(data)
+        entry = cache.store(_read_target(target, fetcher, max_bytes))
     except (FetchError, ImageDecodeError) as err:
         return _failed(target.ref, err)
     cache.mark(target.ref, entry, target.stat)  # last: the ref is done exactly when this exists
-    return _Outcome(target.ref, {"status": ImageStatus.OK.value, **entry}, source)
+    return _Outcome(target.ref, {"status": ImageStatus.OK.value, **entry},
+                    "downloaded" if target.url is not None else "local")
+
+
+def read_ref(ref: str, data_dir: Path, fetcher: Fetcher, max_bytes: int) -> bytes:
+    """The bytes of one image reference, as this phase reads it: an http(s) URL through ``fetcher``,
+    or a file inside ``data_dir``. Raises FetchError with a reason label."""
+    return _read_target(_classify(ref, data_dir), fetcher, max_bytes)
+
+
+def _read_target(target: _Target, fetcher: Fetcher, max_bytes: int) -> bytes:
+    return fetcher.fetch(target.url) if target.url is not None else _read_local(target, max_bytes)
 
 
 def _read_local(target: _Target, max_bytes: int) -> bytes:
@@ -225,7 +232,8 @@ def _interleave_by_host(todo: list[_Target]) -> list[_Target]:
     return ordered
 
 
-def _policy(settings: Settings) -> FetchPolicy:
+def fetch_policy(settings: Settings) -> FetchPolicy:
+    """The fetch limits the download settings describe (shared with the API's admin edits)."""
     attempts = settings.download_retries + 1
     backoff = sum(min(settings.download_backoff * 2 ** i, _MAX_BACKOFF) for i in range(settings.download_retries))
     return FetchPolicy(timeout=settings.download_timeout, retries=settings.download_retries,
