@@ -48,6 +48,7 @@ class _PartStore:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
+        self._next = len(list(folder.glob("part-*.npz")))  # counted once, not per saved batch
 
     def load(self) -> dict[str, np.ndarray]:
         done: dict[str, np.ndarray] = {}
@@ -60,9 +61,9 @@ class _PartStore:
         return done
 
     def save(self, keys: list[str], vectors: np.ndarray) -> None:
-        n = len(list(self.folder.glob("part-*.npz")))
-        write_atomic(self.folder / f"part-{n:06d}.npz",
+        write_atomic(self.folder / f"part-{self._next:06d}.npz",
                      lambda fh: np.savez(fh, keys=np.asarray(keys, dtype=str), vectors=vectors))
+        self._next += 1
 
 
 class ExtractionPhase:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -52,8 +53,6 @@ def _can_skip(phase: Phase, ctx: PipelineContext, fingerprint: str) -> PhaseResu
         return None
     if not all(p.exists() for p in phase.outputs(ctx)):
         return None
-    from collections import Counter
-
     return PhaseResult(ok=checkpoint.get("ok", 0), failed=Counter(checkpoint.get("failed", {})),
                        details=checkpoint.get("details", {}))
 
