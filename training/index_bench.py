@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from core.config import Settings
+from core.encoder import l2_normalize
 from core.errors import ConfigError, MissingInputError
 from core.model_config import ModelSpec
 from core.types import Embeddings, IndexType
@@ -41,8 +42,7 @@ def synthetic_vectors(n: int, dim: int, *, seed: int = 0, clusters: int | None =
         stop = min(n, start + step)
         assign = rng.integers(0, clusters, size=stop - start)
         out[start:stop] = centres[assign] + rng.standard_normal((stop - start, dim), dtype=np.float32) * 0.8
-    out /= np.linalg.norm(out, axis=1, keepdims=True)
-    return out
+    return l2_normalize(out)
 
 
 def _queries(vectors: Embeddings, count: int, seed: int) -> Embeddings:
@@ -50,7 +50,7 @@ def _queries(vectors: Embeddings, count: int, seed: int) -> Embeddings:
     picked = vectors[rng.choice(len(vectors), size=min(count, len(vectors)), replace=False)]
     noise = rng.standard_normal(picked.shape, dtype=np.float32) * (_QUERY_NOISE / np.sqrt(vectors.shape[1]))
     noisy = picked + noise
-    return (noisy / np.linalg.norm(noisy, axis=1, keepdims=True)).astype(np.float32)
+    return l2_normalize(noisy)
 
 
 def _model_dim(settings: Settings, spec: ModelSpec) -> int:
