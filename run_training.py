@@ -22,6 +22,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("model", nargs="?", help="model name, e.g. general or shirts (see --list)")
     parser.add_argument("--list", action="store_true", help="list every model and its build state")
     parser.add_argument("--force", action="store_true", help="rerun every phase (the image cache is kept)")
+    parser.add_argument("--drop-api-edits", action="store_true",
+                        help="make products.csv the whole truth: drop products added or changed through the API")
     parser.add_argument("--mode", choices=["data", "ml", "all"], default="all",
                         help="data = validate + download, ml = embed + index, all = both (default)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -52,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_quality_command(args, settings, spec)
         from pipeline.runner import run_model
 
-        outcomes = run_model(settings, spec, mode=args.mode, force=args.force, progress=not args.no_progress)
+        outcomes = run_model(settings, spec, mode=args.mode, force=args.force, progress=not args.no_progress,
+                             drop_api_edits=args.drop_api_edits)
         print(format_summary(spec, settings, outcomes))
         return 0
     except ImageSearchError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
@@ -84,6 +85,9 @@ class ModelInfo(BaseModel):
     index_type: str | None = None
     built_at: str | None = None
     error: str | None = None
+    filters: dict[str, str] = Field(default_factory=dict,
+                                    description="filterable extra columns: name -> text (filter=) or number (range=)")
+    recall_at_10: float | None = Field(None, description="the index's measured recall@10 against exact search")
 
 
 class ModelsResponse(BaseModel):
@@ -118,6 +122,19 @@ class ProductUpsert(BaseModel):
         if any(not r or len(r) > 2048 for r in cleaned):
             raise ValueError("each image must be a non-empty reference of at most 2048 characters")
         return cleaned
+
+
+class VectorQuery(BaseModel):
+    """A query embedding from the client's own CLIP (the model's backbone): normalised here."""
+
+    vector: list[float] = Field(min_length=2, max_length=4096, description="the query embedding")
+
+    @field_validator("vector")
+    @classmethod
+    def _finite(cls, values: list[float]) -> list[float]:
+        if not all(math.isfinite(v) for v in values) or not any(values):
+            raise ValueError("the vector must be finite and not all zeros")
+        return values
 
 
 class AdminResponse(BaseModel):

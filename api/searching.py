@@ -1,17 +1,18 @@
-"""Nearest-neighbour search over one loaded model, with filters, turned into SearchHit rows."""
+"""Nearest-neighbour search over one served model, with filters applied inside the store's search,
+turned into SearchHit rows."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
 from urllib.parse import quote
 
 import numpy as np
 
-from api.loaded import LoadedModel
-from api.schemas import SearchHit
+from core.errors import BadRequestError
+from core.store import Filter, Hit, Product
 
-_MAX_FETCH = 4096  # widest neighbour list fetched to satisfy a filter
+from api.loaded import ServedModel
+from api.schemas import SearchHit
 
 
 @dataclass(frozen=True)
@@ -20,20 +21,36 @@ class Filters:
     min_score: float | None = None
     category: str | None = None
     exclude_id: str | None = None
+    equals: dict[str, str] = field(default_factory=dict)
+    ranges: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+
+    def for_store(self) -> Filter:
+        return Filter(category=self.category, equals=self.equals, ranges=self.ranges,
+                      exclude_ids=(self.exclude_id,) if self.exclude_id is not None else ())
+
+    @property
+    def columns(self) -> set[str]:
+        return set(self.equals) | set(self.ranges)
 
 
-def query_vector(model: LoadedModel, clip_vector: np.ndarray) -> np.ndarray:
+def check_columns(model: ServedModel, filters: Filters) -> None:
+    """A filter on a column the model does not have is a client mistake (400), named with the choices."""
+    if not filters.columns:
+        return
+    known = model.require().columns()
+    unknown = sorted(filters.columns - set(known))
+    if unknown:
+        listed = ", ".join(sorted(known)) or "none"
+        raise BadRequestError(f"model {model.name!r} has no filterable column {unknown[0]!r}; filterable: {listed}")
+    wrong = sorted(c for c in filters.ranges if known[c] != "number")
+    if wrong:
+        raise BadRequestError(f"column {wrong[0]!r} of model {model.name!r} is not numeric: use an equality filter")
+
+
+def query_vector(model: ServedModel, clip_vector: np.ndarray) -> np.ndarray:
     """Raw CLIP query -> the space the index lives in (through the model's head, if any)."""
     query = np.asarray(clip_vector, dtype=np.float32).reshape(1, -1)
     return model.head.apply(query) if model.head is not None else query
-
-
-def _accept(row: dict[str, Any], score: float, filters: Filters) -> bool:
-    if filters.category is not None and str(row.get("category") or "") != filters.category:
-        return False
-    if filters.exclude_id is not None and str(row.get("id")) == filters.exclude_id:
-        return False
-    return True
 
 
 def _one_faiss_thread() -> None:
@@ -44,47 +61,32 @@ def _one_faiss_thread() -> None:
     faiss.omp_set_num_threads(1)
 
 
-def nearest(model: LoadedModel, vector: np.ndarray, filters: Filters) -> list[tuple[int, float]]:
-    """(position, score) pairs, best first, after filters. ``vector`` is already in index space."""
-    bundle = model.require().bundle
+def nearest(model: ServedModel, vector: np.ndarray, filters: Filters) -> list[Hit]:
+    """Hits, best first, after filters. ``vector`` is already in index space."""
+    store = model.require()
     _one_faiss_thread()
-    n = len(bundle.metadata)
-    if n == 0 or (filters.category is not None and filters.category not in model.category_counts):
-        return []
-    filtered = filters.category is not None or filters.exclude_id is not None
-    k = min(n, filters.top_k * 4 + 16 if filtered else filters.top_k)
-    while True:
-        scores, positions = bundle.search(vector.reshape(1, -1), k)
-        found: list[tuple[int, float]] = []
-        for pos, score in zip(positions[0].tolist(), scores[0].tolist()):
-            if pos < 0 or (filters.min_score is not None and score < filters.min_score):
-                continue
-            if _accept(bundle.metadata[pos], score, filters):
-                found.append((pos, score))
-        exhausted = k >= min(n, _MAX_FETCH) or (filters.min_score is not None and scores[0][-1] < filters.min_score)
-        if len(found) >= filters.top_k or exhausted:
-            return found[: filters.top_k]
-        k = min(n, k * 4, _MAX_FETCH)
+    found = store.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), filters.top_k, filters.for_store())[0]
+    if filters.min_score is not None:
+        found = [h for h in found if h.score >= filters.min_score]
+    return found
 
 
-def image_url(base_url: str, model: str, row: dict[str, Any]) -> str | None:
+def image_url(base_url: str, model: str, product: Product) -> str | None:
     """Where a client fetches the product's picture: our cached preview, else a remote original."""
-    if row.get("preview_cache"):
-        return f"{base_url}/{model}/products/{quote(str(row.get('id')), safe='')}/image"
-    preview = str(row.get("preview_image") or "")
+    if product.preview_cache:
+        return f"{base_url}/{model}/products/{quote(product.id, safe='')}/image"
+    preview = product.preview_image
     return preview if preview.startswith(("http://", "https://")) else None
 
 
-def to_hits(model: LoadedModel, found: list[tuple[int, float]], base_url: str, *,
-            tag_model: bool = False) -> list[SearchHit]:
-    metadata = model.require().bundle.metadata
+def to_hits(model: ServedModel, found: list[Hit], base_url: str, *, tag_model: bool = False) -> list[SearchHit]:
     hits = []
-    for rank, (pos, score) in enumerate(found, start=1):
-        row = metadata[pos]
-        hits.append(SearchHit(rank=rank, id=str(row.get("id")), title=str(row.get("title") or ""),
-                              category=row.get("category") or None, score=round(float(score), 6),
-                              preview_image=row.get("preview_image"), image_url=image_url(base_url, model.name, row),
-                              model=model.name if tag_model else None, extra=row.get("extra") or {}))
+    for rank, hit in enumerate(found, start=1):
+        p = hit.product
+        hits.append(SearchHit(rank=rank, id=p.id, title=p.title, category=p.category or None,
+                              score=round(float(hit.score), 6), preview_image=p.preview_image or None,
+                              image_url=image_url(base_url, model.name, p), model=model.name if tag_model else None,
+                              extra=dict(p.extra)))
     return hits
 
 

@@ -46,10 +46,18 @@ class Settings(BaseSettings):
     max_images_per_product: int = Field(10, ge=1, le=100, description="views kept per product")
 
     # index
-    index_type: IndexType = Field(IndexType.AUTO, description="auto | flat | ivf | hnsw")
+    index_type: IndexType = Field(IndexType.AUTO, description="auto | flat | hnsw | ivf | ivfpq")
     metric: Metric = Field(Metric.COSINE, description="cosine (inner product) | euclidean (L2)")
     flat_max_products: int = Field(20_000, ge=1, description="auto: exact flat index up to this size")
-    hnsw_max_products: int = Field(2_000_000, ge=1, description="auto: HNSW up to this size, IVF beyond")
+    hnsw_max_products: int = Field(300_000, ge=1, description="auto: HNSW up to this size, IVF beyond")
+    ivfpq_min_products: int = Field(2_000_000, ge=1,
+                                    description="auto: IVF-PQ (OPQ, re-ranked from stored vectors) beyond this size")
+    recall_target: float = Field(0.95, gt=0, le=1,
+                                 description="auto-tuning: recall@10 that nprobe / efSearch are raised to reach")
+    tune_latency_ms: float = Field(10.0, gt=0, le=10_000,
+                                   description="auto-tuning: per-query latency budget while raising nprobe / efSearch")
+    filter_exact_max: int = Field(10_000, ge=0, le=1_000_000,
+                                  description="filters admitting at most this many products are searched exactly")
     hnsw_m: int = Field(32, ge=4, le=256, description="HNSW graph degree")
     hnsw_ef_search: int = Field(64, ge=1, le=4096, description="HNSW search breadth")
     ivf_nprobe: int = Field(16, ge=1, le=65536, description="IVF lists probed per query")

@@ -160,3 +160,29 @@ class OverloadedError(ImageSearchError):
     """The server's bounded queues are full; the client should retry shortly."""
 
     status_code = 503
+
+
+class StoreError(ImageSearchError):
+    """The catalogue store cannot be read or written (locked too long, damaged file)."""
+
+    status_code = 503
+
+    def __init__(self, model: str, message: str) -> None:
+        super().__init__(f"model {model!r}: {message}")
+        self.model = model
+
+
+class StorageFullError(StoreError):
+    """The disk holding the catalogue is full: the write was rolled back, nothing else changed."""
+
+    status_code = 507
+
+
+class BuildInProgressError(ImageSearchError):
+    """Another build of the same model is running (one pipeline run per model at a time)."""
+
+    status_code = 409
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"model {model!r}: another build of this model is running; wait for it to finish")
+        self.model = model

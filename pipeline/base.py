@@ -18,20 +18,26 @@ from utils.atomic import read_json, sha256_file, write_json_atomic
 
 if TYPE_CHECKING:
     from core.encoder import ClipEncoder
+    from core.local_store import LocalStore
+    from pipeline.state import BuildState
 
 logger = logging.getLogger(__name__)
 
-PIPELINE_VERSION = 1  # bump when an output format changes, so old checkpoints are redone
+PIPELINE_VERSION = 2  # bump when an output format changes, so old checkpoints are redone
 
 
 @dataclass
 class PipelineContext:
-    """What every phase gets: settings, the model's spec and paths, and a lazily loaded encoder."""
+    """What every phase gets: settings, the model's spec and paths, the model's store and build state
+    (opened on first use), and a lazily loaded encoder."""
 
     settings: Settings
     spec: ModelSpec
     progress: bool = True
-    _encoder: "ClipEncoder | None" = field(default=None, repr=False)
+    drop_api_edits: bool = False
+    _encoder: ClipEncoder | None = field(default=None, repr=False)
+    _store: LocalStore | None = field(default=None, repr=False)
+    _state: BuildState | None = field(default=None, repr=False)
 
     @property
     def paths(self) -> ModelPaths:
@@ -45,12 +51,32 @@ class PipelineContext:
     def backbone(self) -> str:
         return self.spec.backbone_for(self.settings)
 
-    def encoder(self) -> "ClipEncoder":
+    def encoder(self) -> ClipEncoder:
         if self._encoder is None:
             from core.encoder import ClipEncoder
 
             self._encoder = ClipEncoder.from_settings(self.settings, self.backbone)
         return self._encoder
+
+    def store(self) -> LocalStore:
+        """The model's catalogue store (its index is not opened: the index phase does that)."""
+        if self._store is None:
+            from core.catalogue_store import open_store
+
+            self._store = open_store(self.settings, self.spec, open_index=False)
+        return self._store
+
+    def state(self) -> BuildState:
+        if self._state is None:
+            from pipeline.state import BuildState
+
+            self._state = BuildState(self.store().db)
+        return self._state
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store, self._state = None, None
 
 
 @dataclass

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -20,16 +22,19 @@ from core.config import Settings
 from core.errors import MissingInputError
 from core.model_config import ModelPaths
 from core.types import PhaseName
-from pipeline.base import PhaseResult, PipelineContext, file_digest
+from pipeline.base import PhaseResult, PipelineContext
 from pipeline.image_cache import ImageCache, cache_key
-from utils.atomic import read_json, write_json_atomic
+from pipeline.state import ImageRecord
+from utils.atomic import write_json_atomic
 from utils.http_fetch import FetchError, Fetcher, FetchPolicy, check_url
 from utils.images import ImageDecodeError
 
 logger = logging.getLogger(__name__)
 
 USER_AGENT = "imagesearch-downloader/1.0 (product image indexing)"
-IMAGES_JSON = "images.json"
+REPORT_JSON = "download_report.json"
+_CHUNK = 5000  # refs triaged, fetched and recorded together (bounded memory at any catalogue size)
+_EXAMPLES = 3
 _DEADLINE_FACTOR = 4  # an attempt may take this many read timeouts in total (slow-drip guard)
 _MAX_BACKOFF = 60.0
 
@@ -39,9 +44,9 @@ class ImageStatus(StrEnum):
     FAILED = "failed"
 
 
-def images_manifest_path(paths: ModelPaths) -> Path:
-    """Where this phase records each image ref's status (read by extraction)."""
-    return paths.models / IMAGES_JSON
+def download_report_path(paths: ModelPaths) -> Path:
+    """Where this phase writes its failures by reason, with examples."""
+    return paths.models / REPORT_JSON
 
 
 @dataclass(frozen=True)
@@ -61,74 +66,90 @@ class _Target:
 @dataclass(frozen=True)
 class _Outcome:
     ref: str
-    entry: dict[str, Any]
+    record: ImageRecord
     source: str  # downloaded | local | reused | failed
-    transient: bool = False
+
+    @property
+    def transient(self) -> bool:
+        return self.record.transient
 
 
 class DownloadPhase:
-    """Downloads the union of all products' images into ``data/<m>/image_cache`` and writes images.json."""
+    """Downloads the union of all staged products' images into ``data/<m>/image_cache``; each ref's
+    outcome is recorded in the build state a chunk at a time."""
 
     name = PhaseName.DOWNLOAD
 
     def fingerprint(self, ctx: PipelineContext) -> dict[str, Any]:
-        return {"products": file_digest(ctx.paths.processed_products), **cache_key(ctx.settings)}
+        return {"staged": ctx.state().get_meta("staged"), **cache_key(ctx.settings)}
 
     def outputs(self, ctx: PipelineContext) -> list[Path]:
-        return [images_manifest_path(ctx.paths)]
+        return [download_report_path(ctx.paths)]
 
     def run(self, ctx: PipelineContext) -> PhaseResult:
-        refs = _collect_refs(ctx)
+        state = ctx.state()
+        if state.get_meta("staged") is None:
+            raise MissingInputError(ctx.model, "no validated products yet: run the validation phase first")
         cache = ImageCache(ctx.paths.image_cache, ctx.settings)
-        outcomes: dict[str, _Outcome] = {}
-        todo: list[_Target] = []
-        for ref in refs:
-            outcome, target = _triage(ref, ctx.paths.data, cache)
-            if target is not None:
-                todo.append(target)
-            else:
-                outcomes[ref] = _logged(outcome)
-        logger.info("%s: %d image refs, %d cached, %d to fetch", ctx.model, len(refs),
-                    len(refs) - len(todo), len(todo))
+        key = json.dumps(cache_key(ctx.settings), sort_keys=True)
+        tally = _Tally()
+        bar = tqdm(desc=f"{ctx.model} images", unit="img", disable=not ctx.progress)
         with Fetcher(fetch_policy(ctx.settings)) as fetcher, logging_redirect_tqdm():
-            for outcome in _fetch_all(ctx, _interleave_by_host(todo), fetcher, cache):
-                outcomes[outcome.ref] = _logged(outcome)
-        return _finish(ctx, [outcomes[ref] for ref in refs])
+            for refs in state.refs(_CHUNK):
+                known = state.images(refs)
+                outcomes, todo = [], []
+                for ref in refs:
+                    outcome, target = _triage(ref, ctx.paths.data, cache, known.get(ref), key)
+                    if target is not None:
+                        todo.append(target)
+                    else:
+                        outcomes.append(_logged(outcome))  # type: ignore[arg-type]
+                bar.total = (bar.total or 0) + len(refs)
+                bar.update(len(outcomes))
+                outcomes += [_logged(o) for o in _fetch_all(ctx, _interleave_by_host(todo), fetcher, cache, bar)]
+                state.record([o.record for o in outcomes], key)
+                tally.add(outcomes)
+        bar.close()
+        return _finish(ctx, tally)
 
 
-def _collect_refs(ctx: PipelineContext) -> list[str]:
-    """Every distinct image ref of every product (``images`` and ``preview_image``), in first-seen order."""
-    path = ctx.paths.processed_products
-    try:
-        doc = read_json(path)
-    except FileNotFoundError:
-        raise MissingInputError(ctx.model, f"{path} not found; run the validation phase first") from None
-    except (OSError, ValueError) as exc:
-        raise MissingInputError(ctx.model, f"{path} is unreadable ({exc}); rerun validation") from None
-    products = doc.get("products") if isinstance(doc, dict) else None
-    if not isinstance(products, list):
-        raise MissingInputError(ctx.model, f"{path} has no 'products' list; rerun validation")
-    refs: dict[str, None] = {}
-    for product in products:
-        if not isinstance(product, dict):
-            continue
-        images = product.get("images")
-        for ref in [*(images if isinstance(images, list) else []), product.get("preview_image")]:
-            if isinstance(ref, str) and ref:
-                refs[ref] = None
-    return list(refs)
+@dataclass
+class _Tally:
+    sources: Counter[str] = field(default_factory=Counter)
+    failed: Counter[str] = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+    transient: int = 0
+
+    def add(self, outcomes: list[_Outcome]) -> None:
+        for o in outcomes:
+            self.sources[o.source] += 1
+            if o.source == "failed":
+                reason = o.record.reason or "?"
+                self.failed[reason] += 1
+                self.examples.setdefault(reason, [])
+                if len(self.examples[reason]) < _EXAMPLES:
+                    self.examples[reason].append(o.ref[:300])
+                self.transient += o.transient
 
 
-def _triage(ref: str, data_dir: Path, cache: ImageCache) -> tuple[_Outcome | None, _Target | None]:
+def _triage(ref: str, data_dir: Path, cache: ImageCache, known: dict[str, Any] | None,
+            key: str) -> tuple[_Outcome | None, _Target | None]:
     """Settle a ref without any network request when possible: bad ref, or already cached."""
     try:
         target = _classify(ref, data_dir)
     except FetchError as err:
         return _failed(ref, err), None
-    entry = cache.reuse(ref, target.stat)
-    if entry is None:
+    if known is None or known["status"] != ImageStatus.OK.value or known["settings"] != key:
         return None, target
-    return _Outcome(ref, {"status": ImageStatus.OK.value, **entry}, "reused"), None
+    if target.stat is not None and (known["size"], known["mtime_ns"]) != (target.stat.st_size,
+                                                                           target.stat.st_mtime_ns):
+        return None, target
+    if not cache.has(known["cache"]):
+        return None, target
+    record = ImageRecord(ref=ref, status=ImageStatus.OK.value, cache=known["cache"], width=known["width"],
+                         height=known["height"], bytes=known["bytes"], size=known["size"],
+                         mtime_ns=known["mtime_ns"])
+    return _Outcome(ref, record, "reused"), None
 
 
 def _classify(ref: str, data_dir: Path) -> _Target:
@@ -155,10 +176,11 @@ def _classify(ref: str, data_dir: Path) -> _Target:
     return _Target(ref, path=path, stat=stat)
 
 
-def _fetch_all(ctx: PipelineContext, todo: list[_Target], fetcher: Fetcher,
-               cache: ImageCache) -> Iterator[_Outcome]:
-    """Process ``todo`` on a thread pool, yielding outcomes as they finish (with a progress bar)."""
-    bar = tqdm(total=len(todo), desc=f"{ctx.model} images", unit="img", disable=not ctx.progress)
+def _fetch_all(ctx: PipelineContext, todo: list[_Target], fetcher: Fetcher, cache: ImageCache,
+               bar: tqdm) -> Iterator[_Outcome]:  # type: ignore[type-arg]
+    """Process ``todo`` on a thread pool, yielding outcomes as they finish."""
+    if not todo:
+        return
     pool = ThreadPoolExecutor(max_workers=ctx.settings.download_workers, thread_name_prefix="download")
     try:
         futures = [pool.submit(_process, t, fetcher, cache, ctx.settings.max_image_bytes) for t in todo]
@@ -167,18 +189,19 @@ def _fetch_all(ctx: PipelineContext, todo: list[_Target], fetcher: Fetcher,
             yield future.result()  # an unexpected error (disk full, a bug) fails the run
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-        bar.close()
 
 
 def _process(target: _Target, fetcher: Fetcher, cache: ImageCache, max_bytes: int) -> _Outcome:
-    """Fetch, verify, cache, then mark one ref. Runs on a worker thread."""
+    """Fetch, verify and cache one ref. Runs on a worker thread."""
     try:
         entry = cache.store(_read_target(target, fetcher, max_bytes))
     except (FetchError, ImageDecodeError) as err:
         return _failed(target.ref, err)
-    cache.mark(target.ref, entry, target.stat)  # last: the ref is done exactly when this exists
-    return _Outcome(target.ref, {"status": ImageStatus.OK.value, **entry},
-                    "downloaded" if target.url is not None else "local")
+    stat = target.stat
+    record = ImageRecord(ref=target.ref, status=ImageStatus.OK.value, cache=entry["cache"], width=entry["width"],
+                         height=entry["height"], bytes=entry["bytes"], size=stat.st_size if stat else None,
+                         mtime_ns=stat.st_mtime_ns if stat else None)
+    return _Outcome(target.ref, record, "downloaded" if target.url is not None else "local")
 
 
 def read_ref(ref: str, data_dir: Path, fetcher: Fetcher, max_bytes: int) -> bytes:
@@ -206,14 +229,15 @@ def _read_local(target: _Target, max_bytes: int) -> bytes:
 
 
 def _failed(ref: str, err: FetchError | ImageDecodeError) -> _Outcome:
-    entry = {"status": ImageStatus.FAILED.value, "reason": err.reason, "detail": err.detail}
-    return _Outcome(ref, entry, "failed", transient=getattr(err, "transient", False))
+    record = ImageRecord(ref=ref, status=ImageStatus.FAILED.value, reason=err.reason, detail=err.detail,
+                         transient=bool(getattr(err, "transient", False)))
+    return _Outcome(ref, record, "failed")
 
 
 def _logged(outcome: _Outcome) -> _Outcome:
     if outcome.source == "failed":
-        entry = outcome.entry
-        logger.warning("image %s failed: %s (%s)%s", outcome.ref, entry["reason"], entry["detail"],
+        r = outcome.record
+        logger.warning("image %s failed: %s (%s)%s", outcome.ref, r.reason, r.detail,
                        ", will retry on rerun" if outcome.transient else "")
     return outcome
 
@@ -243,16 +267,14 @@ def fetch_policy(settings: Settings) -> FetchPolicy:
                        user_agent=USER_AGENT)
 
 
-def _finish(ctx: PipelineContext, outcomes: list[_Outcome]) -> PhaseResult:
-    """Write images.json and turn the outcomes into the phase's result."""
-    sources = Counter(o.source for o in outcomes)
-    failed = Counter(o.entry["reason"] for o in outcomes if o.source == "failed")
-    transient = sum(o.transient for o in outcomes)
-    ok = len(outcomes) - sum(failed.values())
-    write_json_atomic(images_manifest_path(ctx.paths), {
-        "images": {o.ref: o.entry for o in outcomes},
-        "counts": {"ok": ok, "failed": dict(failed)},
-    })
-    details = {"refs": len(outcomes), "downloaded": sources["downloaded"], "reused": sources["reused"],
-               "local": sources["local"], "transient": transient}
-    return PhaseResult(ok=ok, failed=failed, details=details, complete=transient == 0)
+def _finish(ctx: PipelineContext, tally: _Tally) -> PhaseResult:
+    """Write download_report.json and turn the tally into the phase's result."""
+    refs = sum(tally.sources.values())
+    ok = refs - sum(tally.failed.values())
+    ctx.state().put_meta("downloaded", f"{time.time():.6f}")  # extraction's fingerprint: a new download
+    write_json_atomic(download_report_path(ctx.paths), {
+        "model": ctx.model, "refs": refs, "ok": ok, "failed": dict(tally.failed), "examples": tally.examples,
+        "transient": tally.transient})
+    details = {"refs": refs, "downloaded": tally.sources["downloaded"], "reused": tally.sources["reused"],
+               "local": tally.sources["local"], "transient": tally.transient}
+    return PhaseResult(ok=ok, failed=tally.failed, details=details, complete=tally.transient == 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 from core.config import Settings
 from core.model_config import ModelSpec
@@ -34,32 +35,46 @@ def format_summary(spec: ModelSpec, settings: Settings, outcomes: list[PhaseOutc
     if any(o.status.value == "incomplete" for o in outcomes):
         lines.append("some downloads failed for transient reasons (timeouts, 5xx): run again to retry them")
     paths = spec.paths(settings)
-    lines.append(f"reports: {paths.models / 'validation_report.json'}, {paths.models / 'images.json'}")
-    if paths.manifest.is_file() and outcomes and outcomes[-1].phase.value == "index_building":
-        lines.append(f"index ready: {paths.index}; serve it with `python run_api.py`")
+    lines.append(f"reports: {paths.models / 'validation_report.json'}, {paths.models / 'download_report.json'}")
+    extraction = next((o for o in outcomes if o.phase.value == "feature_extraction"), None)
+    if extraction is not None and "api_kept" in extraction.result.details:
+        d = extraction.result.details
+        lines.append(f"products added or changed through the API: {d['api_kept']} kept, {d['api_dropped']} dropped")
+    if (paths.models / "index.json").is_file() and outcomes and outcomes[-1].phase.value == "index_building":
+        lines.append(f"index ready: {paths.models / 'catalogue.db'}; serve it with `python run_api.py`")
     return "\n".join(lines)
 
 
 def _model_row(spec: ModelSpec, settings: Settings) -> list[str]:
+    """Counts straight from the model's catalogue database (no JSON loaded, no store created)."""
     paths = spec.paths(settings)
     products = images = "-"
     indexed, built, kind = "no", "-", "-"
+    db = paths.models / "catalogue.db"
+    if db.is_file():
+        products, images = _db_counts(db)
     try:
-        products = str(len(read_json(paths.processed_products)["products"]))
-    except (OSError, ValueError, KeyError):
-        pass
-    try:
-        entries = read_json(paths.models / "images.json")["images"].values()
-        images = str(sum(1 for e in entries if e.get("status") == "ok"))
-    except (OSError, ValueError, KeyError, AttributeError):
-        pass
-    try:
-        manifest = read_json(paths.manifest)
-        indexed, built, kind = f"yes ({manifest['num_products']})", manifest["built_at"], manifest["index_type"]
+        info = read_json(paths.models / "index.json")
+        indexed, built, kind = f"yes ({info['count']})", info["built_at"], info["kind"]
     except (OSError, ValueError, KeyError):
         pass
     csv = "yes" if paths.csv.is_file() else "no"
     return [spec.name, spec.display_name or spec.name, csv, products, images, indexed, kind, built]
+
+
+def _db_counts(db: Path) -> tuple[str, str]:
+    import sqlite3
+
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            products = conn.execute("SELECT count(*) FROM products").fetchone()[0]
+            images = conn.execute("SELECT count(*) FROM images WHERE status='ok'").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return "-", "-"
+    return str(products), str(images)
 
 
 def format_model_list(specs: Iterable[ModelSpec], settings: Settings) -> str:

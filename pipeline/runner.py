@@ -5,10 +5,14 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from enum import StrEnum
 
 from core.config import Settings
+from core.errors import BuildInProgressError
 from core.model_config import ModelSpec
 from core.types import PhaseName
 from pipeline.base import (PIPELINE_VERSION, Phase, PhaseResult, PipelineContext, digest, read_checkpoint,
@@ -81,6 +85,28 @@ def run_phases(ctx: PipelineContext, phases: list[Phase], *, force: bool = False
 
 
 def run_model(settings: Settings, spec: ModelSpec, *, mode: str = "all", force: bool = False,
-              progress: bool = True) -> list[PhaseOutcome]:
-    ctx = PipelineContext(settings=settings, spec=spec, progress=progress)
-    return run_phases(ctx, default_phases(mode), force=force)
+              progress: bool = True, drop_api_edits: bool = False) -> list[PhaseOutcome]:
+    """Run the pipeline for one model. One run per model at a time, across processes."""
+    ctx = PipelineContext(settings=settings, spec=spec, progress=progress, drop_api_edits=drop_api_edits)
+    with model_lock(ctx.paths.models, spec.name):
+        try:
+            return run_phases(ctx, default_phases(mode), force=force)
+        finally:
+            ctx.close()
+
+
+@contextmanager
+def model_lock(folder: Path, model: str) -> Iterator[None]:
+    """An exclusive lock on the model's build (released by the OS if the process dies)."""
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".build.lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BuildInProgressError(model) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

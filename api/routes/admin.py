@@ -44,5 +44,6 @@ async def remove_product(model: str, product_id: str, catalogue: Catalogue = Dep
 async def reload_model(model: str, catalogue: Catalogue = Depends(get_catalogue)) -> ReloadResponse:
     catalogue.model(model)
     fresh = await to_thread.run_sync(catalogue.reload, model)
-    return ReloadResponse(model=model, num_products=fresh.num_products, index_type=fresh.manifest.get("index_type"),
-                          built_at=fresh.manifest.get("built_at"))
+    info = fresh.index_info
+    return ReloadResponse(model=model, num_products=fresh.num_products, index_type=info.get("kind"),
+                          built_at=info.get("built_at"))

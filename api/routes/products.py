@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from fastapi import APIRouter, Depends, Request
@@ -14,11 +13,10 @@ from core.errors import ImageNotAvailableError
 
 from api.catalogue import Catalogue
 from api.deps import base_url, get_catalogue, get_settings
-from api.loaded import LoadedModel
-from api.routes.params import Category, MinScore, TopK
+from api.routes.params import FilterParams, MinScore, TopK
 from api.routes.search import search_loaded
 from api.schemas import ProductInfo, SearchResponse
-from api.searching import Filters, image_url
+from api.searching import Filters, check_columns, image_url
 
 router = APIRouter(tags=["products"])
 
@@ -26,42 +24,37 @@ router = APIRouter(tags=["products"])
 @router.get("/{model}/products/{product_id}", response_model=ProductInfo, summary="One product's metadata")
 async def get_product(model: str, product_id: str, request: Request,
                       catalogue: Catalogue = Depends(get_catalogue)) -> ProductInfo:
-    loaded = catalogue.model(model).require()
-    row = loaded.bundle.metadata[loaded.position(product_id)]
-    return ProductInfo(model=model, id=str(row.get("id")), title=str(row.get("title") or ""),
-                       category=row.get("category") or None, preview_image=row.get("preview_image"),
-                       image_url=image_url(base_url(request), model, row), images=list(row.get("images") or []),
-                       extra=row.get("extra") or {})
+    p = catalogue.model(model).product(product_id)
+    return ProductInfo(model=model, id=p.id, title=p.title, category=p.category or None,
+                       preview_image=p.preview_image or None, image_url=image_url(base_url(request), model, p),
+                       images=list(p.images), extra=dict(p.extra))
 
 
 @router.get("/{model}/products/{product_id}/similar", response_model=SearchResponse,
             summary="Products that look like this one (the product itself left out)")
 async def similar_products(model: str, product_id: str, request: Request, top_k: TopK = 10,
-                           min_score: MinScore = None, category: Category = None,
+                           min_score: MinScore = None, flt: FilterParams = Depends(),
                            catalogue: Catalogue = Depends(get_catalogue)) -> SearchResponse:
-    loaded = catalogue.model(model).require()
+    loaded = catalogue.model(model)
+    loaded.product(product_id)  # 404 when absent
+    filters = Filters(top_k=top_k, min_score=min_score, category=flt.category, equals=flt.equals,
+                      ranges=flt.ranges, exclude_id=product_id)
+    check_columns(loaded, filters)
     start = time.perf_counter()
-    vector = loaded.vector(loaded.position(product_id))
-    filters = Filters(top_k=top_k, min_score=min_score, category=category, exclude_id=product_id)
+    vector = loaded.require().vectors([product_id])[0]
     # the stored vector is already in index space: search without the head
-    hits = await search_loaded(_headless(loaded), vector, filters, base_url(request))
+    hits = await search_loaded(loaded, vector, filters, base_url(request), projected=True)
     return SearchResponse(model=model, query=f"similar:{product_id}", num_results=len(hits),
                           search_time_ms=round((time.perf_counter() - start) * 1000, 3), results=hits)
-
-
-def _headless(loaded: LoadedModel) -> LoadedModel:
-    """The same snapshot searched without its head (for vectors already in index space)."""
-    return loaded if loaded.head is None else replace(loaded, head=None)
 
 
 @router.get("/{model}/products/{product_id}/image", response_class=FileResponse,
             summary="The product's cached preview image (JPEG)")
 async def product_image(model: str, product_id: str, catalogue: Catalogue = Depends(get_catalogue),
                         settings: Settings = Depends(get_settings)) -> FileResponse:
-    loaded = catalogue.model(model).require()
-    row = loaded.bundle.metadata[loaded.position(product_id)]
+    loaded = catalogue.model(model)
+    cached = loaded.product(product_id).preview_cache
     cache_dir = loaded.spec.paths(settings).image_cache.resolve()
-    cached = row.get("preview_cache")
     path = (cache_dir / str(cached)).resolve() if cached else None
     if path is None or not path.is_relative_to(cache_dir) or not path.is_file():
         raise ImageNotAvailableError(model, product_id)

@@ -1,0 +1,301 @@
+"""The embedded ``CatalogueStore``: SQLite is the truth, a FAISS index is derived from it.
+
+On open the index is loaded and catches up on the store's changes since its generation; a missing
+or damaged one is rebuilt from the stored vectors. Writes commit to SQLite first (durable when the
+call returns) and are then applied to the index in place. Other processes' writes are picked up
+by :meth:`LocalStore.refresh`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from core.ann import INDEX_JSON, LiveIndex, build, choose_index_type, exact_top, needs_training, train_size, tune
+from core.config import Settings
+from core.errors import StoreError
+from core.head import ProjectionHead
+from core.sqlite_db import Database
+from core.sqlite_store import SCHEMA, ProductTable, store_path
+from core.store import Changes, Filter, Hit, Product, ProductVector, Source, StoreStats
+from core.types import Embeddings, IndexType, Metric
+
+logger = logging.getLogger(__name__)
+
+_MAX_FETCH = 8192  # widest candidate list an over-fetching (broad-filter) search asks the index for
+_TUNE_QUERIES = 200
+
+
+class LocalStore:
+    """SQLite + FAISS under ``models/<m>/``. Thread-safe; many readers, one writer at a time."""
+
+    def __init__(self, folder: Path, settings: Settings, *, name: str = "", index_type: IndexType | None = None,
+                 head: ProjectionHead | None = None, open_index: bool = True) -> None:
+        self.folder = Path(folder)
+        self.name = name or self.folder.name
+        self.settings = settings
+        self._index_type = index_type or settings.index_type
+        self.db = Database(store_path(self.folder), SCHEMA, self.name)
+        self.table = ProductTable(self.db)
+        self._index: LiveIndex | None = None
+        self._index_lock = threading.RLock()  # serialises index maintenance (apply, rebuild), not searches
+        self.head = head
+        self._head = head.sha256 if head is not None else None
+        if self.table.head() != self._head:
+            self.reproject(head)
+        if open_index:
+            self.open_index()
+
+    # --- protocol: metadata ----------------------------------------------------------------------
+    @property
+    def dim(self) -> int | None:
+        live = self._index
+        if live is not None:
+            return live.info.dim
+        row = self.db.reader().execute("SELECT length(COALESCE(vector, clip)) FROM products LIMIT 1").fetchone()
+        return None if row is None else int(row[0]) // 4
+
+    @property
+    def live_index(self) -> LiveIndex | None:
+        return self._index
+
+    def generation(self) -> int:
+        return self.table.generation()
+
+    def count(self) -> int:
+        return self.table.count()
+
+    def stats(self) -> StoreStats:
+        return self.table.stats()
+
+    def get(self, ids: Sequence[str]) -> list[Product]:
+        return self.table.get(ids)
+
+    def columns(self) -> dict[str, str]:
+        return self.table.columns()
+
+    def vectors(self, ids: Sequence[str], *, clip: bool = False) -> Embeddings:
+        return self.table.vectors(ids, clip=clip)
+
+    def changes_since(self, generation: int) -> Changes:
+        return self.table.changes_since(generation)
+
+    # --- protocol: writes ------------------------------------------------------------------------
+    def upsert(self, items: Sequence[ProductVector], *, keep_api: bool = False) -> int:
+        with self.db.write() as conn:
+            gen = self.table.bump(conn)
+            self.table.upsert(conn, gen, items, keep_api=keep_api)
+        self.refresh()
+        return gen
+
+    def delete(self, ids: Sequence[str]) -> int:
+        with self.db.write() as conn:
+            gen = self.table.bump(conn)
+            self.table.delete(conn, gen, ids)
+        self.refresh()
+        return gen
+
+    def delete_missing(self, keep: Iterator[str] | None, *, sources: Sequence[Source]) -> int:
+        """Delete the products of ``sources`` whose id is not in ``keep`` (None keeps none)."""
+        wanted = set(keep) if keep is not None else set()
+        with self.db.write() as conn:
+            doomed = [pid for pid in self.table.ids_of_source(conn, sources) if pid not in wanted]
+            if doomed:
+                gen = self.table.bump(conn)
+                self.table.delete(conn, gen, doomed)
+        if doomed:
+            self.refresh()
+        return len(doomed)
+
+    def reproject(self, head: ProjectionHead | None) -> int:
+        """Re-derive every indexed vector from its stored CLIP vector through ``head`` (or drop them
+        when None: the index then holds CLIP vectors), in one transaction that records the head."""
+        sha = head.sha256 if head is not None else None
+        with self.db.write() as conn:
+            gen = self.table.bump(conn)
+            if self.table.head(conn) != sha:
+                for vids, clips in self.table.iter_vectors(conn, column="clip"):
+                    rows = head.apply(clips) if head is not None else [None] * len(vids)
+                    self.table.set_vectors(conn, gen, [(None if r is None else np.asarray(r, np.float32).tobytes(),
+                                                        int(v)) for v, r in zip(vids, rows, strict=True)])
+                self.table.set_head(conn, sha)
+                logger.info("%s: stored vectors re-projected through head %s", self.name, sha or "none")
+        self.head, self._head = head, sha
+        with self._index_lock:
+            self._index = None  # every vector changed: the next open rebuilds
+        return gen
+
+    # --- protocol: search ------------------------------------------------------------------------
+    def search(self, queries: Embeddings, k: int, flt: Filter | None = None) -> list[list[Hit]]:
+        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        if flt is not None and flt.selective:
+            subset = self.table.matching(flt, self.settings.filter_exact_max)
+            if subset is not None:
+                return [self._exact(q, k, *subset) for q in queries]
+        return [self._approximate(q, k, flt) for q in queries]
+
+    def _exact(self, query: np.ndarray, k: int, vids: np.ndarray, vectors: Embeddings) -> list[Hit]:
+        """A selective filter: score every admitted product exactly (the subset is small)."""
+        if not len(vids):
+            return []
+        scores = self._scores(vectors, query)
+        top = np.argsort(-scores, kind="stable")[:k]
+        rows = self.table.by_vids(vids[top].tolist())
+        return [Hit(rows[int(v)], float(s)) for v, s in zip(vids[top], scores[top], strict=True) if int(v) in rows]
+
+    def _scores(self, vectors: Embeddings, query: np.ndarray) -> np.ndarray:
+        if self.settings.metric == Metric.COSINE:
+            return np.clip(vectors @ query, -1.0, 1.0)
+        return np.clip(1.0 - ((vectors - query) ** 2).sum(axis=1) / 2.0, -1.0, 1.0)
+
+    def _approximate(self, query: np.ndarray, k: int, flt: Filter | None) -> list[Hit]:
+        """The index's candidates, read back from the store (which drops dead and filtered-out vids),
+        widening until ``k`` survive or the index has nothing more to give."""
+        live = self.require_index()
+        extra = len(flt.exclude_ids) if flt is not None else 0
+        slack = 1.0 + live.dead / max(1, live.ntotal)
+        want = int((k + extra) * slack) + (4 if live.dead else 0)
+        if flt is not None and flt.selective:
+            want = max(want, 4 * k + 16)
+        fetch, widen = min(live.ntotal, want if not live.lossy else max(want, 4 * k)), 1
+        while True:
+            scores, vids = live.search(query[None], fetch, widen)
+            if live.lossy:
+                scores, vids = self._rerank(query, vids[0])
+            else:
+                scores, vids = scores[0], vids[0]
+            keep = vids >= 0
+            rows = self.table.by_vids(vids[keep].tolist(), flt)
+            hits = [Hit(rows[int(v)], float(s)) for v, s in zip(vids[keep], scores[keep], strict=True)
+                    if int(v) in rows]
+            if len(hits) >= k or fetch >= min(live.ntotal, _MAX_FETCH):
+                return hits[:k]
+            fetch, widen = min(live.ntotal, fetch * 4, _MAX_FETCH), widen * 2
+
+    def _rerank(self, query: np.ndarray, vids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Exact scores for PQ candidates, from the stored vectors, best first."""
+        vids = vids[vids >= 0]
+        stored = self.table.vectors_by_vid(vids.tolist())
+        keep = np.array([v for v in vids.tolist() if v in stored], dtype=np.int64)
+        if not len(keep):
+            return np.zeros(0, dtype=np.float32), keep
+        scores = self._scores(np.stack([stored[int(v)] for v in keep]), query)
+        order = np.argsort(-scores, kind="stable")
+        return scores[order].astype(np.float32), keep[order]
+
+    # --- the derived index -----------------------------------------------------------------------
+    def require_index(self) -> LiveIndex:
+        live = self._index
+        if live is None:
+            live = self.open_index()
+        if live is None:
+            raise StoreError(self.name, "the catalogue is empty: nothing to search yet")
+        return live
+
+    def open_index(self) -> LiveIndex | None:
+        """Load the saved index and catch it up, or rebuild it from the store when it is missing,
+        damaged or of another kind than the catalogue's size calls for. None for an empty store."""
+        with self._index_lock:
+            if self._index is not None:
+                return self._index
+            live = self._load_saved()
+            if live is not None:
+                self._catch_up(live)
+            elif self.count():
+                live = self.rebuild(save=True)
+            self._index = live
+            return live
+
+    def _load_saved(self) -> LiveIndex | None:
+        if not (self.folder / INDEX_JSON).is_file():
+            return None
+        try:
+            live = LiveIndex.load(self.folder)
+        except Exception as exc:  # FAISS raises RuntimeError on a torn file; JSON ValueError
+            logger.warning("%s: saved index unreadable (%s): rebuilding it from the store", self.name, exc)
+            return None
+        expected = self.wanted_kind(self.count())
+        if live.info.head != self._head or live.info.metric != self.settings.metric or live.kind != expected:
+            logger.info("%s: saved %s index (head %s) does not fit (%s, head %s): rebuilding", self.name,
+                        live.kind, live.info.head, expected, self._head)
+            return None
+        if live.info.generation > self.generation():
+            logger.warning("%s: saved index is newer than the store (restored backup?): rebuilding", self.name)
+            return None
+        return live
+
+    def wanted_kind(self, n: int) -> IndexType:
+        return choose_index_type(n, self.settings) if self._index_type == IndexType.AUTO else self._index_type
+
+    def _catch_up(self, live: LiveIndex) -> bool:
+        changes = self.table.changes_since(live.generation)
+        if changes.generation == live.generation:
+            return False
+        live.apply(changes.generation, changes.added_keys, changes.added_vectors, changes.removed_keys)
+        if changes.added_keys.size or changes.removed_keys.size:
+            logger.info("%s: index caught up to generation %d (+%d, -%d)", self.name, changes.generation,
+                        len(changes.added_keys), len(changes.removed_keys))
+        return True
+
+    def refresh(self) -> bool:
+        """Apply writes committed since the index's generation (ours or another process's)."""
+        with self._index_lock:
+            live = self._index
+            if live is None:
+                return False
+            changed = self._catch_up(live)
+        if changed and live.needs_compaction():
+            threading.Thread(target=self._compact, name=f"compact-{self.name}", daemon=True).start()
+        return changed
+
+    def _compact(self) -> None:
+        try:
+            fresh = self.rebuild(save=True)
+        except Exception:
+            logger.exception("%s: background index compaction failed", self.name)
+            return
+        with self._index_lock:
+            self._catch_up(fresh)
+            self._index = fresh
+        logger.info("%s: index compacted (%d tombstones dropped)", self.name, fresh.dead)
+
+    def rebuild(self, *, save: bool, tune_it: bool = True, progress: object = None) -> LiveIndex:
+        """A new index over one consistent snapshot of the store, tuned and saved; not installed."""
+        with self.db.snapshot() as conn:
+            gen = self.table.generation(conn)
+            n = int(conn.execute("SELECT count(*) FROM products").fetchone()[0])
+            if not n:
+                raise StoreError(self.name, "the catalogue is empty: nothing to index")
+            kind = self.wanted_kind(n)
+            sample_vids, sample = self.table.sample_vectors(conn, train_size(kind, n) if needs_training(kind)
+                                                            else _TUNE_QUERIES, self.settings.seed)
+            live = build(lambda: self.table.iter_vectors(conn), sample, n, sample.shape[1], kind,
+                         self.settings.metric, self.settings, generation=gen, head=self._head)
+            if tune_it and kind != IndexType.FLAT and n > 10 * _TUNE_QUERIES:
+                pick = np.random.default_rng(self.settings.seed).choice(len(sample), _TUNE_QUERIES, replace=False)
+                queries, own = sample[pick], sample_vids[pick]
+                truth = exact_top(self.table.iter_vectors(conn), queries, own)
+                tune(live, queries, truth, own, self.settings,
+                     rerank=(lambda q, v: self._rerank(q, v)) if live.lossy else None)
+        if save:
+            live.save(self.folder)
+        logger.info("%s: %s index over %d products built at generation %d", self.name, kind, n, gen)
+        return live
+
+    def install_index(self, live: LiveIndex) -> None:
+        """Serve ``live`` (caught up first)."""
+        with self._index_lock:
+            self._catch_up(live)
+            self._index = live
+
+    def save_index(self) -> None:
+        with self._index_lock:
+            if self._index is not None:
+                self._index.save(self.folder)
+
+    def close(self) -> None:
+        self.db.close()
