@@ -170,7 +170,7 @@ class MicroBatcher:
         self.items += len(jobs)
         try:
             rows = self.fn(np.stack([j.item for j in jobs]))
-            for job, row in zip(jobs, rows):
+            for job, row in zip(jobs, rows, strict=True):
                 _resolve(job, row, None)
         except BaseException as exc:  # hand the failure to every waiting request
             logger.exception("batch of %d failed in %s", len(jobs), self.name)

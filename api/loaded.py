@@ -70,7 +70,7 @@ class LoadedModel:
     def manifest(self) -> dict[str, Any]:
         return self.bundle.manifest if self.bundle else {}
 
-    def require(self) -> "LoadedModel":
+    def require(self) -> LoadedModel:
         """Self when searchable, else IndexNotReadyError with the reason."""
         if self.bundle is None:
             raise IndexNotReadyError(self.name, self.error or "not loaded")

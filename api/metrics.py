@@ -69,7 +69,7 @@ class Metrics:
 
     def _histogram(self, key: Labels, counts: list[int], total: float) -> list[str]:
         lines, running = [], 0
-        for bound, n in zip((*BUCKETS, float("inf")), counts):
+        for bound, n in zip((*BUCKETS, float("inf")), counts, strict=True):
             running += n
             le = "+Inf" if bound == float("inf") else repr(bound)
             lines.append(f"{_PREFIX}_request_duration_seconds_bucket{_labels(self._pairs(key, le=le))} {running}")

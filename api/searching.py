@@ -31,9 +31,7 @@ def query_vector(model: LoadedModel, clip_vector: np.ndarray) -> np.ndarray:
 def _accept(row: dict[str, Any], score: float, filters: Filters) -> bool:
     if filters.category is not None and str(row.get("category") or "") != filters.category:
         return False
-    if filters.exclude_id is not None and str(row.get("id")) == filters.exclude_id:
-        return False
-    return True
+    return filters.exclude_id is None or str(row.get("id")) != filters.exclude_id
 
 
 def _one_faiss_thread() -> None:
@@ -56,7 +54,7 @@ def nearest(model: LoadedModel, vector: np.ndarray, filters: Filters) -> list[tu
     while True:
         scores, positions = bundle.search(vector.reshape(1, -1), k)
         found: list[tuple[int, float]] = []
-        for pos, score in zip(positions[0].tolist(), scores[0].tolist()):
+        for pos, score in zip(positions[0].tolist(), scores[0].tolist(), strict=True):
             if pos < 0 or (filters.min_score is not None and score < filters.min_score):
                 continue
             if _accept(bundle.metadata[pos], score, filters):

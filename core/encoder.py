@@ -11,7 +11,8 @@ import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
+from collections.abc import Sequence
 from urllib.parse import urlparse
 
 import numpy as np
@@ -149,7 +150,7 @@ class ClipEncoder:
                     str(self.dtype).removeprefix("torch."), self.dim, self._pre.crop)
 
     @classmethod
-    def from_settings(cls, settings: Settings, backbone: str | None = None) -> "ClipEncoder":
+    def from_settings(cls, settings: Settings, backbone: str | None = None) -> ClipEncoder:
         return cls(backbone or settings.clip_model, device=settings.device, precision=settings.precision,
                    threads=settings.torch_threads)
 
@@ -161,7 +162,7 @@ class ClipEncoder:
     def precision_name(self) -> str:
         return str(self.dtype).removeprefix("torch.")
 
-    def pixels(self, image: "Image.Image") -> np.ndarray:
+    def pixels(self, image: Image.Image) -> np.ndarray:
         """CLIP preprocessing (bicubic resize of the shorter side, centre crop, normalise) -> HWC float32."""
         from PIL import Image as PILImage
 
@@ -188,7 +189,7 @@ class ClipEncoder:
             feats = out if isinstance(out, torch.Tensor) else out.pooler_output
             return l2_normalize(feats.float().cpu().numpy())
 
-    def encode_images(self, images: Sequence["Image.Image"]) -> Embeddings:
+    def encode_images(self, images: Sequence[Image.Image]) -> Embeddings:
         if not images:
             return np.zeros((0, self.dim), dtype=np.float32)
         return self.encode_pixels(np.stack([self.pixels(im) for im in images]))

@@ -142,7 +142,7 @@ class ModelRegistry:
         self._specs = {validate_model_name(s.name): s for s in specs}
 
     @classmethod
-    def discover(cls, settings: Settings) -> "ModelRegistry":
+    def discover(cls, settings: Settings) -> ModelRegistry:
         """Built-ins, then every ``data/<name>/products.csv`` (with optional ``model.json``)."""
         specs = {s.name: s for s in BUILTIN_MODELS}
         data_dir = settings.data_dir

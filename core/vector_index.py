@@ -6,8 +6,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from pathlib import Path
+from datetime import datetime, UTC
 from typing import Any
 
 import faiss
@@ -103,7 +102,7 @@ def write_index_bundle(paths: ModelPaths, index: faiss.Index, metadata: list[dic
         "num_products": int(index.ntotal),
         "dim": int(index.d),
         "index_type": index_type_of(index).value,
-        "built_at": manifest.get("built_at") or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "built_at": manifest.get("built_at") or datetime.now(UTC).isoformat(timespec="seconds"),
         "files": {p.name: sha256_file(p) for p in (paths.index, paths.metadata)},
     }
     write_json_atomic(paths.manifest, manifest)

@@ -102,7 +102,7 @@ def read_rows(text: str, model: str) -> Iterator[RawRow]:
 
 
 def _bad_encoding(header: list[str], cells: list[str]) -> str | None:
-    for name, cell in zip(header, cells):
+    for name, cell in zip(header, cells, strict=False):  # a short or long record is reported elsewhere
         if _SURROGATE.search(cell):
             return name.strip() or "?"
     return None
@@ -115,7 +115,10 @@ def _shopify_rows(header: list[str], records: Iterator[tuple[int, list[str]]]) -
     groups: dict[str, RawRow] = {}
     for line, record in records:
         cells = record + [""] * (len(header) - len(record))
-        get = (lambda n: cells[col[n]].strip() if n in col else "")
+
+        def get(n: str, cells: list[str] = cells) -> str:
+            return cells[col[n]].strip() if n in col else ""
+
         handle = get("handle")
         row = groups.get(handle)
         if row is None:

@@ -55,7 +55,7 @@ class _PartStore:
         for part in sorted(self.folder.glob("part-*.npz")):
             try:
                 with np.load(part, allow_pickle=False) as data:
-                    done.update(zip(data["keys"].tolist(), data["vectors"]))
+                    done.update(zip(data["keys"].tolist(), data["vectors"], strict=True))
             except Exception as exc:  # a torn part from an old crash is just redone
                 logger.warning("ignoring unreadable feature part %s: %s", part, exc)
         return done
@@ -104,7 +104,7 @@ class ExtractionPhase:
                 if keys:
                     vectors = encoder.encode_pixels(np.stack(pixels))
                     store.save(keys, vectors)
-                    out.update(zip(keys, vectors))
+                    out.update(zip(keys, vectors, strict=True))
                 bar.update(len(keys))
         bar.close()
         return out

@@ -210,7 +210,7 @@ def _search_failed(client: ApiClient, exc: Exception, model_name: str) -> None:
 def _grid(client: ApiClient, group: ResultGroup, models: list[dict]) -> None:
     for start in range(0, len(group.hits), PER_ROW):
         columns = st.columns(PER_ROW, gap="small")
-        for column, hit in zip(columns, group.hits[start:start + PER_ROW]):
+        for column, hit in zip(columns, group.hits[start:start + PER_ROW], strict=False):  # last row may be short
             with column:
                 shown = _display_name(models, hit["model"]) if group.show_model else None
                 _html(render.product_card(hit, _img_src(client, hit), show_model=shown))

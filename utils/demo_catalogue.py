@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import math
 import random
@@ -158,7 +159,7 @@ def shirt_items(per_category: int = 7) -> list:
     for cat, style in _SHIRT_STYLES.items():
         for i, (cname, colour) in enumerate(list(_COLOURS.items())[:per_category]):
             pattern = patterns[i % 3]
-            painter = (lambda d, r, c, _s=style, _p=pattern: _shirt(d, r, c, pattern=_p, **_s))
+            painter = functools.partial(_shirt, pattern=pattern, **style)
             label = cat.rstrip("s").replace("-", " ").title()
             items.append((f"{cname} {pattern.title()} {label}", cat, painter, colour))
     return items
