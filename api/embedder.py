@@ -61,11 +61,13 @@ class Embedder:
         text = text.strip()
         if not text:
             raise BadRequestError("the text query is empty")
-        return (await self.batcher.run(self.encoder.encode_texts, [text]))[0]
+        vectors: np.ndarray = await self.batcher.run(self.encoder.encode_texts, [text])
+        return np.asarray(vectors[0])
 
     def embed_images(self, images: list[Image.Image]) -> Embeddings:
         """Blocking batch embedding for admin edits (call from a worker thread, not the event loop)."""
-        return self.batcher.call(self.encoder.encode_images, images).result()
+        vectors: Embeddings = self.batcher.call(self.encoder.encode_images, images).result()
+        return vectors
 
 
 def _load_encoder(settings: Settings, backbone: str) -> ClipEncoder:

@@ -44,7 +44,7 @@ def _one_faiss_thread() -> None:
 
 def nearest(model: LoadedModel, vector: np.ndarray, filters: Filters) -> list[tuple[int, float]]:
     """(position, score) pairs, best first, after filters. ``vector`` is already in index space."""
-    bundle = model.require().bundle
+    bundle = model.require_bundle()
     _one_faiss_thread()
     n = len(bundle.metadata)
     if n == 0 or (filters.category is not None and filters.category not in model.category_counts):
@@ -75,7 +75,7 @@ def image_url(base_url: str, model: str, row: dict[str, Any]) -> str | None:
 
 def to_hits(model: LoadedModel, found: list[tuple[int, float]], base_url: str, *,
             tag_model: bool = False) -> list[SearchHit]:
-    metadata = model.require().bundle.metadata
+    metadata = model.require_bundle().metadata
     hits = []
     for rank, (pos, score) in enumerate(found, start=1):
         row = metadata[pos]

@@ -11,7 +11,7 @@ import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from collections.abc import Sequence
 from urllib.parse import urlparse
 
@@ -22,6 +22,7 @@ from core.errors import BackboneLoadError
 from core.types import Device, Embeddings, Precision
 
 if TYPE_CHECKING:
+    import torch
     from PIL import Image
 
 logger = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ def _offline_message(backbone: str, detail: str) -> str:
             "a tiny test model with `python -m utils.tiny_clip models/tiny_clip`")
 
 
-def _load_pretrained(backbone: str):
+def _load_pretrained(backbone: str) -> tuple[Any, Any, Any]:
     """(model, tokenizer, image_processor) from a local folder, the hub cache, or the hub."""
     import transformers
     from transformers import AutoTokenizer, CLIPModel
@@ -58,7 +59,7 @@ def _load_pretrained(backbone: str):
     # the PIL processor: the default one wants torchvision, which does not import beside our torch
     CLIPImageProcessor = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
 
-    def load(**kw):
+    def load(**kw: Any) -> tuple[Any, Any, Any]:
         return (CLIPModel.from_pretrained(backbone, **kw), AutoTokenizer.from_pretrained(backbone, **kw),
                 CLIPImageProcessor.from_pretrained(backbone, **kw))
 
@@ -91,7 +92,7 @@ def resolve_device(device: Device) -> str:
     return device.value
 
 
-def resolve_precision(precision: Precision, device: str):
+def resolve_precision(precision: Precision, device: str) -> torch.dtype:
     """auto: bf16 where the hardware runs it natively (AVX-512 bf16 CPUs, recent GPUs), else fp32/fp16."""
     import torch
 
@@ -114,7 +115,7 @@ class _Preprocess:
     std: np.ndarray
 
 
-def _preprocess_spec(processor) -> _Preprocess:
+def _preprocess_spec(processor: Any) -> _Preprocess:
     size = processor.size.get("shortest_edge") or min(processor.size.get("height", 224),
                                                       processor.size.get("width", 224))
     crop = processor.crop_size or {"height": size, "width": size}
@@ -126,7 +127,8 @@ def _preprocess_spec(processor) -> _Preprocess:
 def l2_normalize(x: np.ndarray) -> Embeddings:
     x = np.asarray(x, dtype=np.float32)
     norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return (x / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+    out: Embeddings = (x / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+    return out
 
 
 class ClipEncoder:
@@ -175,7 +177,8 @@ class ClipEncoder:
         left, top = (size[0] - self._pre.crop) // 2, (size[1] - self._pre.crop) // 2
         img = img.crop((left, top, left + self._pre.crop, top + self._pre.crop))
         arr = np.asarray(img, dtype=np.float32) * np.float32(1 / 255)
-        return (arr - self._pre.mean) / self._pre.std
+        out: np.ndarray = (arr - self._pre.mean) / self._pre.std
+        return out
 
     def encode_pixels(self, pixels: np.ndarray) -> Embeddings:
         """Embed a batch of preprocessed images, shape (n, H, W, 3)."""

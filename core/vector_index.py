@@ -48,18 +48,21 @@ def build_index(vectors: Embeddings, index_type: IndexType, metric: Metric, sett
     if index_type == IndexType.AUTO:
         index_type = choose_index_type(n, settings)
     fm = _faiss_metric(metric)
+    index: faiss.Index
     if index_type == IndexType.FLAT:
         index = faiss.IndexFlatIP(dim) if metric == Metric.COSINE else faiss.IndexFlatL2(dim)
     elif index_type == IndexType.HNSW:
-        index = faiss.IndexHNSWFlat(dim, settings.hnsw_m, fm)
-        index.hnsw.efConstruction = max(40, 2 * settings.hnsw_m)
-        index.hnsw.efSearch = settings.hnsw_ef_search
+        hnsw = faiss.IndexHNSWFlat(dim, settings.hnsw_m, fm)
+        hnsw.hnsw.efConstruction = max(40, 2 * settings.hnsw_m)
+        hnsw.hnsw.efSearch = settings.hnsw_ef_search
+        index = hnsw
     elif index_type == IndexType.IVF:
         nlist = ivf_nlist(n)
         quantizer = faiss.IndexFlatIP(dim) if metric == Metric.COSINE else faiss.IndexFlatL2(dim)
-        index = faiss.IndexIVFFlat(quantizer, dim, nlist, fm)
-        index.train(vectors)
-        index.nprobe = min(settings.ivf_nprobe, nlist)
+        ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, fm)
+        ivf.train(vectors)
+        ivf.nprobe = min(settings.ivf_nprobe, nlist)
+        index = ivf
     else:  # pragma: no cover - enum is exhaustive
         raise ValueError(index_type)
     index.add(vectors)

@@ -59,7 +59,7 @@ class PhaseResult:
     phase is not checkpointed as done, so a rerun retries what failed (and reuses what worked)."""
 
     ok: int = 0
-    failed: Counter = field(default_factory=Counter)
+    failed: Counter[str] = field(default_factory=Counter)
     details: dict[str, Any] = field(default_factory=dict)
     complete: bool = True
 

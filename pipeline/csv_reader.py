@@ -113,6 +113,7 @@ def _shopify_rows(header: list[str], records: Iterator[tuple[int, list[str]]]) -
     names = [_norm(h) for h in header]
     col = {n: i for i, n in reversed(list(enumerate(names)))}
     groups: dict[str, RawRow] = {}
+    positioned: dict[str, list[tuple[int, str]]] = {}  # handle -> (image_position, src)
     for line, record in records:
         cells = record + [""] * (len(header) - len(record))
 
@@ -130,10 +131,10 @@ def _shopify_rows(header: list[str], records: Iterator[tuple[int, list[str]]]) -
                 row.extra[key.removeprefix("variant_")] = get(key)
         position = get("image_position")
         if get("image_src"):
-            row.images.append((int(position) if position.isdigit() else 10**6, get("image_src")))
+            positioned.setdefault(handle, []).append((int(position) if position.isdigit() else 10**6, get("image_src")))
         row.bad_encoding = row.bad_encoding or _bad_encoding(header, cells)
-    for row in groups.values():
-        row.images = [src for _, src in sorted(row.images, key=lambda p: p[0])]
+    for handle, row in groups.items():
+        row.images = [src for _, src in sorted(positioned.get(handle, []), key=lambda p: p[0])]
         yield row
 
 

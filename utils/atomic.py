@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import IO, Any
 
 
-def write_atomic(path: Path, writer: Callable[[IO[bytes]], None]) -> Path:
+def write_atomic(path: Path, writer: Callable[[IO[bytes]], object]) -> Path:
     """Call ``writer`` on a temp file beside ``path`` and rename it into place when it succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
