@@ -74,7 +74,8 @@ def _drop_rows(ids: list[str], vectors: np.ndarray, key: str) -> tuple[list[str]
     return [ids[i] for i in keep], vectors[keep]
 
 
-def _persist(catalogue: Catalogue, current: LoadedModel, vectors: np.ndarray, metadata: list[dict[str, Any]]) -> LoadedModel:
+def _persist(catalogue: Catalogue, current: LoadedModel, vectors: np.ndarray,
+             metadata: list[dict[str, Any]]) -> LoadedModel:
     """Write the edited bundle. The pipeline's own outputs (clip_embeddings.npy, embedding_ids.json)
     are left alone: edits are an overlay on the index that lasts until the model is rebuilt from its CSV."""
     settings = catalogue.settings

@@ -95,7 +95,8 @@ class ExtractionPhase:
         counts = {"embedded": len(new), "reused": len(keys) - len(todo)}
         return self._aggregate(ctx, products, cache, done, failed, counts)
 
-    def _embed(self, ctx: PipelineContext, todo: list[str], store: _PartStore, failed: Counter[str]) -> dict[str, np.ndarray]:
+    def _embed(self, ctx: PipelineContext, todo: list[str], store: _PartStore,
+               failed: Counter[str]) -> dict[str, np.ndarray]:
         encoder = ctx.encoder()
         size = ctx.settings.batch_size
         batches = [todo[i:i + size] for i in range(0, len(todo), size)]

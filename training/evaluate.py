@@ -130,10 +130,17 @@ def _load_image(path: Path, transform: Callable | None) -> Image.Image:
 
     from utils.images import to_rgb
 
-    with PILImage.open(path) as img:
-        img = to_rgb(img)
+    with PILImage.open(path) as raw:
+        img = to_rgb(raw)
         img.load()
     return transform(img) if transform else img
+
+
+def _preview(cat: Catalogue, row: int) -> Path:
+    path = cat.preview_path(row)
+    if path is None:
+        raise ValueError(f"row {row} has no cached preview image")
+    return path
 
 
 def embed_previews(encoder: ClipEncoder, cat: Catalogue, rows: np.ndarray, *, batch_size: int,
@@ -144,7 +151,7 @@ def embed_previews(encoder: ClipEncoder, cat: Catalogue, rows: np.ndarray, *, ba
     out = []
     for start in tqdm(range(0, len(rows), batch_size), desc=desc, unit="batch", disable=not progress,
                       leave=False):
-        batch = [_load_image(cat.preview_path(int(r)), transform) for r in rows[start:start + batch_size]]
+        batch = [_load_image(_preview(cat, int(r)), transform) for r in rows[start:start + batch_size]]
         out.append(encoder.encode_images(batch))
     vecs = np.concatenate(out) if out else np.zeros((0, encoder.dim), dtype=np.float32)
     return cat.head.apply(vecs) if cat.head is not None else vecs

@@ -93,9 +93,9 @@ def format_evaluation(result: dict[str, Any]) -> str:
         lines.append("worst categories (p@5): " + (", ".join(result.get("worst_categories", [])) or "-"))
     robust = result.get("robustness") or {}
     if robust:
-        rows = [(name, value) for name, value in robust.items() if name not in ("queries", "k")]
+        robust_rows = [(name, value) for name, value in robust.items() if name not in ("queries", "k")]
         lines += ["", f"Robustness: own product in the top {robust['k']} ({robust['queries']} queries)",
-                  table(["query image", "found"], rows)]
+                  table(["query image", "found"], robust_rows)]
     lines += [f"note: {n}" for n in result.get("notes", [])]
     if result.get("chart"):
         lines.append(f"chart: {result['chart']}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import argparse
 import csv
 import functools
@@ -91,7 +93,7 @@ def _shirt(d, rng, c, *, sleeve: int, collar: str, pattern: str):
         d.arc([135, 55, 185, 95], 0, 180, fill=shade, width=6)
 
 
-_SHIRT_STYLES = {
+_SHIRT_STYLES: dict[str, dict[str, Any]] = {
     "t-shirts": dict(sleeve=45, collar="crew"),
     "polos": dict(sleeve=40, collar="polo"),
     "button-downs": dict(sleeve=85, collar="button"),
