@@ -74,7 +74,8 @@ def _drop_rows(ids: list[str], vectors: np.ndarray, key: str) -> tuple[list[str]
     return [ids[i] for i in keep], vectors[keep]
 
 
-def _persist(catalogue: Catalogue, current: LoadedModel, vectors: np.ndarray, metadata: list[dict]) -> LoadedModel:
+def _persist(catalogue: Catalogue, current: LoadedModel, vectors: np.ndarray,
+             metadata: list[dict[str, Any]]) -> LoadedModel:
     """Write the edited bundle. The pipeline's own outputs (clip_embeddings.npy, embedding_ids.json)
     are left alone: edits are an overlay on the index that lasts until the model is rebuilt from its CSV."""
     settings = catalogue.settings
@@ -105,7 +106,7 @@ def upsert_product(catalogue: Catalogue, model: str, product: ProductUpsert) -> 
     with catalogue.admin_lock(model):
         current = catalogue.model(model).require()  # the latest snapshot, now that we hold the lock
         existed = product.id in current.positions
-        metadata = list(current.bundle.metadata)
+        metadata = list(current.require_bundle().metadata)
         ids = [str(r.get("id")) for r in metadata]
         ids, vectors = _upsert_rows(ids, current.vectors(), product.id, vector)
         pos = ids.index(product.id)
@@ -123,8 +124,9 @@ def delete_product(catalogue: Catalogue, model: str, product_id: str) -> LoadedM
         current.position(product_id)  # 404 when absent
         if current.num_products <= 1:
             raise BadRequestError(f"cannot delete the last product of {model!r}; rebuild the model instead")
-        metadata = [r for r in current.bundle.metadata if str(r.get("id")) != product_id]
-        ids = [str(r.get("id")) for r in current.bundle.metadata]
+        rows = current.require_bundle().metadata
+        metadata = [r for r in rows if str(r.get("id")) != product_id]
+        ids = [str(r.get("id")) for r in rows]
         ids, vectors = _drop_rows(ids, current.vectors(), product_id)
         fresh = _persist(catalogue, current, vectors, metadata)
     logger.info("admin: deleted product %s from %s", product_id, model)

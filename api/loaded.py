@@ -70,11 +70,17 @@ class LoadedModel:
     def manifest(self) -> dict[str, Any]:
         return self.bundle.manifest if self.bundle else {}
 
-    def require(self) -> "LoadedModel":
+    def require(self) -> LoadedModel:
         """Self when searchable, else IndexNotReadyError with the reason."""
         if self.bundle is None:
             raise IndexNotReadyError(self.name, self.error or "not loaded")
         return self
+
+    def require_bundle(self) -> IndexBundle:
+        """The loaded index bundle, else IndexNotReadyError with the reason (the typed form of ``require``)."""
+        if self.bundle is None:
+            raise IndexNotReadyError(self.name, self.error or "not loaded")
+        return self.bundle
 
     def position(self, product_id: str) -> int:
         pos = self.positions.get(product_id)
@@ -84,7 +90,7 @@ class LoadedModel:
 
     def vectors(self) -> np.ndarray:
         """Every indexed vector, (n, dim) float32, row-aligned with metadata."""
-        bundle = self.require().bundle
+        bundle = self.require_bundle()
         if self.embeddings is not None:
             return np.asarray(self.embeddings, dtype=np.float32)
         return _reconstruct_all(bundle)
@@ -92,7 +98,7 @@ class LoadedModel:
     def vector(self, pos: int) -> np.ndarray:
         if self.embeddings is not None:
             return np.asarray(self.embeddings[pos], dtype=np.float32)
-        return self.require().bundle.index.reconstruct(int(pos))
+        return np.asarray(self.require_bundle().index.reconstruct(int(pos)))
 
 
 def _reconstruct_all(bundle: IndexBundle) -> np.ndarray:
@@ -101,14 +107,15 @@ def _reconstruct_all(bundle: IndexBundle) -> np.ndarray:
     index = bundle.index
     if isinstance(index, faiss.IndexIVF):
         index.make_direct_map()
-    return index.reconstruct_n(0, index.ntotal)
+    vectors: np.ndarray = index.reconstruct_n(0, index.ntotal)
+    return vectors
 
 
 def _load_embeddings(paths: ModelPaths, bundle: IndexBundle) -> np.ndarray | None:
     if not paths.embeddings.is_file():
         return None
     try:
-        emb = np.load(paths.embeddings, mmap_mode="r", allow_pickle=False)
+        emb: np.ndarray = np.load(paths.embeddings, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as exc:
         logger.warning("%s: unreadable (%s); vectors come from the index", paths.embeddings, exc)
         return None

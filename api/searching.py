@@ -31,9 +31,7 @@ def query_vector(model: LoadedModel, clip_vector: np.ndarray) -> np.ndarray:
 def _accept(row: dict[str, Any], score: float, filters: Filters) -> bool:
     if filters.category is not None and str(row.get("category") or "") != filters.category:
         return False
-    if filters.exclude_id is not None and str(row.get("id")) == filters.exclude_id:
-        return False
-    return True
+    return filters.exclude_id is None or str(row.get("id")) != filters.exclude_id
 
 
 def _one_faiss_thread() -> None:
@@ -46,7 +44,7 @@ def _one_faiss_thread() -> None:
 
 def nearest(model: LoadedModel, vector: np.ndarray, filters: Filters) -> list[tuple[int, float]]:
     """(position, score) pairs, best first, after filters. ``vector`` is already in index space."""
-    bundle = model.require().bundle
+    bundle = model.require_bundle()
     _one_faiss_thread()
     n = len(bundle.metadata)
     if n == 0 or (filters.category is not None and filters.category not in model.category_counts):
@@ -56,7 +54,7 @@ def nearest(model: LoadedModel, vector: np.ndarray, filters: Filters) -> list[tu
     while True:
         scores, positions = bundle.search(vector.reshape(1, -1), k)
         found: list[tuple[int, float]] = []
-        for pos, score in zip(positions[0].tolist(), scores[0].tolist()):
+        for pos, score in zip(positions[0].tolist(), scores[0].tolist(), strict=True):
             if pos < 0 or (filters.min_score is not None and score < filters.min_score):
                 continue
             if _accept(bundle.metadata[pos], score, filters):
@@ -77,7 +75,7 @@ def image_url(base_url: str, model: str, row: dict[str, Any]) -> str | None:
 
 def to_hits(model: LoadedModel, found: list[tuple[int, float]], base_url: str, *,
             tag_model: bool = False) -> list[SearchHit]:
-    metadata = model.require().bundle.metadata
+    metadata = model.require_bundle().metadata
     hits = []
     for rank, (pos, score) in enumerate(found, start=1):
         row = metadata[pos]

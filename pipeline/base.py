@@ -7,7 +7,7 @@ import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -31,7 +31,7 @@ class PipelineContext:
     settings: Settings
     spec: ModelSpec
     progress: bool = True
-    _encoder: "ClipEncoder | None" = field(default=None, repr=False)
+    _encoder: ClipEncoder | None = field(default=None, repr=False)
 
     @property
     def paths(self) -> ModelPaths:
@@ -45,7 +45,7 @@ class PipelineContext:
     def backbone(self) -> str:
         return self.spec.backbone_for(self.settings)
 
-    def encoder(self) -> "ClipEncoder":
+    def encoder(self) -> ClipEncoder:
         if self._encoder is None:
             from core.encoder import ClipEncoder
 
@@ -59,7 +59,7 @@ class PhaseResult:
     phase is not checkpointed as done, so a rerun retries what failed (and reuses what worked)."""
 
     ok: int = 0
-    failed: Counter = field(default_factory=Counter)
+    failed: Counter[str] = field(default_factory=Counter)
     details: dict[str, Any] = field(default_factory=dict)
     complete: bool = True
 
@@ -109,7 +109,7 @@ def write_checkpoint(path: Path, phase: PhaseName, fingerprint: str, result: Pha
     write_json_atomic(path, {
         "phase": phase.value,
         "fingerprint": fingerprint,
-        "completed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "completed_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "seconds": round(seconds, 3),
         "ok": result.ok,
         "failed": dict(result.failed),

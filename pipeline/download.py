@@ -86,7 +86,7 @@ class DownloadPhase:
             outcome, target = _triage(ref, ctx.paths.data, cache)
             if target is not None:
                 todo.append(target)
-            else:
+            elif outcome is not None:  # _triage gives one or the other
                 outcomes[ref] = _logged(outcome)
         logger.info("%s: %d image refs, %d cached, %d to fetch", ctx.model, len(refs),
                     len(refs) - len(todo), len(todo))

@@ -6,7 +6,7 @@ import logging
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
@@ -17,6 +17,9 @@ from core.types import PhaseName
 from pipeline.base import PhaseResult, PipelineContext, digest, file_digest
 from pipeline.download import images_manifest_path
 from utils.atomic import read_json, save_npy_atomic, write_atomic, write_json_atomic
+
+if TYPE_CHECKING:
+    from core.encoder import ClipEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +34,7 @@ def backbone_identity(backbone: str) -> dict[str, Any]:
             "files": {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files}}
 
 
-def _product_views(ctx: PipelineContext) -> tuple[list[dict], dict[str, str]]:
+def _product_views(ctx: PipelineContext) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """(products, ref -> cache key) for every view that downloaded fine."""
     for path in (ctx.paths.processed_products, images_manifest_path(ctx.paths)):
         if not path.is_file():
@@ -55,7 +58,7 @@ class _PartStore:
         for part in sorted(self.folder.glob("part-*.npz")):
             try:
                 with np.load(part, allow_pickle=False) as data:
-                    done.update(zip(data["keys"].tolist(), data["vectors"]))
+                    done.update(zip(data["keys"].tolist(), data["vectors"], strict=True))
             except Exception as exc:  # a torn part from an old crash is just redone
                 logger.warning("ignoring unreadable feature part %s: %s", part, exc)
         return done
@@ -86,13 +89,14 @@ class ExtractionPhase:
         store = _PartStore(ctx.paths.checkpoints / "features" / digest(self._model_key(ctx))[:16])
         done = store.load()
         todo = [k for k in keys if k not in done]
-        failed: Counter = Counter()
+        failed: Counter[str] = Counter()
         new = self._embed(ctx, todo, store, failed) if todo else {}
         done.update(new)
         counts = {"embedded": len(new), "reused": len(keys) - len(todo)}
         return self._aggregate(ctx, products, cache, done, failed, counts)
 
-    def _embed(self, ctx: PipelineContext, todo: list[str], store: _PartStore, failed: Counter) -> dict:
+    def _embed(self, ctx: PipelineContext, todo: list[str], store: _PartStore,
+               failed: Counter[str]) -> dict[str, np.ndarray]:
         encoder = ctx.encoder()
         size = ctx.settings.batch_size
         batches = [todo[i:i + size] for i in range(0, len(todo), size)]
@@ -104,16 +108,18 @@ class ExtractionPhase:
                 if keys:
                     vectors = encoder.encode_pixels(np.stack(pixels))
                     store.save(keys, vectors)
-                    out.update(zip(keys, vectors))
+                    out.update(zip(keys, vectors, strict=True))
                 bar.update(len(keys))
         bar.close()
         return out
 
     @staticmethod
-    def _pixels(ctx: PipelineContext, encoder, batch: list[str], failed: Counter):
+    def _pixels(ctx: PipelineContext, encoder: ClipEncoder, batch: list[str],
+                failed: Counter[str]) -> tuple[list[str], list[np.ndarray]]:
         from PIL import Image
 
-        keys, pixels = [], []
+        keys: list[str] = []
+        pixels: list[np.ndarray] = []
         for key in batch:
             try:
                 with Image.open(ctx.paths.image_cache / key) as img:
@@ -124,8 +130,12 @@ class ExtractionPhase:
                 failed["unreadable cached image"] += 1
         return keys, pixels
 
-    def _aggregate(self, ctx, products, cache, done, failed: Counter, counts: dict) -> PhaseResult:
-        ids, rows, view_keys, view_rows = [], [], [], []
+    def _aggregate(self, ctx: PipelineContext, products: list[dict[str, Any]], cache: dict[str, str],
+                   done: dict[str, np.ndarray], failed: Counter[str], counts: dict[str, int]) -> PhaseResult:
+        ids: list[str] = []
+        rows: list[np.ndarray] = []
+        view_keys: list[list[str]] = []  # [product id, image ref] per view
+        view_rows: list[np.ndarray] = []
         for p in products:
             views = [(r, done[cache[r]]) for r in p["images"] if r in cache and cache[r] in done]
             if not views:

@@ -20,7 +20,7 @@ from utils.atomic import read_json, save_npy_atomic
 logger = logging.getLogger(__name__)
 
 
-def product_metadata(product: dict[str, Any], images: dict[str, dict]) -> dict[str, Any]:
+def product_metadata(product: dict[str, Any], images: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The metadata row the API returns for a product (index position = row number)."""
     preview = images.get(product["preview_image"], {})
     if preview.get("status") != "ok":  # fall back to the first view that downloaded

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 
 from core.config import Settings
@@ -11,9 +12,12 @@ from utils.atomic import read_json
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows)]
-    fmt = lambda cells: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
-                                  for i, (c, w) in enumerate(zip(cells, widths)))
+    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=True)]
+
+    def fmt(cells: list[str]) -> str:
+        return "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+
     return "\n".join([fmt(headers), fmt(["-" * w for w in widths]), *(fmt(r) for r in rows)])
 
 
@@ -44,10 +48,8 @@ def _model_row(spec: ModelSpec, settings: Settings) -> list[str]:
     paths = spec.paths(settings)
     products = images = "-"
     indexed, built, kind = "no", "-", "-"
-    try:
+    with contextlib.suppress(OSError, ValueError, KeyError):
         products = str(len(read_json(paths.processed_products)["products"]))
-    except (OSError, ValueError, KeyError):
-        pass
     try:
         entries = read_json(paths.models / "images.json")["images"].values()
         images = str(sum(1 for e in entries if e.get("status") == "ok"))

@@ -116,7 +116,8 @@ class ValidationPhase:
             products[product["id"]] = product
         return self._write(ctx, list(products.values()), report, rows, encoding)
 
-    def _write(self, ctx, products, report: _Report, rows: int, encoding: str) -> PhaseResult:
+    def _write(self, ctx: PipelineContext, products: list[dict[str, Any]], report: _Report, rows: int,
+               encoding: str) -> PhaseResult:
         write_json_atomic(ctx.paths.processed_products,
                           {"model": ctx.model, "source": str(ctx.paths.csv), "products": products}, indent=None)
         failed = Counter(r["reason"] for r in report.rejected)

@@ -27,7 +27,7 @@ router = APIRouter(tags=["products"])
 async def get_product(model: str, product_id: str, request: Request,
                       catalogue: Catalogue = Depends(get_catalogue)) -> ProductInfo:
     loaded = catalogue.model(model).require()
-    row = loaded.bundle.metadata[loaded.position(product_id)]
+    row = loaded.require_bundle().metadata[loaded.position(product_id)]
     return ProductInfo(model=model, id=str(row.get("id")), title=str(row.get("title") or ""),
                        category=row.get("category") or None, preview_image=row.get("preview_image"),
                        image_url=image_url(base_url(request), model, row), images=list(row.get("images") or []),
@@ -59,7 +59,7 @@ def _headless(loaded: LoadedModel) -> LoadedModel:
 async def product_image(model: str, product_id: str, catalogue: Catalogue = Depends(get_catalogue),
                         settings: Settings = Depends(get_settings)) -> FileResponse:
     loaded = catalogue.model(model).require()
-    row = loaded.bundle.metadata[loaded.position(product_id)]
+    row = loaded.require_bundle().metadata[loaded.position(product_id)]
     cache_dir = loaded.spec.paths(settings).image_cache.resolve()
     cached = row.get("preview_cache")
     path = (cache_dir / str(cached)).resolve() if cached else None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+
 from anyio import to_thread
 from fastapi import APIRouter, Depends, Request
 
@@ -28,7 +30,7 @@ def _elapsed_ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000, 3)
 
 
-async def search_loaded(model: LoadedModel, clip_vector, filters: Filters, base: str, *,
+async def search_loaded(model: LoadedModel, clip_vector: np.ndarray, filters: Filters, base: str, *,
                         tag_model: bool = False) -> list[SearchHit]:
     """Search one model with a raw CLIP query vector, off the event loop."""
     def _work() -> list[SearchHit]:
@@ -57,7 +59,7 @@ def _ready_models(catalogue: Catalogue) -> tuple[list[LoadedModel], list[LoadedM
     return models, ready
 
 
-async def _search_every_model(models: list[LoadedModel], vectors: dict, filters: Filters,
+async def _search_every_model(models: list[LoadedModel], vectors: dict[str, np.ndarray], filters: Filters,
                               base: str) -> tuple[list[SearchHit], dict[str, ModelResults]]:
     """Each model searched with its backbone's query vector, then one merged ranking."""
     per_model: dict[str, ModelResults] = {}
