@@ -37,15 +37,15 @@ BatchFn = Callable[[np.ndarray], np.ndarray]
 @dataclass
 class _Job:
     item: np.ndarray
-    future: asyncio.Future
+    future: asyncio.Future[np.ndarray]
     loop: asyncio.AbstractEventLoop
 
 
 @dataclass
 class _Call:
     fn: Callable[..., Any]
-    args: tuple
-    future: concurrent.futures.Future
+    args: tuple[Any, ...]
+    future: concurrent.futures.Future[Any]
 
 
 def _resolve(job: _Job, result: np.ndarray | None, error: BaseException | None) -> None:
@@ -54,7 +54,7 @@ def _resolve(job: _Job, result: np.ndarray | None, error: BaseException | None) 
             return
         if error is not None:
             job.future.set_exception(error)
-        else:
+        elif result is not None:
             job.future.set_result(result)
 
     job.loop.call_soon_threadsafe(_set)
@@ -99,7 +99,7 @@ class MicroBatcher:
             with self._incoming_lock:
                 self._incoming -= 1
 
-    def call(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future:
+    def call(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future[Any]:
         """Run ``fn(*args)`` on the worker thread, between batches."""
         job = _Call(fn=fn, args=args, future=concurrent.futures.Future())
         try:
@@ -119,7 +119,8 @@ class MicroBatcher:
             self._queue.put_nowait(job)
         except queue.Full:
             raise OverloadedError(f"{self._queue.maxsize} queries already waiting; retry shortly") from None
-        return await job.future
+        row: np.ndarray = await job.future
+        return row
 
     def _collect(self, first: _Job) -> list[_Job]:
         jobs = [first]
@@ -169,8 +170,10 @@ class MicroBatcher:
         self.batches += 1  # counted before any waiter wakes, so a client sees its own query counted
         self.items += len(jobs)
         try:
+            if self.fn is None:
+                raise RuntimeError(f"{self.name}: no batch function bound yet")
             rows = self.fn(np.stack([j.item for j in jobs]))
-            for job, row in zip(jobs, rows):
+            for job, row in zip(jobs, rows, strict=True):
                 _resolve(job, row, None)
         except BaseException as exc:  # hand the failure to every waiting request
             logger.exception("batch of %d failed in %s", len(jobs), self.name)

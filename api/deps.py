@@ -15,15 +15,18 @@ from api.metrics import Metrics
 
 def get_settings(request: Request) -> Settings:
     """The app's Settings; tests swap them with ``app.dependency_overrides[get_settings]``."""
-    return request.app.state.settings
+    settings: Settings = request.app.state.settings
+    return settings
 
 
 def get_catalogue(request: Request) -> Catalogue:
-    return request.app.state.catalogue
+    catalogue: Catalogue = request.app.state.catalogue
+    return catalogue
 
 
 def get_metrics(request: Request) -> Metrics:
-    return request.app.state.metrics
+    metrics: Metrics = request.app.state.metrics
+    return metrics
 
 
 def base_url(request: Request) -> str:

@@ -32,14 +32,14 @@ MAX_WAIT_MS = 5.0
 class Embedder:
     """A loaded backbone: images go through the micro-batcher, texts straight to the text tower."""
 
-    def __init__(self, encoder: "ClipEncoder", batcher: MicroBatcher) -> None:
+    def __init__(self, encoder: ClipEncoder, batcher: MicroBatcher) -> None:
         self.encoder = encoder
         self.backbone = encoder.backbone
         self.batcher = batcher
         batcher.fn = encoder.encode_pixels
 
     @classmethod
-    def load(cls, settings: "Settings", backbone: str) -> "Embedder":
+    def load(cls, settings: Settings, backbone: str) -> Embedder:
         """Start the backbone's worker thread and load the encoder on it. Raises BackboneLoadError."""
         batcher = MicroBatcher(None, name=backbone.rsplit("/", 1)[-1], max_batch=MAX_BATCH, max_wait_ms=MAX_WAIT_MS)
         batcher.start()
@@ -61,14 +61,16 @@ class Embedder:
         text = text.strip()
         if not text:
             raise BadRequestError("the text query is empty")
-        return (await self.batcher.run(self.encoder.encode_texts, [text]))[0]
+        vectors: np.ndarray = await self.batcher.run(self.encoder.encode_texts, [text])
+        return np.asarray(vectors[0])
 
-    def embed_images(self, images: list["Image.Image"]) -> Embeddings:
+    def embed_images(self, images: list[Image.Image]) -> Embeddings:
         """Blocking batch embedding for admin edits (call from a worker thread, not the event loop)."""
-        return self.batcher.call(self.encoder.encode_images, images).result()
+        vectors: Embeddings = self.batcher.call(self.encoder.encode_images, images).result()
+        return vectors
 
 
-def _load_encoder(settings: "Settings", backbone: str) -> "ClipEncoder":
+def _load_encoder(settings: Settings, backbone: str) -> ClipEncoder:
     import os
 
     import torch
@@ -79,7 +81,7 @@ def _load_encoder(settings: "Settings", backbone: str) -> "ClipEncoder":
     return ClipEncoder.from_settings(settings, backbone)
 
 
-def decode_query(data: bytes, *, max_pixels: int, shorter_side: int | None) -> "Image.Image":
+def decode_query(data: bytes, *, max_pixels: int, shorter_side: int | None) -> Image.Image:
     """Decode an uploaded image, turning a decode failure into BadImageError (413 for a pixel bomb)."""
     try:
         return decode_image(data, max_pixels=max_pixels, shorter_side=shorter_side)
@@ -103,5 +105,5 @@ async def embed_query_image(data: bytes, embedders: list[Embedder], *, max_pixel
     if len(embedders) == 1:  # awaiting directly queues the job at once, with no task hop
         vectors = [await embedders[0].batcher.submit(pixels[0])]
     else:
-        vectors = await asyncio.gather(*(e.batcher.submit(p) for e, p in zip(embedders, pixels)))
-    return {e.backbone: v for e, v in zip(embedders, vectors)}
+        vectors = await asyncio.gather(*(e.batcher.submit(p) for e, p in zip(embedders, pixels, strict=True)))
+    return {e.backbone: v for e, v in zip(embedders, vectors, strict=True)}

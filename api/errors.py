@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -15,7 +17,7 @@ from core.errors import ImageSearchError, UnknownModelError
 logger = logging.getLogger(__name__)
 
 
-def _body(detail: str, error: str, **more) -> dict:
+def _body(detail: str, error: str, **more: Any) -> dict[str, Any]:
     return {"detail": detail, "error": error, **more}
 
 
@@ -26,7 +28,7 @@ async def _typed(request: Request, exc: ImageSearchError) -> JSONResponse:
     return JSONResponse(_body(exc.message, type(exc).__name__, **more), status_code=exc.status_code)
 
 
-def _describe(err: dict) -> str:
+def _describe(err: dict[str, Any]) -> str:
     where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body",))
     return f"{where}: {err.get('msg', 'invalid')}" if where else str(err.get("msg", "invalid"))
 
@@ -51,7 +53,9 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(ImageSearchError, _typed)
-    app.add_exception_handler(RequestValidationError, _validation)
-    app.add_exception_handler(StarletteHTTPException, _http)
-    app.add_exception_handler(Exception, _unexpected)
+    # Starlette types every handler as taking any Exception, though it dispatches by the registered class.
+    handlers: list[tuple[type[Exception], Callable[[Request, Any], Awaitable[JSONResponse]]]] = [
+        (ImageSearchError, _typed), (RequestValidationError, _validation), (StarletteHTTPException, _http),
+        (Exception, _unexpected)]
+    for cls, handler in handlers:
+        app.add_exception_handler(cls, handler)

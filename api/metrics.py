@@ -11,6 +11,7 @@ import threading
 import time
 from bisect import bisect_left
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -47,7 +48,7 @@ class Metrics:
             buckets[bisect_left(BUCKETS, seconds)] += 1
             self._sums[key] += seconds
 
-    def render(self, gauges: dict[str, list[tuple[dict[str, str], float]]] | None = None) -> str:
+    def render(self, gauges: Mapping[str, Sequence[tuple[dict[str, str], float]]] | None = None) -> str:
         with self._lock:
             counts, buckets, sums = dict(self._counts), {k: list(v) for k, v in self._buckets.items()}, dict(self._sums)
         out = [f"# HELP {_PREFIX}_requests_total HTTP requests by route, model, method and status.",
@@ -69,7 +70,7 @@ class Metrics:
 
     def _histogram(self, key: Labels, counts: list[int], total: float) -> list[str]:
         lines, running = [], 0
-        for bound, n in zip((*BUCKETS, float("inf")), counts):
+        for bound, n in zip((*BUCKETS, float("inf")), counts, strict=True):
             running += n
             le = "+Inf" if bound == float("inf") else repr(bound)
             lines.append(f"{_PREFIX}_request_duration_seconds_bucket{_labels(self._pairs(key, le=le))} {running}")

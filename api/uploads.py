@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from fastapi import Request
@@ -42,7 +42,7 @@ def _too_large(limit: int) -> BadImageError:
     return BadImageError(f"upload too large: the limit is {limit} bytes", 413)
 
 
-async def _body(request: Request, limit: int) -> AsyncIterator[bytes]:
+async def _body(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
     """The request body straight from ASGI receive, so we know whether more is coming."""
     seen = 0
     while True:

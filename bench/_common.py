@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import io
 import os
 import statistics
@@ -41,7 +44,7 @@ def photo_jpegs(folder: Path, count: int, size: tuple[int, int] = (1000, 800), s
         base = Image.fromarray(rng.integers(0, 255, (6, 8, 3), dtype=np.uint8)).resize(size, Image.Resampling.BICUBIC)
         draw = ImageDraw.Draw(base)
         for _ in range(6):
-            x, y = rng.integers(0, size[0]), rng.integers(0, size[1])
+            x, y = int(rng.integers(0, size[0])), int(rng.integers(0, size[1]))
             r = int(rng.integers(40, 250))
             draw.ellipse([x - r, y - r, x + r, y + r], fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
         img = base.filter(ImageFilter.GaussianBlur(2))
@@ -53,7 +56,7 @@ def photo_jpegs(folder: Path, count: int, size: tuple[int, int] = (1000, 800), s
     return paths
 
 
-def timed(fn, repeats: int) -> tuple[float, object]:
+def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
     """(median seconds over ``repeats`` runs, last result)."""
     times, result = [], None
     for _ in range(repeats):

@@ -36,7 +36,7 @@ def build_app(model_dir: str, vectors_path: str) -> FastAPI:
         feats = (out if isinstance(out, torch.Tensor) else out.pooler_output).numpy()
         feats = feats / np.linalg.norm(feats, axis=1, keepdims=True)
         scores, ids = index.search(feats.astype(np.float32), top_k)
-        return {"results": [{**metadata[i], "score": float(s)} for s, i in zip(scores[0], ids[0])]}
+        return {"results": [{**metadata[i], "score": float(s)} for s, i in zip(scores[0], ids[0], strict=True)]}
 
     @app.get("/health")
     def health():

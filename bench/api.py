@@ -81,7 +81,8 @@ def _free_port() -> int:
 def _start(cmd: list[str], env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
     import httpx
 
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    with open(log, "wb") as out:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -8,6 +8,8 @@ embeddings and the fp32 reference, then one JSON line.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import argparse
 import csv
 import json
@@ -23,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import photo_jpegs, timed, vit_b32_folder  # noqa: E402
 
 
-def _naive(model_dir: Path, files: list[Path], batch: int = 16) -> np.ndarray:
+def _naive(model_dir: Path, files: list[Path], batch: int = 16) -> Callable[[], np.ndarray]:
     import torch
     from PIL import Image
     from transformers import CLIPModel, CLIPProcessor
@@ -85,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
         model_dir = vit_b32_folder(tmp / "vit-b32")
         files = photo_jpegs(tmp / "raw", args.images)
         naive_run = _naive(model_dir, files)

@@ -11,7 +11,8 @@ import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
 from urllib.parse import urlparse
 
 import numpy as np
@@ -21,6 +22,7 @@ from core.errors import BackboneLoadError
 from core.types import Device, Embeddings, Precision
 
 if TYPE_CHECKING:
+    import torch
     from PIL import Image
 
 logger = logging.getLogger(__name__)
@@ -48,7 +50,7 @@ def _offline_message(backbone: str, detail: str) -> str:
             "a tiny test model with `python -m utils.tiny_clip models/tiny_clip`")
 
 
-def _load_pretrained(backbone: str):
+def _load_pretrained(backbone: str) -> tuple[Any, Any, Any]:
     """(model, tokenizer, image_processor) from a local folder, the hub cache, or the hub."""
     import transformers
     from transformers import AutoTokenizer, CLIPModel
@@ -57,7 +59,7 @@ def _load_pretrained(backbone: str):
     # the PIL processor: the default one wants torchvision, which does not import beside our torch
     CLIPImageProcessor = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
 
-    def load(**kw):
+    def load(**kw: Any) -> tuple[Any, Any, Any]:
         return (CLIPModel.from_pretrained(backbone, **kw), AutoTokenizer.from_pretrained(backbone, **kw),
                 CLIPImageProcessor.from_pretrained(backbone, **kw))
 
@@ -90,7 +92,7 @@ def resolve_device(device: Device) -> str:
     return device.value
 
 
-def resolve_precision(precision: Precision, device: str):
+def resolve_precision(precision: Precision, device: str) -> torch.dtype:
     """auto: bf16 where the hardware runs it natively (AVX-512 bf16 CPUs, recent GPUs), else fp32/fp16."""
     import torch
 
@@ -113,7 +115,7 @@ class _Preprocess:
     std: np.ndarray
 
 
-def _preprocess_spec(processor) -> _Preprocess:
+def _preprocess_spec(processor: Any) -> _Preprocess:
     size = processor.size.get("shortest_edge") or min(processor.size.get("height", 224),
                                                       processor.size.get("width", 224))
     crop = processor.crop_size or {"height": size, "width": size}
@@ -125,7 +127,8 @@ def _preprocess_spec(processor) -> _Preprocess:
 def l2_normalize(x: np.ndarray) -> Embeddings:
     x = np.asarray(x, dtype=np.float32)
     norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return (x / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+    out: Embeddings = (x / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+    return out
 
 
 class ClipEncoder:
@@ -149,7 +152,7 @@ class ClipEncoder:
                     str(self.dtype).removeprefix("torch."), self.dim, self._pre.crop)
 
     @classmethod
-    def from_settings(cls, settings: Settings, backbone: str | None = None) -> "ClipEncoder":
+    def from_settings(cls, settings: Settings, backbone: str | None = None) -> ClipEncoder:
         return cls(backbone or settings.clip_model, device=settings.device, precision=settings.precision,
                    threads=settings.torch_threads)
 
@@ -161,7 +164,7 @@ class ClipEncoder:
     def precision_name(self) -> str:
         return str(self.dtype).removeprefix("torch.")
 
-    def pixels(self, image: "Image.Image") -> np.ndarray:
+    def pixels(self, image: Image.Image) -> np.ndarray:
         """CLIP preprocessing (bicubic resize of the shorter side, centre crop, normalise) -> HWC float32."""
         from PIL import Image as PILImage
 
@@ -174,7 +177,8 @@ class ClipEncoder:
         left, top = (size[0] - self._pre.crop) // 2, (size[1] - self._pre.crop) // 2
         img = img.crop((left, top, left + self._pre.crop, top + self._pre.crop))
         arr = np.asarray(img, dtype=np.float32) * np.float32(1 / 255)
-        return (arr - self._pre.mean) / self._pre.std
+        out: np.ndarray = (arr - self._pre.mean) / self._pre.std
+        return out
 
     def encode_pixels(self, pixels: np.ndarray) -> Embeddings:
         """Embed a batch of preprocessed images, shape (n, H, W, 3)."""
@@ -188,7 +192,7 @@ class ClipEncoder:
             feats = out if isinstance(out, torch.Tensor) else out.pooler_output
             return l2_normalize(feats.float().cpu().numpy())
 
-    def encode_images(self, images: Sequence["Image.Image"]) -> Embeddings:
+    def encode_images(self, images: Sequence[Image.Image]) -> Embeddings:
         if not images:
             return np.zeros((0, self.dim), dtype=np.float32)
         return self.encode_pixels(np.stack([self.pixels(im) for im in images]))

@@ -35,7 +35,7 @@ class ProjectionHead:
 
     def apply(self, vectors: Embeddings) -> Embeddings:
         x = np.asarray(vectors, dtype=np.float32)
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
             x = x @ w.T + b
             if i < len(self.weights) - 1:
                 np.maximum(x, 0, out=x)
@@ -49,7 +49,7 @@ def save_head(path: Path, weights: list[np.ndarray], biases: list[np.ndarray]) -
     from utils.atomic import write_bytes_atomic
 
     tensors: dict[str, np.ndarray] = {}
-    for i, (w, b) in enumerate(zip(weights, biases)):
+    for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
         tensors[f"w{i}"] = np.ascontiguousarray(w, dtype=np.float32)
         tensors[f"b{i}"] = np.ascontiguousarray(b, dtype=np.float32)
     return write_bytes_atomic(Path(path), save(tensors, metadata={"format": HEAD_FORMAT,

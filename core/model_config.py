@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from core.config import Settings
 from core.errors import ConfigError, InvalidModelNameError, UnknownModelError
@@ -83,7 +85,7 @@ class ModelSpec:
     backbone: str | None = None
     index_type: IndexType | None = None
     builtin: bool = False
-    extra: dict = field(default_factory=dict, compare=False)
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def paths(self, settings: Settings) -> ModelPaths:
         return ModelPaths(data=settings.data_dir / self.name, models=settings.models_dir / self.name,
@@ -116,7 +118,7 @@ def _read_model_json(path: Path, base: ModelSpec) -> ModelSpec:
     unknown = set(raw) - _MODEL_JSON_KEYS
     if unknown:
         raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; allowed: {sorted(_MODEL_JSON_KEYS)}")
-    updates: dict = {}
+    updates: dict[str, Any] = {}
     for key in ("display_name", "description", "backbone"):
         if key in raw:
             if not isinstance(raw[key], str):
@@ -142,7 +144,7 @@ class ModelRegistry:
         self._specs = {validate_model_name(s.name): s for s in specs}
 
     @classmethod
-    def discover(cls, settings: Settings) -> "ModelRegistry":
+    def discover(cls, settings: Settings) -> ModelRegistry:
         """Built-ins, then every ``data/<name>/products.csv`` (with optional ``model.json``)."""
         specs = {s.name: s for s in BUILTIN_MODELS}
         data_dir = settings.data_dir
@@ -170,7 +172,7 @@ class ModelRegistry:
     def names(self) -> list[str]:
         return sorted(self._specs)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[ModelSpec]:
         return iter(self._specs[n] for n in self.names())
 
     def __len__(self) -> int:

@@ -6,8 +6,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from pathlib import Path
+from datetime import datetime, UTC
 from typing import Any
 
 import faiss
@@ -49,18 +48,21 @@ def build_index(vectors: Embeddings, index_type: IndexType, metric: Metric, sett
     if index_type == IndexType.AUTO:
         index_type = choose_index_type(n, settings)
     fm = _faiss_metric(metric)
+    index: faiss.Index
     if index_type == IndexType.FLAT:
         index = faiss.IndexFlatIP(dim) if metric == Metric.COSINE else faiss.IndexFlatL2(dim)
     elif index_type == IndexType.HNSW:
-        index = faiss.IndexHNSWFlat(dim, settings.hnsw_m, fm)
-        index.hnsw.efConstruction = max(40, 2 * settings.hnsw_m)
-        index.hnsw.efSearch = settings.hnsw_ef_search
+        hnsw = faiss.IndexHNSWFlat(dim, settings.hnsw_m, fm)
+        hnsw.hnsw.efConstruction = max(40, 2 * settings.hnsw_m)
+        hnsw.hnsw.efSearch = settings.hnsw_ef_search
+        index = hnsw
     elif index_type == IndexType.IVF:
         nlist = ivf_nlist(n)
         quantizer = faiss.IndexFlatIP(dim) if metric == Metric.COSINE else faiss.IndexFlatL2(dim)
-        index = faiss.IndexIVFFlat(quantizer, dim, nlist, fm)
-        index.train(vectors)
-        index.nprobe = min(settings.ivf_nprobe, nlist)
+        ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, fm)
+        ivf.train(vectors)
+        ivf.nprobe = min(settings.ivf_nprobe, nlist)
+        index = ivf
     else:  # pragma: no cover - enum is exhaustive
         raise ValueError(index_type)
     index.add(vectors)
@@ -103,7 +105,7 @@ def write_index_bundle(paths: ModelPaths, index: faiss.Index, metadata: list[dic
         "num_products": int(index.ntotal),
         "dim": int(index.d),
         "index_type": index_type_of(index).value,
-        "built_at": manifest.get("built_at") or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "built_at": manifest.get("built_at") or datetime.now(UTC).isoformat(timespec="seconds"),
         "files": {p.name: sha256_file(p) for p in (paths.index, paths.metadata)},
     }
     write_json_atomic(paths.manifest, manifest)

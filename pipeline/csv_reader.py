@@ -102,7 +102,7 @@ def read_rows(text: str, model: str) -> Iterator[RawRow]:
 
 
 def _bad_encoding(header: list[str], cells: list[str]) -> str | None:
-    for name, cell in zip(header, cells):
+    for name, cell in zip(header, cells, strict=False):  # a short or long record is reported elsewhere
         if _SURROGATE.search(cell):
             return name.strip() or "?"
     return None
@@ -113,9 +113,13 @@ def _shopify_rows(header: list[str], records: Iterator[tuple[int, list[str]]]) -
     names = [_norm(h) for h in header]
     col = {n: i for i, n in reversed(list(enumerate(names)))}
     groups: dict[str, RawRow] = {}
+    positioned: dict[str, list[tuple[int, str]]] = {}  # handle -> (image_position, src)
     for line, record in records:
         cells = record + [""] * (len(header) - len(record))
-        get = (lambda n: cells[col[n]].strip() if n in col else "")
+
+        def get(n: str, cells: list[str] = cells) -> str:
+            return cells[col[n]].strip() if n in col else ""
+
         handle = get("handle")
         row = groups.get(handle)
         if row is None:
@@ -127,10 +131,10 @@ def _shopify_rows(header: list[str], records: Iterator[tuple[int, list[str]]]) -
                 row.extra[key.removeprefix("variant_")] = get(key)
         position = get("image_position")
         if get("image_src"):
-            row.images.append((int(position) if position.isdigit() else 10**6, get("image_src")))
+            positioned.setdefault(handle, []).append((int(position) if position.isdigit() else 10**6, get("image_src")))
         row.bad_encoding = row.bad_encoding or _bad_encoding(header, cells)
-    for row in groups.values():
-        row.images = [src for _, src in sorted(row.images, key=lambda p: p[0])]
+    for handle, row in groups.items():
+        row.images = [src for _, src in sorted(positioned.get(handle, []), key=lambda p: p[0])]
         yield row
 
 

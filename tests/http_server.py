@@ -45,11 +45,11 @@ class Reply:
     abort: bool = False  # close the connection without any answer
 
     @classmethod
-    def redirect(cls, location: str, status: int = 302) -> "Reply":
+    def redirect(cls, location: str, status: int = 302) -> Reply:
         return cls(status=status, content_type=None, headers={"Location": location})
 
     @classmethod
-    def html(cls, text: str = "<html><body>not here</body></html>", status: int = 200) -> "Reply":
+    def html(cls, text: str = "<html><body>not here</body></html>", status: int = 200) -> Reply:
         return cls(text.encode(), status=status, content_type="text/html; charset=utf-8")
 
 
@@ -99,7 +99,7 @@ class HttpServer:
             self.max_in_flight.clear()
             self.max_in_flight_total = 0
 
-    def start(self) -> "HttpServer":
+    def start(self) -> HttpServer:
         self._httpd = _Server(("127.0.0.1", 0), _Handler)
         self._httpd.app = self  # type: ignore[attr-defined]
         # a short poll interval keeps shutdown (once per test) fast
@@ -116,7 +116,7 @@ class HttpServer:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
-    def __enter__(self) -> "HttpServer":
+    def __enter__(self) -> HttpServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,14 +40,14 @@ WORST_SHOWN = 5
 _SCORE_CHUNK = 256  # queries scored at once: bounds the (chunk x catalogue) score matrix
 
 
-def _downscaled(img: "Image.Image") -> "Image.Image":
+def _downscaled(img: Image.Image) -> Image.Image:
     from PIL import Image as PILImage
 
     w, h = img.size
     return img.resize((max(8, w // 4), max(8, h // 4)), PILImage.Resampling.BICUBIC)
 
 
-def _jpeg_low_quality(img: "Image.Image") -> "Image.Image":
+def _jpeg_low_quality(img: Image.Image) -> Image.Image:
     from PIL import Image as PILImage
 
     buf = io.BytesIO()
@@ -55,21 +55,21 @@ def _jpeg_low_quality(img: "Image.Image") -> "Image.Image":
     return PILImage.open(io.BytesIO(buf.getvalue())).convert("RGB")
 
 
-def _center_crop(img: "Image.Image") -> "Image.Image":
+def _center_crop(img: Image.Image) -> Image.Image:
     w, h = img.size
     cw, ch = max(1, round(w * 0.8)), max(1, round(h * 0.8))
     left, top = (w - cw) // 2, (h - ch) // 2
     return img.crop((left, top, left + cw, top + ch))
 
 
-def _mirrored(img: "Image.Image") -> "Image.Image":
+def _mirrored(img: Image.Image) -> Image.Image:
     from PIL import ImageOps
 
     return ImageOps.mirror(img)
 
 
-def _brightness(factor: float) -> Callable[["Image.Image"], "Image.Image"]:
-    def apply(img: "Image.Image") -> "Image.Image":
+def _brightness(factor: float) -> Callable[[Image.Image], Image.Image]:
+    def apply(img: Image.Image) -> Image.Image:
         from PIL import ImageEnhance
 
         return ImageEnhance.Brightness(img).enhance(factor)
@@ -77,7 +77,7 @@ def _brightness(factor: float) -> Callable[["Image.Image"], "Image.Image"]:
     return apply
 
 
-PERTURBATIONS: dict[str, Callable[["Image.Image"], "Image.Image"]] = {
+PERTURBATIONS: dict[str, Callable[[Image.Image], Image.Image]] = {
     "downscaled_25pct": _downscaled,
     "jpeg_quality_10": _jpeg_low_quality,
     "center_crop_80pct": _center_crop,
@@ -125,18 +125,25 @@ def load_catalogue(settings: Settings, spec: ModelSpec) -> Catalogue:
     return Catalogue(vectors, rows, head, manifest, paths.image_cache)
 
 
-def _load_image(path: Path, transform: Callable | None) -> "Image.Image":
+def _load_image(path: Path, transform: Callable | None) -> Image.Image:
     from PIL import Image as PILImage
 
     from utils.images import to_rgb
 
-    with PILImage.open(path) as img:
-        img = to_rgb(img)
+    with PILImage.open(path) as raw:
+        img = to_rgb(raw)
         img.load()
     return transform(img) if transform else img
 
 
-def embed_previews(encoder: "ClipEncoder", cat: Catalogue, rows: np.ndarray, *, batch_size: int,
+def _preview(cat: Catalogue, row: int) -> Path:
+    path = cat.preview_path(row)
+    if path is None:
+        raise ValueError(f"row {row} has no cached preview image")
+    return path
+
+
+def embed_previews(encoder: ClipEncoder, cat: Catalogue, rows: np.ndarray, *, batch_size: int,
                    transform: Callable | None = None, desc: str = "", progress: bool = False) -> Embeddings:
     """Query vectors for ``rows``: preview image (optionally perturbed) -> CLIP -> head."""
     from tqdm import tqdm
@@ -144,7 +151,7 @@ def embed_previews(encoder: "ClipEncoder", cat: Catalogue, rows: np.ndarray, *, 
     out = []
     for start in tqdm(range(0, len(rows), batch_size), desc=desc, unit="batch", disable=not progress,
                       leave=False):
-        batch = [_load_image(cat.preview_path(int(r)), transform) for r in rows[start:start + batch_size]]
+        batch = [_load_image(_preview(cat, int(r)), transform) for r in rows[start:start + batch_size]]
         out.append(encoder.encode_images(batch))
     vecs = np.concatenate(out) if out else np.zeros((0, encoder.dim), dtype=np.float32)
     return cat.head.apply(vecs) if cat.head is not None else vecs
@@ -167,10 +174,10 @@ def _ranking_metrics(queries: Embeddings, rows: np.ndarray, cat: Catalogue, labe
     scored = [(row["precision_at_5"], name) for name, row in table.items() if row["precision_at_5"] is not None]
     return {**metrics.summarize(qm), "per_category": table,
             "worst_categories": [name for _, name in sorted(scored)[:min(WORST_SHOWN, max(1, len(scored) // 2))]],
-            "categories_with_one_product": [n for n, c in zip(names, products) if c == 1]}
+            "categories_with_one_product": [n for n, c in zip(names, products, strict=True) if c == 1]}
 
 
-def _robustness(encoder: "ClipEncoder", cat: Catalogue, rows: np.ndarray, clean: Embeddings,
+def _robustness(encoder: ClipEncoder, cat: Catalogue, rows: np.ndarray, clean: Embeddings,
                 settings: Settings, progress: bool) -> dict[str, Any]:
     from tqdm import tqdm
 
@@ -194,7 +201,7 @@ def _category_note(labels: np.ndarray, names: list[str]) -> str | None:
 
 
 def run_evaluation(settings: Settings, spec: ModelSpec, *, progress: bool = True,
-                   encoder: "ClipEncoder | None" = None) -> dict[str, Any]:
+                   encoder: ClipEncoder | None = None) -> dict[str, Any]:
     """Evaluate a built model, write models/<m>/evaluation.json (+ chart) and return the results."""
     start = time.perf_counter()
     cat = load_catalogue(settings, spec)
@@ -231,7 +238,7 @@ def run_evaluation(settings: Settings, spec: ModelSpec, *, progress: bool = True
 def _base_result(settings: Settings, spec: ModelSpec, cat: Catalogue, names: list[str],
                  with_preview: int) -> dict[str, Any]:
     keys = ("precision_at_1", "precision_at_5", "precision_at_10", "mrr", "map_at_10")
-    return {"model": spec.name, "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    return {"model": spec.name, "evaluated_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "backbone": spec.backbone_for(settings), "head": cat.head.sha256 if cat.head else None,
             "num_products": len(cat.metadata), "num_categories": len(names),
             "products_without_preview": len(cat.metadata) - with_preview,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from typing import Any
 
 import numpy as np
@@ -141,7 +141,7 @@ def _checkpointer(settings: Settings, spec: ModelSpec):
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def adopt_head(settings: Settings, spec: ModelSpec, weights: list, biases: list, *, progress: bool = True) -> None:

@@ -113,7 +113,7 @@ def _measure(vectors: Embeddings, queries: Embeddings, index_type: IndexType, se
 
 def _recall(found: np.ndarray, truth: np.ndarray) -> float:
     hits = [len(set(f[f >= 0].tolist()) & set(t[t >= 0].tolist())) / max(1, int((t >= 0).sum()))
-            for f, t in zip(found, truth)]
+            for f, t in zip(found, truth, strict=True)]
     return float(np.mean(hits))
 
 
@@ -126,7 +126,8 @@ def recommendation(num_vectors: int, settings: Settings) -> tuple[IndexType, str
         reason = (f"{settings.flat_max_products} < {num_vectors} <= hnsw_max_products "
                   f"({settings.hnsw_max_products}): graph search keeps latency low at high recall")
     else:
-        reason = f"{num_vectors} > hnsw_max_products ({settings.hnsw_max_products}): IVF keeps memory and build time bounded"
+        reason = (f"{num_vectors} > hnsw_max_products ({settings.hnsw_max_products}): "
+                  "IVF keeps memory and build time bounded")
     return choice, reason
 
 

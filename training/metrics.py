@@ -69,12 +69,12 @@ class QueryMetrics:
     def scorable(self) -> np.ndarray:
         return self.num_relevant > 0
 
-    def subset(self, mask: np.ndarray) -> "QueryMetrics":
+    def subset(self, mask: np.ndarray) -> QueryMetrics:
         return QueryMetrics({k: v[mask] for k, v in self.precision.items()}, self.reciprocal_rank[mask],
                             self.average_precision[mask], self.num_relevant[mask], self.map_k)
 
     @staticmethod
-    def concat(parts: Sequence["QueryMetrics"]) -> "QueryMetrics":
+    def concat(parts: Sequence[QueryMetrics]) -> QueryMetrics:
         first = parts[0]
         return QueryMetrics({k: np.concatenate([p.precision[k] for p in parts]) for k in first.precision},
                             np.concatenate([p.reciprocal_rank for p in parts]),

@@ -43,7 +43,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
 
     def line(row: list[str]) -> str:
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
 
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([line(cells[0]), rule] + [line(r) for r in cells[1:]])
@@ -93,9 +93,9 @@ def format_evaluation(result: dict[str, Any]) -> str:
         lines.append("worst categories (p@5): " + (", ".join(result.get("worst_categories", [])) or "-"))
     robust = result.get("robustness") or {}
     if robust:
-        rows = [(name, value) for name, value in robust.items() if name not in ("queries", "k")]
+        robust_rows = [(name, value) for name, value in robust.items() if name not in ("queries", "k")]
         lines += ["", f"Robustness: own product in the top {robust['k']} ({robust['queries']} queries)",
-                  table(["query image", "found"], rows)]
+                  table(["query image", "found"], robust_rows)]
     lines += [f"note: {n}" for n in result.get("notes", [])]
     if result.get("chart"):
         lines.append(f"chart: {result['chart']}")

@@ -40,7 +40,7 @@ class TrainConfig:
     device: str = "cpu"
 
     @classmethod
-    def from_settings(cls, settings: Settings, device: str = "cpu") -> "TrainConfig":
+    def from_settings(cls, settings: Settings, device: str = "cpu") -> TrainConfig:
         return cls(head=settings.finetune_head, margin=settings.finetune_margin, epochs=settings.finetune_epochs,
                    patience=settings.finetune_patience, lr=settings.finetune_lr,
                    weight_decay=settings.finetune_weight_decay, categories_per_batch=settings.finetune_batch_categories,
@@ -60,7 +60,7 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def build_head(kind: str, dim: int) -> "torch.nn.Sequential":
+def build_head(kind: str, dim: int) -> torch.nn.Sequential:
     """A head that starts as the identity, so training begins exactly at the zero-shot embeddings.
 
     The MLP's identity uses relu(x) - relu(-x) = x with a hidden layer of width 2 * dim.
@@ -85,7 +85,7 @@ def build_head(kind: str, dim: int) -> "torch.nn.Sequential":
     return torch.nn.Sequential(first, torch.nn.ReLU(), second)
 
 
-def head_layers(module: "torch.nn.Sequential") -> tuple[list[np.ndarray], list[np.ndarray]]:
+def head_layers(module: torch.nn.Sequential) -> tuple[list[np.ndarray], list[np.ndarray]]:
     import torch
 
     linears = [m for m in module if isinstance(m, torch.nn.Linear)]
@@ -93,7 +93,7 @@ def head_layers(module: "torch.nn.Sequential") -> tuple[list[np.ndarray], list[n
             [m.bias.detach().float().cpu().numpy().copy() for m in linears])
 
 
-def batch_hard_triplet_loss(embeddings: "torch.Tensor", labels: "torch.Tensor", margin: float) -> "torch.Tensor":
+def batch_hard_triplet_loss(embeddings: torch.Tensor, labels: torch.Tensor, margin: float) -> torch.Tensor:
     """Mean over anchors of relu(d(hardest positive) - d(hardest negative) + margin), unit-vector
     euclidean distances; anchors without a positive or a negative in the batch are left out."""
     import torch
@@ -125,7 +125,7 @@ def pk_batches(labels: np.ndarray, p: int, k: int, rng: np.random.Generator, cou
     return batches
 
 
-def _mean_loss(model: Any, x: "torch.Tensor", y: "torch.Tensor", batches: list[np.ndarray], margin: float) -> float:
+def _mean_loss(model: Any, x: torch.Tensor, y: torch.Tensor, batches: list[np.ndarray], margin: float) -> float:
     import torch
 
     model.eval()
@@ -134,7 +134,7 @@ def _mean_loss(model: Any, x: "torch.Tensor", y: "torch.Tensor", batches: list[n
     return float(np.mean(losses))
 
 
-def _train_epoch(model: Any, opt: Any, x: "torch.Tensor", y: "torch.Tensor", batches: list[np.ndarray],
+def _train_epoch(model: Any, opt: Any, x: torch.Tensor, y: torch.Tensor, batches: list[np.ndarray],
                  margin: float) -> float:
     model.train()
     losses = []

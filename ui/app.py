@@ -174,6 +174,8 @@ def _search(client: ApiClient, model: str, query: Query, opts: dict) -> dict:
         return client.similar(query.product_model, query.product_id, **opts)
     if query.kind == "text":
         return client.search_text(model, query.text, **opts)
+    if query.image is None:
+        raise ValueError(f"a {query.kind!r} query without an image")
     if model == ALL:
         return client.search_all(query.image, query.filename, **opts)
     return client.search(model, query.image, query.filename, **opts)
@@ -191,7 +193,7 @@ def _cached_search(client: ApiClient, model: str, query: Query, opts: dict) -> d
     return response
 
 
-def _search_failed(client: ApiClient, exc: Exception, model_name: str) -> None:
+def _search_failed(client: ApiClient, exc: ApiError | ApiUnavailable, model_name: str) -> None:
     if isinstance(exc, ApiUnavailable):
         _api_down(client)
     elif exc.not_built:
@@ -210,7 +212,7 @@ def _search_failed(client: ApiClient, exc: Exception, model_name: str) -> None:
 def _grid(client: ApiClient, group: ResultGroup, models: list[dict]) -> None:
     for start in range(0, len(group.hits), PER_ROW):
         columns = st.columns(PER_ROW, gap="small")
-        for column, hit in zip(columns, group.hits[start:start + PER_ROW]):
+        for column, hit in zip(columns, group.hits[start:start + PER_ROW], strict=False):  # last row may be short
             with column:
                 shown = _display_name(models, hit["model"]) if group.show_model else None
                 _html(render.product_card(hit, _img_src(client, hit), show_model=shown))

@@ -137,7 +137,8 @@ def status_line(status: str, total_products: int | None) -> str:
     cls = {"healthy": "ok", "degraded": "warn"}.get(status, "down")
     label = {"healthy": "Online", "degraded": "Degraded", "down": "Offline"}.get(status, status.title())
     count = f" · {total_products:,} products" if total_products is not None else ""
-    return f'<div class="shop-status" data-testid="api-status">Search service: <b class="{cls}">{_e(label)}</b>{_e(count)}</div>'
+    return (f'<div class="shop-status" data-testid="api-status">Search service: '
+            f'<b class="{cls}">{_e(label)}</b>{_e(count)}</div>')
 
 
 def built_at_text(value: object) -> str:

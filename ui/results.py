@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from dataclasses import dataclass, field
 
 
@@ -25,7 +27,7 @@ class ResultGroup:
         return count + (" from every catalogue" if self.merged else "")
 
 
-def _hits(raw: object, model: str) -> list[dict]:
+def _hits(raw: Any, model: str) -> list[dict]:
     hits = [dict(h) for h in raw or [] if isinstance(h, dict)]
     for hit in hits:
         hit.setdefault("model", model)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import IO, Any
 
 
-def write_atomic(path: Path, writer: Callable[[IO[bytes]], None]) -> Path:
+def write_atomic(path: Path, writer: Callable[[IO[bytes]], object]) -> Path:
     """Call ``writer`` on a temp file beside ``path`` and rename it into place when it succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -23,10 +24,8 @@ def write_atomic(path: Path, writer: Callable[[IO[bytes]], None]) -> Path:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
     return path
 

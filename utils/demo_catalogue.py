@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import argparse
 import csv
+import functools
 import json
 import math
 import random
@@ -90,7 +93,7 @@ def _shirt(d, rng, c, *, sleeve: int, collar: str, pattern: str):
         d.arc([135, 55, 185, 95], 0, 180, fill=shade, width=6)
 
 
-_SHIRT_STYLES = {
+_SHIRT_STYLES: dict[str, dict[str, Any]] = {
     "t-shirts": dict(sleeve=45, collar="crew"),
     "polos": dict(sleeve=40, collar="polo"),
     "button-downs": dict(sleeve=85, collar="button"),
@@ -158,7 +161,7 @@ def shirt_items(per_category: int = 7) -> list:
     for cat, style in _SHIRT_STYLES.items():
         for i, (cname, colour) in enumerate(list(_COLOURS.items())[:per_category]):
             pattern = patterns[i % 3]
-            painter = (lambda d, r, c, _s=style, _p=pattern: _shirt(d, r, c, pattern=_p, **_s))
+            painter = functools.partial(_shirt, pattern=pattern, **style)
             label = cat.rstrip("s").replace("-", " ").title()
             items.append((f"{cname} {pattern.title()} {label}", cat, painter, colour))
     return items

@@ -75,7 +75,7 @@ class Fetcher:
         self._sessions: list[requests.Session] = []
         self._hosts: dict[str, threading.BoundedSemaphore] = {}
 
-    def __enter__(self) -> "Fetcher":
+    def __enter__(self) -> Fetcher:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -50,7 +50,8 @@ async def list_models(catalogue: Catalogue = Depends(get_catalogue)) -> ModelsRe
 
 
 @router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus text format")
-async def metrics(catalogue: Catalogue = Depends(get_catalogue), registry: Metrics = Depends(get_metrics)) -> str:
+async def metrics(catalogue: Catalogue = Depends(get_catalogue),
+                  registry: Metrics = Depends(get_metrics)) -> PlainTextResponse:
     models = catalogue.models()
     gauges = {
         "imagesearch_model_products": [({"model": m.name}, m.num_products) for m in models],

@@ -25,7 +25,8 @@ def test_models(client):
     general = {m["name"]: m for m in body["models"]}["general"]
     assert general["searchable"] and general["search_path"] == "/general/search"
     assert general["num_products"] == 66 and general["description"]
-    assert set(general["categories"]) == set(general["category_counts"]) and sum(general["category_counts"].values()) == 66
+    assert set(general["categories"]) == set(general["category_counts"])
+    assert sum(general["category_counts"].values()) == 66
 
 
 def test_metrics_prometheus_text(client):
@@ -33,7 +34,8 @@ def test_metrics_prometheus_text(client):
     text = client.get("/metrics").text
     assert "# TYPE imagesearch_http_requests_total counter" in text
     assert 'imagesearch_http_requests_total{route="/{model}/search",model="shirts",method="POST",status="200"}' in text
-    assert 'imagesearch_http_request_duration_seconds_bucket{route="/{model}/search",model="shirts",method="POST",le="+Inf"}' in text
+    assert ('imagesearch_http_request_duration_seconds_bucket'
+            '{route="/{model}/search",model="shirts",method="POST",le="+Inf"}') in text
     assert 'imagesearch_model_products{model="general"} 66' in text
 
 

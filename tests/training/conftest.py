@@ -32,14 +32,15 @@ def write_model_files(settings, name: str, vectors: np.ndarray, categories: list
     save_npy_atomic(paths.embeddings, vectors.astype(np.float32))
     rows = [{"id": pid, "title": f"product {pid}", "category": cat, "preview_image": None,
              "preview_cache": (previews or {}).get(i), "images": [], "extra": {}}
-            for i, (pid, cat) in enumerate(zip(ids, categories))]
+            for i, (pid, cat) in enumerate(zip(ids, categories, strict=True))]
     write_jsonl_atomic(paths.metadata, rows)
     # the pipeline's own inputs too, so the real index phase can rebuild this model
     products = [{**{k: r[k] for k in ("id", "title", "category", "extra")}, "preview_image": f"img/{r['id']}.jpg",
                  "images": [f"img/{r['id']}.jpg"]} for r in rows]
     write_json_atomic(paths.processed_products, {"model": name, "products": products})
     write_json_atomic(paths.models / "images.json", {"images": {
-        p["preview_image"]: {"status": "ok", "cache": r["preview_cache"]} for p, r in zip(products, rows)}})
+        p["preview_image"]: {"status": "ok", "cache": r["preview_cache"]}
+        for p, r in zip(products, rows, strict=True)}})
     write_json_atomic(paths.manifest, {"num_products": len(ids), "dim": int(vectors.shape[1]), "head": None,
                                        "backbone": settings.clip_model, "index_type": "flat", "metric": "cosine"})
     return spec

@@ -75,7 +75,8 @@ class _Handler(BaseHTTPRequestHandler):
                          "models": {m: {"products": len(p), "name": m, "built_at": "2025-01-01T00:00:00Z"}
                                     for m, p in cat.products.items()}}
         if parts == ["models"]:
-            return 200, {"count": len(cat.products), "models": [{"name": m, "display_name": m.title(), "num_products": len(p),
+            return 200, {"count": len(cat.products), "models": [{"name": m, "display_name": m.title(),
+                                                                 "num_products": len(p),
                           "categories": sorted({r["category"] for r in p}), "searchable": m not in cat.unbuilt,
                           "search_path": f"/{m}/search"} for m, p in cat.products.items()]}
         model = parts[0]
@@ -123,7 +124,7 @@ class FakeApi:
         catalogue.base_url = self.url
         self._thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
 
-    def __enter__(self) -> "FakeApi":
+    def __enter__(self) -> FakeApi:
         self._thread.start()
         return self
 

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from tests.fake_images import jpeg_bytes
-from tests.http_server import Reply, http_server  # noqa: F401 - fixture
+from tests.http_server import Reply
 from utils.http_fetch import FetchError, Fetcher, FetchPolicy, _retry_after, check_url
 
 
