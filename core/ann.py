@@ -27,6 +27,10 @@ from utils.atomic import read_json, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
+# faiss 1.15 ships a partial __init__.pyi that lacks SearchParametersHNSW, DirectMap and the keyword
+# constructors of its search parameters; those few go through an untyped alias.
+_faiss: Any = faiss
+
 INDEX_JSON = "index.json"
 _MIN_POINTS_PER_LIST = 39  # FAISS wants this many training points per IVF centroid
 _PQ_TRAIN_MIN = 256 * _MIN_POINTS_PER_LIST  # 8-bit sub-quantisers: 256 centroids each
@@ -97,7 +101,7 @@ def train_size(kind: IndexType, n: int) -> int:
 
 def _prepare_ivf(index: faiss.Index) -> None:
     """In-place removal needs a vid -> list map; IVF builds it as a hash table."""
-    faiss.extract_index_ivf(index).set_direct_map_type(faiss.DirectMap.Hashtable)
+    faiss.extract_index_ivf(index).set_direct_map_type(_faiss.DirectMap.Hashtable)
 
 
 @dataclass(frozen=True)
@@ -216,12 +220,14 @@ class LiveIndex:
     def _params(self, k: int, widen: int) -> faiss.SearchParameters | None:
         if self.kind == IndexType.HNSW:
             ef = max(k, self.info.params.get("ef_search", 64) * widen)
-            return faiss.SearchParametersHNSW(efSearch=int(ef))
+            params: faiss.SearchParameters = _faiss.SearchParametersHNSW(efSearch=int(ef))
+            return params
         if self.kind == IndexType.IVF:
-            return faiss.SearchParametersIVF(nprobe=int(self._nprobe(widen)))
+            params = _faiss.SearchParametersIVF(nprobe=int(self._nprobe(widen)))
+            return params
         if self.kind == IndexType.IVFPQ:
             params = faiss.SearchParametersPreTransform()
-            params.index_params = faiss.SearchParametersIVF(nprobe=int(self._nprobe(widen)))
+            params.index_params = _faiss.SearchParametersIVF(nprobe=int(self._nprobe(widen)))
             return params
         return None
 

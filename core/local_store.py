@@ -149,8 +149,10 @@ class LocalStore:
 
     def _scores(self, vectors: Embeddings, query: np.ndarray) -> np.ndarray:
         if self.settings.metric == Metric.COSINE:
-            return np.clip(vectors @ query, -1.0, 1.0)
-        return np.clip(1.0 - ((vectors - query) ** 2).sum(axis=1) / 2.0, -1.0, 1.0)
+            scores = vectors @ query
+        else:
+            scores = 1.0 - ((vectors - query) ** 2).sum(axis=1) / 2.0
+        return np.asarray(np.clip(scores, -1.0, 1.0), dtype=np.float32)
 
     def _approximate(self, query: np.ndarray, k: int, flt: Filter | None) -> list[Hit]:
         """The index's candidates, read back from the store (which drops dead and filtered-out vids),

@@ -7,7 +7,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from core.errors import StorageFullError, StoreError
@@ -110,10 +110,8 @@ class Database:
         with self._connections_lock:
             conns, self._connections = self._connections, []
         for conn in conns:
-            try:
+            with suppress(sqlite3.Error):
                 conn.close()
-            except sqlite3.Error:
-                pass
         self._writer = None
         self._local = threading.local()
 

@@ -246,7 +246,8 @@ class ProductTable:
         """SQL condition and parameters for a filter (values are always bound, never spliced)."""
         if flt is None:
             return "", []
-        conds, params = [], []
+        conds: list[str] = []
+        params: list[Any] = []
         if flt.category is not None:
             conds.append("category = ?")
             params.append(flt.category)
@@ -278,7 +279,7 @@ class ProductTable:
         if count > limit:
             return None
         rows = conn.execute(f"SELECT vid, {_VECTOR} FROM products WHERE {where}", params).fetchall()
-        return np.array([r[0] for r in rows], dtype=np.int64), unblob((r[1] for r in rows))
+        return np.array([r[0] for r in rows], dtype=np.int64), unblob(r[1] for r in rows)
 
     def changes_since(self, generation: int, conn: sqlite3.Connection | None = None) -> Changes:
         conn = conn or self.db.reader()

@@ -7,7 +7,7 @@ import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -85,7 +85,7 @@ class PhaseResult:
     phase is not checkpointed as done, so a rerun retries what failed (and reuses what worked)."""
 
     ok: int = 0
-    failed: Counter = field(default_factory=Counter)
+    failed: Counter[str] = field(default_factory=Counter)
     details: dict[str, Any] = field(default_factory=dict)
     complete: bool = True
 
@@ -135,7 +135,7 @@ def write_checkpoint(path: Path, phase: PhaseName, fingerprint: str, result: Pha
     write_json_atomic(path, {
         "phase": phase.value,
         "fingerprint": fingerprint,
-        "completed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "completed_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "seconds": round(seconds, 3),
         "ok": result.ok,
         "failed": dict(result.failed),

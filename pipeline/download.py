@@ -102,8 +102,8 @@ class DownloadPhase:
                     outcome, target = _triage(ref, ctx.paths.data, cache, known.get(ref), key)
                     if target is not None:
                         todo.append(target)
-                    else:
-                        outcomes.append(_logged(outcome))  # type: ignore[arg-type]
+                    elif outcome is not None:
+                        outcomes.append(_logged(outcome))
                 bar.total = (bar.total or 0) + len(refs)
                 bar.update(len(outcomes))
                 outcomes += [_logged(o) for o in _fetch_all(ctx, _interleave_by_host(todo), fetcher, cache, bar)]
@@ -177,7 +177,7 @@ def _classify(ref: str, data_dir: Path) -> _Target:
 
 
 def _fetch_all(ctx: PipelineContext, todo: list[_Target], fetcher: Fetcher, cache: ImageCache,
-               bar: tqdm) -> Iterator[_Outcome]:  # type: ignore[type-arg]
+               bar: tqdm) -> Iterator[_Outcome]:
     """Process ``todo`` on a thread pool, yielding outcomes as they finish."""
     if not todo:
         return

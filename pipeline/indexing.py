@@ -20,7 +20,8 @@ class IndexPhase:
 
     def fingerprint(self, ctx: PipelineContext) -> dict[str, Any]:
         s = ctx.settings
-        return {"store": ctx.store().generation(), "head": head_sha(ctx), "index_type": ctx.spec.index_type_for(s).value,
+        return {"store": ctx.store().generation(), "head": head_sha(ctx),
+                "index_type": ctx.spec.index_type_for(s).value,
                 "metric": s.metric.value, "hnsw": [s.hnsw_m, s.hnsw_ef_search], "nprobe": s.ivf_nprobe,
                 "auto": [s.flat_max_products, s.hnsw_max_products, s.ivfpq_min_products],
                 "tuning": [s.recall_target, s.tune_latency_ms]}

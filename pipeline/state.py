@@ -178,8 +178,9 @@ class BuildState:
         for start in range(0, len(refs), MAX_SQL_VARS):
             chunk = list(refs[start:start + MAX_SQL_VARS])
             for ref, cache, vector in conn.execute(
-                    "SELECT images.ref, images.cache, views.vector FROM images JOIN views ON views.cache = images.cache "
-                    f"AND views.model_key = ? WHERE images.status='ok' AND images.ref IN ({_marks(len(chunk))})",
+                    "SELECT images.ref, images.cache, views.vector FROM images JOIN views "
+                    "ON views.cache = images.cache AND views.model_key = ? "
+                    f"WHERE images.status='ok' AND images.ref IN ({_marks(len(chunk))})",
                     [model_key, *chunk]):
                 out[ref] = (cache, np.frombuffer(vector, dtype=np.float32))
         return out

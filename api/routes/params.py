@@ -35,8 +35,8 @@ class FilterParams:
         self.ranges: dict[str, tuple[float | None, float | None]] = {}
         for spec in range or []:
             column, bounds = _split(spec, 3, "range")
-            lo, hi = bounds.split(":", 1)
-            self.ranges[column] = (_bound(lo, spec), _bound(hi, spec))
+            low, high = bounds.split(":", 1)
+            self.ranges[column] = (_bound(low, spec), _bound(high, spec))
         if price_min is not None or price_max is not None:
             self.ranges["price"] = (price_min, price_max)
         for column, (lo, hi) in self.ranges.items():
