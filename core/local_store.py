@@ -88,16 +88,16 @@ class LocalStore:
     def upsert(self, items: Sequence[ProductVector], *, keep_api: bool = False) -> int:
         with self.db.write() as conn:
             gen = self.table.bump(conn)
-            self.table.upsert(conn, gen, items, keep_api=keep_api)
+            written = self.table.upsert(conn, gen, items, keep_api=keep_api)
         self.refresh()
-        return gen
+        return written
 
     def delete(self, ids: Sequence[str]) -> int:
         with self.db.write() as conn:
             gen = self.table.bump(conn)
-            self.table.delete(conn, gen, ids)
+            removed = self.table.delete(conn, gen, ids)
         self.refresh()
-        return gen
+        return removed
 
     def delete_missing(self, keep: Iterator[str] | None, *, sources: Sequence[Source]) -> int:
         """Delete the products of ``sources`` whose id is not in ``keep`` (None keeps none)."""

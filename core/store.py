@@ -126,11 +126,12 @@ class CatalogueStore(Protocol):
         """Dimension of the indexed vectors, None while the store is empty and has never held one."""
 
     def upsert(self, items: Sequence[ProductVector], *, keep_api: bool = False) -> int:
-        """Insert or replace products by id in one transaction; returns the new generation.
-        With ``keep_api`` a product last written by the API is left as it is."""
+        """Insert or replace products by id in one transaction (the generation moves on); returns how
+        many were written (unchanged ones are skipped). With ``keep_api`` a product last written by the
+        API is left as it is."""
 
     def delete(self, ids: Sequence[str]) -> int:
-        """Remove products by id (absent ids are ignored) in one transaction; returns the generation."""
+        """Remove products by id (absent ids are ignored) in one transaction; returns how many went."""
 
     def delete_missing(self, keep: Iterator[str] | None, *, sources: Sequence[Source]) -> int:
         """Delete products of the given sources whose id is not in ``keep``; returns how many."""

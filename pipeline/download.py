@@ -24,7 +24,7 @@ from core.model_config import ModelPaths
 from core.types import PhaseName
 from pipeline.base import PhaseResult, PipelineContext
 from pipeline.image_cache import ImageCache, cache_key
-from pipeline.state import ImageRecord
+from pipeline.state import BuildState, ImageRecord
 from utils.atomic import write_json_atomic
 from utils.http_fetch import FetchError, Fetcher, FetchPolicy, check_url
 from utils.images import ImageDecodeError
@@ -35,6 +35,7 @@ USER_AGENT = "imagesearch-downloader/1.0 (product image indexing)"
 REPORT_JSON = "download_report.json"
 _CHUNK = 5000  # refs triaged, fetched and recorded together (bounded memory at any catalogue size)
 _EXAMPLES = 3
+_FLUSH_EVERY = 200
 _DEADLINE_FACTOR = 4  # an attempt may take this many read timeouts in total (slow-drip guard)
 _MAX_BACKOFF = 60.0
 
@@ -97,20 +98,42 @@ class DownloadPhase:
         with Fetcher(fetch_policy(ctx.settings)) as fetcher, logging_redirect_tqdm():
             for refs in state.refs(_CHUNK):
                 known = state.images(refs)
-                outcomes, todo = [], []
+                recorder = _Recorder(state, key, tally)
+                todo = []
                 for ref in refs:
                     outcome, target = _triage(ref, ctx.paths.data, cache, known.get(ref), key)
                     if target is not None:
                         todo.append(target)
                     elif outcome is not None:
-                        outcomes.append(_logged(outcome))
+                        recorder.add(_logged(outcome))
                 bar.total = (bar.total or 0) + len(refs)
-                bar.update(len(outcomes))
-                outcomes += [_logged(o) for o in _fetch_all(ctx, _interleave_by_host(todo), fetcher, cache, bar)]
-                state.record([o.record for o in outcomes], key)
-                tally.add(outcomes)
+                bar.update(len(refs) - len(todo))
+                for outcome in _fetch_all(ctx, _interleave_by_host(todo), fetcher, cache, bar):
+                    recorder.add(_logged(outcome))
+                recorder.flush()
         bar.close()
         return _finish(ctx, tally)
+
+
+class _Recorder:
+    """Commits outcomes to the build state every ``_FLUSH_EVERY`` outcomes or second, so a kill
+    loses at most that much finished work (the cached files themselves are already on disk)."""
+
+    def __init__(self, state: BuildState, key: str, tally: _Tally) -> None:
+        self.state, self.key, self.tally = state, key, tally
+        self.pending: list[_Outcome] = []
+        self.since = time.monotonic()
+
+    def add(self, outcome: _Outcome) -> None:
+        self.pending.append(outcome)
+        if len(self.pending) >= _FLUSH_EVERY or time.monotonic() - self.since > 1.0:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.state.record([o.record for o in self.pending], self.key)
+            self.tally.add(self.pending)
+        self.pending, self.since = [], time.monotonic()
 
 
 @dataclass

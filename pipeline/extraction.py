@@ -136,8 +136,7 @@ class _Upserter:
         for chunk in state.staged():
             items = [it for it in (self._item(p, views) for p, views in self._views(state, chunk)) if it is not None]
             if items:
-                self.written += len(items)
-                store.upsert(self._project(items), keep_api=not self.ctx.drop_api_edits)
+                self.written += store.upsert(self._project(items), keep_api=not self.ctx.drop_api_edits)
                 state.mark_usable([it.product.id for it in items])
         sources = [Source.CSV, Source.API] if self.ctx.drop_api_edits else [Source.CSV]
         removed = store.delete_missing(state.usable_ids(), sources=sources)

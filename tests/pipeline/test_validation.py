@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import pytest
 
@@ -22,7 +23,8 @@ def _run(make_settings, csv_bytes: bytes):
     ctx.paths.data.mkdir(parents=True, exist_ok=True)
     ctx.paths.csv.write_bytes(csv_bytes)
     result = ValidationPhase().run(ctx)
-    products = {p["id"]: p for p in read_json(ctx.paths.processed_products)["products"]}
+    products = {p.id: asdict(p) for chunk in ctx.state().staged() for p in chunk}
+    ctx.close()
     report = read_json(ctx.paths.models / "validation_report.json")
     return result, products, report
 
