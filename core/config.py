@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     download_retries: int = Field(3, ge=0, le=10, description="retries on 429/5xx/connection errors")
     download_backoff: float = Field(0.5, ge=0, le=60, description="first retry delay in seconds, doubled each retry")
     max_redirects: int = Field(5, ge=0, le=30, description="redirects followed per image")
+    allow_private_urls: bool = Field(
+        False, description="let server-side fetches reach loopback, private and link-local addresses "
+                           "(local development and tests only)")
+    fetch_allowlist: str = Field(
+        "", max_length=10_000,
+        description="hosts or networks (CIDR) fetches may reach even when private, comma separated")
     max_image_bytes: int = Field(20_000_000, ge=1024, description="largest image file accepted, bytes")
     max_image_pixels: int = Field(40_000_000, ge=1024, description="largest image accepted, width x height")
     cache_image_size: int = Field(384, ge=32, le=4096, description="shorter side of cached images, px")
