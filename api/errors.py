@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.errors import ImageSearchError, UnknownModelError
+from utils.redact import redact_text
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +24,8 @@ async def _typed(request: Request, exc: ImageSearchError) -> JSONResponse:
     more = {"available": exc.available} if isinstance(exc, UnknownModelError) else {}
     if exc.status_code >= 500:
         logger.warning("%s %s -> %d %s", request.method, request.url.path, exc.status_code, exc.message)
-    return JSONResponse(_body(exc.message, type(exc).__name__, **more), status_code=exc.status_code)
+    # a message may quote a client's or the catalogue's URL: never its credentials
+    return JSONResponse(_body(redact_text(exc.message), type(exc).__name__, **more), status_code=exc.status_code)
 
 
 def _describe(err: dict) -> str:
