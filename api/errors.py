@@ -20,12 +20,20 @@ def _body(detail: str, error: str, **more) -> dict:
     return {"detail": detail, "error": error, **more}
 
 
-async def _typed(request: Request, exc: ImageSearchError) -> JSONResponse:
+def error_response(exc: ImageSearchError) -> JSONResponse:
+    """The response for a typed error; also used by the ASGI guards that answer before routing."""
     more = {"available": exc.available} if isinstance(exc, UnknownModelError) else {}
+    retry_after = getattr(exc, "retry_after", None)
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    # a message may quote a client's or the catalogue's URL: never its credentials
+    return JSONResponse(_body(redact_text(exc.message), type(exc).__name__, **more), status_code=exc.status_code,
+                        headers=headers)
+
+
+async def _typed(request: Request, exc: ImageSearchError) -> JSONResponse:
     if exc.status_code >= 500:
         logger.warning("%s %s -> %d %s", request.method, request.url.path, exc.status_code, exc.message)
-    # a message may quote a client's or the catalogue's URL: never its credentials
-    return JSONResponse(_body(redact_text(exc.message), type(exc).__name__, **more), status_code=exc.status_code)
+    return error_response(exc)
 
 
 def _describe(err: dict) -> str:

@@ -82,6 +82,20 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(10_000_000, ge=1024, description="largest upload accepted by the API, bytes")
     api_url: str = Field("http://127.0.0.1:8000", description="where the UI finds the API")
 
+    # API: hostile and slow clients
+    header_timeout: float = Field(10.0, gt=0, le=600,
+                                  description="seconds a connection may take to send a request's headers")
+    body_timeout: float = Field(30.0, gt=0, le=3600, description="seconds a client may take to send a whole body")
+    max_connections: int = Field(512, ge=1, le=100_000,
+                                 description="open connections; beyond it a new one gets 503 + Retry-After")
+    max_inflight_searches: int = Field(32, ge=1, le=10_000,
+                                       description="searches served at once; the excess gets 503 + Retry-After")
+    max_admin_body_bytes: int = Field(1_000_000, ge=1024, description="largest admin JSON body, bytes")
+    admin_failures_per_minute: int = Field(
+        10, ge=1, le=10_000, description="failed X-API-Key attempts per client address per minute before 429")
+    max_aspect_ratio: float = Field(20.0, ge=1, le=1000,
+                                    description="query images more elongated than this get 400")
+
     @property
     def data_dir(self) -> Path:
         return self.root / "data"

@@ -43,7 +43,8 @@ async def _search_image(name: str, request: Request, filters: Filters, catalogue
     embedder = catalogue.embedder(model.backbone)
     upload = await read_query_image(request, settings.max_upload_bytes)
     start = time.perf_counter()
-    vectors = await embed_query_image(upload.data, [embedder], max_pixels=settings.max_image_pixels)
+    vectors = await embed_query_image(upload.data, [embedder], max_pixels=settings.max_image_pixels,
+                                      max_aspect=settings.max_aspect_ratio)
     hits = await search_loaded(model, vectors[model.backbone], filters, base_url(request))
     return SearchResponse(model=name, query_filename=upload.filename, num_results=len(hits),
                           search_time_ms=_elapsed_ms(start), results=hits)
@@ -79,7 +80,8 @@ async def search_all(request: Request, top_k: TopK = 10, min_score: MinScore = N
     embedders = {m.backbone: catalogue.embedder(m.backbone) for m in ready}  # one query pass per backbone
     upload = await read_query_image(request, settings.max_upload_bytes)
     start = time.perf_counter()
-    vectors = await embed_query_image(upload.data, list(embedders.values()), max_pixels=settings.max_image_pixels)
+    vectors = await embed_query_image(upload.data, list(embedders.values()), max_pixels=settings.max_image_pixels,
+                                      max_aspect=settings.max_aspect_ratio)
     filters = Filters(top_k=top_k, min_score=min_score, category=category)
     merged, per_model = await _search_every_model(models, vectors, filters, base_url(request))
     return AllSearchResponse(query_filename=upload.filename, num_results=len(merged), search_time_ms=_elapsed_ms(start),
