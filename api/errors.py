@@ -9,9 +9,10 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from core.errors import ImageSearchError, UnknownModelError
-from utils.redact import redact_text
+from utils.redact import escape_control, redact_text
 
 logger = logging.getLogger(__name__)
 
@@ -48,11 +49,25 @@ async def _validation(request: Request, exc: RequestValidationError) -> JSONResp
     return JSONResponse(jsonable_encoder(_body(detail, "ValidationError", errors=cleaned)), status_code=422)
 
 
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path (Starlette names only the first matching route's)."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return ", ".join(sorted(methods))
+
+
 async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     names = {404: "NotFound", 405: "MethodNotAllowed"}
-    detail = f"no route {request.method} {request.url.path}" if exc.status_code == 404 else str(exc.detail)
+    detail = f"no route {request.method} {escape_control(request.url.path)}" if exc.status_code == 404 \
+        else str(exc.detail)
+    headers = dict(getattr(exc, "headers", None) or {})
+    if exc.status_code == 405:
+        headers["Allow"] = _allowed_methods(request)
     return JSONResponse(_body(detail, names.get(exc.status_code, "HTTPError")), status_code=exc.status_code,
-                        headers=getattr(exc, "headers", None))
+                        headers=headers or None)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -28,6 +28,20 @@ class ErrorResponse(BaseModel):
     error: str = Field(description="error type, for a program")
     available: list[str] | None = Field(None, description="the models that exist (unknown model only)")
     errors: list[ValidationProblem] | None = Field(None, description="each invalid field (422 only)")
+
+
+_STATUS_TEXT = {400: "bad request (undecodable image, bad content type, bad filter)",
+                401: "no X-API-Key header", 403: "wrong X-API-Key, or admin routes disabled",
+                404: "unknown or invalid model, unknown product, or no cached image",
+                408: "the request body did not arrive within the deadline",
+                413: "the body or the image is over its limit", 422: "a parameter or field is invalid",
+                429: "too many failed X-API-Key attempts from this address (see Retry-After)",
+                503: "the model is not ready, or the server is busy (see Retry-After)"}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error statuses, all with the ErrorResponse body."""
+    return {code: {"model": ErrorResponse, "description": _STATUS_TEXT[code]} for code in codes}
 
 
 class SearchHit(BaseModel):
@@ -149,7 +163,8 @@ class ProductUpsert(BaseModel):
 
     id: str = Field(min_length=1, max_length=256, pattern=r"^[^/\\\x00-\x1f]+$")
     title: str = Field(min_length=1, max_length=1000)
-    images: list[str] = Field(min_length=1, max_length=10)
+    images: list[Annotated[str, Field(min_length=1, max_length=2048, pattern=r"\S")]] = Field(
+        min_length=1, max_length=10, description="1-10 references, each with a non-blank character")
     category: str | None = Field(None, max_length=200)
     extra: dict[str, ExtraValue] = Field(default_factory=dict, max_length=50)
 

@@ -15,11 +15,13 @@ from api.deps import base_url, get_catalogue, get_settings
 from api.embedder import embed_query_image
 from api.loaded import LoadedModel
 from api.routes.params import Category, MinScore, TextQuery, TopK
-from api.schemas import AllSearchResponse, ModelResults, SearchHit, SearchResponse
+from api.schemas import AllSearchResponse, ModelResults, SearchHit, SearchResponse, error_responses
 from api.searching import Filters, merge_rankings, nearest, query_vector, to_hits
 from api.uploads import UPLOAD_OPENAPI, read_query_image
 
 router = APIRouter(tags=["search"])
+_IMAGE_ERRORS = error_responses(400, 404, 408, 413, 422, 503)
+_TEXT_ERRORS = error_responses(400, 404, 422, 503)
 
 LEGACY_MODEL = "general"
 
@@ -71,7 +73,7 @@ async def _search_every_model(models: list[LoadedModel], vectors: dict, filters:
     return merge_rankings([r.results for r in per_model.values()], filters.top_k), per_model
 
 
-@router.post("/all/search", response_model=AllSearchResponse, openapi_extra=UPLOAD_OPENAPI,
+@router.post("/all/search", response_model=AllSearchResponse, openapi_extra=UPLOAD_OPENAPI, responses=_IMAGE_ERRORS,
              summary="Search every model with one image; per-model results and one merged ranking")
 async def search_all(request: Request, top_k: TopK = 10, min_score: MinScore = None, category: Category = None,
                      catalogue: Catalogue = Depends(get_catalogue),
@@ -88,7 +90,7 @@ async def search_all(request: Request, top_k: TopK = 10, min_score: MinScore = N
                              results=merged, per_model=per_model)
 
 
-@router.get("/all/search/text", response_model=AllSearchResponse,
+@router.get("/all/search/text", response_model=AllSearchResponse, responses=_TEXT_ERRORS,
             summary="Search every model with a text query; per-model results and one merged ranking")
 async def search_all_text(request: Request, q: TextQuery, top_k: TopK = 10, min_score: MinScore = None,
                           category: Category = None,
@@ -102,7 +104,7 @@ async def search_all_text(request: Request, q: TextQuery, top_k: TopK = 10, min_
                              per_model=per_model)
 
 
-@router.post("/search_products/", response_model=SearchResponse, openapi_extra=UPLOAD_OPENAPI,
+@router.post("/search_products/", response_model=SearchResponse, openapi_extra=UPLOAD_OPENAPI, responses=_IMAGE_ERRORS,
              summary="Legacy route: the same as /general/search")
 async def search_products_legacy(request: Request, top_k: TopK = 10, min_score: MinScore = None,
                                  category: Category = None, catalogue: Catalogue = Depends(get_catalogue),
@@ -111,7 +113,7 @@ async def search_products_legacy(request: Request, top_k: TopK = 10, min_score: 
     return await _search_image(LEGACY_MODEL, request, filters, catalogue, settings)
 
 
-@router.post("/{model}/search", response_model=SearchResponse, openapi_extra=UPLOAD_OPENAPI,
+@router.post("/{model}/search", response_model=SearchResponse, openapi_extra=UPLOAD_OPENAPI, responses=_IMAGE_ERRORS,
              summary="Search one model by image (multipart field 'file' or a raw image/* body)")
 async def search_model(model: str, request: Request, top_k: TopK = 10, min_score: MinScore = None,
                        category: Category = None, catalogue: Catalogue = Depends(get_catalogue),
@@ -120,7 +122,7 @@ async def search_model(model: str, request: Request, top_k: TopK = 10, min_score
     return await _search_image(model, request, filters, catalogue, settings)
 
 
-@router.get("/{model}/search/text", response_model=SearchResponse,
+@router.get("/{model}/search/text", response_model=SearchResponse, responses=_TEXT_ERRORS,
             summary="Search one model's images with a text query (CLIP text tower)")
 async def search_text(model: str, request: Request, q: TextQuery, top_k: TopK = 10, min_score: MinScore = None,
                       category: Category = None, catalogue: Catalogue = Depends(get_catalogue)) -> SearchResponse:
