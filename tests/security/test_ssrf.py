@@ -13,8 +13,8 @@ from utils.address_guard import AddressGuard
 from utils.http_fetch import FetchError, Fetcher, FetchPolicy
 
 
-def _reason(url: str, guard: AddressGuard = AddressGuard()) -> str:
-    with Fetcher(FetchPolicy(timeout=2, retries=0, guard=guard)) as fetcher:
+def _reason(url: str, guard: AddressGuard | None = None) -> str:
+    with Fetcher(FetchPolicy(timeout=2, retries=0, guard=guard or AddressGuard())) as fetcher:
         try:
             fetcher.fetch(url)
         except FetchError as err:
