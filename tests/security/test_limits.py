@@ -102,7 +102,8 @@ def test_slow_headers_are_cut_off(guarded):
 
 def test_dribbled_body_gets_408(guarded):
     sock = raw_connect(guarded.url)
-    sock.sendall(b"POST /general/search HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 5000\r\n\r\n")
+    sock.sendall(b"POST /general/search HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                 b"Content-Length: 5000\r\n\r\n")
     start = time.monotonic()
     sock.settimeout(0.4)
     reply = b""

@@ -45,7 +45,7 @@ def test_bad_rows_cost_only_themselves(make_settings):
         f"G2,Huge,\"{'x' * 1_000_000}\"\n"
         f"G3,Many,\"{refs}\"\n"
         "G4,Bad \xe9\n,b.jpg\n"
-        "G5,Good two,c.jpg\n").encode("utf-8")
+        "G5,Good two,c.jpg\n").encode()
         .replace(b"Bad \xc3\xa9\n", b"Bad \xff\xfe\x1b[2J") + "G6,Caf\u00e9,d.jpg\n".encode())
     spec = ModelRegistry.discover(settings).get("shop")
     ctx = PipelineContext(settings=settings, spec=spec, progress=False)
