@@ -26,7 +26,7 @@ def protocol_class(header_timeout: float, max_connections: int) -> type[H11Proto
     class GuardedH11Protocol(H11Protocol):
         _head_timer: asyncio.TimerHandle | None = None
 
-        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
             if len(self.server_state.connections) > max_connections:
                 transport.write(_BUSY)

@@ -151,7 +151,7 @@ class GuardedAdapter(requests.adapters.HTTPAdapter):
 
     def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
         super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
-        self.poolmanager.pool_classes_by_scheme = _pool_classes(self.guard)  # type: ignore[assignment]
+        self.poolmanager.pool_classes_by_scheme = _pool_classes(self.guard)
 
 
 def refused(exc: BaseException) -> bool:
