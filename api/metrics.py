@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from utils.redact import escape_control
 
 access_logger = logging.getLogger("api.access")
-prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call] - the *_created series would double the page for no use here
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created would double the page
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _PREFIX = "imagesearch_http"
