@@ -14,6 +14,7 @@ from core.types import PhaseName
 from pipeline.base import PhaseResult, PipelineContext, file_digest
 from pipeline.csv_reader import ImageListError, RawRow, decode_csv, parse_image_list, read_rows
 from utils.atomic import write_json_atomic
+from utils.redact import escape_control
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +40,17 @@ class _Report:
     image_rejects: list[dict[str, Any]] = field(default_factory=list)
 
     def reject(self, row: RawRow, reason: str, detail: str = "") -> None:
-        self.rejected.append({"row": row.line, "id": row.fields.get("id", ""), "reason": reason,
-                              "detail": detail})
+        self.rejected.append({"row": row.line, "id": _shown(row.fields.get("id", "")), "reason": reason,
+                              "detail": _shown(detail)})
 
     def warn(self, row: RawRow, message: str) -> None:
-        self.warnings.append({"row": row.line, "id": row.fields.get("id", ""), "message": message})
+        self.warnings.append({"row": row.line, "id": _shown(row.fields.get("id", "")), "message": _shown(message)})
+
+
+def _shown(text: str) -> str:
+    """A CSV value as the report shows it: bounded, control characters and undecodable bytes escaped
+    (a lone surrogate cannot even be written as UTF-8)."""
+    return escape_control(text[:300])
 
 
 def _refs(row: RawRow, report: _Report) -> list[str] | None:
@@ -57,14 +64,17 @@ def _refs(row: RawRow, report: _Report) -> list[str] | None:
     for ref in dict.fromkeys(refs):
         reason = check_ref(ref)
         if reason:
-            report.image_rejects.append({"row": row.line, "id": row.fields.get("id", ""), "ref": ref[:300],
-                                         "reason": reason})
+            report.image_rejects.append({"row": row.line, "id": _shown(row.fields.get("id", "")),
+                                         "ref": _shown(ref), "reason": reason})
         else:
             good.append(ref)
     return good
 
 
 def _product(row: RawRow, report: _Report, max_images: int) -> dict[str, Any] | None:
+    if row.problem:
+        report.reject(row, row.problem, row.problem_detail)
+        return None
     if row.bad_encoding:
         report.reject(row, "non-UTF-8 bytes", f"column {row.bad_encoding}")
         return None

@@ -17,10 +17,10 @@ from api.deps import base_url, get_catalogue, get_settings
 from api.loaded import LoadedModel
 from api.routes.params import Category, MinScore, TopK
 from api.routes.search import search_loaded
-from api.schemas import ProductInfo, SearchResponse
+from api.schemas import ProductInfo, SearchResponse, error_responses
 from api.searching import Filters, image_url
 
-router = APIRouter(tags=["products"])
+router = APIRouter(tags=["products"], responses=error_responses(404, 422, 503))
 
 
 @router.get("/{model}/products/{product_id}", response_model=ProductInfo, summary="One product's metadata")
