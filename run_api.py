@@ -12,9 +12,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     args = parser.parse_args(argv)
 
-    import uvicorn
-
     from api.app import create_app
+    from api.server import serve
     from core.config import load_settings
     from core.errors import ImageSearchError
     from utils.logging_setup import setup_logging
@@ -23,8 +22,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings()
         setup_logging(settings.logs_dir, "api.log")
         app = create_app(settings)
-        # log_config=None: uvicorn's records go to our handlers (logs/api.log); we write the access log
-        uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False)
+        # uvicorn's records go to our handlers (logs/api.log); we write the access log
+        serve(app, settings, args.host, args.port)
     except ImageSearchError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 1

@@ -14,6 +14,7 @@ from core.model_config import ModelRegistry
 
 from api.catalogue import Catalogue
 from api.errors import install_error_handlers
+from api.guards import RequestGuard
 from api.metrics import Metrics, MetricsMiddleware
 from api.routes import admin, products, search, system
 
@@ -43,6 +44,7 @@ def create_app(settings: Settings, *, registry: ModelRegistry | None = None, wat
     app = FastAPI(title="Multi-model image search", description=DESCRIPTION, version="1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.metrics = Metrics()
+    app.add_middleware(RequestGuard, settings=settings)  # inner: metrics (outermost) counts what it refuses
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     install_error_handlers(app)
     for module in (system, search, products, admin):  # search first: /all/search before /{model}/search

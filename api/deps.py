@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import hmac
+from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
 from core.config import Settings
-from core.errors import AuthError
 
 from api.catalogue import Catalogue
+from api.guards import check_admin_key
 from api.metrics import Metrics
 
 
@@ -33,12 +33,8 @@ def base_url(request: Request) -> str:
     return str(request.base_url).rstrip("/")
 
 
-def require_admin(settings: Settings = Depends(get_settings),
-                  x_api_key: str | None = Header(None, description="equal to IMAGESEARCH_API_KEY")) -> None:
-    """Admin routes: 403 while no key is configured, 401 without a key, 403 with a wrong one."""
-    if not settings.api_key:
-        raise AuthError("admin routes are disabled: set IMAGESEARCH_API_KEY on the server to enable them", 403)
-    if not x_api_key:
-        raise AuthError("admin route: send the key in header X-API-Key", 401)
-    if not hmac.compare_digest(x_api_key.encode("utf-8", "surrogateescape"), settings.api_key.encode("utf-8")):
-        raise AuthError("admin route: wrong X-API-Key", 403)
+def require_admin(settings: Annotated[Settings, Depends(get_settings)],
+                  x_api_key: Annotated[str | None, Header(description="equal to IMAGESEARCH_API_KEY")] = None) -> None:
+    """Admin routes: 403 while no key is configured, 401 without a key, 403 with a wrong one. RequestGuard
+    has already checked this before the body was read; kept here so the route stays safe on its own."""
+    check_admin_key(settings, x_api_key)

@@ -11,8 +11,10 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from core.errors import ImageSearchError, UnknownModelError
+from utils.redact import escape_control, redact_text
 
 logger = logging.getLogger(__name__)
 
@@ -21,11 +23,20 @@ def _body(detail: str, error: str, **more: Any) -> dict[str, Any]:
     return {"detail": detail, "error": error, **more}
 
 
-async def _typed(request: Request, exc: ImageSearchError) -> JSONResponse:
+def error_response(exc: ImageSearchError) -> JSONResponse:
+    """The response for a typed error; also used by the ASGI guards that answer before routing."""
     more = {"available": exc.available} if isinstance(exc, UnknownModelError) else {}
+    retry_after = getattr(exc, "retry_after", None)
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    # a message may quote a client's or the catalogue's URL: never its credentials
+    return JSONResponse(_body(redact_text(exc.message), type(exc).__name__, **more), status_code=exc.status_code,
+                        headers=headers)
+
+
+async def _typed(request: Request, exc: ImageSearchError) -> JSONResponse:
     if exc.status_code >= 500:
         logger.warning("%s %s -> %d %s", request.method, request.url.path, exc.status_code, exc.message)
-    return JSONResponse(_body(exc.message, type(exc).__name__, **more), status_code=exc.status_code)
+    return error_response(exc)
 
 
 def _describe(err: dict[str, Any]) -> str:
@@ -40,11 +51,25 @@ async def _validation(request: Request, exc: RequestValidationError) -> JSONResp
     return JSONResponse(jsonable_encoder(_body(detail, "ValidationError", errors=cleaned)), status_code=422)
 
 
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path (Starlette names only the first matching route's)."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return ", ".join(sorted(methods))
+
+
 async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     names = {404: "NotFound", 405: "MethodNotAllowed"}
-    detail = f"no route {request.method} {request.url.path}" if exc.status_code == 404 else str(exc.detail)
+    detail = f"no route {request.method} {escape_control(request.url.path)}" if exc.status_code == 404 \
+        else str(exc.detail)
+    headers = dict(getattr(exc, "headers", None) or {})
+    if exc.status_code == 405:
+        headers["Allow"] = _allowed_methods(request)
     return JSONResponse(_body(detail, names.get(exc.status_code, "HTTPError")), status_code=exc.status_code,
-                        headers=getattr(exc, "headers", None))
+                        headers=headers or None)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

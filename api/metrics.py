@@ -1,95 +1,86 @@
-"""Request counters and latency histograms per route and model, rendered as Prometheus text.
+"""Request counters and latency histograms per route and model (prometheus_client, one registry per app),
+and the ASGI middleware that feeds them and writes one access-log line per request.
 
-Hand-rolled (a few dozen lines) rather than a new dependency. Also the ASGI middleware that
-feeds it and writes one access-log line per request.
-"""
+Every label has a bounded set of values: routes are templates (or "unmatched"), models are the
+catalogue's names (anything else folds into "other"), methods the standard verbs, so no client can
+grow /metrics by sending junk."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from bisect import bisect_left
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from utils.redact import escape_control
+
 access_logger = logging.getLogger("api.access")
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created would double the page
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _PREFIX = "imagesearch_http"
-
-Labels = tuple[str, str, str]  # route, model, method
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _labels(pairs: dict[str, str]) -> str:
-    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in pairs.items()) + "}"
+OTHER = "other"
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class Metrics:
-    """Thread-safe counters; ``render()`` gives the Prometheus text exposition format."""
+    """One registry per app (tests start several apps in one process); ``render()`` gives the text format."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._counts: dict[tuple[Labels, str], int] = defaultdict(int)
-        self._buckets: dict[Labels, list[int]] = {}
-        self._sums: dict[Labels, float] = defaultdict(float)
+        self.registry = CollectorRegistry(auto_describe=True)
+        labels = ("route", "model", "method")
+        self._requests = Counter(f"{_PREFIX}_requests", "HTTP requests by route, model, method and status.",
+                                 (*labels, "status"), registry=self.registry)
+        self._latency = Histogram(f"{_PREFIX}_request_duration_seconds", "Request latency by route and model.",
+                                  labels, buckets=BUCKETS, registry=self.registry)
+        self._gauges: dict[str, Gauge] = {}
 
     def observe(self, route: str, model: str, method: str, status: int, seconds: float) -> None:
-        key = (route, model, method)
-        with self._lock:
-            self._counts[(key, str(status))] += 1
-            buckets = self._buckets.setdefault(key, [0] * (len(BUCKETS) + 1))
-            buckets[bisect_left(BUCKETS, seconds)] += 1
-            self._sums[key] += seconds
+        self._requests.labels(route, model, method, str(status)).inc()
+        self._latency.labels(route, model, method).observe(seconds)
 
     def render(self, gauges: Mapping[str, Sequence[tuple[dict[str, str], float]]] | None = None) -> str:
+        """The registry as Prometheus text, with ``gauges`` (name -> [(labels, value)]) set to these values."""
         with self._lock:
-            counts, buckets, sums = dict(self._counts), {k: list(v) for k, v in self._buckets.items()}, dict(self._sums)
-        out = [f"# HELP {_PREFIX}_requests_total HTTP requests by route, model, method and status.",
-               f"# TYPE {_PREFIX}_requests_total counter"]
-        for (key, status), n in sorted(counts.items()):
-            out.append(f"{_PREFIX}_requests_total{_labels(self._pairs(key, status=status))} {n}")
-        out += [f"# HELP {_PREFIX}_request_duration_seconds Request latency by route and model.",
-                f"# TYPE {_PREFIX}_request_duration_seconds histogram"]
-        for key in sorted(buckets):
-            out += self._histogram(key, buckets[key], sums[key])
-        for name, samples in (gauges or {}).items():
-            out.append(f"# TYPE {name} gauge")
-            out += [f"{name}{_labels(labels)} {value}" for labels, value in samples]
-        return "\n".join(out) + "\n"
+            for name, samples in (gauges or {}).items():
+                gauge = self._gauge(name, tuple(samples[0][0]) if samples else ())
+                if gauge is None:
+                    continue
+                gauge.clear()
+                for labels, value in samples:
+                    gauge.labels(**labels).set(value)
+            return generate_latest(self.registry).decode("utf-8")
 
-    @staticmethod
-    def _pairs(key: Labels, **more: str) -> dict[str, str]:
-        return {"route": key[0], "model": key[1], "method": key[2], **more}
-
-    def _histogram(self, key: Labels, counts: list[int], total: float) -> list[str]:
-        lines, running = [], 0
-        for bound, n in zip((*BUCKETS, float("inf")), counts, strict=True):
-            running += n
-            le = "+Inf" if bound == float("inf") else repr(bound)
-            lines.append(f"{_PREFIX}_request_duration_seconds_bucket{_labels(self._pairs(key, le=le))} {running}")
-        lines.append(f"{_PREFIX}_request_duration_seconds_sum{_labels(self._pairs(key))} {total:.6f}")
-        lines.append(f"{_PREFIX}_request_duration_seconds_count{_labels(self._pairs(key))} {running}")
-        return lines
+    def _gauge(self, name: str, labelnames: tuple[str, ...]) -> Gauge | None:
+        gauge = self._gauges.get(name)
+        if gauge is None and labelnames:
+            gauge = self._gauges[name] = Gauge(name, name.replace("_", " "), labelnames, registry=self.registry)
+        return gauge
 
 
-def _route_labels(scope: Scope, status: int) -> tuple[str, str]:
+def _known_models(scope: Scope) -> set[str]:
+    catalogue = getattr(getattr(scope.get("app"), "state", None), "catalogue", None)
+    return set(catalogue.names()) if catalogue is not None else set()
+
+
+def _route_labels(scope: Scope) -> tuple[str, str, str]:
+    """(route template, model, method), each from a bounded set."""
     route = scope.get("route")
     template = getattr(route, "path", None) or "unmatched"
     model = str(scope.get("path_params", {}).get("model", "")) if route is not None else ""
-    if template == "/all/search":
+    if template.startswith("/all/"):
         model = "all"
     elif template == "/search_products/":
         model = "general"
-    elif status == 404:
-        model = ""  # junk names would grow the label set without bound
-    return template, model
+    elif model and model not in _known_models(scope):
+        model = OTHER  # junk names would grow the label set without bound
+    method = scope["method"] if scope["method"] in _METHODS else OTHER
+    return template, model, method
 
 
 class MetricsMiddleware:
@@ -116,8 +107,9 @@ class MetricsMiddleware:
             await self.app(scope, receive, _send)
         finally:
             seconds = time.perf_counter() - start
-            route, model = _route_labels(scope, status)
-            self.metrics.observe(route, model, scope["method"], status, seconds)
+            route, model, method = _route_labels(scope)
+            self.metrics.observe(route, model, method, status, seconds)
             client = scope.get("client") or ("-", 0)
-            access_logger.info("%s %s %s %d %.1fms", client[0], scope["method"], scope["path"], status,
-                               seconds * 1000)
+            # the path is the client's: escaped here too, whatever formatter the log ends up with
+            access_logger.info("%s %s %s %d %.1fms", client[0], escape_control(scope["method"]),
+                               escape_control(scope["path"]), status, seconds * 1000)

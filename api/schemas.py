@@ -3,16 +3,46 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, field_validator
+
+from utils.redact import redact_optional, redact_text, redact_url
 
 ExtraValue = str | int | float | bool | None
 
 
+def _redacted_extra(extra: dict[str, Any]) -> dict[str, Any]:
+    return {k: redact_text(v) if isinstance(v, str) else v for k, v in extra.items()}
+
+
+class ValidationProblem(BaseModel):
+    loc: list[str | int] = Field(description="where in the request")
+    msg: str
+    type: str
+
+
 class ErrorResponse(BaseModel):
+    """Every error body (4xx and 5xx)."""
+
     detail: str = Field(description="what went wrong, for a person")
     error: str = Field(description="error type, for a program")
+    available: list[str] | None = Field(None, description="the models that exist (unknown model only)")
+    errors: list[ValidationProblem] | None = Field(None, description="each invalid field (422 only)")
+
+
+_STATUS_TEXT = {400: "bad request (undecodable image, bad content type, bad filter)",
+                401: "no X-API-Key header", 403: "wrong X-API-Key, or admin routes disabled",
+                404: "unknown or invalid model, unknown product, or no cached image",
+                408: "the request body did not arrive within the deadline",
+                413: "the body or the image is over its limit", 422: "a parameter or field is invalid",
+                429: "too many failed X-API-Key attempts from this address (see Retry-After)",
+                503: "the model is not ready, or the server is busy (see Retry-After)"}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error statuses, all with the ErrorResponse body."""
+    return {code: {"model": ErrorResponse, "description": _STATUS_TEXT[code]} for code in codes}
 
 
 class SearchHit(BaseModel):
@@ -25,6 +55,17 @@ class SearchHit(BaseModel):
     image_url: str | None = Field(None, description="the cached preview, served by this API")
     model: str | None = Field(None, description="the model this hit comes from (merged rankings)")
     extra: dict[str, Any] = Field(default_factory=dict, description="the product's extra CSV columns")
+
+    # display copies: credentials in a catalogue URL never reach a shopper (the fetch used the original)
+    @field_validator("preview_image", "image_url")
+    @classmethod
+    def _redact_urls(cls, url: str | None) -> str | None:
+        return redact_optional(url)
+
+    @field_validator("extra")
+    @classmethod
+    def _redact_extra(cls, extra: dict[str, Any]) -> dict[str, Any]:
+        return _redacted_extra(extra)
 
 
 class SearchResponse(BaseModel):
@@ -105,13 +146,29 @@ class ProductInfo(BaseModel):
     images: list[str] = Field(default_factory=list)
     extra: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("preview_image", "image_url")
+    @classmethod
+    def _redact_urls(cls, url: str | None) -> str | None:
+        return redact_optional(url)
+
+    @field_validator("images")
+    @classmethod
+    def _redact_images(cls, refs: list[str]) -> list[str]:
+        return [redact_url(r) for r in refs]
+
+    @field_validator("extra")
+    @classmethod
+    def _redact_extra(cls, extra: dict[str, Any]) -> dict[str, Any]:
+        return _redacted_extra(extra)
+
 
 class ProductUpsert(BaseModel):
     """A product to add or update; its images are fetched (http(s) URL or a path inside data/<model>/)."""
 
     id: str = Field(min_length=1, max_length=256, pattern=r"^[^/\\\x00-\x1f]+$")
     title: str = Field(min_length=1, max_length=1000)
-    images: list[str] = Field(min_length=1, max_length=10)
+    images: list[Annotated[str, Field(min_length=1, max_length=2048, pattern=r"\S")]] = Field(
+        min_length=1, max_length=10, description="1-10 references, each with a non-blank character")
     category: str | None = Field(None, max_length=200)
     extra: dict[str, ExtraValue] = Field(default_factory=dict, max_length=50)
 
@@ -144,6 +201,11 @@ class AdminResponse(BaseModel):
     num_products: int
     took_ms: float
     failed_images: dict[str, str] = Field(default_factory=dict, description="image reference -> reason")
+
+    @field_validator("failed_images")
+    @classmethod
+    def _redact_refs(cls, failed: dict[str, str]) -> dict[str, str]:
+        return {redact_url(ref): reason for ref, reason in failed.items()}
 
 
 class ReloadResponse(BaseModel):

@@ -12,7 +12,6 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from core.errors import BadImageError, BadRequestError
 
 _MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around the file
-_DRAIN_FACTOR = 8  # read (and drop) this many times the limit before answering 413, so the client sees it
 
 UPLOAD_OPENAPI = {
     "requestBody": {
@@ -33,9 +32,7 @@ class QueryImage:
 
 
 class _TooLarge(Exception):
-    def __init__(self, more_body: bool) -> None:
-        super().__init__("too large")
-        self.more_body = more_body
+    """Raised the moment the body passes the limit: nothing more is read (the server discards the rest)."""
 
 
 def _too_large(limit: int) -> BadImageError:
@@ -52,23 +49,10 @@ async def _body(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
         chunk, more = message.get("body", b""), message.get("more_body", False)
         seen += len(chunk)
         if seen > limit:
-            raise _TooLarge(more_body=more)
+            raise _TooLarge
         if chunk:
             yield chunk
         if not more:
-            return
-
-
-async def _drain(request: Request, limit: int) -> None:
-    """Swallow the rest of an oversized body (up to a cap): closing a socket with unread data
-    resets it, and the client would lose our 413."""
-    seen = 0
-    while seen <= limit * _DRAIN_FACTOR:
-        message = await request.receive()
-        if message["type"] != "http.request":
-            return
-        seen += len(message.get("body", b""))
-        if not message.get("more_body", False):
             return
 
 
@@ -94,7 +78,7 @@ async def _from_multipart(request: Request, limit: int) -> QueryImage:
     finally:
         await form.close()
     if len(data) > limit:
-        raise _TooLarge(more_body=False)
+        raise _TooLarge
     return QueryImage(data=data, filename=upload.filename)
 
 
@@ -109,14 +93,12 @@ async def read_query_image(request: Request, limit: int) -> QueryImage:
     declared = _declared_length(request)
     try:
         if declared is not None and declared > limit + _MULTIPART_SLACK:
-            raise _TooLarge(more_body=True)
+            raise _TooLarge
         if ctype.startswith("multipart/form-data"):
             return await _from_multipart(request, limit)
         if ctype.startswith(("image/", "application/octet-stream")):
             return await _from_raw(request, limit)
-    except _TooLarge as exc:
-        if exc.more_body:
-            await _drain(request, limit)
+    except _TooLarge:
         raise _too_large(limit) from None
     raise BadRequestError(f"unsupported content type {ctype or 'none'!r}: send multipart/form-data with "
                           "field 'file', or a raw image/* body")

@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     download_retries: int = Field(3, ge=0, le=10, description="retries on 429/5xx/connection errors")
     download_backoff: float = Field(0.5, ge=0, le=60, description="first retry delay in seconds, doubled each retry")
     max_redirects: int = Field(5, ge=0, le=30, description="redirects followed per image")
+    allow_private_urls: bool = Field(
+        False, description="let server-side fetches reach loopback, private and link-local addresses "
+                           "(local development and tests only)")
+    fetch_allowlist: str = Field(
+        "", max_length=10_000,
+        description="hosts or networks (CIDR) fetches may reach even when private, comma separated")
     max_image_bytes: int = Field(20_000_000, ge=1024, description="largest image file accepted, bytes")
     max_image_pixels: int = Field(40_000_000, ge=1024, description="largest image accepted, width x height")
     cache_image_size: int = Field(384, ge=32, le=4096, description="shorter side of cached images, px")
@@ -83,6 +89,20 @@ class Settings(BaseSettings):
     api_key: str | None = Field(None, description="key for admin routes (header X-API-Key); unset disables them")
     max_upload_bytes: int = Field(10_000_000, ge=1024, description="largest upload accepted by the API, bytes")
     api_url: str = Field("http://127.0.0.1:8000", description="where the UI finds the API")
+
+    # API: hostile and slow clients
+    header_timeout: float = Field(10.0, gt=0, le=600,
+                                  description="seconds a connection may take to send a request's headers")
+    body_timeout: float = Field(30.0, gt=0, le=3600, description="seconds a client may take to send a whole body")
+    max_connections: int = Field(512, ge=1, le=100_000,
+                                 description="open connections; beyond it a new one gets 503 + Retry-After")
+    max_inflight_searches: int = Field(32, ge=1, le=10_000,
+                                       description="searches served at once; the excess gets 503 + Retry-After")
+    max_admin_body_bytes: int = Field(1_000_000, ge=1024, description="largest admin JSON body, bytes")
+    admin_failures_per_minute: int = Field(
+        10, ge=1, le=10_000, description="failed X-API-Key attempts per client address per minute before 429")
+    max_aspect_ratio: float = Field(20.0, ge=1, le=1000,
+                                    description="query images more elongated than this get 400")
 
     @property
     def data_dir(self) -> Path:

@@ -157,9 +157,32 @@ class ImageNotAvailableError(ImageSearchError):
 
 
 class OverloadedError(ImageSearchError):
-    """The server's bounded queues are full; the client should retry shortly."""
+    """The server's bounded queues are full; the client should retry shortly (Retry-After)."""
 
     status_code = 503
+    retry_after = 1
+
+
+class RateLimitedError(ImageSearchError):
+    """Too many failed admin-key attempts from one client address; retry after ``retry_after`` seconds."""
+
+    status_code = 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PayloadTooLargeError(ImageSearchError):
+    """A request body over its limit (refused on Content-Length, or as soon as the limit is passed)."""
+
+    status_code = 413
+
+
+class RequestTimeoutError(ImageSearchError):
+    """The client did not send its request body within the deadline."""
+
+    status_code = 408
 
 
 class StoreError(ImageSearchError):

@@ -21,6 +21,7 @@ ALIASES: dict[str, tuple[str, ...]] = {
 }
 _SHOPIFY_COLUMNS = ("handle", "image_src")
 _SURROGATE = re.compile(r"[\udc80-\udcff]")
+MAX_CELL = 64 * 1024  # characters; a longer cell rejects its row (csv's own limit would abort the whole file)
 
 
 @dataclass
@@ -32,6 +33,8 @@ class RawRow:
     extra: dict[str, str] = field(default_factory=dict)
     images: list[str] = field(default_factory=list)
     bad_encoding: str | None = None
+    problem: str | None = None  # why the record itself is unusable: "unparseable row", "cell too large"
+    problem_detail: str = ""
 
 
 def _norm(name: str) -> str:
@@ -70,29 +73,54 @@ def _column_map(header: list[str], model: str) -> dict[str, int]:
     return mapping
 
 
-def _records(text: str) -> Iterator[tuple[int, list[str]]]:
+Record = tuple[int, list[str] | None, str | None, str]  # line, cells (None when unparseable), problem, detail
+
+
+def _records(text: str) -> Iterator[Record]:
+    """Every non-blank record with its first line; an unparseable or oversized one comes with its problem
+    instead, and reading goes on with the next."""
+    # csv's field limit raises mid-file and would end the whole read: lift it, and judge cells ourselves
+    csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
     reader = csv.reader(io.StringIO(text, newline=""), skipinitialspace=False)
     line = 1
-    for record in reader:
+    while True:
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            start, line = line, reader.line_num + 1
+            yield start, None, "unparseable row", str(exc)
+            continue
         start, line = line, reader.line_num + 1
         if record and any(cell.strip() for cell in record):
-            yield start, record
+            longest = max(len(cell) for cell in record)
+            if longest > MAX_CELL:
+                yield start, record, "cell too large", f"{longest} characters; the limit is {MAX_CELL}"
+            else:
+                yield start, record, None, ""
 
 
 def read_rows(text: str, model: str) -> Iterator[RawRow]:
     """Yield one RawRow per non-blank record (seed format) or per product (Shopify export)."""
     records = _records(text)
     try:
-        _, header = next(records)
+        _, header, problem, detail = next(records)
     except StopIteration:
         raise CsvSchemaError(model, "products.csv is empty") from None
+    if header is None or problem:
+        raise CsvSchemaError(model, f"products.csv has an unreadable header: {problem} ({detail})")
     names = [_norm(h) for h in header]
     if all(c in names for c in _SHOPIFY_COLUMNS):
         yield from _shopify_rows(header, records)
         return
     mapping = _column_map(header, model)
     used = set(mapping.values())
-    for line, record in records:
+    for line, record, problem, detail in records:
+        if record is None or problem:
+            pid = record[mapping["id"]][:200] if record and len(record) > mapping["id"] else ""
+            yield RawRow(line=line, fields={"id": pid}, problem=problem, problem_detail=detail)
+            continue
         cells = record + [""] * (len(header) - len(record))
         row = RawRow(line=line, fields={k: cells[i].strip() for k, i in mapping.items()},
                      extra={header[i].strip().lstrip("\ufeff"): cells[i].strip()
@@ -102,19 +130,25 @@ def read_rows(text: str, model: str) -> Iterator[RawRow]:
 
 
 def _bad_encoding(header: list[str], cells: list[str]) -> str | None:
-    for name, cell in zip(header, cells, strict=False):  # a short or long record is reported elsewhere
+    """The first column holding undecodable bytes (cells beyond the header count too)."""
+    for i, cell in enumerate(cells):
         if _SURROGATE.search(cell):
-            return name.strip() or "?"
+            name = header[i].strip() if i < len(header) else f"#{i + 1}"
+            return _SURROGATE.sub("?", name) or "?"
     return None
 
 
-def _shopify_rows(header: list[str], records: Iterator[tuple[int, list[str]]]) -> Iterator[RawRow]:
+def _shopify_rows(header: list[str], records: Iterator[Record]) -> Iterator[RawRow]:
     """Shopify product export: one row per image, grouped by Handle (first row carries the title)."""
     names = [_norm(h) for h in header]
     col = {n: i for i, n in reversed(list(enumerate(names)))}
     groups: dict[str, RawRow] = {}
     positioned: dict[str, list[tuple[int, str]]] = {}  # handle -> (image_position, src)
-    for line, record in records:
+    for line, record, problem, detail in records:
+        if record is None or problem:
+            # its handle is unknown: only this row goes
+            yield RawRow(line=line, fields={}, problem=problem, problem_detail=detail)
+            continue
         cells = record + [""] * (len(header) - len(record))
 
         def get(n: str, cells: list[str] = cells) -> str:
@@ -131,7 +165,8 @@ def _shopify_rows(header: list[str], records: Iterator[tuple[int, list[str]]]) -
                 row.extra[key.removeprefix("variant_")] = get(key)
         position = get("image_position")
         if get("image_src"):
-            positioned.setdefault(handle, []).append((int(position) if position.isdigit() else 10**6, get("image_src")))
+            positioned.setdefault(handle, []).append((int(position) if position.isdigit() else 10**6,
+                                                      get("image_src")))
         row.bad_encoding = row.bad_encoding or _bad_encoding(header, cells)
     for handle, row in groups.items():
         row.images = [src for _, src in sorted(positioned.get(handle, []), key=lambda p: p[0])]

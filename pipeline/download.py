@@ -25,6 +25,7 @@ from core.types import PhaseName
 from pipeline.base import PhaseResult, PipelineContext
 from pipeline.image_cache import ImageCache, cache_key
 from pipeline.state import BuildState, ImageRecord
+from utils.address_guard import AddressGuard
 from utils.atomic import write_json_atomic
 from utils.http_fetch import FetchError, Fetcher, FetchPolicy, check_url
 from utils.images import ImageDecodeError
@@ -287,7 +288,8 @@ def fetch_policy(settings: Settings) -> FetchPolicy:
                        backoff=settings.download_backoff, max_redirects=settings.max_redirects,
                        max_bytes=settings.max_image_bytes, per_host=settings.download_per_host,
                        deadline=_DEADLINE_FACTOR * settings.download_timeout * attempts + backoff,
-                       user_agent=USER_AGENT)
+                       user_agent=USER_AGENT,
+                       guard=AddressGuard.from_text(settings.allow_private_urls, settings.fetch_allowlist))
 
 
 def _finish(ctx: PipelineContext, tally: _Tally) -> PhaseResult:

@@ -15,6 +15,7 @@ from pipeline.base import PhaseResult, PipelineContext, digest, file_digest
 from pipeline.state import StagedProduct
 from pipeline.csv_reader import ImageListError, RawRow, decode_csv, parse_image_list, read_rows
 from utils.atomic import write_json_atomic
+from utils.redact import escape_control
 
 logger = logging.getLogger(__name__)
 
@@ -50,19 +51,27 @@ class _Report:
     def reject(self, row: RawRow, reason: str, detail: str = "") -> None:
         self.rejected_by_reason[reason] += 1
         if len(self.rejected) < REPORT_EXAMPLES:
-            self.rejected.append({"row": row.line, "id": row.fields.get("id", ""), "reason": reason,
-                                  "detail": detail})
+            self.rejected.append({"row": row.line, "id": _shown(row.fields.get("id", "")), "reason": reason,
+                                  "detail": _shown(detail)})
 
     def warn(self, row: RawRow, message: str) -> None:
         self.num_warnings += 1
         if len(self.warnings) < REPORT_EXAMPLES:
-            self.warnings.append({"row": row.line, "id": row.fields.get("id", ""), "message": message})
+            self.warnings.append({"row": row.line, "id": _shown(row.fields.get("id", "")),
+                                  "message": _shown(message)})
 
     def reject_image(self, row: RawRow, ref: str, reason: str) -> None:
         self.image_rejects_by_reason[reason] += 1
         if len(self.image_rejects) < REPORT_EXAMPLES:
-            self.image_rejects.append({"row": row.line, "id": row.fields.get("id", ""), "ref": ref[:300],
+            self.image_rejects.append({"row": row.line, "id": _shown(row.fields.get("id", "")), "ref": _shown(ref),
                                        "reason": reason})
+
+
+def _shown(text: str) -> str:
+    """A CSV value as the report shows it: bounded, control characters and undecodable bytes escaped
+    (a lone surrogate cannot even be written as UTF-8)."""
+    return escape_control(text[:300])
+
 
 
 def _refs(row: RawRow, report: _Report) -> list[str] | None:
@@ -83,6 +92,9 @@ def _refs(row: RawRow, report: _Report) -> list[str] | None:
 
 
 def _product(row: RawRow, report: _Report, max_images: int) -> StagedProduct | None:
+    if row.problem:
+        report.reject(row, row.problem, row.problem_detail)
+        return None
     if row.bad_encoding:
         report.reject(row, "non-UTF-8 bytes", f"column {row.bad_encoding}")
         return None

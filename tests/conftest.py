@@ -9,6 +9,12 @@ import pytest
 
 from core.config import Settings, load_settings
 
+# The suite's image servers live on 127.0.0.1, so its fetches must be let through the address guard.
+# Set for the whole session (module- and session-scoped fixtures build Settings before any function
+# fixture runs); tests/security builds its Settings with allow_private_urls=False explicitly.
+ALLOW_PRIVATE = "IMAGESEARCH_ALLOW_PRIVATE_URLS"
+os.environ[ALLOW_PRIVATE] = "1"
+
 
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch, tmp_path):
@@ -17,6 +23,7 @@ def _isolated_env(monkeypatch, tmp_path):
         if key.startswith("IMAGESEARCH_"):
             monkeypatch.delenv(key)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv(ALLOW_PRIVATE, "1")
     monkeypatch.chdir(tmp_path)
 
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from utils.address_guard import REFUSED_REASON, AddressGuard
 from utils.http_fetch import Fetcher, FetchError, FetchPolicy
 
 MAX_QUERY_BYTES = 10_000_000
 _FETCH_TIMEOUT = 10.0
+_TRUE = {"1", "true", "yes", "on"}
 
 
 class QueryError(Exception):
@@ -59,16 +62,26 @@ def _link_error(err: FetchError) -> QueryError:
         return QueryError("please paste a full image link starting with http:// or https://")
     if err.reason.startswith("http "):
         return QueryError(f"the link answered with HTTP {err.reason.removeprefix('http ')}")
+    if err.reason == REFUSED_REASON:
+        return QueryError("that link points inside a private network; please use a public image link")
     if err.reason == "too large":
         return QueryError(f"the linked file is larger than {MAX_QUERY_BYTES / 1e6:.0f} MB")
     return QueryError(f"could not download the image ({err.reason})")
 
 
+def guard_from_env() -> AddressGuard:
+    """The same address rules as the API's settings (IMAGESEARCH_ALLOW_PRIVATE_URLS, IMAGESEARCH_FETCH_ALLOWLIST):
+    the UI process reads the environment, not the API's Settings."""
+    allow = os.environ.get("IMAGESEARCH_ALLOW_PRIVATE_URLS", "").strip().lower() in _TRUE
+    return AddressGuard.from_text(allow, os.environ.get("IMAGESEARCH_FETCH_ALLOWLIST", ""))
+
+
 def fetch_image(url: str) -> Query:
     """Download an image link on the UI server for an image search, with the pipeline's fetcher
-    (http/https only, bounded redirects, size cap, overall deadline)."""
+    (http/https only, public addresses only, bounded redirects, size cap, overall deadline)."""
     url = url.strip()
-    policy = FetchPolicy(timeout=_FETCH_TIMEOUT, retries=1, max_bytes=MAX_QUERY_BYTES, deadline=3 * _FETCH_TIMEOUT)
+    policy = FetchPolicy(timeout=_FETCH_TIMEOUT, retries=1, max_bytes=MAX_QUERY_BYTES, deadline=3 * _FETCH_TIMEOUT,
+                         guard=guard_from_env())
     try:
         with Fetcher(policy) as fetcher:
             data = fetcher.fetch(url)

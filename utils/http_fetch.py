@@ -1,4 +1,5 @@
-"""Bounded, polite HTTP fetching of image bytes: per-host limits, retries, manual redirects, size caps."""
+"""Bounded, polite HTTP fetching of image bytes: per-host limits, retries, manual redirects, size caps,
+and the address guard (no fetch reaches loopback, private or link-local addresses unless allowed)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 import urllib3.exceptions
+
+from utils.address_guard import REFUSED_REASON, AddressGuard, GuardedAdapter, refused
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +51,7 @@ class FetchPolicy:
     deadline: float = 160.0
     max_retry_after: float = 10.0
     user_agent: str = f"imagesearch/1 (python-requests/{requests.__version__})"
+    guard: AddressGuard = AddressGuard()  # refuses non-public addresses unless told otherwise
 
 
 def check_url(url: str) -> str:
@@ -115,6 +119,8 @@ class Fetcher:
     def _follow(self, url: str, deadline: float) -> bytes:
         for _hop in range(self.policy.max_redirects + 1):
             host = check_url(url)
+            if self.policy.guard.literal_refused(host):
+                raise FetchError(REFUSED_REASON)  # every hop: a redirect to a private literal too
             with self._host_slot(host):
                 location = self._get(url, deadline)
             if isinstance(location, bytes):
@@ -142,6 +148,10 @@ class Fetcher:
         session = getattr(self._local, "session", None)
         if session is None:
             session = requests.Session()
+            session.trust_env = False  # an environment proxy would connect for us, past the guard
+            adapter = GuardedAdapter(self.policy.guard)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
             session.headers["User-Agent"] = self.policy.user_agent
             session.headers["Accept"] = "image/*,*/*;q=0.5"
             self._local.session = session
@@ -197,6 +207,8 @@ def _read_body(resp: requests.Response, max_bytes: int, deadline: float, budget:
 
 def _request_error(exc: requests.RequestException) -> FetchError:
     detail = f"{type(exc).__name__}: {str(exc)[:200]}"
+    if refused(exc):
+        return FetchError(REFUSED_REASON)  # no detail: the same answer whatever listens there
     if isinstance(exc, requests.Timeout):
         return FetchError("timeout", detail, transient=True)
     if isinstance(exc, requests.exceptions.SSLError):

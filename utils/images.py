@@ -21,7 +21,7 @@ class ImageDecodeError(ValueError):
         self.detail = detail
 
 
-def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
+def _open_checked(data: bytes, max_pixels: int, max_aspect: float | None = None) -> Image.Image:
     if not data:
         raise ImageDecodeError("empty file")
     try:
@@ -35,6 +35,9 @@ def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
         raise ImageDecodeError("not an image", "zero size")
     if width * height > max_pixels:
         raise ImageDecodeError("too many pixels", f"{width}x{height} exceeds {max_pixels} pixels")
+    if max_aspect is not None and max(width, height) > max_aspect * min(width, height):
+        # the shorter side is scaled up to the model input: a 20000x1 strip would become gigabytes
+        raise ImageDecodeError("extreme aspect ratio", f"{width}x{height} is more elongated than {max_aspect:g}:1")
     return img
 
 
@@ -60,13 +63,15 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode_image(data: bytes, *, max_pixels: int, shorter_side: int | None = None) -> Image.Image:
+def decode_image(data: bytes, *, max_pixels: int, shorter_side: int | None = None,
+                 max_aspect: float | None = None) -> Image.Image:
     """Decode ``data`` into an RGB image, optionally downscaled so its shorter side is ``shorter_side``.
 
     JPEGs are decoded at a reduced DCT scale when that is enough (PIL ``draft``), so a large
-    photo is never fully decoded just to be shrunk. Raises ImageDecodeError with a reason.
+    photo is never fully decoded just to be shrunk. ``max_aspect`` refuses images more elongated than
+    that ratio before decoding. Raises ImageDecodeError with a reason.
     """
-    img = _open_checked(data, max_pixels)
+    img = _open_checked(data, max_pixels, max_aspect)
     try:
         if getattr(img, "n_frames", 1) > 1:
             img.seek(0)  # animated GIF/WebP/PNG: the first frame stands for the product

@@ -6,7 +6,18 @@ import logging
 import logging.handlers
 from pathlib import Path
 
+from utils.redact import escape_control, redact_text
+
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class SafeFormatter(logging.Formatter):
+    """One record, one line: control characters and undecodable bytes in the message are escaped and URL
+    credentials replaced, whatever a client or a CSV put there (a traceback below it stays multi-line)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        record.message = escape_control(redact_text(record.message))
+        return super().formatMessage(record)
 
 
 def setup_logging(logs_dir: Path, *filenames: str, level: int = logging.INFO,
@@ -30,7 +41,7 @@ def setup_logging(logs_dir: Path, *filenames: str, level: int = logging.INFO,
     console.setLevel(console_level)
     handlers.append(console)
     for handler in handlers:
-        handler.setFormatter(logging.Formatter(_FORMAT))
+        handler.setFormatter(SafeFormatter(_FORMAT))
         handler._imagesearch = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     for noisy in ("urllib3", "PIL", "httpx", "httpcore", "filelock", "huggingface_hub"):

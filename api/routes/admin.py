@@ -10,9 +10,10 @@ from fastapi import APIRouter, Depends
 from api.catalogue import Catalogue
 from api.deps import get_catalogue, require_admin
 from api.editing import delete_product, upsert_product
-from api.schemas import AdminResponse, ProductUpsert, ReloadResponse
+from api.schemas import AdminResponse, ProductUpsert, ReloadResponse, error_responses
 
-router = APIRouter(tags=["admin"], dependencies=[Depends(require_admin)])
+router = APIRouter(tags=["admin"], dependencies=[Depends(require_admin)],
+                   responses=error_responses(400, 401, 403, 404, 408, 413, 422, 429, 503))
 
 
 def _ms(start: float) -> float:

@@ -15,10 +15,10 @@ from api.catalogue import Catalogue
 from api.deps import base_url, get_catalogue, get_settings
 from api.routes.params import FilterParams, MinScore, TopK
 from api.routes.search import search_loaded
-from api.schemas import ProductInfo, SearchResponse
+from api.schemas import ProductInfo, SearchResponse, error_responses
 from api.searching import Filters, check_columns, image_url
 
-router = APIRouter(tags=["products"])
+router = APIRouter(tags=["products"], responses=error_responses(404, 422, 503))
 
 
 @router.get("/{model}/products/{product_id}", response_model=ProductInfo, summary="One product's metadata")

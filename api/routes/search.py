@@ -17,11 +17,13 @@ from api.deps import base_url, get_catalogue, get_settings
 from api.embedder import embed_query_image
 from api.loaded import ServedModel
 from api.routes.params import FilterParams, MinScore, TextQuery, TopK
-from api.schemas import AllSearchResponse, ModelResults, SearchHit, SearchResponse, VectorQuery
+from api.schemas import AllSearchResponse, ModelResults, SearchHit, SearchResponse, VectorQuery, error_responses
 from api.searching import Filters, check_columns, merge_rankings, nearest, query_vector, to_hits
 from api.uploads import UPLOAD_OPENAPI, read_query_image
 
 router = APIRouter(tags=["search"])
+_IMAGE_ERRORS = error_responses(400, 404, 408, 413, 422, 503)
+_TEXT_ERRORS = error_responses(400, 404, 422, 503)
 
 LEGACY_MODEL = "general"
 
@@ -52,7 +54,8 @@ async def _search_image(name: str, request: Request, filters: Filters, catalogue
     embedder = catalogue.embedder(model.backbone)
     upload = await read_query_image(request, settings.max_upload_bytes)
     start = time.perf_counter()
-    vectors = await embed_query_image(upload.data, [embedder], max_pixels=settings.max_image_pixels)
+    vectors = await embed_query_image(upload.data, [embedder], max_pixels=settings.max_image_pixels,
+                                      max_aspect=settings.max_aspect_ratio)
     hits = await search_loaded(model, vectors[model.backbone], filters, base_url(request))
     return SearchResponse(model=name, query_filename=upload.filename, num_results=len(hits),
                           search_time_ms=_elapsed_ms(start), results=hits)
@@ -93,7 +96,7 @@ def _skip_reason(model: ServedModel, vectors: dict[str, np.ndarray], filters: Fi
     return None
 
 
-@router.post("/all/search", response_model=AllSearchResponse, openapi_extra=UPLOAD_OPENAPI,
+@router.post("/all/search", response_model=AllSearchResponse, openapi_extra=UPLOAD_OPENAPI, responses=_IMAGE_ERRORS,
              summary="Search every model with one image; per-model results and one merged ranking")
 async def search_all(request: Request, top_k: TopK = 10, min_score: MinScore = None, flt: FilterParams = Depends(),
                      catalogue: Catalogue = Depends(get_catalogue),
@@ -102,14 +105,15 @@ async def search_all(request: Request, top_k: TopK = 10, min_score: MinScore = N
     embedders = {m.backbone: catalogue.embedder(m.backbone) for m in ready}  # one query pass per backbone
     upload = await read_query_image(request, settings.max_upload_bytes)
     start = time.perf_counter()
-    vectors = await embed_query_image(upload.data, list(embedders.values()), max_pixels=settings.max_image_pixels)
+    vectors = await embed_query_image(upload.data, list(embedders.values()), max_pixels=settings.max_image_pixels,
+                                      max_aspect=settings.max_aspect_ratio)
     filters = _filters(top_k, min_score, flt)
     merged, per_model = await _search_every_model(models, vectors, filters, base_url(request))
     return AllSearchResponse(query_filename=upload.filename, num_results=len(merged), search_time_ms=_elapsed_ms(start),
                              results=merged, per_model=per_model)
 
 
-@router.get("/all/search/text", response_model=AllSearchResponse,
+@router.get("/all/search/text", response_model=AllSearchResponse, responses=_TEXT_ERRORS,
             summary="Search every model with a text query; per-model results and one merged ranking")
 async def search_all_text(request: Request, q: TextQuery, top_k: TopK = 10, min_score: MinScore = None,
                           flt: FilterParams = Depends(),
@@ -123,7 +127,7 @@ async def search_all_text(request: Request, q: TextQuery, top_k: TopK = 10, min_
                              per_model=per_model)
 
 
-@router.post("/search_products/", response_model=SearchResponse, openapi_extra=UPLOAD_OPENAPI,
+@router.post("/search_products/", response_model=SearchResponse, openapi_extra=UPLOAD_OPENAPI, responses=_IMAGE_ERRORS,
              summary="Legacy route: the same as /general/search")
 async def search_products_legacy(request: Request, top_k: TopK = 10, min_score: MinScore = None,
                                  flt: FilterParams = Depends(), catalogue: Catalogue = Depends(get_catalogue),
@@ -132,7 +136,7 @@ async def search_products_legacy(request: Request, top_k: TopK = 10, min_score: 
     return await _search_image(LEGACY_MODEL, request, filters, catalogue, settings)
 
 
-@router.post("/{model}/search", response_model=SearchResponse, openapi_extra=UPLOAD_OPENAPI,
+@router.post("/{model}/search", response_model=SearchResponse, openapi_extra=UPLOAD_OPENAPI, responses=_IMAGE_ERRORS,
              summary="Search one model by image (multipart field 'file' or a raw image/* body)")
 async def search_model(model: str, request: Request, top_k: TopK = 10, min_score: MinScore = None,
                        flt: FilterParams = Depends(), catalogue: Catalogue = Depends(get_catalogue),
@@ -141,7 +145,7 @@ async def search_model(model: str, request: Request, top_k: TopK = 10, min_score
     return await _search_image(model, request, filters, catalogue, settings)
 
 
-@router.get("/{model}/search/text", response_model=SearchResponse,
+@router.get("/{model}/search/text", response_model=SearchResponse, responses=_TEXT_ERRORS,
             summary="Search one model's images with a text query (CLIP text tower)")
 async def search_text(model: str, request: Request, q: TextQuery, top_k: TopK = 10, min_score: MinScore = None,
                       flt: FilterParams = Depends(), catalogue: Catalogue = Depends(get_catalogue)) -> SearchResponse:
@@ -170,7 +174,7 @@ def _clip_dim(model: ServedModel) -> int | None:
     return store.dim if store is not None else None
 
 
-@router.post("/all/search/vector", response_model=AllSearchResponse,
+@router.post("/all/search/vector", response_model=AllSearchResponse, responses=_TEXT_ERRORS,
              summary="Search every model whose CLIP dimension matches with your own query embedding")
 async def search_all_vector(request: Request, body: VectorQuery, top_k: TopK = 10, min_score: MinScore = None,
                             flt: FilterParams = Depends(),
@@ -185,7 +189,7 @@ async def search_all_vector(request: Request, body: VectorQuery, top_k: TopK = 1
                              results=merged, per_model=per_model)
 
 
-@router.post("/{model}/search/vector", response_model=SearchResponse,
+@router.post("/{model}/search/vector", response_model=SearchResponse, responses=_TEXT_ERRORS,
              summary="Search one model with your own CLIP embedding (normalised here; the model's head applied)")
 async def search_vector(model: str, request: Request, body: VectorQuery, top_k: TopK = 10,
                         min_score: MinScore = None, flt: FilterParams = Depends(),

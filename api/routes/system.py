@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from api.catalogue import Catalogue
 from api.deps import get_catalogue, get_metrics
@@ -59,4 +60,4 @@ async def metrics(catalogue: Catalogue = Depends(get_catalogue),
         "imagesearch_encoder_batches": [({"backbone": b}, n) for b, (n, _) in catalogue.batch_stats().items()],
         "imagesearch_encoder_batched_queries": [({"backbone": b}, n) for b, (_, n) in catalogue.batch_stats().items()],
     }
-    return PlainTextResponse(registry.render(gauges), media_type="text/plain; version=0.0.4; charset=utf-8")
+    return PlainTextResponse(registry.render(gauges), media_type=CONTENT_TYPE_LATEST)

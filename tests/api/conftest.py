@@ -47,11 +47,11 @@ def start_server(settings: Settings, *, watch_interval: float = 0.2) -> LiveServ
     import uvicorn
 
     from api.app import create_app
+    from api.server import server_config
 
     app = create_app(settings, watch_interval=watch_interval)
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False,
-                                           lifespan="on"))
+    server = uvicorn.Server(server_config(app, settings, "127.0.0.1", port, lifespan="on"))
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
@@ -83,7 +83,8 @@ def built_root(tmp_path_factory, tiny_clip) -> Path:
 @pytest.fixture(scope="session")
 def live(built_root, tiny_clip) -> Iterator[LiveServer]:
     settings = load_settings(root=built_root, clip_model=str(tiny_clip), device="cpu", api_key=API_KEY,
-                             max_upload_bytes=2_000_000, max_image_pixels=50_000_000)
+                             max_upload_bytes=2_000_000, max_image_pixels=50_000_000,
+                             admin_failures_per_minute=10_000)  # many tests try wrong keys on this one server
     server = start_server(settings)
     yield server
     stop_server(server)

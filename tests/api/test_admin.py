@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from api.deps import get_settings
 from tests.api.conftest import API_KEY, start_server, stop_server
 from tests.http_server import HttpServer, Reply
 
@@ -42,12 +41,12 @@ def test_admin_needs_the_key(client, method, path):
 
 
 def test_admin_disabled_without_a_configured_key(client, live):
-    live.app.dependency_overrides[get_settings] = lambda: live.settings.model_copy(update={"api_key": None})
+    live.app.state.settings = live.settings.model_copy(update={"api_key": None})
     try:
         r = client.post("/general/reload", headers=KEY)
         assert r.status_code == 403 and "IMAGESEARCH_API_KEY" in r.json()["detail"]
     finally:
-        live.app.dependency_overrides.clear()
+        live.app.state.settings = live.settings
     assert client.post("/general/reload", headers=KEY).status_code == 200
 
 

@@ -33,10 +33,10 @@ def test_metrics_prometheus_text(client):
     client.post("/shirts/search", files={"file": ("q.jpg", images.jpeg())})
     text = client.get("/metrics").text
     assert "# TYPE imagesearch_http_requests_total counter" in text
-    assert 'imagesearch_http_requests_total{route="/{model}/search",model="shirts",method="POST",status="200"}' in text
-    assert ('imagesearch_http_request_duration_seconds_bucket'
-            '{route="/{model}/search",model="shirts",method="POST",le="+Inf"}') in text
-    assert 'imagesearch_model_products{model="general"} 66' in text
+    assert 'imagesearch_http_requests_total{method="POST",model="shirts",route="/{model}/search",status="200"}' in text
+    assert ('imagesearch_http_request_duration_seconds_bucket{le="+Inf",method="POST",model="shirts",'
+            'route="/{model}/search"}') in text
+    assert 'imagesearch_model_products{model="general"} 66.0' in text
 
 
 def test_docs_and_openapi(client):

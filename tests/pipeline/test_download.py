@@ -59,7 +59,8 @@ def _manifest(ctx: PipelineContext) -> dict:
     state = ctx.state()
     refs = [r for chunk in state.refs() for r in chunk]
     entries = state.images(refs)
-    return {"images": {ref: {k: v for k, v in entries[ref].items() if v is not None and k not in ("settings", "ref", "transient", "size", "mtime_ns")}
+    hidden = ("settings", "ref", "transient", "size", "mtime_ns")
+    return {"images": {ref: {k: v for k, v in entries[ref].items() if v is not None and k not in hidden}
                        for ref in refs if ref in entries}}
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from tests.fake_images import jpeg_bytes
 from tests.http_server import Reply
+from utils.address_guard import AddressGuard
 from utils.http_fetch import FetchError, Fetcher, FetchPolicy, _retry_after, check_url
 
 
@@ -37,7 +38,7 @@ def test_retry_after_reads_seconds_and_http_dates():
 def test_fetcher_returns_bytes_and_respects_max_redirects(http_server):
     image = jpeg_bytes(seed=1)
     http_server.routes.update({"/a.jpg": Reply(image), "/hop": Reply.redirect("/a.jpg")})
-    with Fetcher(FetchPolicy(timeout=1, retries=0, max_redirects=0)) as fetcher:
+    with Fetcher(FetchPolicy(timeout=1, retries=0, max_redirects=0, guard=AddressGuard(allow_private=True))) as fetcher:
         assert fetcher.fetch(http_server.url("/a.jpg")) == image
         with pytest.raises(FetchError, match="too many redirects"):
             fetcher.fetch(http_server.url("/hop"))
