@@ -243,6 +243,8 @@ class LiveIndex:
                     self.dead += len(removed_keys)
                 else:
                     self._remove(np.ascontiguousarray(removed_keys, dtype=np.int64))
+            if len(added_keys) and self.kind != IndexType.HNSW:
+                self._remove(np.ascontiguousarray(added_keys, dtype=np.int64))  # a replayed add replaces
             if len(added_keys):
                 self.index.add_with_ids(np.ascontiguousarray(added, dtype=np.float32),
                                         np.ascontiguousarray(added_keys, dtype=np.int64))

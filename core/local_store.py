@@ -171,6 +171,7 @@ class LocalStore:
             else:
                 scores, vids = scores[0], vids[0]
             keep = vids >= 0
+            keep[keep] = _first_seen(vids[keep])  # HNSW may hold a replayed vid twice
             rows = self.table.by_vids(vids[keep].tolist(), flt)
             hits = [Hit(rows[int(v)], float(s)) for v, s in zip(vids[keep], scores[keep], strict=True)
                     if int(v) in rows]
@@ -301,3 +302,11 @@ class LocalStore:
 
     def close(self) -> None:
         self.db.close()
+
+
+def _first_seen(vids: np.ndarray) -> np.ndarray:
+    """True at the first occurrence of each vid (order kept)."""
+    _, first = np.unique(vids, return_index=True)
+    mask = np.zeros(len(vids), dtype=bool)
+    mask[first] = True
+    return mask

@@ -2,7 +2,8 @@
 
 Each product row has a ``vid`` (the key its vector has in the derived index). A vector change
 gives the product a new vid and records the old one in ``dead``; ``gen`` on both tables says in
-which store generation that happened, so an index tagged with a generation can replay the rest.
+which store generation that vector was added or removed (a metadata-only edit leaves it alone),
+so an index tagged with a generation can replay exactly the rest.
 """
 
 from __future__ import annotations
@@ -143,9 +144,10 @@ class ProductTable:
         if old_vid is not None:
             same = conn.execute("SELECT clip = ? AND vector IS ? FROM products WHERE vid=?",
                                 (clip, vector, old_vid)).fetchone()[0]
-            if same:  # metadata only: the vector (and so the index entry) stays
+            if same:  # metadata only: the vector, its vid and ``gen`` (when it was indexed) stay
                 conn.execute("UPDATE products SET title=?, category=?, images=?, preview_image=?, preview_cache=?,"
-                             " extra=?, source=?, updated_at=?, gen=?, digest=? WHERE vid=?", (*meta, old_vid))
+                             " extra=?, source=?, updated_at=?, digest=? WHERE vid=?",
+                             (*meta[:8], meta[9], old_vid))
                 return
             conn.execute("DELETE FROM products WHERE vid=?", (old_vid,))
             conn.execute("INSERT OR REPLACE INTO dead VALUES (?, ?, ?)", (old_vid, gen, stamp))
