@@ -80,19 +80,24 @@ def searches(client: httpx.Client, model: str, queries: np.ndarray, sources: np.
     return times, found
 
 
-def edits(client: httpx.Client, model: str, count: int, image: str, prefix: str = "api-edit") -> tuple[list[float],
-                                                                                                   list[float]]:
-    """(upsert seconds, delete seconds): ``count`` new products through the admin route (image fetched from
-    the model's data folder and embedded by the API), then each deleted."""
+def edits(client: httpx.Client, model: str, count: int, image: str, prefix: str = "api-edit"
+          ) -> dict[str, list[float]]:
+    """Seconds per admin upsert (``count`` new products, the image fetched from the model's data folder and
+    embedded by the API) and per delete of each, as the client saw them ("upsert", "delete") and as the
+    server's ``took_ms`` says (fetch + embed + commit, without HTTP: "upsert_server", "delete_server")."""
     headers = {"X-API-Key": API_KEY}
-    ups, dels = [], []
+    out: dict[str, list[float]] = {"upsert": [], "delete": [], "upsert_server": [], "delete_server": []}
     for i in range(count):
         body = {"id": f"{prefix}-{i}", "title": f"edit {i}", "images": [image], "category": category_name(i),
                 "extra": {"price": 9.99}}
-        ups.append(_timed(client.post, f"/{model}/products", json=body, headers=headers)[0])
+        t, r = _timed(client.post, f"/{model}/products", json=body, headers=headers)
+        out["upsert"].append(t)
+        out["upsert_server"].append(r.json()["took_ms"] / 1000)
     for i in range(count):
-        dels.append(_timed(client.delete, f"/{model}/products/{prefix}-{i}", headers=headers)[0])
-    return ups, dels
+        t, r = _timed(client.delete, f"/{model}/products/{prefix}-{i}", headers=headers)
+        out["delete"].append(t)
+        out["delete_server"].append(r.json()["took_ms"] / 1000)
+    return out
 
 
 def recall_at_10(found: list[list[int]], truth: np.ndarray) -> float:

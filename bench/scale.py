@@ -105,7 +105,8 @@ def serve(args: argparse.Namespace, env: dict[str, str], syn: Synthetic) -> dict
     truth = syn.exact_top(queries[: args.recall_queries])
     port = free_port()
     print("api: starting...", flush=True)
-    proc, start_s = start_api(REPO, env, port, MODEL, args.work / "api.log")
+    extra = dict(item.split("=", 1) for item in args.api_env)
+    proc, start_s = start_api(REPO, {**env, **extra}, port, MODEL, args.work / "api.log")
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
             searches(client, MODEL, queries[:20])  # warm-up (index pages, code paths)
@@ -116,19 +117,21 @@ def serve(args: argparse.Namespace, env: dict[str, str], syn: Synthetic) -> dict
             plain, found = searches(client, MODEL, queries)
             filtered, _ = searches(client, MODEL, queries[: args.filtered], sources[: args.filtered])
             print("api: editing...", flush=True)
-            ups, dels = edits(client, MODEL, args.edits, IMAGE)
+            edited = edits(client, MODEL, args.edits, IMAGE)
         after = rss_mb(proc.pid)
     finally:
         proc.terminate()
         proc.wait(60)
     if not stored_ids_ok(found, syn.n):
         raise RuntimeError("the API returned ids that are not synthetic products")
-    s, f, u, d = percentiles(plain), percentiles(filtered), percentiles(ups), percentiles(dels)
+    s, f, u, d = percentiles(plain), percentiles(filtered), percentiles(edited["upsert"]), percentiles(edited["delete"])
     return {"api_start_s": round(start_s, 2), "api_rss_mb": round(rss["VmRSS"], 1),
             "api_rss_end_mb": round(after["VmRSS"], 1), "api_peak_rss_mb": round(after["VmHWM"], 1),
             "search_p50_ms": s["p50_ms"], "search_p99_ms": s["p99_ms"], "filtered_p50_ms": f["p50_ms"],
             "filtered_p99_ms": f["p99_ms"], "upsert_p50_ms": u["p50_ms"], "upsert_p99_ms": u["p99_ms"],
             "delete_p50_ms": d["p50_ms"], "delete_p99_ms": d["p99_ms"],
+            "upsert_server_p50_ms": percentiles(edited["upsert_server"])["p50_ms"],
+            "delete_server_p50_ms": percentiles(edited["delete_server"])["p50_ms"],
             "recall_at_10": round(recall_at_10(found, truth), 4), "recall_queries": len(truth)}
 
 
@@ -161,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--filtered", type=int, default=100, help="category-filtered searches over HTTP")
     parser.add_argument("--edits", type=int, default=50, help="admin upserts (then deletes) over HTTP")
     parser.add_argument("--store-edits", type=int, default=100, help="store-level upserts (then deletes)")
+    parser.add_argument("--api-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra environment for the API process, e.g. OMP_WAIT_POLICY=PASSIVE (repeatable)")
     args = parser.parse_args(argv)
     args.work = args.keep or Path(tempfile.mkdtemp(prefix="imagesearch-scale-"))
     args.work.mkdir(parents=True, exist_ok=True)
