@@ -4,6 +4,7 @@ transaction; the store applies it to its index in place, so it is searchable whe
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,9 +62,11 @@ def _record(product: ProductUpsert, preview_cache: str, clip: np.ndarray, head: 
     return ProductVector(item, clip=clip, vector=vector)
 
 
-def upsert_product(catalogue: Catalogue, model: str, product: ProductUpsert) -> tuple[ServedModel, dict[str, str]]:
+def upsert_product(catalogue: Catalogue, model: str,
+                   product: ProductUpsert) -> tuple[ServedModel, dict[str, str], float]:
     """Add or replace one product: fetch and embed its images (no lock held), then one store transaction.
-    Blocking: call it from a worker thread."""
+    Returns the model, the images that failed and the milliseconds from the store write until the
+    product was searchable. Blocking: call it from a worker thread."""
     settings = catalogue.settings
     current = catalogue.model(model)
     current.require()
@@ -75,19 +78,24 @@ def upsert_product(catalogue: Catalogue, model: str, product: ProductUpsert) -> 
         current = catalogue.model(model)  # the latest snapshot (a reload may have swapped the store)
         store = current.require()
         existed = bool(store.get([product.id]))
+        start = time.perf_counter()
         store.upsert([_record(product, fetched.cached[0], clip, store.head)])
+        commit_ms = (time.perf_counter() - start) * 1000
     logger.info("admin: %s product %s in %s (%d images, %d failed)", "updated" if existed else "added",
                 product.id, model, len(fetched.images), len(fetched.failed))
-    return current, fetched.failed
+    return current, fetched.failed, commit_ms
 
 
-def delete_product(catalogue: Catalogue, model: str, product_id: str) -> ServedModel:
-    """Remove one product. Blocking: run it in a worker thread."""
+def delete_product(catalogue: Catalogue, model: str, product_id: str) -> tuple[ServedModel, float]:
+    """Remove one product; returns the model and the milliseconds the store write took until the product
+    was gone from searches. Blocking: run it in a worker thread."""
     with catalogue.admin_lock(model):
         current = catalogue.model(model)
         current.product(product_id)  # 404 when absent
         if current.num_products <= 1:
             raise BadRequestError(f"cannot delete the last product of {model!r}; rebuild the model instead")
+        start = time.perf_counter()
         current.require().delete([product_id])
+        commit_ms = (time.perf_counter() - start) * 1000
     logger.info("admin: deleted product %s from %s", product_id, model)
-    return current
+    return current, commit_ms

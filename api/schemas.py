@@ -199,7 +199,8 @@ class AdminResponse(BaseModel):
     action: str
     id: str | None = None
     num_products: int
-    took_ms: float
+    took_ms: float = Field(description="the whole edit: fetching and embedding the images, then the store write")
+    commit_ms: float | None = Field(None, description="the store write alone, until the edit is searchable")
     failed_images: dict[str, str] = Field(default_factory=dict, description="image reference -> reason")
 
     @field_validator("failed_images")

@@ -84,19 +84,23 @@ def edits(client: httpx.Client, model: str, count: int, image: str, prefix: str 
           ) -> dict[str, list[float]]:
     """Seconds per admin upsert (``count`` new products, the image fetched from the model's data folder and
     embedded by the API) and per delete of each, as the client saw them ("upsert", "delete") and as the
-    server's ``took_ms`` says (fetch + embed + commit, without HTTP: "upsert_server", "delete_server")."""
+    server's ``took_ms`` says (fetch + embed + commit, without HTTP: "upsert_server", "delete_server") and its
+    ``commit_ms`` (the store write until searchable: "upsert_commit", "delete_commit")."""
     headers = {"X-API-Key": API_KEY}
-    out: dict[str, list[float]] = {"upsert": [], "delete": [], "upsert_server": [], "delete_server": []}
+    out: dict[str, list[float]] = {"upsert": [], "delete": [], "upsert_server": [], "delete_server": [],
+                                   "upsert_commit": [], "delete_commit": []}
     for i in range(count):
         body = {"id": f"{prefix}-{i}", "title": f"edit {i}", "images": [image], "category": category_name(i),
                 "extra": {"price": 9.99}}
         t, r = _timed(client.post, f"/{model}/products", json=body, headers=headers)
         out["upsert"].append(t)
         out["upsert_server"].append(r.json()["took_ms"] / 1000)
+        out["upsert_commit"].append(r.json()["commit_ms"] / 1000)
     for i in range(count):
         t, r = _timed(client.delete, f"/{model}/products/{prefix}-{i}", headers=headers)
         out["delete"].append(t)
         out["delete_server"].append(r.json()["took_ms"] / 1000)
+        out["delete_commit"].append(r.json()["commit_ms"] / 1000)
     return out
 
 

@@ -115,6 +115,10 @@ class LocalStore:
         """Re-derive every indexed vector from its stored CLIP vector through ``head`` (or drop them
         when None: the index then holds CLIP vectors), in one transaction that records the head."""
         sha = head.sha256 if head is not None else None
+        row = self.db.reader().execute("SELECT length(clip) FROM products LIMIT 1").fetchone()
+        if head is not None and row is not None and head.input_dim * 4 != row[0]:
+            raise StoreError(self.name, f"head.safetensors takes {head.input_dim}-dim vectors but the catalogue's "
+                                        f"CLIP vectors have {row[0] // 4}; remove it or fine-tune again")
         with self.db.write() as conn:
             gen = self.table.bump(conn)
             if self.table.head(conn) != sha:
@@ -133,10 +137,24 @@ class LocalStore:
     def search(self, queries: Embeddings, k: int, flt: Filter | None = None) -> list[list[Hit]]:
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         if flt is not None and flt.selective:
-            subset = self.table.matching(flt, self.settings.filter_exact_max)
-            if subset is not None:
-                return [self._exact(q, k, *subset) for q in queries]
+            vids = self.table.matching(flt, self.settings.filter_exact_max)
+            if vids is not None:
+                vectors = self._subset_vectors(vids)
+                return [self._exact(q, k, vids, vectors) for q in queries]
         return [self._approximate(q, k, flt) for q in queries]
+
+    def _subset_vectors(self, vids: np.ndarray) -> Embeddings:
+        """The subset's exact vectors: from the index in memory where it holds them exactly (flat, HNSW,
+        IVF), else - or for a vid it has not caught up on yet - from the store."""
+        live = self._index
+        if live is not None and not live.lossy and len(vids):
+            found = live.reconstruct(vids)
+            if found is not None:
+                return found
+        stored = self.table.vectors_by_vid(vids.tolist())
+        dim = self.dim or 0
+        return np.stack([stored.get(int(v), np.zeros(dim, np.float32)) for v in vids]) if len(vids) else \
+            np.zeros((0, dim), np.float32)
 
     def _exact(self, query: np.ndarray, k: int, vids: np.ndarray, vectors: Embeddings) -> list[Hit]:
         """A selective filter: score every admitted product exactly (the subset is small)."""
@@ -148,10 +166,14 @@ class LocalStore:
         return [Hit(rows[int(v)], float(s)) for v, s in zip(vids[top], scores[top], strict=True) if int(v) in rows]
 
     def _scores(self, vectors: Embeddings, query: np.ndarray) -> np.ndarray:
+        # einsum, not BLAS: a few thousand rows take well under a millisecond on one core, while a
+        # threaded BLAS call spin-waits against torch and FAISS on a busy machine (measured at 1M
+        # products, 0.1% filter: 28 ms p50 over HTTP with matmul, 2.7 ms without)
         if self.settings.metric == Metric.COSINE:
-            scores = vectors @ query
+            scores = np.einsum("ij,j->i", vectors, query)
         else:
-            scores = 1.0 - ((vectors - query) ** 2).sum(axis=1) / 2.0
+            diff = vectors - query
+            scores = 1.0 - np.einsum("ij,ij->i", diff, diff) / 2.0
         return np.asarray(np.clip(scores, -1.0, 1.0), dtype=np.float32)
 
     def _approximate(self, query: np.ndarray, k: int, flt: Filter | None) -> list[Hit]:

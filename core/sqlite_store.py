@@ -236,10 +236,13 @@ class ProductTable:
         return unblob(found[i] for i in ids)
 
     def vectors_by_vid(self, vids: Sequence[int]) -> dict[int, np.ndarray]:
-        marks = ",".join("?" * len(vids))
-        rows = self.db.reader().execute(f"SELECT vid, {_VECTOR} FROM products WHERE vid IN ({marks})",
-                                        [int(v) for v in vids])
-        return {vid: np.frombuffer(b, dtype=np.float32) for vid, b in rows}
+        out: dict[int, np.ndarray] = {}
+        conn = self.db.reader()
+        for chunk in _chunks([int(v) for v in vids]):
+            marks = ",".join("?" * len(chunk))
+            for vid, b in conn.execute(f"SELECT vid, {_VECTOR} FROM products WHERE vid IN ({marks})", list(chunk)):
+                out[vid] = np.frombuffer(b, dtype=np.float32)
+        return out
 
     def columns(self, conn: sqlite3.Connection | None = None) -> dict[str, str]:
         return dict((conn or self.db.reader()).execute("SELECT name, kind FROM columns ORDER BY name").fetchall())
@@ -272,16 +275,13 @@ class ProductTable:
             params.extend(flt.exclude_ids)
         return " AND ".join(conds), params
 
-    def matching(self, flt: Filter, limit: int) -> tuple[np.ndarray, Embeddings] | None:
-        """(vids, vectors) of every product the filter admits, or None when more than ``limit`` do."""
+    def matching(self, flt: Filter, limit: int) -> np.ndarray | None:
+        """vids of every product the filter admits, or None when more than ``limit`` do. Only vids are
+        read: an indexed filter is answered from its covering index, without touching the rows."""
         where, params = self.where(flt)
-        conn = self.db.reader()
-        count = conn.execute(f"SELECT count(*) FROM (SELECT 1 FROM products WHERE {where} LIMIT ?)",
-                             [*params, limit + 1]).fetchone()[0]
-        if count > limit:
-            return None
-        rows = conn.execute(f"SELECT vid, {_VECTOR} FROM products WHERE {where}", params).fetchall()
-        return np.array([r[0] for r in rows], dtype=np.int64), unblob(r[1] for r in rows)
+        rows = self.db.reader().execute(f"SELECT vid FROM products WHERE {where} LIMIT ?", [*params, limit + 1])
+        vids = np.fromiter((r[0] for r in rows), dtype=np.int64)
+        return None if len(vids) > limit else vids
 
     def changes_since(self, generation: int, conn: sqlite3.Connection | None = None) -> Changes:
         conn = conn or self.db.reader()

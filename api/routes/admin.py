@@ -26,18 +26,18 @@ async def add_product(model: str, product: ProductUpsert,
                       catalogue: Catalogue = Depends(get_catalogue)) -> AdminResponse:
     catalogue.model(model).require()
     start = time.perf_counter()
-    fresh, failed = await to_thread.run_sync(upsert_product, catalogue, model, product)
+    fresh, failed, commit_ms = await to_thread.run_sync(upsert_product, catalogue, model, product)
     return AdminResponse(model=model, action="upserted", id=product.id, num_products=fresh.num_products,
-                         took_ms=_ms(start), failed_images=failed)
+                         took_ms=_ms(start), commit_ms=round(commit_ms, 3), failed_images=failed)
 
 
 @router.delete("/{model}/products/{product_id}", response_model=AdminResponse, summary="Delete one product")
 async def remove_product(model: str, product_id: str, catalogue: Catalogue = Depends(get_catalogue)) -> AdminResponse:
     catalogue.model(model).require()
     start = time.perf_counter()
-    fresh = await to_thread.run_sync(delete_product, catalogue, model, product_id)
+    fresh, commit_ms = await to_thread.run_sync(delete_product, catalogue, model, product_id)
     return AdminResponse(model=model, action="deleted", id=product_id, num_products=fresh.num_products,
-                         took_ms=_ms(start))
+                         took_ms=_ms(start), commit_ms=round(commit_ms, 3))
 
 
 @router.post("/{model}/reload", response_model=ReloadResponse,
