@@ -38,6 +38,7 @@ _NPROBE_LADDER = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 51
 _EF_LADDER = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 TOMBSTONE_SHARE = 0.1  # HNSW: rebuild once this share of the graph is dead
 TUNE_MARGIN = 0.03
+PQ_MAX_NLIST = 4096  # IVF-PQ lists: more would make k-means training take hours on a small machine
 
 
 def choose_index_type(num_vectors: int, settings: Settings) -> IndexType:
@@ -84,7 +85,7 @@ def empty_index(kind: IndexType, dim: int, n: int, metric: Metric, settings: Set
         hnsw = faiss.IndexHNSWFlat(dim, settings.hnsw_m, fm)
         hnsw.hnsw.efConstruction = max(40, 2 * settings.hnsw_m)
         return faiss.IndexIDMap2(hnsw)
-    nlist = ivf_nlist(n)
+    nlist = ivf_nlist(n) if kind == IndexType.IVF else min(ivf_nlist(n), PQ_MAX_NLIST)
     if kind == IndexType.IVF:
         return faiss.IndexIVFFlat(flat, dim, nlist, fm)
     m = _pq_m(dim)
@@ -98,7 +99,7 @@ def needs_training(kind: IndexType) -> bool:
 def train_size(kind: IndexType, n: int) -> int:
     if kind == IndexType.IVF:
         return min(n, max(50_000, _MIN_POINTS_PER_LIST * ivf_nlist(n)))
-    return min(n, max(100_000, _PQ_TRAIN_MIN, _MIN_POINTS_PER_LIST * ivf_nlist(n)))
+    return min(n, max(100_000, _PQ_TRAIN_MIN, _MIN_POINTS_PER_LIST * min(ivf_nlist(n), PQ_MAX_NLIST)))
 
 
 def _prepare_ivf(index: faiss.Index) -> None:

@@ -101,9 +101,8 @@ class LocalStore:
 
     def delete_missing(self, keep: Iterator[str] | None, *, sources: Sequence[Source]) -> int:
         """Delete the products of ``sources`` whose id is not in ``keep`` (None keeps none)."""
-        wanted = set(keep) if keep is not None else set()
         with self.db.write() as conn:
-            doomed = [pid for pid in self.table.ids_of_source(conn, sources) if pid not in wanted]
+            doomed = self.table.missing(conn, keep, sources)
             if doomed:
                 gen = self.table.bump(conn)
                 self.table.delete(conn, gen, doomed)

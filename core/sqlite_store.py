@@ -306,7 +306,7 @@ class ProductTable:
 
     def sample_vectors(self, conn: sqlite3.Connection, n: int, seed: int) -> tuple[np.ndarray, Embeddings]:
         """A seeded random sample of up to ``n`` (vid, vector) rows."""
-        vids = np.array([v for (v,) in conn.execute("SELECT vid FROM products")], dtype=np.int64)
+        vids = np.fromiter((v for (v,) in conn.execute("SELECT vid FROM products")), dtype=np.int64)
         if len(vids) > n:
             vids = np.sort(np.random.default_rng(seed).choice(vids, size=n, replace=False))
         out_vids, out_vecs = [], []
@@ -329,10 +329,24 @@ class ProductTable:
     def count(self) -> int:
         return int(self.db.reader().execute("SELECT count(*) FROM products").fetchone()[0])
 
-    def ids_of_source(self, conn: sqlite3.Connection, sources: Sequence[Source]) -> Iterator[str]:
+    @staticmethod
+    def missing(conn: sqlite3.Connection, keep: Iterator[str] | None, sources: Sequence[Source]) -> list[str]:
+        """Ids of ``sources`` not in ``keep``; the set difference runs in SQLite (a temporary table), so no
+        Python object per product is held."""
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS keep_ids(id TEXT PRIMARY KEY)")
+        conn.execute("DELETE FROM keep_ids")
+        batch: list[tuple[str]] = []
+        for pid in keep or ():
+            batch.append((pid,))
+            if len(batch) >= 10_000:
+                conn.executemany("INSERT OR IGNORE INTO keep_ids VALUES (?)", batch)
+                batch = []
+        conn.executemany("INSERT OR IGNORE INTO keep_ids VALUES (?)", batch)
         marks = ",".join("?" * len(sources))
-        for (pid,) in conn.execute(f"SELECT id FROM products WHERE source IN ({marks})", [s.value for s in sources]):
-            yield pid
+        rows = conn.execute(f"SELECT id FROM products WHERE source IN ({marks}) AND id NOT IN "
+                            "(SELECT id FROM keep_ids)", [s.value for s in sources]).fetchall()
+        conn.execute("DELETE FROM keep_ids")
+        return [r[0] for r in rows]
 
 
 def store_path(models_dir: Path) -> Path:
