@@ -26,7 +26,7 @@ div[class*="st-key-grid-"] {gap: .75rem !important;}
 div[class*="st-key-grid-"] > div:has(> div[class*="st-key-card-"]) {flex: 0 0 calc((100% - 5 * .75rem) / 6) !important;
   width: calc((100% - 5 * .75rem) / 6) !important; min-width: 0 !important; gap: .3rem !important;}
 .shop-card {background:#fff; border:1px solid #e6e8ec; border-radius:12px; overflow:hidden;
-  box-shadow:0 1px 3px rgba(16,24,40,.06);}
+  box-shadow:0 1px 3px rgba(16,24,40,.06); margin-bottom:.35rem;}
 .shop-card__img {position:relative; aspect-ratio:1/1; background:#f6f7f9; display:flex;
   align-items:center; justify-content:center;}
 .shop-card__img img {width:100%; height:100%; object-fit:contain;}
@@ -62,7 +62,6 @@ div[class*="st-key-grid-"] > div:has(> div[class*="st-key-card-"]) {flex: 0 0 ca
   div[class*="st-key-grid-"] > div:has(> div[class*="st-key-card-"]) {flex-basis: calc((100% - .5rem) / 2) !important;
     width: calc((100% - .5rem) / 2) !important;}
   [data-testid="stFileUploaderDropzone"] {padding: .5rem;}
-  [data-testid="stFileUploaderDropzoneInstructions"] {display: none;}
 }
 </style>
 """
@@ -87,7 +86,8 @@ def product_card(hit: dict, img_src: str, *, label: str, price: str = "", link: 
         title = f'<a href="{_e(link)}" target="_blank" rel="noopener" data-testid="product-link">{title}</a>'
     return (
         f'<div class="shop-card" data-testid="result-card" data-product-id="{_e(hit.get("id"))}" '
-        f'data-rank="{_e(hit.get("rank"))}" data-model="{_e(hit.get("model") or "")}">'
+        f'data-rank="{_e(hit.get("rank"))}" data-model="{_e(hit.get("model") or "")}" '
+        f'data-category="{_e(hit.get("category") or "")}">'
         f'<div class="shop-card__img"><img src="{_e(img_src)}" alt="{_e(hit.get("title"))}" loading="lazy"/>'
         f'<span class="shop-card__match{" best" if hit.get("rank") == 1 else ""}" data-testid="match-label">'
         f"{_e(label)}</span></div>"
