@@ -118,7 +118,8 @@ class ApiClient:
                category: str | None = None, min_score: float | None = None, offset: int = 0) -> dict:
         """Image search in one model (``POST /<model>/search``); ``offset`` skips earlier pages."""
         return self._json("POST", f"/{quote(model)}/search",
-                          params=_params(top_k=top_k, category=category, min_score=min_score, offset=offset),
+                          params=_params(top_k=top_k, category=category, min_score=min_score,
+                                         offset=offset or None),
                           files={"file": (filename or "query.jpg", image)})
 
     def search_all(self, image: bytes, filename: str = "query.jpg", *, top_k: int = 10,
@@ -132,13 +133,13 @@ class ApiClient:
         """Text-to-image search (``GET /<model>/search/text?q=``); ``model="all"`` searches every model."""
         return self._json("GET", f"/{quote(model)}/search/text",
                           params=_params(q=query, top_k=top_k, category=category, min_score=min_score,
-                                         offset=offset))
+                                         offset=offset or None))
 
     def similar(self, model: str, product_id: str, *, top_k: int = 10, category: str | None = None,
                 min_score: float | None = None, offset: int = 0) -> dict:
         """Products that look like a catalogue product, itself left out (``/<model>/products/<id>/similar``)."""
         return self._json("GET", f"/{quote(model)}/products/{quote(str(product_id), safe='')}/similar",
-                          params=_params(top_k=top_k, category=category, min_score=min_score, offset=offset))
+                          params=_params(top_k=top_k, category=category, min_score=min_score, offset=offset or None))
 
     def product(self, model: str, product_id: str) -> dict:
         return self._json("GET", f"/{quote(model)}/products/{quote(str(product_id), safe='')}")
