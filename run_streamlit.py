@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings()
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        sys.stderr.write(f"error: {exc}\n")
         return 1
     env = dict(os.environ)
     env["IMAGESEARCH_API_URL"] = args.api_url or settings.api_url

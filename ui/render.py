@@ -52,8 +52,8 @@ div[class*="st-key-grid-"] > div:has(> div[class*="st-key-card-"]) {flex: 0 0 ca
 .shop-alert.warning {background:#fff8ec; border-color:#f5dcaa; color:#7a4b00;}
 .shop-alert.info {background:#eef4fd; border-color:#c9dbf6; color:#1f3f73;}
 @media (max-width: 1000px) {
-  div[class*="st-key-grid-"] > div:has(> div[class*="st-key-card-"]) {flex-basis: calc((100% - 2 * .75rem) / 3) !important;
-    width: calc((100% - 2 * .75rem) / 3) !important;}
+  div[class*="st-key-grid-"] > div:has(> div[class*="st-key-card-"]) {
+    flex-basis: calc((100% - 2 * .75rem) / 3) !important; width: calc((100% - 2 * .75rem) / 3) !important;}
 }
 @media (max-width: 640px) {
   .block-container {padding: .5rem .7rem 2rem;}
