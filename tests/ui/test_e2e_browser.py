@@ -316,7 +316,7 @@ def test_product_views_and_link(page, stack):
     pid = cards[card]["productId"]
     page.locator(f".st-key-views-shirts-shirts-{pid} button:visible").first.click()  # the photos icon on the card
     dialog = page.get_by_role("dialog")
-    dialog.get_by_text(f"View 1 of {n}").wait_for()
+    dialog.get_by_text(f"View {n} of {n}").wait_for()  # every view, drawn as it arrives
     assert dialog.locator("img").count() >= n
     link = dialog.get_by_role("link", name="Open product page")
     assert link.get_attribute("href") == f"https://shirts.example/p/{pid}"
