@@ -20,6 +20,7 @@ class Filters:
     min_score: float | None = None
     category: str | None = None
     exclude_id: str | None = None
+    offset: int = 0
 
 
 def query_vector(model: LoadedModel, clip_vector: np.ndarray) -> np.ndarray:
@@ -50,7 +51,8 @@ def nearest(model: LoadedModel, vector: np.ndarray, filters: Filters) -> list[tu
     if n == 0 or (filters.category is not None and filters.category not in model.category_counts):
         return []
     filtered = filters.category is not None or filters.exclude_id is not None
-    k = min(n, filters.top_k * 4 + 16 if filtered else filters.top_k)
+    want = filters.offset + filters.top_k  # a page further down: search that deep, then slice
+    k = min(n, want * 4 + 16 if filtered else want)
     while True:
         scores, positions = bundle.search(vector.reshape(1, -1), k)
         found: list[tuple[int, float]] = []
@@ -60,8 +62,8 @@ def nearest(model: LoadedModel, vector: np.ndarray, filters: Filters) -> list[tu
             if _accept(bundle.metadata[pos], score, filters):
                 found.append((pos, score))
         exhausted = k >= min(n, _MAX_FETCH) or (filters.min_score is not None and scores[0][-1] < filters.min_score)
-        if len(found) >= filters.top_k or exhausted:
-            return found[: filters.top_k]
+        if len(found) >= want or exhausted:
+            return found[filters.offset:want]
         k = min(n, k * 4, _MAX_FETCH)
 
 

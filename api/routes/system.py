@@ -26,6 +26,7 @@ def _info(m: LoadedModel) -> ModelInfo:
                      categories=categories, category_counts=dict(m.category_counts), num_products=m.num_products,
                      searchable=m.searchable, search_path=f"/{m.name}/search",
                      text_search_path=f"/{m.name}/search/text", backbone=m.backbone, has_head=m.head is not None,
+                     currency=m.spec.currency, url_template=m.spec.url_template,
                      index_type=m.manifest.get("index_type"), built_at=m.manifest.get("built_at"), error=m.error)
 
 
