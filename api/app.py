@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from anyio import to_thread
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from core.config import Settings
 from core.model_config import ModelRegistry
@@ -41,7 +42,8 @@ def create_app(settings: Settings, *, registry: ModelRegistry | None = None, wat
 
     if registry is None:
         ModelRegistry.discover(settings)  # a bad model.json fails here, before the server starts
-    app = FastAPI(title="Multi-model image search", description=DESCRIPTION, version="1.0", lifespan=lifespan)
+    # /docs and /redoc serve Swagger UI and ReDoc from the installed package, not a CDN: they work offline
+    app = FastAPIOffline(title="Multi-model image search", description=DESCRIPTION, version="1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.add_middleware(RequestGuard, settings=settings)  # inner: metrics (outermost) counts what it refuses

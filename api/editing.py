@@ -3,6 +3,8 @@ transaction; the store applies it to its index in place, so it is searchable whe
 
 from __future__ import annotations
 
+import errno
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -13,11 +15,12 @@ from PIL import Image
 
 from core.config import Settings
 from core.encoder import l2_normalize
-from core.errors import BadImageError, BadRequestError
+from core.errors import BadImageError, BadRequestError, StorageFullError
 from core.head import ProjectionHead
 from core.store import Product, ProductVector, Source
 from pipeline.download import fetch_policy, read_ref
-from pipeline.image_cache import ImageCache
+from pipeline.image_cache import ImageCache, cache_key
+from pipeline.state import BuildState, ImageRecord
 from utils.http_fetch import FetchError, Fetcher
 from utils.images import ImageDecodeError
 
@@ -33,11 +36,12 @@ class _Fetched:
     images: list[Image.Image]
     cached: list[str]  # names in the image cache, one per image
     failed: dict[str, str]
+    records: list[ImageRecord]  # the build state's row per fetched ref (so the product's views are served)
 
 
 def _fetch_images(refs: list[str], settings: Settings, data_dir: Path, cache: ImageCache) -> _Fetched:
     """Fetch and cache each view as the download phase does; keep the cache names of those that worked."""
-    got = _Fetched(images=[], cached=[], failed={})
+    got = _Fetched(images=[], cached=[], failed={}, records=[])
     with Fetcher(fetch_policy(settings)) as fetcher:
         for ref in refs:
             try:
@@ -45,6 +49,12 @@ def _fetch_images(refs: list[str], settings: Settings, data_dir: Path, cache: Im
             except (FetchError, ImageDecodeError) as exc:
                 got.failed[ref] = exc.reason
                 continue
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    raise StorageFullError(data_dir.name, f"the disk holding {cache.root} is full") from None
+                raise
+            got.records.append(ImageRecord(ref=ref, status="ok", cache=entry["cache"], width=entry["width"],
+                                           height=entry["height"], bytes=entry["bytes"]))
             with Image.open(cache.root / entry["cache"]) as img:  # embed the cached copy, like extraction
                 got.images.append(img.convert("RGB"))
             got.cached.append(entry["cache"])
@@ -81,6 +91,7 @@ def upsert_product(catalogue: Catalogue, model: str,
         start = time.perf_counter()
         store.upsert([_record(product, fetched.cached[0], clip, store.head)])
         commit_ms = (time.perf_counter() - start) * 1000
+        BuildState(store.db).record(fetched.records, json.dumps(cache_key(settings), sort_keys=True))
     logger.info("admin: %s product %s in %s (%d images, %d failed)", "updated" if existed else "added",
                 product.id, model, len(fetched.images), len(fetched.failed))
     return current, fetched.failed, commit_ms

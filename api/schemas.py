@@ -123,6 +123,8 @@ class ModelInfo(BaseModel):
     text_search_path: str
     backbone: str
     has_head: bool
+    currency: str = Field("", description="ISO code of the catalogue's prices, from model.json (blank: unknown)")
+    url_template: str = Field("", description="product page link with {id}, from model.json (blank: none)")
     index_type: str | None = None
     built_at: str | None = None
     error: str | None = None
@@ -144,6 +146,8 @@ class ProductInfo(BaseModel):
     preview_image: str | None = None
     image_url: str | None = None
     images: list[str] = Field(default_factory=list)
+    view_urls: list[str | None] = Field(default_factory=list,
+                                        description="per image: its cached copy served by this API, or null")
     extra: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("preview_image", "image_url")

@@ -23,6 +23,7 @@ class Filters:
     exclude_id: str | None = None
     equals: dict[str, str] = field(default_factory=dict)
     ranges: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    offset: int = 0  # a later page: this many best hits are skipped
 
     def for_store(self) -> Filter:
         return Filter(category=self.category, equals=self.equals, ranges=self.ranges,
@@ -62,13 +63,14 @@ def _one_faiss_thread() -> None:
 
 
 def nearest(model: ServedModel, vector: np.ndarray, filters: Filters) -> list[Hit]:
-    """Hits, best first, after filters. ``vector`` is already in index space."""
+    """Hits, best first, after filters: the page from ``offset``. ``vector`` is already in index space."""
     store = model.require()
     _one_faiss_thread()
-    found = store.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), filters.top_k, filters.for_store())[0]
+    want = filters.offset + filters.top_k  # a page further down: search that deep, then slice
+    found = store.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), want, filters.for_store())[0]
     if filters.min_score is not None:
         found = [h for h in found if h.score >= filters.min_score]
-    return found
+    return found[filters.offset:want]
 
 
 def image_url(base_url: str, model: str, product: Product) -> str | None:
@@ -79,9 +81,10 @@ def image_url(base_url: str, model: str, product: Product) -> str | None:
     return preview if preview.startswith(("http://", "https://")) else None
 
 
-def to_hits(model: ServedModel, found: list[Hit], base_url: str, *, tag_model: bool = False) -> list[SearchHit]:
+def to_hits(model: ServedModel, found: list[Hit], base_url: str, *, tag_model: bool = False,
+            first_rank: int = 1) -> list[SearchHit]:
     hits = []
-    for rank, hit in enumerate(found, start=1):
+    for rank, hit in enumerate(found, start=first_rank):
         p = hit.product
         hits.append(SearchHit(rank=rank, id=p.id, title=p.title, category=p.category or None,
                               score=round(float(hit.score), 6), preview_image=p.preview_image or None,

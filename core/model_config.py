@@ -84,6 +84,8 @@ class ModelSpec:
     categories: tuple[str, ...] = ()
     backbone: str | None = None
     index_type: IndexType | None = None
+    currency: str = ""
+    url_template: str = ""
     builtin: bool = False
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -105,7 +107,8 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
               description="Shirts and tops; may use a fashion-tuned CLIP backbone via model.json."),
 )
 
-_MODEL_JSON_KEYS = {"display_name", "description", "categories", "backbone", "index_type"}
+_MODEL_JSON_KEYS = {"display_name", "description", "categories", "backbone", "index_type", "currency",
+                    "url_template"}
 
 
 def _read_model_json(path: Path, base: ModelSpec) -> ModelSpec:
@@ -119,11 +122,13 @@ def _read_model_json(path: Path, base: ModelSpec) -> ModelSpec:
     if unknown:
         raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; allowed: {sorted(_MODEL_JSON_KEYS)}")
     updates: dict[str, Any] = {}
-    for key in ("display_name", "description", "backbone"):
+    for key in ("display_name", "description", "backbone", "currency", "url_template"):
         if key in raw:
             if not isinstance(raw[key], str):
                 raise ConfigError(f"{path}: {key!r} must be a string")
             updates[key] = raw[key]
+    if "{id}" not in updates.get("url_template", "{id}"):
+        raise ConfigError(f"{path}: 'url_template' must contain {{id}}, e.g. https://shop.example/p/{{id}}")
     if "categories" in raw:
         cats = raw["categories"]
         if not isinstance(cats, list) or not all(isinstance(c, str) for c in cats):

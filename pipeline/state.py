@@ -201,3 +201,16 @@ class BuildState:
     @staticmethod
     def set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
         conn.execute("INSERT OR REPLACE INTO state_meta VALUES (?, ?)", (key, value))
+
+
+def cached_refs(db: Database, refs: Sequence[str]) -> dict[str, str]:
+    """ref -> cache file for the refs that downloaded fine; a read only (no schema set-up), so the API can
+    call it per request. Empty where the pipeline never ran."""
+    if not refs:
+        return {}
+    try:
+        rows = db.reader().execute(f"SELECT ref, cache FROM images WHERE status='ok' AND ref IN ({_marks(len(refs))})",
+                                   list(refs)).fetchall()
+    except sqlite3.OperationalError:  # no images table yet
+        return {}
+    return {ref: cache for ref, cache in rows if cache}

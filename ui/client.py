@@ -10,6 +10,8 @@ import requests
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 API_URL_ENV = "IMAGESEARCH_API_URL"
+UPLOAD_LIMIT_ENV = "IMAGESEARCH_MAX_UPLOAD_BYTES"
+DEFAULT_UPLOAD_LIMIT = 10_000_000
 
 
 class ApiUnavailable(Exception):
@@ -42,6 +44,13 @@ class ApiError(Exception):
 def api_url_from_env() -> str:
     """The API address from IMAGESEARCH_API_URL, else the local default."""
     return (os.environ.get(API_URL_ENV) or DEFAULT_API_URL).rstrip("/")
+
+
+def upload_limit_from_env() -> int:
+    """The API's upload limit in bytes (IMAGESEARCH_MAX_UPLOAD_BYTES, as the API reads it), so the shop
+    states and enforces the same figure."""
+    raw = os.environ.get(UPLOAD_LIMIT_ENV, "").strip().replace("_", "")
+    return int(raw) if raw.isdigit() and int(raw) > 0 else DEFAULT_UPLOAD_LIMIT
 
 
 def _error_message(response: requests.Response) -> str:
@@ -106,28 +115,31 @@ class ApiClient:
         return body.get("models", []) if isinstance(body, dict) else list(body)
 
     def search(self, model: str, image: bytes, filename: str = "query.jpg", *, top_k: int = 10,
-               category: str | None = None, min_score: float | None = None) -> dict:
-        """Image search in one model (``POST /<model>/search``)."""
+               category: str | None = None, min_score: float | None = None, offset: int = 0) -> dict:
+        """Image search in one model (``POST /<model>/search``); ``offset`` skips earlier pages."""
         return self._json("POST", f"/{quote(model)}/search",
-                          params=_params(top_k=top_k, category=category, min_score=min_score),
+                          params=_params(top_k=top_k, category=category, min_score=min_score,
+                                         offset=offset or None),
                           files={"file": (filename or "query.jpg", image)})
 
     def search_all(self, image: bytes, filename: str = "query.jpg", *, top_k: int = 10,
-                   category: str | None = None, min_score: float | None = None) -> dict:
+                   category: str | None = None, min_score: float | None = None, offset: int = 0) -> dict:
         """Image search in every built model plus a merged ranking (``POST /all/search``)."""
-        return self.search("all", image, filename, top_k=top_k, category=category, min_score=min_score)
+        return self.search("all", image, filename, top_k=top_k, category=category, min_score=min_score,
+                           offset=offset)
 
     def search_text(self, model: str, query: str, *, top_k: int = 10, category: str | None = None,
-                    min_score: float | None = None) -> dict:
+                    min_score: float | None = None, offset: int = 0) -> dict:
         """Text-to-image search (``GET /<model>/search/text?q=``); ``model="all"`` searches every model."""
         return self._json("GET", f"/{quote(model)}/search/text",
-                          params=_params(q=query, top_k=top_k, category=category, min_score=min_score))
+                          params=_params(q=query, top_k=top_k, category=category, min_score=min_score,
+                                         offset=offset or None))
 
     def similar(self, model: str, product_id: str, *, top_k: int = 10, category: str | None = None,
-                min_score: float | None = None) -> dict:
+                min_score: float | None = None, offset: int = 0) -> dict:
         """Products that look like a catalogue product, itself left out (``/<model>/products/<id>/similar``)."""
         return self._json("GET", f"/{quote(model)}/products/{quote(str(product_id), safe='')}/similar",
-                          params=_params(top_k=top_k, category=category, min_score=min_score))
+                          params=_params(top_k=top_k, category=category, min_score=min_score, offset=offset or None))
 
     def product(self, model: str, product_id: str) -> dict:
         return self._json("GET", f"/{quote(model)}/products/{quote(str(product_id), safe='')}")

@@ -1,59 +1,55 @@
-"""Turns a search response (one model or all models) into ordered groups of hits for display."""
+"""Turns the pages of a search (one model or all models) into what the shop shows: one ranking, and for
+all models each catalogue's own results, with "load more" while a page came back full."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
-class ResultGroup:
-    """Hits to show under one header; ``merged`` marks the all-models ranking shown on top."""
+class Results:
+    """``ranking``: the merged ranking (or the one model's hits); ``per_model``: each catalogue's own
+    hits, for all-models searches only, catalogues that could not be searched left out."""
 
-    key: str
-    model: str
-    hits: list[dict] = field(default_factory=list)
-    merged: bool = False
-    show_model: bool = False
-    error: str = ""
-    search_time_ms: float | None = None
+    ranking: list[dict[str, Any]] = field(default_factory=list)
+    per_model: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    has_more: bool = False
 
     @property
-    def subtitle(self) -> str:
-        if self.error:
-            return "unavailable"
-        count = f"{len(self.hits)} product{'s' if len(self.hits) != 1 else ''}"
-        return count + (" from every catalogue" if self.merged else "")
+    def top_score(self) -> float | None:
+        score = self.ranking[0].get("score") if self.ranking else None
+        return float(score) if isinstance(score, int | float) else None
 
 
-def _hits(raw: Any, model: str) -> list[dict]:
-    hits = [dict(h) for h in raw or [] if isinstance(h, dict)]
+def _hits(raw: object, model: str) -> list[dict[str, Any]]:
+    hits = [dict(h) for h in raw or [] if isinstance(h, dict)] if isinstance(raw, list) else []
     for hit in hits:
-        hit.setdefault("model", model)
-        if not hit.get("model"):
-            hit["model"] = model
+        hit["model"] = hit.get("model") or model
     return hits
 
 
-def _per_model(response: dict) -> dict[str, dict]:
+def _per_model(response: dict[str, Any]) -> dict[str, dict[str, Any]]:
     per = response.get("per_model")
     if isinstance(per, list):
         return {str(g.get("model")): g for g in per if isinstance(g, dict)}
-    return dict(per) if isinstance(per, dict) else {}
+    return {str(k): v for k, v in per.items() if isinstance(v, dict)} if isinstance(per, dict) else {}
 
 
-def groups_from_response(response: dict, *, query_model: str) -> list[ResultGroup]:
-    """One group for a single-model answer; for all models the merged ranking first, then each model."""
-    per_model = _per_model(response)
-    if not per_model:
-        model = str(response.get("model") or query_model)
-        return [ResultGroup(key=model, model=model, hits=_hits(response.get("results"), model),
-                            search_time_ms=response.get("search_time_ms"))]
-    groups = [ResultGroup(key="merged", model="all", hits=_hits(response.get("results"), ""), merged=True,
-                          show_model=True)]
-    for name in sorted(per_model):
-        sub = per_model[name] or {}
-        groups.append(ResultGroup(key=name, model=name, hits=_hits(sub.get("results"), name),
-                                  error=str(sub.get("error") or ""), search_time_ms=sub.get("search_time_ms")))
-    return groups
+def results_from_pages(pages: list[dict[str, Any]], *, query_model: str, page_size: int) -> Results:
+    """Pages in order (offset 0, page_size, ...) joined into one Results."""
+    results = Results()
+    for page in pages:
+        model = str(page.get("model") or query_model)
+        results.ranking += _hits(page.get("results"), "" if model == "all" else model)
+        for name, sub in sorted(_per_model(page).items()):
+            if sub.get("error"):  # a catalogue that is not built: the shopper never sees it
+                continue
+            results.per_model.setdefault(name, []).extend(_hits(sub.get("results"), name))
+    results.has_more = bool(pages) and len(pages[-1].get("results") or []) >= page_size
+    return results
+
+
+def count_text(n: int, more: bool = False) -> str:
+    """``1 product``, ``12 products``; ``12+ products`` while more can be loaded."""
+    return f"{n}{'+' if more else ''} product{'' if n == 1 and not more else 's'}"

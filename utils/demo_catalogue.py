@@ -127,9 +127,10 @@ def _render(painter: Callable, rng: random.Random, colour: tuple[int, int, int],
 
 
 def _write_catalogue(out: Path, items: list[tuple[str, str, Callable, tuple[int, int, int]]], seed: int,
-                     prefix: str) -> int:
+                     prefix: str, currency: str) -> int:
     rng = random.Random(seed)
     (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "model.json").write_text(json.dumps({"currency": currency}) + "\n", encoding="utf-8")
     rows = []
     for n, (title, category, painter, colour) in enumerate(items):
         pid = f"{prefix}{1001 + n}"
@@ -170,8 +171,9 @@ def shirt_items(per_category: int = 7) -> list:
 def write_demo(data_dir: Path, *, general_per_category: int = 11, shirts_per_category: int = 7) -> dict[str, int]:
     """Write both demo catalogues under ``data_dir``; returns products per model."""
     return {
-        "general": _write_catalogue(Path(data_dir) / "general", general_items(general_per_category), 1, "G"),
-        "shirts": _write_catalogue(Path(data_dir) / "shirts", shirt_items(shirts_per_category), 2, "S"),
+        "general": _write_catalogue(Path(data_dir) / "general", general_items(general_per_category), 1, "G",
+                                    "USD"),
+        "shirts": _write_catalogue(Path(data_dir) / "shirts", shirt_items(shirts_per_category), 2, "S", "EUR"),
     }
 
 

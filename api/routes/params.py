@@ -10,6 +10,7 @@ from core.errors import BadRequestError
 from core.store import FILTER_COLUMN, Filter
 
 TopK = Annotated[int, Query(ge=1, le=100, description="how many results (1-100)")]
+Offset = Annotated[int, Query(ge=0, le=10_000, description="skip this many results first (pagination)")]
 MinScore = Annotated[float | None, Query(ge=-1.0, le=1.0, description="drop results below this cosine score")]
 Category = Annotated[str | None, Query(max_length=200, description="only products of this category")]
 TextQuery = Annotated[str, Query(min_length=1, max_length=1000, description="what to look for, in words")]

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Annotated
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Request
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 
 from core.config import Settings
 from core.errors import ImageNotAvailableError
+from pipeline.state import cached_refs
 
 from api.catalogue import Catalogue
 from api.deps import base_url, get_catalogue, get_settings
-from api.routes.params import FilterParams, MinScore, TopK
+from api.loaded import ServedModel
+from api.routes.params import FilterParams, MinScore, Offset, TopK
 from api.routes.search import search_loaded
 from api.schemas import ProductInfo, SearchResponse, error_responses
 from api.searching import Filters, check_columns, image_url
@@ -24,21 +29,25 @@ router = APIRouter(tags=["products"], responses=error_responses(404, 422, 503))
 @router.get("/{model}/products/{product_id}", response_model=ProductInfo, summary="One product's metadata")
 async def get_product(model: str, product_id: str, request: Request,
                       catalogue: Catalogue = Depends(get_catalogue)) -> ProductInfo:
-    p = catalogue.model(model).product(product_id)
+    loaded = catalogue.model(model)
+    p = loaded.product(product_id)
+    cached = cached_refs(loaded.require().db, list(p.images))
+    views = f"{base_url(request)}/{model}/products/{quote(p.id, safe='')}/views"
     return ProductInfo(model=model, id=p.id, title=p.title, category=p.category or None,
                        preview_image=p.preview_image or None, image_url=image_url(base_url(request), model, p),
-                       images=list(p.images), extra=dict(p.extra))
+                       images=list(p.images), extra=dict(p.extra),
+                       view_urls=[f"{views}/{n}" if ref in cached else None for n, ref in enumerate(p.images)])
 
 
 @router.get("/{model}/products/{product_id}/similar", response_model=SearchResponse,
             summary="Products that look like this one (the product itself left out)")
 async def similar_products(model: str, product_id: str, request: Request, top_k: TopK = 10,
-                           min_score: MinScore = None, flt: FilterParams = Depends(),
+                           min_score: MinScore = None, flt: FilterParams = Depends(), offset: Offset = 0,
                            catalogue: Catalogue = Depends(get_catalogue)) -> SearchResponse:
     loaded = catalogue.model(model)
     loaded.product(product_id)  # 404 when absent
     filters = Filters(top_k=top_k, min_score=min_score, category=flt.category, equals=flt.equals,
-                      ranges=flt.ranges, exclude_id=product_id)
+                      ranges=flt.ranges, exclude_id=product_id, offset=offset)
     check_columns(loaded, filters)
     start = time.perf_counter()
     vector = loaded.require().vectors([product_id])[0]
@@ -53,11 +62,25 @@ async def similar_products(model: str, product_id: str, request: Request, top_k:
 async def product_image(model: str, product_id: str, catalogue: Catalogue = Depends(get_catalogue),
                         settings: Settings = Depends(get_settings)) -> FileResponse:
     loaded = catalogue.model(model)
-    cached = loaded.product(product_id).preview_cache
+    return _cached_file(loaded, settings, loaded.product(product_id).preview_cache, product_id)
+
+
+@router.get("/{model}/products/{product_id}/views/{n}", response_class=FileResponse,
+            summary="The cached copy of the product's n-th image (0-based, in catalogue order)")
+async def product_view(model: str, product_id: str, n: Annotated[int, PathParam(ge=0, le=99)],
+                       catalogue: Catalogue = Depends(get_catalogue),
+                       settings: Settings = Depends(get_settings)) -> FileResponse:
+    loaded = catalogue.model(model)
+    refs = list(loaded.product(product_id).images[n:n + 1])
+    cached = cached_refs(loaded.require().db, refs)
+    return _cached_file(loaded, settings, cached.get(refs[0]) if refs else None, product_id)
+
+
+def _cached_file(loaded: ServedModel, settings: Settings, cached: str | None, product_id: str) -> FileResponse:
     cache_dir = loaded.spec.paths(settings).image_cache.resolve()
-    path = (cache_dir / str(cached)).resolve() if cached else None
+    path = (cache_dir / cached).resolve() if cached else None
     if path is None or not path.is_relative_to(cache_dir) or not path.is_file():
-        raise ImageNotAvailableError(model, product_id)
+        raise ImageNotAvailableError(loaded.name, product_id)
     return FileResponse(path, media_type=_media_type(path), headers={"Cache-Control": "public, max-age=3600"})
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 
@@ -16,7 +17,7 @@ from api.catalogue import Catalogue
 from api.deps import base_url, get_catalogue, get_settings
 from api.embedder import embed_query_image
 from api.loaded import ServedModel
-from api.routes.params import FilterParams, MinScore, TextQuery, TopK
+from api.routes.params import FilterParams, MinScore, Offset, TextQuery, TopK
 from api.schemas import AllSearchResponse, ModelResults, SearchHit, SearchResponse, VectorQuery, error_responses
 from api.searching import Filters, check_columns, merge_rankings, nearest, query_vector, to_hits
 from api.uploads import UPLOAD_OPENAPI, read_query_image
@@ -32,8 +33,9 @@ def _elapsed_ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000, 3)
 
 
-def _filters(top_k: int, min_score: float | None, flt: FilterParams) -> Filters:
-    return Filters(top_k=top_k, min_score=min_score, category=flt.category, equals=flt.equals, ranges=flt.ranges)
+def _filters(top_k: int, min_score: float | None, flt: FilterParams, offset: int = 0) -> Filters:
+    return Filters(top_k=top_k, min_score=min_score, category=flt.category, equals=flt.equals, ranges=flt.ranges,
+                   offset=offset)
 
 
 async def search_loaded(model: ServedModel, clip_vector: np.ndarray, filters: Filters, base: str, *,
@@ -41,7 +43,7 @@ async def search_loaded(model: ServedModel, clip_vector: np.ndarray, filters: Fi
     """Search one model with a raw CLIP query vector (or one already in index space), off the event loop."""
     def _work() -> list[SearchHit]:
         vector = clip_vector if projected else query_vector(model, clip_vector)
-        return to_hits(model, nearest(model, vector, filters), base, tag_model=tag_model)
+        return to_hits(model, nearest(model, vector, filters), base, tag_model=tag_model, first_rank=filters.offset + 1)
 
     return await to_thread.run_sync(_work)
 
@@ -72,16 +74,20 @@ def _ready_models(catalogue: Catalogue) -> tuple[list[ServedModel], list[ServedM
 async def _search_every_model(models: list[ServedModel], vectors: dict[str, np.ndarray], filters: Filters,
                               base: str) -> tuple[list[SearchHit], dict[str, ModelResults]]:
     """Each model searched with its backbone's query vector, then one merged ranking. A model lacking a
-    filtered column, or without a vector for this query (another dimension), is listed with the reason."""
+    filtered column, or without a vector for this query (another dimension), is listed with the reason.
+    A later page (``offset``) needs every model's hits down to that depth to rank the merged page right."""
+    deep = replace(filters, top_k=filters.offset + filters.top_k, offset=0)
+    found: dict[str, list[SearchHit]] = {}
     per_model: dict[str, ModelResults] = {}
     for model in models:
         reason = _skip_reason(model, vectors, filters)
         if reason:
             per_model[model.name] = ModelResults(model=model.name, num_results=0, results=[], error=reason)
             continue
-        hits = await search_loaded(model, vectors[model.backbone], filters, base, tag_model=True)
-        per_model[model.name] = ModelResults(model=model.name, num_results=len(hits), results=hits)
-    return merge_rankings([r.results for r in per_model.values()], filters.top_k), per_model
+        found[model.name] = await search_loaded(model, vectors[model.backbone], deep, base, tag_model=True)
+        page = found[model.name][filters.offset:]
+        per_model[model.name] = ModelResults(model=model.name, num_results=len(page), results=page)
+    return merge_rankings(list(found.values()), deep.top_k)[filters.offset:], per_model
 
 
 def _skip_reason(model: ServedModel, vectors: dict[str, np.ndarray], filters: Filters) -> str | None:
@@ -99,6 +105,7 @@ def _skip_reason(model: ServedModel, vectors: dict[str, np.ndarray], filters: Fi
 @router.post("/all/search", response_model=AllSearchResponse, openapi_extra=UPLOAD_OPENAPI, responses=_IMAGE_ERRORS,
              summary="Search every model with one image; per-model results and one merged ranking")
 async def search_all(request: Request, top_k: TopK = 10, min_score: MinScore = None, flt: FilterParams = Depends(),
+                     offset: Offset = 0,
                      catalogue: Catalogue = Depends(get_catalogue),
                      settings: Settings = Depends(get_settings)) -> AllSearchResponse:
     models, ready = _ready_models(catalogue)
@@ -107,7 +114,7 @@ async def search_all(request: Request, top_k: TopK = 10, min_score: MinScore = N
     start = time.perf_counter()
     vectors = await embed_query_image(upload.data, list(embedders.values()), max_pixels=settings.max_image_pixels,
                                       max_aspect=settings.max_aspect_ratio)
-    filters = _filters(top_k, min_score, flt)
+    filters = _filters(top_k, min_score, flt, offset)
     merged, per_model = await _search_every_model(models, vectors, filters, base_url(request))
     return AllSearchResponse(query_filename=upload.filename, num_results=len(merged), search_time_ms=_elapsed_ms(start),
                              results=merged, per_model=per_model)
@@ -116,12 +123,12 @@ async def search_all(request: Request, top_k: TopK = 10, min_score: MinScore = N
 @router.get("/all/search/text", response_model=AllSearchResponse, responses=_TEXT_ERRORS,
             summary="Search every model with a text query; per-model results and one merged ranking")
 async def search_all_text(request: Request, q: TextQuery, top_k: TopK = 10, min_score: MinScore = None,
-                          flt: FilterParams = Depends(),
+                          flt: FilterParams = Depends(), offset: Offset = 0,
                           catalogue: Catalogue = Depends(get_catalogue)) -> AllSearchResponse:
     models, ready = _ready_models(catalogue)
     start = time.perf_counter()
     vectors = {b: await catalogue.embedder(b).embed_text(q) for b in {m.backbone for m in ready}}  # once per backbone
-    filters = _filters(top_k, min_score, flt)
+    filters = _filters(top_k, min_score, flt, offset)
     merged, per_model = await _search_every_model(models, vectors, filters, base_url(request))
     return AllSearchResponse(query=q, num_results=len(merged), search_time_ms=_elapsed_ms(start), results=merged,
                              per_model=per_model)
@@ -130,28 +137,31 @@ async def search_all_text(request: Request, q: TextQuery, top_k: TopK = 10, min_
 @router.post("/search_products/", response_model=SearchResponse, openapi_extra=UPLOAD_OPENAPI, responses=_IMAGE_ERRORS,
              summary="Legacy route: the same as /general/search")
 async def search_products_legacy(request: Request, top_k: TopK = 10, min_score: MinScore = None,
-                                 flt: FilterParams = Depends(), catalogue: Catalogue = Depends(get_catalogue),
+                                 flt: FilterParams = Depends(), offset: Offset = 0,
+                       catalogue: Catalogue = Depends(get_catalogue),
                                  settings: Settings = Depends(get_settings)) -> SearchResponse:
-    filters = _filters(top_k, min_score, flt)
+    filters = _filters(top_k, min_score, flt, offset)
     return await _search_image(LEGACY_MODEL, request, filters, catalogue, settings)
 
 
 @router.post("/{model}/search", response_model=SearchResponse, openapi_extra=UPLOAD_OPENAPI, responses=_IMAGE_ERRORS,
              summary="Search one model by image (multipart field 'file' or a raw image/* body)")
 async def search_model(model: str, request: Request, top_k: TopK = 10, min_score: MinScore = None,
-                       flt: FilterParams = Depends(), catalogue: Catalogue = Depends(get_catalogue),
+                       flt: FilterParams = Depends(), offset: Offset = 0,
+                       catalogue: Catalogue = Depends(get_catalogue),
                        settings: Settings = Depends(get_settings)) -> SearchResponse:
-    filters = _filters(top_k, min_score, flt)
+    filters = _filters(top_k, min_score, flt, offset)
     return await _search_image(model, request, filters, catalogue, settings)
 
 
 @router.get("/{model}/search/text", response_model=SearchResponse, responses=_TEXT_ERRORS,
             summary="Search one model's images with a text query (CLIP text tower)")
 async def search_text(model: str, request: Request, q: TextQuery, top_k: TopK = 10, min_score: MinScore = None,
-                      flt: FilterParams = Depends(), catalogue: Catalogue = Depends(get_catalogue)) -> SearchResponse:
+                      flt: FilterParams = Depends(), offset: Offset = 0,
+                       catalogue: Catalogue = Depends(get_catalogue)) -> SearchResponse:
     loaded = catalogue.model(model)
     loaded.require()
-    filters = _filters(top_k, min_score, flt)
+    filters = _filters(top_k, min_score, flt, offset)
     check_columns(loaded, filters)
     start = time.perf_counter()
     vector = await catalogue.embedder(loaded.backbone).embed_text(q)
@@ -177,14 +187,15 @@ def _clip_dim(model: ServedModel) -> int | None:
 @router.post("/all/search/vector", response_model=AllSearchResponse, responses=_TEXT_ERRORS,
              summary="Search every model whose CLIP dimension matches with your own query embedding")
 async def search_all_vector(request: Request, body: VectorQuery, top_k: TopK = 10, min_score: MinScore = None,
-                            flt: FilterParams = Depends(),
+                            flt: FilterParams = Depends(), offset: Offset = 0,
                             catalogue: Catalogue = Depends(get_catalogue)) -> AllSearchResponse:
     models, ready = _ready_models(catalogue)
     start = time.perf_counter()
     vectors = {m.backbone: _clip_query(body, None, m.name) for m in ready if _clip_dim(m) == len(body.vector)}
     if not vectors:
         raise BadRequestError(f"no model takes {len(body.vector)}-dim vectors")
-    merged, per_model = await _search_every_model(models, vectors, _filters(top_k, min_score, flt), base_url(request))
+    merged, per_model = await _search_every_model(models, vectors, _filters(top_k, min_score, flt, offset),
+                                                  base_url(request))
     return AllSearchResponse(query="vector", num_results=len(merged), search_time_ms=_elapsed_ms(start),
                              results=merged, per_model=per_model)
 
@@ -192,11 +203,11 @@ async def search_all_vector(request: Request, body: VectorQuery, top_k: TopK = 1
 @router.post("/{model}/search/vector", response_model=SearchResponse, responses=_TEXT_ERRORS,
              summary="Search one model with your own CLIP embedding (normalised here; the model's head applied)")
 async def search_vector(model: str, request: Request, body: VectorQuery, top_k: TopK = 10,
-                        min_score: MinScore = None, flt: FilterParams = Depends(),
+                        min_score: MinScore = None, flt: FilterParams = Depends(), offset: Offset = 0,
                         catalogue: Catalogue = Depends(get_catalogue)) -> SearchResponse:
     loaded = catalogue.model(model)
     loaded.require()
-    filters = _filters(top_k, min_score, flt)
+    filters = _filters(top_k, min_score, flt, offset)
     check_columns(loaded, filters)
     start = time.perf_counter()
     hits = await search_loaded(loaded, _clip_query(body, _clip_dim(loaded), model), filters, base_url(request))

@@ -30,6 +30,7 @@ def _info(m: ServedModel) -> ModelInfo:
                      num_products=m.num_products, searchable=m.searchable, search_path=f"/{m.name}/search",
                      text_search_path=f"/{m.name}/search/text", backbone=m.backbone, has_head=m.head is not None,
                      index_type=info.get("kind"), built_at=info.get("built_at"), error=m.error,
+                     currency=m.spec.currency, url_template=m.spec.url_template,
                      filters=dict(stats.columns) if stats else {},
                      recall_at_10=(info.get("tuning") or {}).get("recall_at_10"))
 

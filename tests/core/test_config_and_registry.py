@@ -89,3 +89,16 @@ def test_registry_accepts_fakes():
     with pytest.raises(InvalidModelNameError):
         ModelRegistry([ModelSpec(name="Not/Valid")])
 
+
+
+def test_model_json_currency_and_url_template(make_settings):
+    settings = make_settings()
+    folder = settings.data_dir / "toys"
+    folder.mkdir(parents=True)
+    (folder / "products.csv").write_text("x\n")
+    (folder / "model.json").write_text('{"currency": "EUR", "url_template": "https://toys.example/p/{id}"}')
+    toys = ModelRegistry.discover(settings).get("toys")
+    assert toys.currency == "EUR" and toys.url_template == "https://toys.example/p/{id}"
+    (folder / "model.json").write_text('{"url_template": "https://toys.example/p/"}')
+    with pytest.raises(ConfigError, match="url_template"):
+        ModelRegistry.discover(settings)

@@ -94,3 +94,20 @@ def test_api_url_comes_from_the_environment(monkeypatch):
     assert api_url_from_env() == "http://127.0.0.1:8000"
     monkeypatch.setenv("IMAGESEARCH_API_URL", "http://10.0.0.5:9000/")
     assert api_url_from_env() == "http://10.0.0.5:9000"
+
+
+def test_pages_are_asked_for_with_offset(api, catalogue):
+    api.search_text("general", "mug", top_k=5, offset=10)
+    assert catalogue.requests[-1][2] == {"q": "mug", "top_k": "5", "offset": "10"}
+    api.similar("general", "G1002", top_k=5, offset=5)
+    assert catalogue.requests[-1][2] == {"top_k": "5", "offset": "5"}
+
+
+def test_upload_limit_comes_from_the_api_setting(monkeypatch):
+    from run_streamlit import upload_limit_mb
+    from ui.client import upload_limit_from_env
+
+    assert upload_limit_from_env() == 10_000_000 and upload_limit_mb(10_000_000) == 10
+    monkeypatch.setenv("IMAGESEARCH_MAX_UPLOAD_BYTES", "3000000")
+    assert upload_limit_from_env() == 3_000_000 and upload_limit_mb(3_000_000) == 3
+    assert upload_limit_mb(2_500_000) == 3 and upload_limit_mb(1024) == 1

@@ -25,8 +25,10 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 CHROMIUM_PATHS = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-TOP_K = 6
 WAIT_MS = 30_000
+PAGE = 12  # the shop's page size
+UPLOAD_LIMIT = 3_000_000
+VIEWPORTS = {"desktop": {"width": 1400, "height": 1000}, "phone": {"width": 390, "height": 844}}
 
 
 def _chromium() -> str:
@@ -95,6 +97,8 @@ def built_root(chromium_path, tiny_clip, tmp_path_factory) -> Path:
     (root / "data" / "toys").mkdir()
     (root / "data" / "toys" / "products.csv").write_text(
         "shopify_product_id,title,images\nT1,Toy Robot,https://example.invalid/robot.jpg\n", encoding="utf-8")
+    (root / "data" / "shirts" / "model.json").write_text(
+        json.dumps({"currency": "EUR", "url_template": "https://shirts.example/p/{id}"}), encoding="utf-8")
     return root
 
 
@@ -103,7 +107,8 @@ def stack(built_root, tiny_clip):
     """``python run_api.py`` and ``python run_streamlit.py`` on free ports, as a user starts them."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGESEARCH_")}
     env.update(IMAGESEARCH_ROOT=str(built_root), IMAGESEARCH_CLIP_MODEL=str(tiny_clip), IMAGESEARCH_DEVICE="cpu",
-               IMAGESEARCH_TORCH_THREADS="1", HF_HUB_OFFLINE="1", PYTHONDONTWRITEBYTECODE="1")
+               IMAGESEARCH_TORCH_THREADS="1", HF_HUB_OFFLINE="1", PYTHONDONTWRITEBYTECODE="1",
+               IMAGESEARCH_MAX_UPLOAD_BYTES=str(UPLOAD_LIMIT))
     api_port, ui_port = _free_port(), _free_port()
     api_url, ui_url = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{ui_port}"
     logs = built_root / "logs"
@@ -114,10 +119,12 @@ def stack(built_root, tiny_clip):
     try:
         _wait_http(f"{api_url}/health", api, logs / "e2e-api.out")
         _wait_http(f"{ui_url}/_stcore/health", ui, logs / "e2e-ui.out")
-        yield SimpleNamespace(api=api, ui=ui, api_url=api_url, ui_url=ui_url, root=built_root)
+        stack = SimpleNamespace(api=api, ui=ui, api_url=api_url, ui_url=ui_url, root=built_root, env=env,
+                                api_port=api_port)
+        yield stack
     finally:
         _stop(ui)
-        _stop(api)
+        _stop(stack.api if "stack" in locals() else api)
 
 
 @pytest.fixture(scope="module")
@@ -130,10 +137,17 @@ def browser(chromium_path):
         launched.close()
 
 
+@pytest.fixture(params=list(VIEWPORTS))
+def viewport(request) -> str:
+    return request.param
+
+
 @pytest.fixture
-def page(browser, stack, request):
-    """A fresh browser session on the app; its last screen is kept in the temp root's logs/."""
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+def page(browser, stack, viewport, request):
+    """A fresh browser session on the app at desktop and at phone size; its last screen is kept in the
+    temp root's logs/."""
+    phone = viewport == "phone"
+    context = browser.new_context(viewport=VIEWPORTS[viewport], is_mobile=phone, has_touch=phone)
     opened = context.new_page()
     opened.set_default_timeout(WAIT_MS)
     opened.goto(stack.ui_url)
@@ -152,6 +166,7 @@ def query_product(built_root) -> SimpleNamespace:
                            image=built_root / "data" / "general" / row["preview_image"])
 
 
+
 # --- page helpers --------------------------------------------------------------------------------
 
 def _idle(page) -> None:
@@ -161,19 +176,9 @@ def _idle(page) -> None:
 
 
 def _choose(page, label: str) -> None:
-    """Click an option of a segmented control (model or query mode)."""
+    """Click an option of a segmented control (catalogue or query mode)."""
     page.get_by_role("radio", name=label, exact=True).click()
     page.get_by_role("radio", name=label, exact=True).and_(page.locator("[aria-checked=true]")).wait_for()
-    _idle(page)
-
-
-def _set_top_k(page, value: int) -> None:
-    slider = page.get_by_test_id("stSlider").filter(has_text="Results").get_by_role("slider")
-    slider.focus()
-    page.keyboard.press("Home")
-    for _ in range(value - 1):
-        page.keyboard.press("ArrowRight")
-    assert slider.input_value() == str(value)
     _idle(page)
 
 
@@ -181,16 +186,28 @@ def _upload(page, image: Path) -> None:
     page.locator("[data-testid=stFileUploader] input[type=file]").set_input_files(str(image))
 
 
-def _cards(page, count: int, first: str | None = None, selector: str = "") -> list[dict]:
-    """Wait until exactly ``count`` result cards (under ``selector``) show, ``first`` at rank 1."""
+def _text_search(page, words: str) -> None:
+    _choose(page, "Describe it")
+    page.get_by_label("Describe what you are looking for").fill(words)
+    page.get_by_role("button", name="Search", exact=True).click()
+    page.get_by_test_id("query-panel").filter(has_text=words).wait_for()
+
+
+def _cards(page, count: int, first: str | None = None, grid: str = "") -> list[dict]:
+    """Wait until exactly ``count`` visible result cards (in grid ``grid``) show, ``first`` at rank 1."""
     _idle(page)
+    sel = f"[class*=st-key-grid-{grid}] [data-testid=result-card]" if grid else "[data-testid=result-card]"
     page.wait_for_function(
         """([sel, n, first]) => {
-             const cards = [...document.querySelectorAll(sel + '[data-testid=result-card]')];
+             const cards = [...document.querySelectorAll(sel)].filter(e => e.offsetParent !== null);
              return cards.length === n && (!first || cards[0].dataset.productId === first);
-           }""", arg=[f"{selector} " if selector else "", count, first])
-    return page.eval_on_selector_all(f"{selector} [data-testid=result-card]".strip(),
-                                     "els => els.map(e => ({...e.dataset}))")
+           }""", arg=[sel, count, first])
+    return page.eval_on_selector_all(sel, """els => els.filter(e => e.offsetParent !== null).map(e => {
+        const r = e.getBoundingClientRect();
+        return {...e.dataset, x: r.x, y: r.y, bottom: r.bottom,
+                label: e.querySelector('[data-testid=match-label]').textContent,
+                price: e.querySelector('[data-testid=price]')?.textContent || '',
+                link: e.querySelector('[data-testid=product-link]')?.href || ''}; })""")
 
 
 def _no_traceback(page) -> None:
@@ -198,95 +215,169 @@ def _no_traceback(page) -> None:
     assert "Traceback" not in page.content()
 
 
-# --- the shopper's journeys ----------------------------------------------------------------------
+def _shop_words_only(page) -> None:
+    """No operator detail reaches a shopper: status words, commands, addresses, class names, timings."""
+    text = page.locator("[data-testid=stMain]").inner_text()
+    for word in ("Degraded", "not built", "run_training", "127.0.0.1", "Error)", " ms", "cosine", "Toys"):
+        assert word not in text, word
+    assert "%" not in text
 
-def test_photo_search_in_one_model_shows_the_product_first(page, query_product):
+
+# --- the shopper's journeys, each at desktop and phone size --------------------------------------
+
+def test_photo_search_first_results_in_view_in_a_grid(page, viewport, query_product):
     _choose(page, "General products")
-    _set_top_k(page, TOP_K)
     _upload(page, query_product.image)
-    cards = _cards(page, TOP_K, first=query_product.id)
-    assert [c["rank"] for c in cards] == [str(n) for n in range(1, TOP_K + 1)]
+    cards = _cards(page, PAGE, first=query_product.id)
+    assert [c["rank"] for c in cards] == [str(n) for n in range(1, PAGE + 1)]
     assert {c["model"] for c in cards} == {"general"}
+    assert cards[0]["label"] == "Best match" and all(c["label"] for c in cards)
+    assert cards[0]["price"].startswith("$")  # the demo's model.json says USD
+    assert cards[0]["bottom"] <= VIEWPORTS[viewport]["height"]  # the first result shows without scrolling
+    per_row = sum(1 for c in cards if c["y"] == cards[0]["y"])
+    assert per_row == (2 if viewport == "phone" else 6)
     panel = page.get_by_test_id("query-panel")
     assert "Your photo" in panel.text_content() and panel.locator("img").count() == 1
-    page.get_by_text(f"{TOP_K} results in").wait_for()  # search time shown after the search
+    assert page.get_by_text(f"{PAGE}+ products").count() == 1
+    _shop_words_only(page)
     _no_traceback(page)
 
 
-def test_all_models_shows_the_merged_ranking_then_each_model(page, query_product):
-    _set_top_k(page, TOP_K)
+def test_all_catalogues_one_ranking_and_a_tab_per_catalogue(page, query_product):
     _upload(page, query_product.image)
-    _cards(page, TOP_K, first=query_product.id)
-    _choose(page, "All models")
-    cards = _cards(page, 3 * TOP_K, first=query_product.id)
-    headers = page.eval_on_selector_all("[data-testid=merged-group], [data-testid=model-group]",
-                                        "els => els.map(e => [e.dataset.testid, e.dataset.model])")
-    assert headers == [["merged-group", "all"], ["model-group", "general"], ["model-group", "shirts"],
-                       ["model-group", "toys"]]
-    assert "not" in page.get_by_test_id("group-error").text_content().lower()  # toys: not built yet
-    merged, general, shirts = cards[:TOP_K], cards[TOP_K:2 * TOP_K], cards[2 * TOP_K:]
-    assert [c["rank"] for c in merged] == [str(n) for n in range(1, TOP_K + 1)]
-    assert {c["model"] for c in general} == {"general"} and {c["model"] for c in shirts} == {"shirts"}
-    assert general[0]["productId"] == query_product.id
+    _cards(page, PAGE, first=query_product.id)
+    _choose(page, "All catalogues")
+    merged = _cards(page, PAGE, first=query_product.id, grid="merged")
+    assert [c["rank"] for c in merged] == [str(n) for n in range(1, PAGE + 1)]
+    tabs = page.get_by_role("tab").all_text_contents()
+    assert tabs == ["All catalogues", "General products", "Shirts"]  # toys is not built: not shown
+    assert page.locator("[data-testid=result-card]:visible").count() == PAGE  # no second copy below
+    page.get_by_role("tab", name="Shirts").click()
+    shirts = _cards(page, PAGE, grid="shirts")
+    assert {c["model"] for c in shirts} == {"shirts"} and shirts[0]["label"] == "Best match"
+    assert shirts[0]["price"].startswith("€") and shirts[0]["link"].startswith("https://shirts.example/p/S")
+    _shop_words_only(page)
     _no_traceback(page)
 
 
-def test_image_link_search(page, stack, query_product):
-    _choose(page, "Image link")
-    box = page.get_by_label("Paste an image link")
-    box.fill(f"{stack.api_url}/general/products/{query_product.id}/image")
-    box.press("Enter")
-    _cards(page, 10, first=query_product.id)
+def test_load_more_instead_of_a_slider(page):
+    _text_search(page, "blue lamp")
+    first = _cards(page, PAGE)
+    assert page.get_by_test_id("stSlider").count() == 0
+    page.get_by_role("button", name="Load more").click()
+    both = _cards(page, 2 * PAGE)  # the trimmed demo's General has 24 products
+    assert [c["productId"] for c in both[:PAGE]] == [c["productId"] for c in first]
+    assert [c["rank"] for c in both] == [str(n) for n in range(1, 2 * PAGE + 1)]
+    assert len({c["productId"] for c in both}) == 2 * PAGE
+    page.get_by_role("button", name="Load more").click()  # the next page comes back empty: no more to load
+    _idle(page)
+    page.get_by_role("button", name="Load more").wait_for(state="detached")
+    assert page.get_by_text(f"{2 * PAGE} products", exact=True).count() == 1
     _no_traceback(page)
 
 
-def test_unbuilt_catalogue_is_listed_but_not_offered(page):
-    toys = page.get_by_test_id("model-status").filter(has_text="Toys")
-    assert "not built yet" in toys.text_content()
-    assert page.get_by_role("radio", name="Toys", exact=True).count() == 0
-    assert page.get_by_test_id("api-status").filter(has_text="Degraded").count() == 1
+def test_text_search_lives_in_the_url_refresh_back_and_sharing(page, browser, stack, viewport):
+    _choose(page, "Shirts")
+    _text_search(page, "striped shirt")
+    first = _cards(page, PAGE)
+    assert {c["model"] for c in first} == {"shirts"}
+    assert "q=striped+shirt" in page.url and "model=Shirts" in page.url  # the URL carries what the shopper reads
+    assert first[0]["label"] == "Best match" and "%" not in "".join(c["label"] for c in first)
+    page.reload()
+    assert _cards(page, PAGE, first=first[0]["productId"])
+    other = browser.new_context(viewport=VIEWPORTS[viewport])  # a shared link opens the same search
+    shared = other.new_page()
+    shared.set_default_timeout(WAIT_MS)
+    shared.goto(page.url)
+    _cards(shared, PAGE, first=first[0]["productId"])
+    other.close()
+    page.get_by_role("button", name="More like this").nth(PAGE - 1).click()
+    panel = page.get_by_test_id("query-panel").filter(has_text="More like")
+    panel.wait_for()
+    similar = _cards(page, PAGE)
+    assert first[PAGE - 1]["productId"] not in {c["productId"] for c in similar}  # itself left out
+    page.wait_for_timeout(300)
+    box = panel.bounding_box()
+    assert box and -2 <= box["y"] <= VIEWPORTS[viewport]["height"] - box["height"]  # the new query is in view
+    assert "similar=shirts" in page.url
+    page.go_back()
+    page.get_by_test_id("query-panel").filter(has_text="striped shirt").wait_for()
+    assert "similar" not in page.url
+    _no_traceback(page)
 
 
-def test_unreadable_image_and_no_match_get_friendly_messages(page, stack, query_product):
+def test_product_views_and_link(page, stack):
+    _choose(page, "Shirts")
+    _text_search(page, "shirt")
+    cards = _cards(page, PAGE)
+    with (stack.root / "data" / "shirts" / "products.csv").open(newline="", encoding="utf-8") as fh:
+        views = {r["shopify_product_id"]: len(json.loads(r["images"])) for r in csv.DictReader(fh)}
+    n, card = max((views[c["productId"]], i) for i, c in enumerate(cards))
+    pid = cards[card]["productId"]
+    page.locator(f".st-key-views-shirts-shirts-{pid} button:visible").first.click()  # the photos icon on the card
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_text(f"View {n} of {n}").wait_for()  # every view, drawn as it arrives
+    assert dialog.locator("img").count() >= n
+    link = dialog.get_by_role("link", name="Open product page")
+    assert link.get_attribute("href") == f"https://shirts.example/p/{pid}"
+    dialog.get_by_role("button", name="More like this").click()
+    page.get_by_test_id("query-panel").filter(has_text="More like").wait_for()
+    _no_traceback(page)
+
+
+def test_crop_searches_only_the_region(page, query_product):
+    _upload(page, query_product.image)
+    _cards(page, PAGE, first=query_product.id)
+    page.get_by_text("Crop: search only part of the photo").click()
+    page.frame_locator("iframe").first.locator("canvas, img").first.wait_for()
+    _cards(page, PAGE)  # the cropped region is searched: a full page of results, no error
+    assert page.get_by_test_id("query-panel").locator("img").count() == 1
+    _no_traceback(page)
+
+
+def test_unreadable_image_no_match_and_upload_limit(page, stack):
+    # the uploader states the API's limit (IMAGESEARCH_MAX_UPLOAD_BYTES), not Streamlit's 200 MB default
+    page.get_by_test_id("stFileUploader").filter(has_text=f"{UPLOAD_LIMIT // 1_000_000}MB").wait_for()
     broken = stack.root / "broken.jpg"
     broken.write_bytes(b"\xff\xd8 this is not really a jpeg")
     _upload(page, broken)
     page.get_by_test_id("bad-query").wait_for()
-    assert "couldn't read that image" in page.get_by_test_id("bad-query").text_content()
+    message = page.get_by_test_id("bad-query").text_content()
+    assert "couldn't read that image" in message and "Error" not in message
     page.get_by_test_id("stFileUploader").get_by_role("button", name="Remove").first.click()
-    _idle(page)
-    slider = page.get_by_test_id("stSlider").filter(has_text="Minimum match").get_by_role("slider")
-    slider.focus()
-    page.keyboard.press("End")  # 100%: only a perfect match would pass
-    _idle(page)
-    _upload(page, sorted((stack.root / "data" / "shirts" / "images").glob("*.jpg"))[0])  # a shirt in General
-    page.get_by_test_id("no-results").wait_for()
+    _choose(page, "Shirts")
+    _text_search(page, "zzzz qqqq")
+    _cards(page, PAGE)
+    page.get_by_test_id("stSelectbox").click()  # the category filter sits above the results
+    page.get_by_role("option", name="polos").click()
+    assert {c["category"] for c in _cards(page, 3)} == {"polos"}  # the trimmed demo has 3 polos
+    assert "category=polos" in page.url
+    _shop_words_only(page)
     _no_traceback(page)
 
 
-def test_text_query_and_more_like_this(page):
-    _choose(page, "General products")
-    _set_top_k(page, TOP_K)
-    _choose(page, "Describe it")
-    box = page.get_by_label("Describe what you are looking for")
-    box.fill("red ceramic mug")
-    box.press("Enter")
-    page.get_by_test_id("query-panel").filter(has_text="red ceramic mug").wait_for()
-    first = _cards(page, TOP_K)[0]
-    page.get_by_role("button", name="More like this").first.click()
-    page.get_by_test_id("query-panel").filter(has_text="More like").wait_for()
-    similar = _cards(page, TOP_K)
-    assert first["productId"] not in {c["productId"] for c in similar}  # the product itself is left out
+def test_status_page_has_the_operator_details(page, stack):
+    page.goto(f"{stack.ui_url}/status")
+    page.get_by_text("Service status").first.wait_for()
+    page.get_by_text("degraded").first.wait_for()
+    assert stack.api_url in page.content()
     _no_traceback(page)
 
 
-def test_api_down_shows_a_clear_message(page, stack, query_product):
+def test_outage_retries_on_its_own_and_keeps_the_photo(page, stack, query_product):
     _upload(page, query_product.image)
-    _cards(page, 10, first=query_product.id)  # default top-k
+    _cards(page, PAGE, first=query_product.id)
     _stop(stack.api)
-    page.get_by_role("radio", name="Shirts", exact=True).click()
+    _choose(page, "Shirts")
     alert = page.get_by_test_id("api-down")
     alert.wait_for()
-    assert "offline" in alert.text_content() and stack.api_url in alert.text_content()
-    assert page.get_by_test_id("api-status").filter(has_text="Offline").count() == 1
+    assert "Search is unavailable, retrying" in alert.text_content()
+    _shop_words_only(page)
+    assert page.get_by_role("button", name="Try again").count() == 0
+    log = stack.root / "logs" / "e2e-api-restart.out"
+    stack.api = _start([str(PROJECT_ROOT / "run_api.py"), "--port", str(stack.api_port)], stack.env, stack.root, log)
+    _wait_http(f"{stack.api_url}/health", stack.api, log)
+    cards = _cards(page, PAGE)  # back on its own, searching the same photo in Shirts
+    assert {c["model"] for c in cards} == {"shirts"}
+    assert "Your photo" in page.get_by_test_id("query-panel").text_content()
     _no_traceback(page)

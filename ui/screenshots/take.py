@@ -55,34 +55,41 @@ def _build(root: Path, clip: str) -> None:
         run_model(settings, registry.get(name), progress=False)
 
 
+def _results(page, count: int, grid: str = "") -> None:
+    sel = f"[class*=st-key-grid-{grid}] [data-testid=result-card]" if grid else "[data-testid=result-card]"
+    page.wait_for_function("([s, n]) => document.querySelectorAll(s).length >= n", arg=[sel, count])
+    page.wait_for_timeout(1500)
+
+
 def _shoot(ui_url: str, root: Path, out: Path, chromium: str) -> None:
+    """single.png and all.png at desktop size, phone.png at 390x844 (what a phone shows after a search)."""
     from playwright.sync_api import sync_playwright
 
     photo = root / "data" / "general" / "images" / "G1002_0.jpg"
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1440, "height": 1180})
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(60_000)
         page.goto(ui_url)
         page.locator("[data-testid=stFileUploader] input[type=file]").set_input_files(str(photo))
-        page.wait_for_function("() => document.querySelectorAll('[data-testid=result-card]').length === 10")
-        page.wait_for_timeout(1500)
+        _results(page, 12)
         page.screenshot(path=str(out / "single.png"))
-        page.set_viewport_size({"width": 1440, "height": 1560})
-        slider = page.get_by_test_id("stSlider").filter(has_text="Results").get_by_role("slider")
-        slider.focus()
-        for _ in range(5):
-            page.keyboard.press("ArrowLeft")
-        page.get_by_role("radio", name="All models", exact=True).click()
-        page.wait_for_function("() => document.querySelectorAll('[data-testid=result-card]').length === 15")
-        page.wait_for_timeout(1500)
+        page.get_by_role("radio", name="All catalogues", exact=True).click()
+        _results(page, 12, grid="merged")
         page.screenshot(path=str(out / "all.png"))
+        phone = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+        small = phone.new_page()
+        small.set_default_timeout(60_000)
+        small.goto(ui_url)
+        small.locator("[data-testid=stFileUploader] input[type=file]").set_input_files(str(photo))
+        _results(small, 12)
+        small.screenshot(path=str(out / "phone.png"))
         browser.close()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent, help="folder for the two PNGs")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent, help="folder for the PNGs")
     parser.add_argument("--clip", help="CLIP checkpoint folder (default: a generated tiny CLIP)")
     parser.add_argument("--chromium", default="/usr/bin/chromium", help="system chromium binary")
     args = parser.parse_args(argv)
@@ -108,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             for proc in procs:
                 proc.terminate()
                 proc.wait(timeout=15)
-    print(f"wrote {args.out / 'single.png'} and {args.out / 'all.png'}")
+    sys.stdout.write(f"wrote single.png, all.png and phone.png in {args.out}\n")
     return 0
 
 
