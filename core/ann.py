@@ -34,10 +34,12 @@ _faiss: Any = faiss
 INDEX_JSON = "index.json"
 _MIN_POINTS_PER_LIST = 39  # FAISS wants this many training points per IVF centroid
 _PQ_TRAIN_MIN = 256 * _MIN_POINTS_PER_LIST  # 8-bit sub-quantisers: 256 centroids each
+_OPQ_ITERATIONS = 20  # FAISS's default 50 adds minutes to a build for a rotation that has converged by then
 _NPROBE_LADDER = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 _EF_LADDER = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 TOMBSTONE_SHARE = 0.1  # HNSW: rebuild once this share of the graph is dead
 TUNE_MARGIN = 0.03
+RERANK_FACTOR = 10  # IVF-PQ: candidates re-ranked with exact stored vectors, per result asked for
 PQ_MAX_NLIST = 4096  # IVF-PQ lists: more would make k-means training take hours on a small machine
 
 
@@ -58,8 +60,10 @@ def ivf_nlist(num_vectors: int) -> int:
 
 
 def _pq_m(dim: int) -> int:
-    """Sub-quantisers: about 8 dimensions each (64 bytes a vector at 512-d), dividing ``dim``."""
-    for m in (dim // 8, dim // 4, dim // 2, dim):
+    """Sub-quantisers: about 8 dimensions each at CLIP sizes (64 bytes a vector at 512-d), 2 each for
+    small dims (coarser codes cannot rank them); always a divisor of ``dim``."""
+    per = 8 if dim > 128 else 2
+    for m in (dim // per, dim // 4, dim // 2, dim):
         if m and dim % m == 0 and m <= 96:
             return m
     return 1
@@ -89,7 +93,15 @@ def empty_index(kind: IndexType, dim: int, n: int, metric: Metric, settings: Set
     if kind == IndexType.IVF:
         return faiss.IndexIVFFlat(flat, dim, nlist, fm)
     m = _pq_m(dim)
-    return faiss.index_factory(dim, f"OPQ{m},IVF{nlist},PQ{m}", fm)
+    # 8-bit codes need 256 centroids per sub-quantiser (about 10k training points); a smaller catalogue
+    # (only when ivfpq is forced) gets 6-bit codes, which train in a fraction of the time
+    nbits = 8 if train_size(IndexType.IVFPQ, n) >= _PQ_TRAIN_MIN else 6
+    if dim <= 128:  # OPQ's rotation pays on CLIP-sized vectors; on small ones it costs minutes for little
+        return faiss.index_factory(dim, f"IVF{nlist},PQ{m}x{nbits}", fm)
+    index = faiss.index_factory(dim, f"OPQ{m},IVF{nlist},PQ{m}x{nbits}", fm)
+    opq = faiss.downcast_VectorTransform(faiss.downcast_index(index).chain.at(0))
+    opq.niter = _OPQ_ITERATIONS
+    return index
 
 
 def needs_training(kind: IndexType) -> bool:
@@ -229,8 +241,11 @@ class LiveIndex:
             params = _faiss.SearchParametersIVF(nprobe=int(self._nprobe(widen)))
             return params
         if self.kind == IndexType.IVFPQ:
+            ivf = _faiss.SearchParametersIVF(nprobe=int(self._nprobe(widen)))
+            if not isinstance(self.index, faiss.IndexPreTransform):
+                return ivf
             params = faiss.SearchParametersPreTransform()
-            params.index_params = _faiss.SearchParametersIVF(nprobe=int(self._nprobe(widen)))
+            params.index_params = ivf
             return params
         return None
 
@@ -365,7 +380,7 @@ def _measure(live: LiveIndex, queries: Embeddings, truth: list[set[int]], self_v
              rerank: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None) -> tuple[float, float]:
     faiss.omp_set_num_threads(1)  # measured as the API searches: one query, one thread
     hits, times = 0, []
-    k = 11 if rerank is None else 40
+    k = 11 if rerank is None else 10 * RERANK_FACTOR
     for q, want, own in zip(queries, truth, self_vids, strict=True):
         start = time.perf_counter()
         scores, vids = live.search(q[None], k)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.ann import INDEX_JSON, LiveIndex, build, choose_index_type, exact_top, needs_training, train_size, tune
+from core.ann import INDEX_JSON, RERANK_FACTOR, LiveIndex, build, choose_index_type, exact_top, needs_training, train_size, tune
 from core.config import Settings
 from core.errors import StoreError
 from core.head import ProjectionHead
@@ -184,7 +184,7 @@ class LocalStore:
         want = int((k + extra) * slack) + (4 if live.dead else 0)
         if flt is not None and flt.selective:
             want = max(want, 4 * k + 16)
-        fetch, widen = min(live.ntotal, want if not live.lossy else max(want, 4 * k)), 1
+        fetch, widen = min(live.ntotal, want if not live.lossy else max(want, RERANK_FACTOR * k)), 1
         while True:
             scores, vids = live.search(query[None], fetch, widen)
             if live.lossy:
@@ -299,8 +299,9 @@ class LocalStore:
                                                             else _TUNE_QUERIES, self.settings.seed)
             live = build(lambda: self.table.iter_vectors(conn), sample, n, sample.shape[1], kind,
                          self.settings.metric, self.settings, generation=gen, head=self._head)
-            if tune_it and kind != IndexType.FLAT and n > 10 * _TUNE_QUERIES:
-                pick = np.random.default_rng(self.settings.seed).choice(len(sample), _TUNE_QUERIES, replace=False)
+            tune_queries = min(_TUNE_QUERIES, n // 10, len(sample))
+            if tune_it and kind != IndexType.FLAT and tune_queries >= 20:
+                pick = np.random.default_rng(self.settings.seed).choice(len(sample), tune_queries, replace=False)
                 queries, own = sample[pick], sample_vids[pick]
                 truth = exact_top(self.table.iter_vectors(conn), queries, own)
                 tune(live, queries, truth, own, self.settings,

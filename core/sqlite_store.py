@@ -8,6 +8,7 @@ so an index tagged with a generation can replay exactly the rest.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
@@ -88,6 +89,17 @@ def _is_number(value: ExtraValue) -> bool:
     return True
 
 
+def _digest(it: ProductVector) -> str:
+    """What makes a write a change: the metadata and both vectors."""
+    p = it.product
+    h = hashlib.sha256(json.dumps([p.id, p.title, p.category, list(p.images), p.preview_image, p.preview_cache,
+                                   dict(p.extra)], sort_keys=True, default=str).encode())
+    h.update(blob(it.clip))
+    if it.vector is not None:
+        h.update(blob(it.vector))
+    return h.hexdigest()
+
+
 def _row_to_product(row: sqlite3.Row | tuple[Any, ...]) -> Product:
     pid, title, category, images, preview, preview_cache, extra, source, updated = row[:9]
     return Product(id=pid, title=title, category=category or "", images=tuple(json.loads(images)),
@@ -129,17 +141,19 @@ class ProductTable:
             old = current.get(it.product.id)
             if old is not None and keep_api and old[1] == Source.API.value:
                 continue
-            if old is not None and it.digest and old[2] == it.digest and old[1] == it.product.source.value:
+            digest = it.digest or _digest(it)
+            if old is not None and old[2] == digest and old[1] == it.product.source.value:
                 continue
             changed += 1
-            self._write_row(conn, gen, stamp, it, old[0] if old else None)
+            self._write_row(conn, gen, stamp, it, old[0] if old else None, digest)
         return changed
 
     @staticmethod
-    def _write_row(conn: sqlite3.Connection, gen: int, stamp: float, it: ProductVector, old_vid: int | None) -> None:
+    def _write_row(conn: sqlite3.Connection, gen: int, stamp: float, it: ProductVector, old_vid: int | None,
+                   digest: str) -> None:
         p = it.product
         meta = (p.title, p.category, json.dumps(list(p.images)), p.preview_image, p.preview_cache,
-                json.dumps(dict(p.extra), ensure_ascii=False), p.source.value, stamp, gen, it.digest)
+                json.dumps(dict(p.extra), ensure_ascii=False), p.source.value, stamp, gen, digest)
         clip, vector = blob(it.clip), None if it.vector is None else blob(it.vector)
         if old_vid is not None:
             same = conn.execute("SELECT clip = ? AND vector IS ? FROM products WHERE vid=?",
