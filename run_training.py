@@ -7,7 +7,7 @@ import logging
 import sys
 
 from core.config import load_settings
-from core.errors import ImageSearchError
+from core.errors import ImageSearchError, disk_full
 from core.model_config import ModelRegistry
 from training.cli import add_quality_arguments, run_quality_command, wants_quality_command
 from utils.logging_setup import setup_logging
@@ -61,6 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     except ImageSearchError as exc:
         logger.error("%s", exc.message)
         print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        full = disk_full(exc, args.model or "")
+        if full is None:
+            raise
+        logger.error("%s", full.message)
+        print(f"error: {full.message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted: finished work is kept; run the same command again to resume", file=sys.stderr)

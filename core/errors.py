@@ -209,3 +209,14 @@ class BuildInProgressError(ImageSearchError):
     def __init__(self, model: str) -> None:
         super().__init__(f"model {model!r}: another build of this model is running; wait for it to finish")
         self.model = model
+
+
+def disk_full(exc: OSError, where: str = "") -> StorageFullError | None:
+    """A full disk met outside SQLite (an image cache or index file write) as a typed error, else None."""
+    import errno
+
+    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    place = where or str(exc.filename or "the data folder")
+    return StorageFullError(place, f"the disk is full ({exc.strerror}); free some space and run again: "
+                                   "finished work is kept")
