@@ -1,7 +1,7 @@
 """Benchmark: serving image search over real HTTP, the naive seed design vs our API.
 
 Both serve a ViT-B/32-sized CLIP (random weights unless IMAGESEARCH_BENCH_MODEL points at real
-ones) and a 100,000-product catalogue of synthetic unit vectors, each in its own uvicorn process
+ones) and a 100,000-product catalogue of synthetic clustered unit vectors, each in its own uvicorn process
 on 127.0.0.1, one after the other (so they never share the cores). Our catalogue is built through
 the store as the pipeline fills it: ``LocalStore.upsert`` in batches, then one tuned index build.
 
@@ -41,9 +41,11 @@ _UPSERT_BATCH = 5000  # products per store transaction
 
 
 def _synthetic_vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, dim), dtype=np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+    """Clustered unit vectors like product embeddings (uniform noise has no real neighbours, so tuning
+    an approximate index on it asks for the widest search)."""
+    from training.index_bench import synthetic_vectors
+
+    return synthetic_vectors(n, dim, seed=seed)
 
 
 def _row(i: int) -> dict:
@@ -79,10 +81,10 @@ def prepare(work: Path, n: int, index_type: str) -> tuple[Path, Path]:
     settings = load_settings(root=work / "root", clip_model=str(model_dir), index_type=index_type)
     spec = ModelRegistry.discover(settings).get(MODEL)  # the spec the API will serve it under
     paths = spec.paths(settings)
-    vectors_path = work / f"vectors_{n}.npy"
+    vectors_path = work / f"clustered_vectors_{n}.npy"
     if not vectors_path.is_file():
         np.save(vectors_path, _synthetic_vectors(n, 512))
-    stamp = paths.models / f".bench_store_{n}_{index_type}"
+    stamp = paths.models / f".bench_store_clustered_{n}_{index_type}"
     if not stamp.is_file():
         print(f"building our store and {index_type} index over {n} products (once; reused by later runs)...",
               flush=True)
