@@ -168,9 +168,12 @@ class _Workload:
         return self.vectors[pick]
 
 
-def _skip_reason(kind: IndexType, n: int) -> str | None:
-    if kind == IndexType.IVFPQ and n < PQ_MIN_VECTORS:
-        return f"needs at least {PQ_MIN_VECTORS} vectors to train its 8-bit product quantiser ({n} here)"
+def _skip_reason(kind: IndexType, n: int, dim: int) -> str | None:
+    # OPQ's rotation is learnt from the vectors: with fewer than ``dim`` of them FAISS 1.15 corrupts its
+    # heap and aborts the process (seen at 511 x 512-d), so such a set is not even tried
+    least = max(PQ_MIN_VECTORS, dim)
+    if kind == IndexType.IVFPQ and n < least:
+        return f"needs at least {least} vectors to train its rotation and 8-bit product quantiser ({n} here)"
     return None
 
 
@@ -219,7 +222,7 @@ def run_index_bench(settings: Settings, spec: ModelSpec, *, size: int | None = N
     work = _Workload(vectors, _queries(vectors, queries, settings.seed), settings)
     results: dict[str, Any] = {}
     for kind in tqdm(BENCH_TYPES, desc="index types", unit="index", disable=not progress):
-        skip = _skip_reason(kind, len(vectors))
+        skip = _skip_reason(kind, *vectors.shape)
         results[kind.value] = {"skipped": skip} if skip else _measure(kind, work)
         logger.info("%s bench %s: %s", spec.name, kind.value, results[kind.value])
     choice, reason = recommendation(len(vectors), settings)
