@@ -120,7 +120,8 @@ class LocalStore:
                                         f"CLIP vectors have {row[0] // 4}; remove it or fine-tune again")
         with self.db.write() as conn:
             gen = self.table.bump(conn)
-            if self.table.head(conn) != sha:
+            changed = self.table.head(conn) != sha
+            if changed:
                 for vids, clips in self.table.iter_vectors(conn, column="clip"):
                     rows = head.apply(clips) if head is not None else [None] * len(vids)
                     self.table.set_vectors(conn, gen, [(None if r is None else np.asarray(r, np.float32).tobytes(),
@@ -130,6 +131,10 @@ class LocalStore:
         self.head, self._head = head, sha
         with self._index_lock:
             self._index = None  # every vector changed: the next open rebuilds
+            if changed:
+                # a saved index of an earlier head (head A -> B -> A) would pass the head check and then
+                # "catch up" by adding every re-projected row again: duplicates. It is stale either way.
+                (self.folder / INDEX_JSON).unlink(missing_ok=True)
         return gen
 
     # --- protocol: search ------------------------------------------------------------------------
