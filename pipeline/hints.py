@@ -14,11 +14,11 @@ def csv_location_hint(settings: Settings, model: str) -> str:
     data = settings.data_dir
     target = _shown(data / model / "products.csv")
     folder = data / model
-    found = [p for p in (data / f"{model}.csv", data / "products.csv") if p.is_file()]
-    if folder.is_dir():
-        found += sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in (".csv", ".tsv", ".txt"))
+    found = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in (".csv", ".tsv", ".txt")) \
+        if folder.is_dir() else []
+    found += [p for p in (data / f"{model}.csv", data / "products.csv") if p.is_file()]
     if found:
-        shown = ", ".join(_shown(p) for p in found[:3])
+        shown = ", ".join(_shown(p) for p in list(dict.fromkeys(found))[:3])
         return f"found {shown}: put the CSV at {target} (the folder name is the model name)"
     if folder.is_dir():
         return f"{_shown(folder)} has no products.csv: put the CSV at {target}"

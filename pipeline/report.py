@@ -7,6 +7,7 @@ from pathlib import Path
 
 from core.config import Settings
 from core.model_config import ModelSpec
+from core.types import PhaseName
 from pipeline.runner import PhaseOutcome
 from utils.atomic import read_json
 
@@ -79,23 +80,63 @@ def _next_steps(spec: ModelSpec, settings: Settings, outcomes: list[PhaseOutcome
 
 
 def _model_row(spec: ModelSpec, settings: Settings) -> list[str]:
-    """Counts straight from the model's catalogue database (no JSON loaded, no store created)."""
+    """Counts straight from the model's catalogue database, opened read-only (no store created)."""
     paths = spec.paths(settings)
-    products = images = "-"
+    products = images = failed_images = "-"
     indexed, built, kind = "no", "-", "-"
     db = paths.models / "catalogue.db"
     if db.is_file():
-        products, images = _db_counts(db)
+        products, images, failed_images = _db_counts(db)
     try:
         info = read_json(paths.models / "index.json")
         indexed, built, kind = f"yes ({info['count']})", info["built_at"], info["kind"]
     except (OSError, ValueError, KeyError):
         pass
-    csv = "yes" if paths.csv.is_file() else "no"
-    return [spec.name, spec.display_name or spec.name, csv, products, images, indexed, kind, built]
+    rows = _rejected_rows(paths.checkpoint(PhaseName.VALIDATION))
+    failed = "-" if rows == "-" and failed_images == "-" else f"{_n(rows, 'row')}, {_n(failed_images, 'image')}"
+    return [spec.name, spec.display_name or spec.name, csv_state(spec, settings), products, images, failed,
+            indexed, kind, _backbone(spec.backbone_for(settings)), built]
 
 
-def _db_counts(db: Path) -> tuple[str, str]:
+def _n(count: str, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == "1" else "s")
+
+
+def csv_state(spec: ModelSpec, settings: Settings) -> str:
+    """``no`` (no products.csv), ``new`` (never validated), ``changed`` (the CSV, or a setting the
+    validation depends on, changed since the last build) or ``yes``."""
+    from pipeline.base import PipelineContext, read_checkpoint
+    from pipeline.runner import phase_fingerprint
+    from pipeline.validation import ValidationPhase
+
+    paths = spec.paths(settings)
+    if not paths.csv.is_file():
+        return "no"
+    checkpoint = read_checkpoint(paths.checkpoint(PhaseName.VALIDATION))
+    if checkpoint is None:
+        return "new"
+    ctx = PipelineContext(settings=settings, spec=spec, progress=False)  # the fingerprint opens no store
+    return "yes" if checkpoint.get("fingerprint") == phase_fingerprint(ValidationPhase(), ctx) else "changed"
+
+
+def _rejected_rows(checkpoint_path: Path) -> str:
+    from pipeline.base import read_checkpoint
+
+    checkpoint = read_checkpoint(checkpoint_path)
+    if checkpoint is None:
+        return "-"
+    failed = checkpoint.get("failed") or {}
+    return str(sum(n for reason, n in failed.items() if not reason.startswith("image: ")))
+
+
+def _backbone(backbone: str) -> str:
+    """A hub name as is; a local folder by its name."""
+    path = Path(backbone).expanduser()
+    return path.name if path.is_absolute() or path.is_dir() else backbone
+
+
+def _db_counts(db: Path) -> tuple[str, str, str]:
+    """(products, images cached, images failed) of the staged products; "-" for what is not there."""
     import sqlite3
 
     try:
@@ -103,13 +144,23 @@ def _db_counts(db: Path) -> tuple[str, str]:
         try:
             products = conn.execute("SELECT count(*) FROM products").fetchone()[0]
             images = conn.execute("SELECT count(*) FROM images WHERE status='ok'").fetchone()[0]
+            failed = conn.execute(
+                "SELECT count(*) FROM images WHERE status='failed' AND ref IN (SELECT value FROM csv_products, "
+                "json_each(csv_products.images) UNION SELECT preview_image FROM csv_products)").fetchone()[0]
         finally:
             conn.close()
     except sqlite3.Error:
-        return "-", "-"
-    return str(products), str(images)
+        return "-", "-", "-"
+    return str(products), str(images), str(failed)
 
 
 def format_model_list(specs: Iterable[ModelSpec], settings: Settings) -> str:
+    """One row per model, then a line per model whose CSV changed since its last build."""
+    specs = list(specs)
     rows = [_model_row(s, settings) for s in specs]
-    return _table(["model", "name", "csv", "products", "images cached", "indexed", "index", "built at"], rows)
+    table = _table(["model", "name", "csv", "products", "images cached", "failed", "indexed", "index", "backbone",
+                    "built at"], rows)
+    notes = [f"{row[0]}: CSV changed since the last build; run `python run_training.py {row[0]}`"
+             for row in rows if row[2] == "changed"]
+    notes += [f"{row[0]}: not built yet; run `python run_training.py {row[0]}`" for row in rows if row[2] == "new"]
+    return "\n".join([table, *notes])

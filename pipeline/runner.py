@@ -49,7 +49,7 @@ def default_phases(mode: str = "all") -> list[Phase]:
     return {"data": data, "ml": ml, "all": data + ml}[mode]
 
 
-def _fingerprint(phase: Phase, ctx: PipelineContext) -> str:
+def phase_fingerprint(phase: Phase, ctx: PipelineContext) -> str:
     return digest({"pipeline_version": PIPELINE_VERSION, "phase": phase.name.value, **phase.fingerprint(ctx)})
 
 
@@ -70,7 +70,7 @@ def run_phases(ctx: PipelineContext, phases: list[Phase], *, force: bool = False
     with what it counted before it stopped), so a caller can summarise a run that raised."""
     outcomes = [] if outcomes is None else outcomes
     for phase in phases:
-        fingerprint = _fingerprint(phase, ctx)
+        fingerprint = phase_fingerprint(phase, ctx)
         cached = None if force else _can_skip(phase, ctx, fingerprint)
         if cached is not None:
             logger.info("%s/%s: up to date, skipped", ctx.model, phase.name)
@@ -88,7 +88,7 @@ def run_phases(ctx: PipelineContext, phases: list[Phase], *, force: bool = False
         seconds = time.perf_counter() - start
         if result.complete:
             if getattr(phase, "fingerprint_after_run", False):  # its fingerprint covers what the run left
-                fingerprint = _fingerprint(phase, ctx)
+                fingerprint = phase_fingerprint(phase, ctx)
             write_checkpoint(ctx.paths.checkpoint(phase.name), phase.name, fingerprint, result, seconds)
         status = PhaseStatus.RAN if result.complete else PhaseStatus.INCOMPLETE
         logger.info("%s/%s: %s in %.1fs, ok=%d failed=%s", ctx.model, phase.name, status, seconds,

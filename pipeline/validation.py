@@ -180,7 +180,8 @@ class ValidationPhase:
         failed.update({f"image: {reason}": n for reason, n in report.image_rejects_by_reason.items()})
         result = PhaseResult(ok=accepted, failed=failed, details=details)
         for r in report.rejected:
-            shown = f"row {r['row']}" + (f": {r['id']}" if r["id"] else "") + (f" ({r['detail']})" if r["detail"] else "")
+            shown = f"row {r['row']}" + (f": {r['id']}" if r["id"] else "")
+            shown += f" ({r['detail']})" if r["detail"] else ""
             result.example(r["reason"], shown)
         for r in report.image_rejects:
             result.example(f"image: {r['reason']}", f"row {r['row']}: {r['ref']}")
