@@ -6,9 +6,9 @@ import argparse
 import logging
 import sys
 
-from core.config import load_settings
-from core.errors import ImageSearchError, disk_full
-from core.model_config import ModelRegistry
+from core.config import Settings, load_settings
+from core.errors import ImageSearchError, UnknownModelError, disk_full
+from core.model_config import ModelRegistry, ModelSpec
 from training.cli import add_quality_arguments, run_quality_command, wants_quality_command
 from utils.logging_setup import setup_logging
 
@@ -31,6 +31,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _get_model(registry: ModelRegistry, settings: Settings, name: str) -> ModelSpec:
+    """The model's spec; an unknown name's error says where its CSV should go when one lies nearby."""
+    try:
+        return registry.get(name)
+    except UnknownModelError as exc:
+        from pipeline.hints import csv_location_hint
+
+        raise UnknownModelError(exc.name, exc.available, hint=csv_location_hint(settings, name)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -49,14 +59,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.list:
             print(format_model_list(registry, settings))
             return 0
-        spec = registry.get(args.model)
+        spec = _get_model(registry, settings, args.model)
         if wants_quality_command(args):
             return run_quality_command(args, settings, spec)
-        from pipeline.runner import run_model
+        from pipeline.runner import PhaseOutcome, run_model
 
-        outcomes = run_model(settings, spec, mode=args.mode, force=args.force, progress=not args.no_progress,
-                             drop_api_edits=args.drop_api_edits)
-        print(format_summary(spec, settings, outcomes))
+        outcomes: list[PhaseOutcome] = []
+        try:
+            run_model(settings, spec, mode=args.mode, force=args.force, progress=not args.no_progress,
+                      drop_api_edits=args.drop_api_edits, outcomes=outcomes)
+        finally:  # the summary prints also when a phase stopped the run
+            if outcomes:
+                print(format_summary(spec, settings, outcomes), flush=True)
         return 0
     except ImageSearchError as exc:
         logger.error("%s", exc.message)

@@ -99,7 +99,7 @@ def empty_index(kind: IndexType, dim: int, n: int, metric: Metric, settings: Set
     if dim <= 128:  # OPQ's rotation pays on CLIP-sized vectors; on small ones it costs minutes for little
         return faiss.index_factory(dim, f"IVF{nlist},PQ{m}x{nbits}", fm)
     index = faiss.index_factory(dim, f"OPQ{m},IVF{nlist},PQ{m}x{nbits}", fm)
-    opq = faiss.downcast_VectorTransform(faiss.downcast_index(index).chain.at(0))
+    opq = _faiss.downcast_VectorTransform(_faiss.downcast_index(index).chain.at(0))
     opq.niter = _OPQ_ITERATIONS
     return index
 
@@ -241,7 +241,7 @@ class LiveIndex:
             params = _faiss.SearchParametersIVF(nprobe=int(self._nprobe(widen)))
             return params
         if self.kind == IndexType.IVFPQ:
-            ivf = _faiss.SearchParametersIVF(nprobe=int(self._nprobe(widen)))
+            ivf: faiss.SearchParameters = _faiss.SearchParametersIVF(nprobe=int(self._nprobe(widen)))
             if not isinstance(self.index, faiss.IndexPreTransform):
                 return ivf
             params = faiss.SearchParametersPreTransform()

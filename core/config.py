@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, ge=1024, description="largest image accepted, width x height")
     cache_image_size: int = Field(384, ge=32, le=4096, description="shorter side of cached images, px")
     max_images_per_product: int = Field(10, ge=1, le=100, description="views kept per product")
+    shopify_include_inactive: bool = Field(
+        False, description="index a Shopify export's draft, archived and unpublished products too "
+                           "(by default they are skipped, with the reason in the validation report)")
 
     # index
     index_type: IndexType = Field(IndexType.AUTO, description="auto | flat | hnsw | ivf | ivfpq")

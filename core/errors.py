@@ -35,9 +35,13 @@ class UnknownModelError(ImageSearchError):
 
     status_code = 404
 
-    def __init__(self, name: str, available: list[str]) -> None:
+    def __init__(self, name: str, available: list[str], hint: str = "") -> None:
+        import difflib
+
         listed = ", ".join(available) or "none"
-        super().__init__(f"unknown model {name!r}; available models: {listed}")
+        close = difflib.get_close_matches(name, available, n=1, cutoff=0.6)
+        guess = f"; did you mean {close[0]!r}?" if close else ""
+        super().__init__(f"unknown model {name!r}{guess}; available models: {listed}" + (f"; {hint}" if hint else ""))
         self.name = name
         self.available = available
 

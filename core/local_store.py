@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from core.ann import INDEX_JSON, RERANK_FACTOR, LiveIndex, build, choose_index_type, exact_top, needs_training, train_size, tune
+from core.ann import (INDEX_JSON, RERANK_FACTOR, LiveIndex, build, choose_index_type, exact_top, needs_training,
+                      train_size, tune)
 from core.config import Settings
 from core.errors import StoreError
 from core.head import ProjectionHead

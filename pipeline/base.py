@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from core.config import Settings
+from core.errors import NoUsableProductsError
 from core.model_config import ModelPaths, ModelSpec
 from core.types import PhaseName
 from utils.atomic import read_json, sha256_file, write_json_atomic
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+EXAMPLES = 3  # example rows or refs kept per failure reason for the summary
 PIPELINE_VERSION = 2  # bump when an output format changes, so old checkpoints are redone
 
 
@@ -82,16 +84,33 @@ class PipelineContext:
 @dataclass
 class PhaseResult:
     """Counts for the summary. ``complete=False`` (e.g. transient download failures) means the
-    phase is not checkpointed as done, so a rerun retries what failed (and reuses what worked)."""
+    phase is not checkpointed as done, so a rerun retries what failed (and reuses what worked).
+    ``examples`` holds, per failure reason, the first few rows or refs that failed for it."""
 
     ok: int = 0
     failed: Counter[str] = field(default_factory=Counter)
     details: dict[str, Any] = field(default_factory=dict)
     complete: bool = True
+    examples: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def num_failed(self) -> int:
         return sum(self.failed.values())
+
+    def example(self, reason: str, text: str, limit: int = EXAMPLES) -> None:
+        """Keep ``text`` as an example of ``reason`` while fewer than ``limit`` are kept."""
+        kept = self.examples.setdefault(reason, [])
+        if len(kept) < limit:
+            kept.append(text[:300])
+
+
+class NothingUsableError(NoUsableProductsError):
+    """Nothing is left to index; carries what the phase counted before it stopped (failures by reason,
+    examples), so the run's summary can still say why."""
+
+    def __init__(self, model: str, message: str, partial: PhaseResult) -> None:
+        super().__init__(model, message)
+        self.partial = partial
 
 
 class Phase(Protocol):
@@ -140,4 +159,5 @@ def write_checkpoint(path: Path, phase: PhaseName, fingerprint: str, result: Pha
         "ok": result.ok,
         "failed": dict(result.failed),
         "details": result.details,
+        "examples": result.examples,
     })

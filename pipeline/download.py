@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import sys
 import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -81,9 +84,14 @@ class DownloadPhase:
     outcome is recorded in the build state a chunk at a time."""
 
     name = PhaseName.DOWNLOAD
+    fingerprint_after_run = True  # the checkpoint records the failures this run left
 
     def fingerprint(self, ctx: PipelineContext) -> dict[str, Any]:
-        return {"staged": ctx.state().get_meta("staged"), **cache_key(ctx.settings)}
+        """The staged rows, the cache settings, and what failed: each failed ref, with its local file's
+        size and mtime (or its absence). Copying a missing image in, or fixing a broken one, changes
+        it, so a rerun retries the refs that failed (transient failures leave the phase unfinished)."""
+        return {"staged": ctx.state().get_meta("staged"), **cache_key(ctx.settings),
+                "failed": failed_digest(ctx.state(), ctx.paths.data)}
 
     def outputs(self, ctx: PipelineContext) -> list[Path]:
         return [download_report_path(ctx.paths)]
@@ -96,7 +104,7 @@ class DownloadPhase:
         key = json.dumps(cache_key(ctx.settings), sort_keys=True)
         tally = _Tally()
         bar = tqdm(desc=f"{ctx.model} images", unit="img", disable=not ctx.progress)
-        with Fetcher(fetch_policy(ctx.settings)) as fetcher, logging_redirect_tqdm():
+        with Fetcher(fetch_policy(ctx.settings)) as fetcher, _logs_above_bars():
             for refs in state.refs(_CHUNK):
                 known = state.images(refs)
                 recorder = _Recorder(state, key, tally)
@@ -114,6 +122,36 @@ class DownloadPhase:
                 recorder.flush()
         bar.close()
         return _finish(ctx, tally)
+
+
+def failed_digest(state: BuildState, data_dir: Path) -> str:
+    """sha256 over the failed refs, each with its local file's current (size, mtime) or None."""
+    h = hashlib.sha256()
+    for ref in state.failed_refs():
+        h.update(json.dumps([ref, None if urlsplit(ref).scheme else _local_stat(ref, data_dir)]).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def _local_stat(ref: str, data_dir: Path) -> list[int] | None:
+    try:
+        target = _classify(ref, data_dir)
+    except FetchError:
+        return None
+    return [target.stat.st_size, target.stat.st_mtime_ns] if target.stat else None
+
+
+@contextmanager
+def _logs_above_bars() -> Iterator[None]:
+    """tqdm's console-logging redirect, keeping the console handler's level (tqdm's drops it, which
+    would print every failed image's warning over the summary)."""
+    root = logging.getLogger()
+    levels = [h.level for h in root.handlers
+              if isinstance(h, logging.StreamHandler) and h.stream in (sys.stdout, sys.stderr)]
+    with logging_redirect_tqdm():
+        if levels:
+            root.handlers[-1].setLevel(levels[0])
+        yield
 
 
 class _Recorder:
@@ -143,6 +181,7 @@ class _Tally:
     failed: Counter[str] = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
     transient: int = 0
+    remote_failed: int = 0
 
     def add(self, outcomes: list[_Outcome]) -> None:
         for o in outcomes:
@@ -154,6 +193,7 @@ class _Tally:
                 if len(self.examples[reason]) < _EXAMPLES:
                     self.examples[reason].append(o.ref[:300])
                 self.transient += o.transient
+                self.remote_failed += bool(urlsplit(o.ref).scheme)
 
 
 def _triage(ref: str, data_dir: Path, cache: ImageCache, known: dict[str, Any] | None,
@@ -301,5 +341,7 @@ def _finish(ctx: PipelineContext, tally: _Tally) -> PhaseResult:
         "model": ctx.model, "refs": refs, "ok": ok, "failed": dict(tally.failed), "examples": tally.examples,
         "transient": tally.transient})
     details = {"refs": refs, "downloaded": tally.sources["downloaded"], "reused": tally.sources["reused"],
-               "local": tally.sources["local"], "transient": tally.transient}
-    return PhaseResult(ok=ok, failed=tally.failed, details=details, complete=tally.transient == 0)
+               "local": tally.sources["local"], "transient": tally.transient,
+               "failed_local": tally.sources["failed"] - tally.remote_failed, "failed_remote": tally.remote_failed}
+    return PhaseResult(ok=ok, failed=tally.failed, details=details, complete=tally.transient == 0,
+                       examples=tally.examples)

@@ -20,11 +20,10 @@ import numpy as np
 from tqdm import tqdm
 
 from core.encoder import l2_normalize
-from core.errors import NoUsableProductsError
 from core.head import ProjectionHead
 from core.store import Product, ProductVector, Source
 from core.types import PhaseName
-from pipeline.base import PhaseResult, PipelineContext, digest
+from pipeline.base import NothingUsableError, PhaseResult, PipelineContext, digest
 from pipeline.state import BuildState, StagedProduct
 
 if TYPE_CHECKING:
@@ -33,7 +32,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _AHEAD = 2  # batches decoded ahead of the model
-_EXAMPLES = 3
 
 
 def backbone_identity(backbone: str) -> dict[str, Any]:
@@ -78,10 +76,10 @@ class ExtractionPhase:
         state, key = ctx.state(), model_key(ctx)
         failed: Counter[str] = Counter()
         embedded = self._embed(ctx, state, key, failed)
-        result = _Upserter(ctx, key).run(state)
-        result.failed.update(failed)
-        result.details["embedded"] = embedded
-        return result
+        upserter = _Upserter(ctx, key)
+        upserter.result.failed.update(failed)
+        upserter.result.details["embedded"] = embedded
+        return upserter.run(state)
 
     def _embed(self, ctx: PipelineContext, state: BuildState, key: str, failed: Counter[str]) -> int:
         encoder: ClipEncoder | None = None
@@ -126,8 +124,7 @@ class _Upserter:
     def __init__(self, ctx: PipelineContext, key: str) -> None:
         self.ctx, self.key = ctx, key
         self.head: ProjectionHead | None = ctx.store().head
-        self.failed: Counter[str] = Counter()
-        self.examples: dict[str, list[str]] = {}
+        self.result = PhaseResult()
         self.written = 0
 
     def run(self, state: BuildState) -> PhaseResult:
@@ -142,11 +139,12 @@ class _Upserter:
         removed = store.delete_missing(state.usable_ids(), sources=sources)
         stats = store.stats()
         if not stats.products:
-            raise NoUsableProductsError(self.ctx.model, "no product has a usable image; nothing to index")
+            raise NothingUsableError(self.ctx.model, "no product has a usable image; nothing to index", self.result)
         api_after = stats.by_source.get(Source.API.value, 0)
-        details = {"products": stats.products, "removed": removed, "api_kept": api_after,
-                   "api_dropped": max(0, api_before - api_after), "examples": self.examples}
-        return PhaseResult(ok=self.written, failed=self.failed, details=details)
+        self.result.ok = self.written
+        self.result.details.update({"products": stats.products, "removed": removed, "api_kept": api_after,
+                                    "api_dropped": max(0, api_before - api_after)})
+        return self.result
 
     def _views(self, state: BuildState,
                chunk: list[StagedProduct]) -> Iterator[tuple[StagedProduct, dict[str, tuple[str, np.ndarray]]]]:
@@ -158,10 +156,8 @@ class _Upserter:
     def _item(self, p: StagedProduct, found: dict[str, tuple[str, np.ndarray]]) -> ProductVector | None:
         views = [found[r] for r in p.images if r in found]
         if not views:
-            self.failed["no usable image"] += 1
-            self.examples.setdefault("no usable image", [])
-            if len(self.examples["no usable image"]) < _EXAMPLES:
-                self.examples["no usable image"].append(f"row {p.row}: {p.id}")
+            self.result.failed["no usable image"] += 1
+            self.result.example("no usable image", f"row {p.row}: {p.id}")
             logger.warning("%s: product %s (row %s) has no usable image; left out", self.ctx.model, p.id, p.row)
             return None
         clip = l2_normalize(np.mean([v for _, v in views], axis=0))

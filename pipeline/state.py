@@ -29,6 +29,7 @@ CREATE TABLE IF NOT EXISTS images(
     height INTEGER, bytes INTEGER, size INTEGER, mtime_ns INTEGER, settings TEXT, transient INTEGER NOT NULL DEFAULT 0,
     updated_at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS images_cache ON images(cache);
+CREATE INDEX IF NOT EXISTS images_status ON images(status);
 CREATE TABLE IF NOT EXISTS views(cache TEXT NOT NULL, model_key TEXT NOT NULL, vector BLOB NOT NULL,
     PRIMARY KEY (cache, model_key));
 CREATE TABLE IF NOT EXISTS state_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -139,6 +140,14 @@ class BuildState:
             conn.executemany("INSERT OR REPLACE INTO images VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", [
                 (r.ref, r.status, r.reason, r.detail, r.cache, r.width, r.height, r.bytes, r.size, r.mtime_ns,
                  settings_key, int(r.transient), stamp) for r in records])
+
+    def failed_refs(self) -> Iterator[str]:
+        """The staged products' refs whose last download failed, in order."""
+        cursor = self.db.reader().execute(
+            "SELECT ref FROM images WHERE status='failed' AND ref IN (SELECT value FROM csv_products, "
+            "json_each(csv_products.images) UNION SELECT preview_image FROM csv_products) ORDER BY ref")
+        while rows := cursor.fetchmany(5000):
+            yield from (r[0] for r in rows)
 
     def image_counts(self) -> dict[str, int]:
         return dict(self.db.reader().execute(

@@ -13,7 +13,8 @@ from core.errors import MissingInputError
 from core.types import PhaseName
 from pipeline.base import PhaseResult, PipelineContext, digest, file_digest
 from pipeline.state import StagedProduct
-from pipeline.csv_reader import ImageListError, RawRow, decode_csv, parse_image_list, read_rows
+from pipeline.csv_reader import (DELIMITERS, ImageListError, RawRow, decode_csv, detect_delimiter, parse_image_list,
+                                 read_rows)
 from utils.atomic import write_json_atomic
 from utils.redact import escape_control
 
@@ -122,22 +123,28 @@ class ValidationPhase:
     name = PhaseName.VALIDATION
 
     def fingerprint(self, ctx: PipelineContext) -> dict[str, Any]:
-        return {"csv": file_digest(ctx.paths.csv), "max_images": ctx.settings.max_images_per_product}
+        return {"csv": file_digest(ctx.paths.csv), "max_images": ctx.settings.max_images_per_product,
+                "shopify_include_inactive": ctx.settings.shopify_include_inactive}
 
     def outputs(self, ctx: PipelineContext) -> list[Path]:
         return [ctx.paths.models / "validation_report.json"]
 
     def run(self, ctx: PipelineContext) -> PhaseResult:
         if not ctx.paths.csv.is_file():
-            raise MissingInputError(ctx.model, f"no products.csv at {ctx.paths.csv}")
+            from pipeline.hints import csv_location_hint
+
+            hint = csv_location_hint(ctx.settings, ctx.model)
+            raise MissingInputError(ctx.model, f"no products.csv at {ctx.paths.csv}" + (f"; {hint}" if hint else ""))
         text, encoding = decode_csv(ctx.paths.csv.read_bytes())
+        delimiter = detect_delimiter(text)
         report = _Report()
         state = ctx.state()
         rows = 0
         with state.db.write() as conn:  # the staged rows are replaced whole, or not at all
             state.replace_staged(conn)
             batch: dict[str, StagedProduct] = {}
-            for row in read_rows(text, ctx.model):
+            for row in read_rows(text, ctx.model, delimiter=delimiter,
+                                 include_inactive=ctx.settings.shopify_include_inactive):
                 rows += 1
                 product = _product(row, report, ctx.settings.max_images_per_product)
                 if product is None:
@@ -153,12 +160,13 @@ class ValidationPhase:
             state.stage(conn, list(batch.values()))
             state.set_meta(conn, "staged", digest(self.fingerprint(ctx)))
             accepted = int(conn.execute("SELECT count(*) FROM csv_products").fetchone()[0])
-        return self._write(ctx, accepted, report, rows, encoding)
+        return self._write(ctx, accepted, report, rows, encoding, DELIMITERS[delimiter])
 
-    def _write(self, ctx: PipelineContext, accepted: int, report: _Report, rows: int, encoding: str) -> PhaseResult:
+    def _write(self, ctx: PipelineContext, accepted: int, report: _Report, rows: int, encoding: str,
+               delimiter: str) -> PhaseResult:
         failed = Counter(report.rejected_by_reason)
         write_json_atomic(ctx.paths.models / "validation_report.json", {
-            "model": ctx.model, "encoding": encoding, "rows": rows, "accepted": accepted,
+            "model": ctx.model, "encoding": encoding, "delimiter": delimiter, "rows": rows, "accepted": accepted,
             "rejected_by_reason": dict(failed), "rejected": report.rejected[:REPORT_EXAMPLES],
             "warnings": report.warnings[:REPORT_EXAMPLES], "image_rejects": report.image_rejects[:REPORT_EXAMPLES],
             "listed": f"at most {REPORT_EXAMPLES} entries of each list; the counts cover every row"})
@@ -168,6 +176,13 @@ class ValidationPhase:
             logger.warning("%s: row %d: %s", ctx.model, w["row"], w["message"])
         details = {"rows": rows, "warnings": report.num_warnings,
                    "images_rejected": sum(report.image_rejects_by_reason.values()),
-                   "encoding": encoding}
+                   "encoding": encoding, "delimiter": delimiter}
         failed.update({f"image: {reason}": n for reason, n in report.image_rejects_by_reason.items()})
-        return PhaseResult(ok=accepted, failed=failed, details=details)
+        result = PhaseResult(ok=accepted, failed=failed, details=details)
+        for r in report.rejected:
+            shown = f"row {r['row']}" + (f": {r['id']}" if r["id"] else "")
+            shown += f" ({r['detail']})" if r["detail"] else ""
+            result.example(r["reason"], shown)
+        for r in report.image_rejects:
+            result.example(f"image: {r['reason']}", f"row {r['row']}: {r['ref']}")
+        return result

@@ -95,7 +95,8 @@ def test_good_images_are_cached_downscaled_and_recorded(http_server, make_ctx):
     result, manifest = _run(ctx)
 
     assert (result.ok, result.failed, result.complete) == (3, Counter(), True)
-    assert result.details == {"refs": 3, "downloaded": 2, "reused": 0, "local": 1, "transient": 0}
+    assert result.details == {"refs": 3, "downloaded": 2, "reused": 0, "local": 1, "transient": 0,
+                              "failed_local": 0, "failed_remote": 0}
     assert _report(ctx) == {"ok": 3, "failed": {}}
     expected = {big_url: (big, (102, 64)), local_ref: (local, (64, 128)), small_url: (small, (50, 40))}
     for ref, (original, size) in expected.items():
@@ -297,7 +298,8 @@ def test_rerun_makes_no_requests_for_cached_refs(http_server, make_ctx):
     result, manifest = _run(ctx)
 
     assert http_server.total_requests == 0
-    assert result.details == {"refs": 6, "downloaded": 0, "reused": 6, "local": 0, "transient": 0}
+    assert result.details == {"refs": 6, "downloaded": 0, "reused": 6, "local": 0, "transient": 0,
+                              "failed_local": 0, "failed_remote": 0}
     assert manifest == first_manifest
 
 
@@ -375,6 +377,37 @@ def test_runner_checkpoints_only_when_nothing_transient_failed(http_server, make
     third = run_phases(ctx, [DownloadPhase()])
 
     assert third[0].status == PhaseStatus.SKIPPED and http_server.total_requests == 0
+
+
+def test_a_rerun_retries_local_images_that_now_exist_and_skips_when_nothing_changed(http_server, make_ctx):
+    ctx = make_ctx()
+    http_server.routes["/gone.jpg"] = Reply(status=404)
+    gone = http_server.url("/gone.jpg")
+    _write_products(ctx, ["images/a.jpg", "images/b.jpg"], [gone])
+    checkpoint = ctx.paths.checkpoint(DownloadPhase.name)
+
+    first = run_phases(ctx, [DownloadPhase()])[0]
+    assert first.status == PhaseStatus.RAN and checkpoint.exists()
+    assert first.result.failed == Counter({"file not found": 2, "http 404": 1})
+    assert first.result.examples["file not found"] == ["images/a.jpg", "images/b.jpg"]
+    assert (first.result.details["failed_local"], first.result.details["failed_remote"]) == (2, 1)
+    http_server.reset()
+    assert run_phases(ctx, [DownloadPhase()])[0].status == PhaseStatus.SKIPPED  # nothing changed: no requests
+    assert http_server.total_requests == 0
+
+    _local(ctx, "images/a.jpg", jpeg_bytes(seed=80))  # the merchant copies one image in
+    second = run_phases(ctx, [DownloadPhase()])[0]
+    assert second.status == PhaseStatus.RAN and second.result.failed == Counter({"file not found": 1, "http 404": 1})
+    assert second.result.details["local"] == 1 and _reasons(_manifest(ctx))["images/a.jpg"] == "ok"
+    assert run_phases(ctx, [DownloadPhase()])[0].status == PhaseStatus.SKIPPED
+
+    _local(ctx, "images/b.jpg", b"not an image")  # a broken file fails, then its replacement is read again
+    assert run_phases(ctx, [DownloadPhase()])[0].result.failed["file not found"] == 0
+    assert run_phases(ctx, [DownloadPhase()])[0].status == PhaseStatus.SKIPPED
+    time.sleep(0.01)
+    _local(ctx, "images/b.jpg", jpeg_bytes(seed=81))
+    fixed = run_phases(ctx, [DownloadPhase()])[0]
+    assert fixed.status == PhaseStatus.RAN and fixed.result.failed == Counter({"http 404": 1})
 
 
 _CHILD = """
