@@ -17,7 +17,7 @@ from api.catalogue import Catalogue
 from api.errors import install_error_handlers
 from api.guards import RequestGuard
 from api.metrics import Metrics, MetricsMiddleware
-from api.routes import admin, products, search, system
+from api.routes import admin, explain, products, search, system
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,6 @@ def create_app(settings: Settings, *, registry: ModelRegistry | None = None, wat
     app.add_middleware(RequestGuard, settings=settings)  # inner: metrics (outermost) counts what it refuses
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     install_error_handlers(app)
-    for module in (system, search, products, admin):  # search first: /all/search before /{model}/search
+    for module in (system, search, explain, products, admin):  # search first: /all/search before /{model}/search
         app.include_router(module.router)
     return app

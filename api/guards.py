@@ -22,7 +22,8 @@ from api.errors import error_response
 
 _ADMIN_ROUTES = (("POST", re.compile(r"^/[^/]+/products/?$")), ("DELETE", re.compile(r"^/[^/]+/products/[^/]+$")),
                  ("POST", re.compile(r"^/[^/]+/reload/?$")))
-_SEARCH_ROUTE = re.compile(r"^/(search_products/?|[^/]+/search(/text)?/?|[^/]+/products/[^/]+/similar/?)$")
+_SEARCH_ROUTE = re.compile(r"^/(search_products/?|[^/]+/search(/text)?/?|[^/]+/products/[^/]+/similar/?"
+                           r"|[^/]+/explain/?)$")
 _WINDOW = 60.0
 _MAX_TRACKED_CLIENTS = 10_000
 

@@ -218,3 +218,14 @@ class ReloadResponse(BaseModel):
     num_products: int
     index_type: str | None = None
     built_at: str | None = None
+
+
+class ExplainResponse(BaseModel):
+    """Why this match, as numbers: Grad-CAM grids (rows of cells in [0, 1], 1 = drives the match most)
+    over the centre square each image was embedded from."""
+
+    model: str
+    product_id: str
+    score: float = Field(description="cosine similarity of the two CLIP image embeddings (before any head)")
+    query_grid: list[list[float]]
+    hit_grid: list[list[float]]
