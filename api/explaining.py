@@ -79,7 +79,7 @@ class Explainer:
         self.cache = ExplainCache(model.spec.paths(settings).models / "explain_cache", settings.explain_cache_max_files)
 
     async def grids(self, query: bytes, product_id: str) -> tuple[str, Explanation]:
-        preview = self.model.product(product_id).preview_cache
+        preview = self.model.product(product_id).preview_cache or ""
         key = cache_key(self.model, query, product_id, preview)
         cached = self.cache.read(f"{key}.json")
         if cached is not None:
@@ -105,7 +105,7 @@ class Explainer:
         cached = self.cache.read(name)
         if cached is not None:
             return cached
-        preview = self.model.product(product_id).preview_cache
+        preview = self.model.product(product_id).preview_cache or ""
         data = await to_thread.run_sync(self._render, query, product_id, preview, found, view)
         await to_thread.run_sync(self.cache.write, name, data)
         return data

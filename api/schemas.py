@@ -229,3 +229,19 @@ class ExplainResponse(BaseModel):
     score: float = Field(description="cosine similarity of the two CLIP image embeddings (before any head)")
     query_grid: list[list[float]]
     hit_grid: list[list[float]]
+
+
+class RebuildJobRequest(BaseModel):
+    force: bool = Field(False, description="rerun every phase (the image cache is kept)")
+    drop_api_edits: bool = Field(False, description="also drop products added through the API")
+
+
+class EmbedJobRequest(BaseModel):
+    ids: list[Annotated[str, Field(min_length=1, max_length=512)]] = Field(min_length=1, max_length=10_000)
+
+
+class JobAccepted(BaseModel):
+    task_id: str
+    status: str = Field(description="queued")
+    kind: str
+    model: str

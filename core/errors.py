@@ -209,3 +209,13 @@ class BuildInProgressError(ImageSearchError):
     def __init__(self, model: str) -> None:
         super().__init__(f"model {model!r}: another build of this model is running; wait for it to finish")
         self.model = model
+
+
+class JobNotFoundError(ImageSearchError):
+    """No background job has this task id."""
+
+    status_code = 404
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"no job with task id {task_id!r}")
+        self.task_id = task_id

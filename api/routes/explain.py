@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
@@ -17,7 +17,8 @@ from api.uploads import UPLOAD_OPENAPI, read_query_image
 
 router = APIRouter(tags=["search"])
 
-_PNG = {200: {"content": {"image/png": {}, "application/json": {"schema": ExplainResponse.model_json_schema()}},
+_JSON = {"schema": ExplainResponse.model_json_schema()}
+_PNG: dict[int | str, dict[str, Any]] = {200: {"content": {"image/png": {}, "application/json": _JSON},
               "description": "the overlay PNG, or the raw grids as JSON with format=json"}}
 
 
