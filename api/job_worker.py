@@ -108,7 +108,7 @@ def run(db: Path, task_id: str, settings: Settings) -> int:
         logger.error("job %s failed:\n%s", task_id, traceback.format_exc())
         jobs.finish_if(task_id, JobStatus.RUNNING, JobStatus.FAILED, [*job.errors, f"{type(exc).__name__}: {exc}"])
         return 1
-    jobs.finish_if(task_id, JobStatus.RUNNING, JobStatus.SUCCEEDED, errors)
+    jobs.finish_if(task_id, JobStatus.RUNNING, JobStatus.SUCCEEDED, [*job.errors, *errors])
     return 0
 
 
