@@ -35,6 +35,7 @@ _STATUS_TEXT = {400: "bad request (undecodable image, bad content type, bad filt
                 401: "no X-API-Key header", 403: "wrong X-API-Key, or admin routes disabled",
                 404: "unknown or invalid model, unknown product, or no cached image",
                 408: "the request body did not arrive within the deadline",
+                409: "a build or embedding of this model is already queued or running",
                 413: "the body or the image is over its limit", 422: "a parameter or field is invalid",
                 429: "too many failed X-API-Key attempts from this address (see Retry-After)",
                 503: "the model is not ready, or the server is busy (see Retry-After)"}

@@ -31,7 +31,10 @@ def _accepted(jobs: JobManager, kind: JobKind, model: str, params: dict[str, Any
     return JobAccepted(task_id=job.task_id, status=job.status.value, kind=kind.value, model=model)
 
 
-@router.post("/{model}/jobs/rebuild", response_model=JobAccepted, status_code=202,
+_CONFLICT = error_responses(409)
+
+
+@router.post("/{model}/jobs/rebuild", response_model=JobAccepted, status_code=202, responses=_CONFLICT,
              summary="Queue a pipeline run of the model (409 while one is queued or running)")
 async def job_rebuild(model: str, body: RebuildJobRequest | None = None, catalogue: Catalogue = Depends(get_catalogue),
                       jobs: JobManager = Depends(get_jobs)) -> JobAccepted:
@@ -48,7 +51,7 @@ async def job_evaluate(model: str, catalogue: Catalogue = Depends(get_catalogue)
     return await to_thread.run_sync(_accepted, jobs, JobKind.EVALUATE, model, {})
 
 
-@router.post("/{model}/jobs/embed", response_model=JobAccepted, status_code=202,
+@router.post("/{model}/jobs/embed", response_model=JobAccepted, status_code=202, responses=_CONFLICT,
              summary="Queue re-embedding these products from their cached images")
 async def job_embed(model: str, body: EmbedJobRequest, catalogue: Catalogue = Depends(get_catalogue),
                     jobs: JobManager = Depends(get_jobs)) -> JobAccepted:
