@@ -35,6 +35,7 @@ _STATUS_TEXT = {400: "bad request (undecodable image, bad content type, bad filt
                 401: "no X-API-Key header", 403: "wrong X-API-Key, or admin routes disabled",
                 404: "unknown or invalid model, unknown product, or no cached image",
                 408: "the request body did not arrive within the deadline",
+                409: "a build or embedding of this model is already queued or running",
                 413: "the body or the image is over its limit", 422: "a parameter or field is invalid",
                 429: "too many failed X-API-Key attempts from this address (see Retry-After)",
                 503: "the model is not ready, or the server is busy (see Retry-After)"}
@@ -218,3 +219,30 @@ class ReloadResponse(BaseModel):
     num_products: int
     index_type: str | None = None
     built_at: str | None = None
+
+
+class ExplainResponse(BaseModel):
+    """Why this match, as numbers: Grad-CAM grids (rows of cells in [0, 1], 1 = drives the match most)
+    over the centre square each image was embedded from."""
+
+    model: str
+    product_id: str
+    score: float = Field(description="cosine similarity of the two CLIP image embeddings (before any head)")
+    query_grid: list[list[float]]
+    hit_grid: list[list[float]]
+
+
+class RebuildJobRequest(BaseModel):
+    force: bool = Field(False, description="rerun every phase (the image cache is kept)")
+    drop_api_edits: bool = Field(False, description="also drop products added through the API")
+
+
+class EmbedJobRequest(BaseModel):
+    ids: list[Annotated[str, Field(min_length=1, max_length=512)]] = Field(min_length=1, max_length=10_000)
+
+
+class JobAccepted(BaseModel):
+    task_id: str
+    status: str = Field(description="queued")
+    kind: str
+    model: str

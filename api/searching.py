@@ -9,6 +9,9 @@ from urllib.parse import quote
 import numpy as np
 
 from core.errors import BadRequestError
+from fastapi import Request
+
+from core.query_log import QueryRecord
 from core.store import Filter, Hit, Product
 
 from api.loaded import ServedModel
@@ -97,3 +100,13 @@ def merge_rankings(per_model: list[list[SearchHit]], top_k: int) -> list[SearchH
     """One ranking across models by score (scores are cosine similarity in every model)."""
     merged = sorted((h for hits in per_model for h in hits), key=lambda h: -h.score)[:top_k]
     return [h.model_copy(update={"rank": i}) for i, h in enumerate(merged, start=1)]
+
+
+def log_search(request: Request, model: str, kind: str, filters: Filters, latency_ms: float,
+               hits: list[SearchHit]) -> None:
+    """One row in the query log (never the image or the text): returns at once, a thread writes it."""
+    used = {"category": filters.category, "equals": filters.equals or None, "ranges": filters.ranges or None,
+            "min_score": filters.min_score, "top_k": filters.top_k, "offset": filters.offset or None}
+    request.app.state.query_log.record(QueryRecord(
+        model=model, kind=kind, latency_ms=latency_ms, results=len(hits), top_ids=[h.id for h in hits[:10]],
+        filters={k: v for k, v in used.items() if v is not None}))

@@ -107,6 +107,14 @@ class Settings(BaseSettings):
     max_aspect_ratio: float = Field(20.0, ge=1, le=1000,
                                     description="query images more elongated than this get 400")
 
+    # explanations, query log, background jobs
+    explain_cache_max_files: int = Field(5000, ge=10, le=10_000_000,
+                                         description="explanation files kept per model (the oldest go first)")
+    query_log_enabled: bool = Field(True, description="record searches (no images) in logs/queries.db")
+    query_log_retention_days: int = Field(30, ge=1, le=3650, description="days of the query log kept")
+    job_max_attempts: int = Field(3, ge=1, le=20,
+                                  description="runs of a background job interrupted by an API restart before it fails")
+
     @property
     def data_dir(self) -> Path:
         return self.root / "data"
@@ -122,6 +130,14 @@ class Settings(BaseSettings):
     @property
     def logs_dir(self) -> Path:
         return self.root / "logs"
+
+    @property
+    def query_log_path(self) -> Path:
+        return self.logs_dir / "queries.db"
+
+    @property
+    def jobs_path(self) -> Path:
+        return self.checkpoints_dir / "jobs.db"
 
 
 def load_settings(**overrides: Any) -> Settings:

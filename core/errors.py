@@ -224,3 +224,11 @@ def disk_full(exc: OSError, where: str = "") -> StorageFullError | None:
     place = where or str(exc.filename or "the data folder")
     return StorageFullError(place, f"the disk is full ({exc.strerror}); free some space and run again: "
                                    "finished work is kept")
+class JobNotFoundError(ImageSearchError):
+    """No background job has this task id."""
+
+    status_code = 404
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"no job with task id {task_id!r}")
+        self.task_id = task_id

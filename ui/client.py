@@ -114,6 +114,15 @@ class ApiClient:
         body = self._json("GET", "/models", timeout=min(self.timeout, 5.0))
         return body.get("models", []) if isinstance(body, dict) else list(body)
 
+    def explain(self, model: str, product_id: str, image: bytes, *, view: str = "both") -> bytes:
+        """PNG heat-map overlay: why ``product_id`` matched this photo (``POST /<model>/explain``)."""
+        return self._request("POST", f"/{quote(model)}/explain", params={"product_id": product_id, "view": view},
+                             files={"file": ("query.jpg", image)}).content
+
+    def admin_json(self, path: str, api_key: str, **params: Any) -> Any:
+        """GET an admin route (analytics, jobs) with the merchant's key."""
+        return self._json("GET", path, params=_params(**params), headers={"X-API-Key": api_key})
+
     def search(self, model: str, image: bytes, filename: str = "query.jpg", *, top_k: int = 10,
                category: str | None = None, min_score: float | None = None, offset: int = 0) -> dict:
         """Image search in one model (``POST /<model>/search``); ``offset`` skips earlier pages."""

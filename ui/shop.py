@@ -283,4 +283,5 @@ def shop_page() -> None:
     except (ApiUnavailable, ApiError) as exc:
         _search_failed(client, exc)
         return
+    st.session_state["explain_image"] = query.image if query.kind == "image" else None  # "Why this match?"
     show_results(client, catalogues, model if query.kind != "similar" else query.product_model, pages, PAGE_SIZE)

@@ -21,7 +21,7 @@ from api.loaded import ServedModel
 from api.routes.params import FilterParams, MinScore, Offset, TopK
 from api.routes.search import search_loaded
 from api.schemas import ProductInfo, SearchResponse, error_responses
-from api.searching import Filters, check_columns, image_url
+from api.searching import Filters, check_columns, image_url, log_search
 
 router = APIRouter(tags=["products"], responses=error_responses(404, 422, 503))
 
@@ -53,6 +53,7 @@ async def similar_products(model: str, product_id: str, request: Request, top_k:
     vector = loaded.require().vectors([product_id])[0]
     # the stored vector is already in index space: search without the head
     hits = await search_loaded(loaded, vector, filters, base_url(request), projected=True)
+    log_search(request, model, "similar", filters, round((time.perf_counter() - start) * 1000, 3), hits)
     return SearchResponse(model=model, query=f"similar:{product_id}", num_results=len(hits),
                           search_time_ms=round((time.perf_counter() - start) * 1000, 3), results=hits)
 

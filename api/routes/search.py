@@ -19,7 +19,7 @@ from api.embedder import embed_query_image
 from api.loaded import ServedModel
 from api.routes.params import FilterParams, MinScore, Offset, TextQuery, TopK
 from api.schemas import AllSearchResponse, ModelResults, SearchHit, SearchResponse, VectorQuery, error_responses
-from api.searching import Filters, check_columns, merge_rankings, nearest, query_vector, to_hits
+from api.searching import Filters, check_columns, log_search, merge_rankings, nearest, query_vector, to_hits
 from api.uploads import UPLOAD_OPENAPI, read_query_image
 
 router = APIRouter(tags=["search"])
@@ -59,6 +59,7 @@ async def _search_image(name: str, request: Request, filters: Filters, catalogue
     vectors = await embed_query_image(upload.data, [embedder], max_pixels=settings.max_image_pixels,
                                       max_aspect=settings.max_aspect_ratio)
     hits = await search_loaded(model, vectors[model.backbone], filters, base_url(request))
+    log_search(request, name, "image", filters, _elapsed_ms(start), hits)
     return SearchResponse(model=name, query_filename=upload.filename, num_results=len(hits),
                           search_time_ms=_elapsed_ms(start), results=hits)
 
@@ -116,6 +117,7 @@ async def search_all(request: Request, top_k: TopK = 10, min_score: MinScore = N
                                       max_aspect=settings.max_aspect_ratio)
     filters = _filters(top_k, min_score, flt, offset)
     merged, per_model = await _search_every_model(models, vectors, filters, base_url(request))
+    log_search(request, "all", "image", filters, _elapsed_ms(start), merged)
     return AllSearchResponse(query_filename=upload.filename, num_results=len(merged), search_time_ms=_elapsed_ms(start),
                              results=merged, per_model=per_model)
 
@@ -130,6 +132,7 @@ async def search_all_text(request: Request, q: TextQuery, top_k: TopK = 10, min_
     vectors = {b: await catalogue.embedder(b).embed_text(q) for b in {m.backbone for m in ready}}  # once per backbone
     filters = _filters(top_k, min_score, flt, offset)
     merged, per_model = await _search_every_model(models, vectors, filters, base_url(request))
+    log_search(request, "all", "text", filters, _elapsed_ms(start), merged)
     return AllSearchResponse(query=q, num_results=len(merged), search_time_ms=_elapsed_ms(start), results=merged,
                              per_model=per_model)
 
@@ -166,6 +169,7 @@ async def search_text(model: str, request: Request, q: TextQuery, top_k: TopK = 
     start = time.perf_counter()
     vector = await catalogue.embedder(loaded.backbone).embed_text(q)
     hits = await search_loaded(loaded, vector, filters, base_url(request))
+    log_search(request, model, "text", filters, _elapsed_ms(start), hits)
     return SearchResponse(model=model, query=q, num_results=len(hits), search_time_ms=_elapsed_ms(start),
                           results=hits)
 
