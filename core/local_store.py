@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 _MAX_FETCH = 8192  # widest candidate list an over-fetching (broad-filter) search asks the index for
 _TUNE_QUERIES = 200
+_IVFPQ_MIN_TRAIN = 5_000  # 6-bit codes: 64 centroids x 39 points; and more vectors than dimensions
+_IVF_MIN_TRAIN = 100
 
 
 class LocalStore:
@@ -259,7 +261,13 @@ class LocalStore:
         return live
 
     def wanted_kind(self, n: int) -> IndexType:
-        return choose_index_type(n, self.settings) if self._index_type == IndexType.AUTO else self._index_type
+        kind = choose_index_type(n, self.settings) if self._index_type == IndexType.AUTO else self._index_type
+        # a forced quantised index needs enough vectors to train (FAISS aborts the process on too few)
+        if kind == IndexType.IVFPQ and n < _IVFPQ_MIN_TRAIN:
+            kind = IndexType.IVF
+        if kind == IndexType.IVF and n < _IVF_MIN_TRAIN:
+            kind = IndexType.FLAT
+        return kind
 
     def _catch_up(self, live: LiveIndex) -> bool:
         changes = self.table.changes_since(live.generation)
