@@ -17,6 +17,7 @@ import pytest
 import requests
 
 from core.config import PROJECT_ROOT, load_settings
+from tests.conftest import TINY_DUPLICATE_THRESHOLD
 from core.model_config import ModelRegistry
 from pipeline.runner import PhaseStatus, run_model
 from utils.demo_catalogue import write_demo
@@ -108,7 +109,7 @@ def stack(built_root, tiny_clip):
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGESEARCH_")}
     env.update(IMAGESEARCH_ROOT=str(built_root), IMAGESEARCH_CLIP_MODEL=str(tiny_clip), IMAGESEARCH_DEVICE="cpu",
                IMAGESEARCH_TORCH_THREADS="1", HF_HUB_OFFLINE="1", PYTHONDONTWRITEBYTECODE="1",
-               IMAGESEARCH_MAX_UPLOAD_BYTES=str(UPLOAD_LIMIT))
+               IMAGESEARCH_MAX_UPLOAD_BYTES=str(UPLOAD_LIMIT), IMAGESEARCH_DUPLICATE_THRESHOLD=TINY_DUPLICATE_THRESHOLD)
     api_port, ui_port = _free_port(), _free_port()
     api_url, ui_url = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{ui_port}"
     logs = built_root / "logs"
