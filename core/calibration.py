@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 CALIBRATION_JSON = "calibration.json"
 IMAGE, TEXT = "image", "text"
 MAX_PAIRS = 20_000  # per class, for the fit
+SELF_SHARE = 10  # positives per self pair added
+MIN_SLOPE = 1e-6  # a fit whose slope would not be positive is kept flat at this (no signal)
 TextEncoder = Callable[[Sequence[str]], Embeddings]
 Neighbours = Callable[[Embeddings, np.ndarray], np.ndarray]  # queries, own keys -> best other score per query
 
@@ -45,6 +47,7 @@ class LogisticMap:
 
     a: float
     b: float
+    informative: bool = True  # False: relevant pairs scored no higher than irrelevant ones (slope clamped)
 
     def __call__(self, scores: np.ndarray | float) -> np.ndarray:
         z = self.a * np.asarray(scores, dtype=np.float64) + self.b
@@ -56,11 +59,11 @@ class LogisticMap:
         return -self.b / self.a
 
     def to_json(self) -> dict[str, float]:
-        return {"a": self.a, "b": self.b, "midpoint": round(self.midpoint, 6)}
+        return {"a": self.a, "b": self.b, "midpoint": round(self.midpoint, 6), "informative": self.informative}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LogisticMap:
-        return cls(a=float(data["a"]), b=float(data["b"]))
+        return cls(a=float(data["a"]), b=float(data["b"]), informative=bool(data.get("informative", True)))
 
 
 def fit_logistic(positives: np.ndarray, negatives: np.ndarray, *, ridge: float = 1e-3) -> LogisticMap:
@@ -83,8 +86,8 @@ def fit_logistic(positives: np.ndarray, negatives: np.ndarray, *, ridge: float =
         theta -= step
         if np.abs(step).max() < 1e-9:
             break
-    slope = max(float(theta[0]), 1e-6) / sd
-    return LogisticMap(a=slope, b=float(theta[1]) - slope * mu)
+    slope = max(float(theta[0]), MIN_SLOPE) / sd
+    return LogisticMap(a=slope, b=float(theta[1]) - slope * mu, informative=float(theta[0]) > MIN_SLOPE)
 
 
 @dataclass(frozen=True)
@@ -171,15 +174,26 @@ def fit_image(vectors: Embeddings, categories: Sequence[str], keys: np.ndarray, 
               rng: np.random.Generator) -> tuple[LogisticMap, str, int]:
     """The image-to-image map from a sample of catalogue vectors; returns the map, the method and the
     number of pairs used."""
-    if has_categories(categories):
-        pos, neg = category_pairs(vectors @ vectors.T, categories, categories, same_is_self=True, rng=rng)
-        if len(pos) and len(neg):
-            return fit_logistic(pos, neg), "category", len(pos) + len(neg)
-    pos = neighbours(vectors, keys)
-    pos = pos[np.isfinite(pos)]
     scores = vectors @ vectors.T
+    if has_categories(categories):
+        pos, neg = category_pairs(scores, categories, categories, same_is_self=True, rng=rng)
+        if len(pos) and len(neg):
+            pos = _with_self(pos, scores, rng)
+            fitted = fit_logistic(pos, neg)
+            if fitted.informative:
+                return fitted, "category", len(pos) + len(neg)
+            logger.info("same-category pairs score no higher than others: calibrating on nearest neighbours")
+    pos = neighbours(vectors, keys)
+    pos = _with_self(pos[np.isfinite(pos)], scores, rng)
     _, neg = own_pairs(scores, rng)
     return fit_logistic(pos, neg), "neighbours", len(pos) + len(neg)
+
+
+def _with_self(pos: np.ndarray, scores: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A product is relevant to itself: a tenth as many self pairs (cosine 1) anchor the top of the map,
+    so an exact copy reads as a match even where category pairs barely separate."""
+    n = max(1, len(pos) // SELF_SHARE)
+    return np.concatenate([pos, _take(np.diag(scores), n, rng)])
 
 
 def fit_text(text_vectors: Embeddings, vectors: Embeddings, categories: Sequence[str],
