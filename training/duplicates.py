@@ -12,7 +12,6 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 
 from core.config import Settings
 from core.model_config import ModelSpec
