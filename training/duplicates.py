@@ -84,7 +84,7 @@ def find_duplicates(settings: Settings, spec: ModelSpec, *, threshold: float | N
                     for score, other in zip(scores[row].tolist(), found[row].tolist(), strict=True):
                         if other >= 0 and other != vid and score >= limit:
                             groups.union(vid, int(other), float(score))
-        listed = []
+        listed: list[dict[str, Any]] = []
         for root, vids_in in groups.members().items():
             rows = store.table.by_vids(sorted(vids_in))
             ids = [rows[v].id for v in sorted(vids_in) if v in rows]
