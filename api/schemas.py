@@ -51,7 +51,11 @@ class SearchHit(BaseModel):
     id: str
     title: str
     category: str | None = None
-    score: float = Field(description="cosine similarity in [-1, 1]")
+    score: float = Field(description="cosine similarity in [-1, 1] (raw: its scale differs between models)")
+    match: float | None = Field(None, description="calibrated probability (0-1) that the hit is relevant, comparable "
+                                                  "across models; null when the model has no calibration yet")
+    duplicates: list[str] = Field(default_factory=list,
+                                  description="ids of near-duplicates collapsed into this hit (dedupe=true)")
     preview_image: str | None = Field(None, description="the image reference from the catalogue")
     image_url: str | None = Field(None, description="the cached preview, served by this API")
     model: str | None = Field(None, description="the model this hit comes from (merged rankings)")

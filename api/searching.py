@@ -4,10 +4,12 @@ turned into SearchHit rows."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 from urllib.parse import quote
 
 import numpy as np
 
+from core.calibration import IMAGE, TEXT
 from core.errors import BadRequestError
 from fastapi import Request
 
@@ -27,6 +29,9 @@ class Filters:
     equals: dict[str, str] = field(default_factory=dict)
     ranges: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
     offset: int = 0  # a later page: this many best hits are skipped
+    min_match: float | None = None
+    dedupe: bool = True  # collapse near-duplicates (cosine >= the model's threshold) into one hit
+    kind: str = IMAGE  # what the query was: image or text (a client vector counts as image)
 
     def for_store(self) -> Filter:
         return Filter(category=self.category, equals=self.equals, ranges=self.ranges,
@@ -65,15 +70,73 @@ def _one_faiss_thread() -> None:
     faiss.omp_set_num_threads(1)
 
 
-def nearest(model: ServedModel, vector: np.ndarray, filters: Filters) -> list[Hit]:
-    """Hits, best first, after filters: the page from ``offset``. ``vector`` is already in index space."""
+@dataclass(frozen=True)
+class Found:
+    """A store hit with its calibrated match (None without a calibration) and the near-duplicates
+    collapsed into it."""
+
+    hit: Hit
+    match: float | None = None
+    duplicates: tuple[str, ...] = ()
+
+    @property
+    def product(self) -> Product:
+        return self.hit.product
+
+    @property
+    def score(self) -> float:
+        return self.hit.score
+
+
+_DEDUPE_FETCH = 3  # with dedupe, fetch this many times the page (plus a few) so collapsing still fills it
+
+
+def duplicate_threshold(model: ServedModel) -> float:
+    """The model's near-duplicate threshold: model.json's ``duplicate_threshold``, else the setting."""
+    own = model.spec.duplicate_threshold
+    return own if own is not None else model.require().settings.duplicate_threshold
+
+
+def nearest(model: ServedModel, vector: np.ndarray, filters: Filters) -> list[Found]:
+    """Hits, best first, after filters (and near-duplicates collapsed): the page from ``offset``.
+    ``vector`` is already in index space."""
     store = model.require()
     _one_faiss_thread()
     want = filters.offset + filters.top_k  # a page further down: search that deep, then slice
-    found = store.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), want, filters.for_store())[0]
+    fetch = want * _DEDUPE_FETCH + 8 if filters.dedupe else want
+    hits = store.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), fetch, filters.for_store())[0]
     if filters.min_score is not None:
-        found = [h for h in found if h.score >= filters.min_score]
+        hits = [h for h in hits if h.score >= filters.min_score]
+    found = calibrated(model, hits, filters.kind)
+    if filters.min_match is not None:
+        found = [f for f in found if f.match is None or f.match >= filters.min_match]
+    if filters.dedupe and len(found) > 1:
+        found = collapse(found, store.vectors([f.product.id for f in found]), duplicate_threshold(model))
     return found[filters.offset:want]
+
+
+def calibrated(model: ServedModel, hits: list[Hit], kind: str) -> list[Found]:
+    """Each hit with its calibrated match for this query kind (text, else the image map)."""
+    cal = model.require().calibration
+    matches = cal.match(np.array([h.score for h in hits]), TEXT if kind == TEXT else IMAGE) if cal else None
+    if matches is None:
+        return [Found(h) for h in hits]
+    return [Found(h, round(float(m), 6)) for h, m in zip(hits, matches, strict=True)]
+
+
+def collapse(found: list[Found], vectors: np.ndarray, threshold: float) -> list[Found]:
+    """Greedy, best first: a hit within ``threshold`` cosine of a kept one joins its ``duplicates``."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    sims = vectors @ vectors.T
+    kept: list[int] = []
+    extra: dict[int, list[str]] = {}
+    for i in range(len(found)):
+        owner = next((k for k in kept if sims[i, k] >= threshold), None)
+        if owner is None:
+            kept.append(i)
+        else:
+            extra.setdefault(owner, []).append(found[i].product.id)
+    return [Found(found[k].hit, found[k].match, tuple(extra.get(k, ()))) for k in kept]
 
 
 def image_url(base_url: str, model: str, product: Product) -> str | None:
@@ -84,22 +147,39 @@ def image_url(base_url: str, model: str, product: Product) -> str | None:
     return preview if preview.startswith(("http://", "https://")) else None
 
 
-def to_hits(model: ServedModel, found: list[Hit], base_url: str, *, tag_model: bool = False,
+def to_hits(model: ServedModel, found: list[Found], base_url: str, *, tag_model: bool = False,
             first_rank: int = 1) -> list[SearchHit]:
     hits = []
-    for rank, hit in enumerate(found, start=first_rank):
-        p = hit.product
+    for rank, item in enumerate(found, start=first_rank):
+        p = item.product
         hits.append(SearchHit(rank=rank, id=p.id, title=p.title, category=p.category or None,
-                              score=round(float(hit.score), 6), preview_image=p.preview_image or None,
+                              score=round(float(item.score), 6), match=item.match,
+                              duplicates=list(item.duplicates), preview_image=p.preview_image or None,
                               image_url=image_url(base_url, model.name, p), model=model.name if tag_model else None,
                               extra=dict(p.extra)))
     return hits
 
 
-def merge_rankings(per_model: list[list[SearchHit]], top_k: int) -> list[SearchHit]:
-    """One ranking across models by score (scores are cosine similarity in every model)."""
-    merged = sorted((h for hits in per_model for h in hits), key=lambda h: -h.score)[:top_k]
-    return [h.model_copy(update={"rank": i}) for i, h in enumerate(merged, start=1)]
+MergeMethod = Literal["match", "score", "rrf"]
+RRF_K = 60  # the usual reciprocal-rank-fusion constant
+
+
+def merge_rankings(per_model: list[list[SearchHit]], top_k: int, method: MergeMethod = "match") -> list[SearchHit]:
+    """One ranking across models: by calibrated ``match`` (default; a hit without one sorts after
+    those with one, by score), by raw ``score``, or by reciprocal-rank fusion (``rrf``: each model's
+    rank r counts 1/(60 + r); equal ranks are ordered by match)."""
+    hits = [h for model_hits in per_model for h in model_hits]
+
+    def by_match(h: SearchHit) -> tuple[float, float]:
+        return (-(h.match if h.match is not None else -1.0), -h.score)
+
+    if method == "score":
+        merged = sorted(hits, key=lambda h: -h.score)
+    elif method == "rrf":
+        merged = sorted(hits, key=lambda h: (-1.0 / (RRF_K + h.rank), *by_match(h)))
+    else:
+        merged = sorted(hits, key=by_match)
+    return [h.model_copy(update={"rank": i}) for i, h in enumerate(merged[:top_k], start=1)]
 
 
 def log_search(request: Request, model: str, kind: str, filters: Filters, latency_ms: float,

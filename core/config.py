@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     hnsw_ef_search: int = Field(64, ge=1, le=4096, description="HNSW search breadth")
     ivf_nprobe: int = Field(16, ge=1, le=65536, description="IVF lists probed per query")
 
+    # relevance: near-duplicates collapsed in search results (model.json's duplicate_threshold wins)
+    duplicate_threshold: float = Field(0.94, ge=-1, le=1,
+                                       description="cosine at or above which two hits are near-duplicates, "
+                                                   "collapsed into one (dedupe=true)")
+
     # quality: evaluation and fine-tuning (run_training.py --evaluate / --finetune)
     eval_max_queries: int = Field(
         2000, ge=1, description="evaluation: products queried by their preview (a seeded sample beyond this)")

@@ -17,6 +17,7 @@ import numpy as np
 
 from core.ann import (INDEX_JSON, RERANK_FACTOR, LiveIndex, build, choose_index_type, exact_top, needs_training,
                       train_size, tune)
+from core.calibration import CALIBRATION_JSON, Calibration, TextEncoder
 from core.config import Settings
 from core.errors import StoreError
 from core.head import ProjectionHead
@@ -31,6 +32,8 @@ _MAX_FETCH = 8192  # widest candidate list an over-fetching (broad-filter) searc
 _TUNE_QUERIES = 200
 _IVFPQ_MIN_TRAIN = 5_000  # 6-bit codes: 64 centroids x 39 points; and more vectors than dimensions
 _IVF_MIN_TRAIN = 100
+_CALIBRATION_SAMPLE = 2000  # products whose pairs fit the image map (every pair among them)
+_CALIBRATION_TEXTS = 256  # product titles encoded as text queries for the text map
 
 
 class LocalStore:
@@ -48,6 +51,8 @@ class LocalStore:
         self._index_lock = threading.RLock()  # serialises index maintenance (apply, rebuild), not searches
         self.head = head
         self._head = head.sha256 if head is not None else None
+        self.text_encoder: TextEncoder | None = None  # set by whoever can run the CLIP text tower
+        self._calibration: tuple[object, Calibration | None] = (None, None)  # (file signature, map)
         if self.table.head() != self._head:
             self.reproject(head)
         if open_index:
@@ -322,8 +327,85 @@ class LocalStore:
                      rerank=(lambda q, v: self._rerank(q, v)) if live.lossy else None)
         if save:
             live.save(self.folder)
+            self.calibrate(live)
         logger.info("%s: %s index over %d products built at generation %d", self.name, kind, n, gen)
         return live
+
+    # --- calibration (core.calibration) ----------------------------------------------------------
+    @property
+    def calibration(self) -> Calibration | None:
+        """The saved calibration, re-read when ``calibration.json`` is replaced (by another process too)."""
+        from core.calibration import load_calibration
+
+        path = self.folder / CALIBRATION_JSON
+        try:
+            st = path.stat()
+            signature: object = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except OSError:
+            signature = None
+        seen, cached = self._calibration
+        if signature != seen:
+            cached = load_calibration(self.folder) if signature is not None else None
+            self._calibration = (signature, cached)
+        return cached
+
+    def calibration_stale(self, live: LiveIndex) -> bool:
+        """True when there is no calibration, or it was fitted for another head or index build, or it
+        lacks the text map while a text encoder is at hand."""
+        cal = self.calibration
+        return (cal is None or cal.head != self._head or cal.index_built_at != live.info.built_at
+                or (cal.text is None and self.text_encoder is not None))
+
+    def ensure_calibration(self) -> Calibration | None:
+        """Refit the calibration when it is stale (see :meth:`calibration_stale`); None for an empty store."""
+        live = self.open_index()
+        if live is None:
+            return None
+        return self.calibrate(live) if self.calibration_stale(live) else self.calibration
+
+    def calibrate(self, live: LiveIndex) -> Calibration | None:
+        """Fit and save the image map (and the text map when a text encoder is set; else the previous
+        text map is kept if it was fitted for the same head) from a sample of the catalogue. None when
+        the catalogue is too small to have both relevant and irrelevant pairs."""
+        from core.calibration import fit_image, fit_text, now_iso, save_calibration
+
+        rng = np.random.default_rng(self.settings.seed)
+        with self.db.snapshot() as conn:
+            vids, vectors = self.table.sample_vectors(conn, _CALIBRATION_SAMPLE, self.settings.seed)
+        rows = self.table.by_vids(vids.tolist())
+        keep = np.array([int(v) in rows for v in vids], dtype=bool)
+        vids, vectors = vids[keep], vectors[keep]
+        products = [rows[int(v)] for v in vids]
+        categories = [p.category for p in products]
+
+        def neighbours(queries: np.ndarray, own: np.ndarray) -> np.ndarray:
+            scores, found = live.search(queries, 2)
+            other = np.where(found[:, 0] == own, scores[:, 1], scores[:, 0])
+            return np.asarray(np.where((found >= 0).all(axis=1), other, np.nan))
+
+        try:
+            image, method, pairs = fit_image(vectors, categories, vids, neighbours, rng)
+        except ValueError as exc:
+            logger.warning("%s: no calibration (%s): hits carry no match", self.name, exc)
+            return None
+        counts = {"image": pairs}
+        text = None
+        previous = self.calibration
+        if self.text_encoder is not None and len(vids) > 1:
+            pick = np.sort(rng.choice(len(vids), size=min(len(vids), _CALIBRATION_TEXTS), replace=False))
+            texts = self.text_encoder([products[i].title for i in pick])
+            if self.head is not None:
+                texts = self.head.apply(texts)
+            text, counts["text"] = fit_text(np.asarray(texts, np.float32), vectors[pick],
+                                            [categories[i] for i in pick], rng)
+        elif previous is not None and previous.head == self._head:
+            text = previous.text
+        cal = Calibration(image=image, text=text, head=self._head, index_built_at=live.info.built_at,
+                          generation=live.generation, method=method, pairs=counts, fitted_at=now_iso())
+        save_calibration(self.folder, cal)
+        logger.info("%s: calibration fitted (%s pairs, image midpoint %.3f%s)", self.name, method,
+                    image.midpoint, f", text midpoint {text.midpoint:.3f}" if text else "")
+        return cal
 
     def install_index(self, live: LiveIndex) -> None:
         """Serve ``live`` (caught up first)."""

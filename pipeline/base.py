@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, UTC
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from core.config import Settings
 from core.errors import NoUsableProductsError
 from core.model_config import ModelPaths, ModelSpec
-from core.types import PhaseName
+from core.types import Embeddings, PhaseName
 from utils.atomic import read_json, sha256_file, write_json_atomic
 
 if TYPE_CHECKING:
@@ -66,7 +67,11 @@ class PipelineContext:
             from core.catalogue_store import open_store
 
             self._store = open_store(self.settings, self.spec, open_index=False)
+            self._store.text_encoder = self._encode_texts  # calibration fits its text map with titles
         return self._store
+
+    def _encode_texts(self, texts: Sequence[str]) -> Embeddings:
+        return self.encoder().encode_texts(texts)
 
     def state(self) -> BuildState:
         if self._state is None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from core.ann import INDEX_JSON
+from core.calibration import CALIBRATION_JSON
 from core.types import PhaseName
 from pipeline.base import PhaseResult, PipelineContext
 from pipeline.extraction import head_sha
@@ -27,7 +28,7 @@ class IndexPhase:
                 "tuning": [s.recall_target, s.tune_latency_ms]}
 
     def outputs(self, ctx: PipelineContext) -> list[Path]:
-        return [ctx.paths.models / INDEX_JSON]
+        return [ctx.paths.models / INDEX_JSON, ctx.paths.models / CALIBRATION_JSON]
 
     def run(self, ctx: PipelineContext) -> PhaseResult:
         store = ctx.store()
@@ -41,12 +42,15 @@ class IndexPhase:
             store.install_index(live)
         if _saved_generation(ctx) != live.generation:
             store.save_index()
+        cal = store.ensure_calibration()  # refit when the index was rebuilt or the head changed
         info = live.info
         logger.info("%s: %s index with %d products at generation %d", ctx.model, info.kind, info.count,
                     info.generation)
         return PhaseResult(ok=info.count, details={"index_type": info.kind.value, "dim": info.dim,
                                                    "head": bool(info.head), "generation": info.generation,
                                                    **info.params,
+                                                   **({"match_midpoint_image": round(cal.image.midpoint, 4)}
+                                                      if cal is not None else {}),
                                                    **({"recall_at_10": info.tuning["recall_at_10"]}
                                                       if "recall_at_10" in info.tuning else {})})
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.conftest import TINY_DUPLICATE_THRESHOLD
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -19,6 +21,7 @@ def env(root: Path, tiny_clip: Path, **extra: str) -> dict[str, str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("IMAGESEARCH_")}
     base.update(HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), IMAGESEARCH_ROOT=str(root),
                 IMAGESEARCH_CLIP_MODEL=str(tiny_clip), IMAGESEARCH_TORCH_THREADS="1", IMAGESEARCH_DEVICE="cpu",
+                IMAGESEARCH_DUPLICATE_THRESHOLD=TINY_DUPLICATE_THRESHOLD,
                 IMAGESEARCH_ALLOW_PRIVATE_URLS="1")  # the tests' image servers run on 127.0.0.1
     base.update(extra)
     return base

@@ -230,6 +230,10 @@ def run_evaluation(settings: Settings, spec: ModelSpec, *, progress: bool = True
         result["notes"].append(note)
     else:
         result.update(_ranking_metrics(queries, rows, cat, labels, names))
+        from training.calibration_report import calibration_section
+
+        result["calibration"] = calibration_section(spec.paths(settings).models, queries, rows, cat.vectors, labels,
+                                                    title=f"{spec.name}: reliability of match")
     robust_rows = _sample(np.arange(len(rows)), settings.robustness_max_queries, settings.seed)
     result["robustness"] = _robustness(encoder, cat, rows[robust_rows], queries[robust_rows], settings, progress)
     result["seconds"] = round(time.perf_counter() - start, 2)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Query
 
@@ -13,6 +13,9 @@ TopK = Annotated[int, Query(ge=1, le=100, description="how many results (1-100)"
 Offset = Annotated[int, Query(ge=0, le=10_000, description="skip this many results first (pagination)")]
 MinScore = Annotated[float | None, Query(ge=-1.0, le=1.0, description="drop results below this cosine score")]
 Category = Annotated[str | None, Query(max_length=200, description="only products of this category")]
+MergeParam = Annotated[Literal["match", "score", "rrf"], Query(
+    description="how /all/search merges models: match (default: calibrated match, comparable across models), "
+                "score (raw cosine) or rrf (reciprocal-rank fusion)")]
 TextQuery = Annotated[str, Query(min_length=1, max_length=1000, description="what to look for, in words")]
 
 
@@ -43,6 +46,21 @@ class FilterParams:
         for column, (lo, hi) in self.ranges.items():
             if not Filter.check_range(lo, hi):
                 raise BadRequestError(f"range on {column!r}: bounds must be finite numbers with min <= max")
+
+
+class RelevanceParams:
+    """Calibrated-match floor and near-duplicate collapsing, taken by every search route."""
+
+    def __init__(
+        self,
+        min_match: Annotated[float | None, Query(
+            ge=0.0, le=1.0, description="drop results whose calibrated match is below this (0-1)")] = None,
+        dedupe: Annotated[bool, Query(
+            description="collapse near-duplicates (cosine at or above the model's duplicate_threshold, default "
+                        "0.94) into one hit listing their ids in duplicates")] = True,
+    ) -> None:
+        self.min_match = min_match
+        self.dedupe = dedupe
 
 
 def _split(spec: str, parts: int, name: str) -> tuple[str, str]:

@@ -18,7 +18,7 @@ from pipeline.state import cached_refs
 from api.catalogue import Catalogue
 from api.deps import base_url, get_catalogue, get_settings
 from api.loaded import ServedModel
-from api.routes.params import FilterParams, MinScore, Offset, TopK
+from api.routes.params import FilterParams, MinScore, Offset, RelevanceParams, TopK
 from api.routes.search import search_loaded
 from api.schemas import ProductInfo, SearchResponse, error_responses
 from api.searching import Filters, check_columns, image_url, log_search
@@ -43,11 +43,13 @@ async def get_product(model: str, product_id: str, request: Request,
             summary="Products that look like this one (the product itself left out)")
 async def similar_products(model: str, product_id: str, request: Request, top_k: TopK = 10,
                            min_score: MinScore = None, flt: FilterParams = Depends(), offset: Offset = 0,
+                           rel: RelevanceParams = Depends(),
                            catalogue: Catalogue = Depends(get_catalogue)) -> SearchResponse:
     loaded = catalogue.model(model)
     loaded.product(product_id)  # 404 when absent
     filters = Filters(top_k=top_k, min_score=min_score, category=flt.category, equals=flt.equals,
-                      ranges=flt.ranges, exclude_id=product_id, offset=offset)
+                      ranges=flt.ranges, exclude_id=product_id, offset=offset, min_match=rel.min_match,
+                      dedupe=rel.dedupe)
     check_columns(loaded, filters)
     start = time.perf_counter()
     vector = loaded.require().vectors([product_id])[0]

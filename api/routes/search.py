@@ -11,15 +11,17 @@ from anyio import to_thread
 from fastapi import APIRouter, Depends, Request
 
 from core.config import Settings
+from core.calibration import IMAGE, TEXT
 from core.errors import BadRequestError, IndexNotReadyError
 
 from api.catalogue import Catalogue
 from api.deps import base_url, get_catalogue, get_settings
 from api.embedder import embed_query_image
 from api.loaded import ServedModel
-from api.routes.params import FilterParams, MinScore, Offset, TextQuery, TopK
+from api.routes.params import FilterParams, MergeParam, MinScore, Offset, RelevanceParams, TextQuery, TopK
 from api.schemas import AllSearchResponse, ModelResults, SearchHit, SearchResponse, VectorQuery, error_responses
-from api.searching import Filters, check_columns, log_search, merge_rankings, nearest, query_vector, to_hits
+from api.searching import (Filters, MergeMethod, check_columns, log_search, merge_rankings, nearest, query_vector,
+                           to_hits)
 from api.uploads import UPLOAD_OPENAPI, read_query_image
 
 router = APIRouter(tags=["search"])
@@ -33,9 +35,11 @@ def _elapsed_ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000, 3)
 
 
-def _filters(top_k: int, min_score: float | None, flt: FilterParams, offset: int = 0) -> Filters:
+def _filters(top_k: int, min_score: float | None, flt: FilterParams, offset: int = 0,
+             rel: RelevanceParams | None = None, kind: str = IMAGE) -> Filters:
+    rel = rel or RelevanceParams()
     return Filters(top_k=top_k, min_score=min_score, category=flt.category, equals=flt.equals, ranges=flt.ranges,
-                   offset=offset)
+                   offset=offset, min_match=rel.min_match, dedupe=rel.dedupe, kind=kind)
 
 
 async def search_loaded(model: ServedModel, clip_vector: np.ndarray, filters: Filters, base: str, *,
@@ -73,7 +77,8 @@ def _ready_models(catalogue: Catalogue) -> tuple[list[ServedModel], list[ServedM
 
 
 async def _search_every_model(models: list[ServedModel], vectors: dict[str, np.ndarray], filters: Filters,
-                              base: str) -> tuple[list[SearchHit], dict[str, ModelResults]]:
+                              base: str, merge: MergeMethod = "match"
+                              ) -> tuple[list[SearchHit], dict[str, ModelResults]]:
     """Each model searched with its backbone's query vector, then one merged ranking. A model lacking a
     filtered column, or without a vector for this query (another dimension), is listed with the reason.
     A later page (``offset``) needs every model's hits down to that depth to rank the merged page right."""
@@ -88,7 +93,7 @@ async def _search_every_model(models: list[ServedModel], vectors: dict[str, np.n
         found[model.name] = await search_loaded(model, vectors[model.backbone], deep, base, tag_model=True)
         page = found[model.name][filters.offset:]
         per_model[model.name] = ModelResults(model=model.name, num_results=len(page), results=page)
-    return merge_rankings(list(found.values()), deep.top_k)[filters.offset:], per_model
+    return merge_rankings(list(found.values()), deep.top_k, merge)[filters.offset:], per_model
 
 
 def _skip_reason(model: ServedModel, vectors: dict[str, np.ndarray], filters: Filters) -> str | None:
@@ -107,6 +112,7 @@ def _skip_reason(model: ServedModel, vectors: dict[str, np.ndarray], filters: Fi
              summary="Search every model with one image; per-model results and one merged ranking")
 async def search_all(request: Request, top_k: TopK = 10, min_score: MinScore = None, flt: FilterParams = Depends(),
                      offset: Offset = 0,
+        rel: RelevanceParams = Depends(), merge: MergeParam = "match",
                      catalogue: Catalogue = Depends(get_catalogue),
                      settings: Settings = Depends(get_settings)) -> AllSearchResponse:
     models, ready = _ready_models(catalogue)
@@ -115,8 +121,8 @@ async def search_all(request: Request, top_k: TopK = 10, min_score: MinScore = N
     start = time.perf_counter()
     vectors = await embed_query_image(upload.data, list(embedders.values()), max_pixels=settings.max_image_pixels,
                                       max_aspect=settings.max_aspect_ratio)
-    filters = _filters(top_k, min_score, flt, offset)
-    merged, per_model = await _search_every_model(models, vectors, filters, base_url(request))
+    filters = _filters(top_k, min_score, flt, offset, rel)
+    merged, per_model = await _search_every_model(models, vectors, filters, base_url(request), merge)
     log_search(request, "all", "image", filters, _elapsed_ms(start), merged)
     return AllSearchResponse(query_filename=upload.filename, num_results=len(merged), search_time_ms=_elapsed_ms(start),
                              results=merged, per_model=per_model)
@@ -126,12 +132,13 @@ async def search_all(request: Request, top_k: TopK = 10, min_score: MinScore = N
             summary="Search every model with a text query; per-model results and one merged ranking")
 async def search_all_text(request: Request, q: TextQuery, top_k: TopK = 10, min_score: MinScore = None,
                           flt: FilterParams = Depends(), offset: Offset = 0,
+        rel: RelevanceParams = Depends(), merge: MergeParam = "match",
                           catalogue: Catalogue = Depends(get_catalogue)) -> AllSearchResponse:
     models, ready = _ready_models(catalogue)
     start = time.perf_counter()
     vectors = {b: await catalogue.embedder(b).embed_text(q) for b in {m.backbone for m in ready}}  # once per backbone
-    filters = _filters(top_k, min_score, flt, offset)
-    merged, per_model = await _search_every_model(models, vectors, filters, base_url(request))
+    filters = _filters(top_k, min_score, flt, offset, rel, TEXT)
+    merged, per_model = await _search_every_model(models, vectors, filters, base_url(request), merge)
     log_search(request, "all", "text", filters, _elapsed_ms(start), merged)
     return AllSearchResponse(query=q, num_results=len(merged), search_time_ms=_elapsed_ms(start), results=merged,
                              per_model=per_model)
@@ -141,9 +148,10 @@ async def search_all_text(request: Request, q: TextQuery, top_k: TopK = 10, min_
              summary="Legacy route: the same as /general/search")
 async def search_products_legacy(request: Request, top_k: TopK = 10, min_score: MinScore = None,
                                  flt: FilterParams = Depends(), offset: Offset = 0,
+        rel: RelevanceParams = Depends(),
                        catalogue: Catalogue = Depends(get_catalogue),
                                  settings: Settings = Depends(get_settings)) -> SearchResponse:
-    filters = _filters(top_k, min_score, flt, offset)
+    filters = _filters(top_k, min_score, flt, offset, rel)
     return await _search_image(LEGACY_MODEL, request, filters, catalogue, settings)
 
 
@@ -151,9 +159,10 @@ async def search_products_legacy(request: Request, top_k: TopK = 10, min_score: 
              summary="Search one model by image (multipart field 'file' or a raw image/* body)")
 async def search_model(model: str, request: Request, top_k: TopK = 10, min_score: MinScore = None,
                        flt: FilterParams = Depends(), offset: Offset = 0,
+        rel: RelevanceParams = Depends(),
                        catalogue: Catalogue = Depends(get_catalogue),
                        settings: Settings = Depends(get_settings)) -> SearchResponse:
-    filters = _filters(top_k, min_score, flt, offset)
+    filters = _filters(top_k, min_score, flt, offset, rel)
     return await _search_image(model, request, filters, catalogue, settings)
 
 
@@ -161,10 +170,11 @@ async def search_model(model: str, request: Request, top_k: TopK = 10, min_score
             summary="Search one model's images with a text query (CLIP text tower)")
 async def search_text(model: str, request: Request, q: TextQuery, top_k: TopK = 10, min_score: MinScore = None,
                       flt: FilterParams = Depends(), offset: Offset = 0,
+        rel: RelevanceParams = Depends(),
                        catalogue: Catalogue = Depends(get_catalogue)) -> SearchResponse:
     loaded = catalogue.model(model)
     loaded.require()
-    filters = _filters(top_k, min_score, flt, offset)
+    filters = _filters(top_k, min_score, flt, offset, rel, TEXT)
     check_columns(loaded, filters)
     start = time.perf_counter()
     vector = await catalogue.embedder(loaded.backbone).embed_text(q)
@@ -192,14 +202,15 @@ def _clip_dim(model: ServedModel) -> int | None:
              summary="Search every model whose CLIP dimension matches with your own query embedding")
 async def search_all_vector(request: Request, body: VectorQuery, top_k: TopK = 10, min_score: MinScore = None,
                             flt: FilterParams = Depends(), offset: Offset = 0,
+        rel: RelevanceParams = Depends(), merge: MergeParam = "match",
                             catalogue: Catalogue = Depends(get_catalogue)) -> AllSearchResponse:
     models, ready = _ready_models(catalogue)
     start = time.perf_counter()
     vectors = {m.backbone: _clip_query(body, None, m.name) for m in ready if _clip_dim(m) == len(body.vector)}
     if not vectors:
         raise BadRequestError(f"no model takes {len(body.vector)}-dim vectors")
-    merged, per_model = await _search_every_model(models, vectors, _filters(top_k, min_score, flt, offset),
-                                                  base_url(request))
+    merged, per_model = await _search_every_model(models, vectors, _filters(top_k, min_score, flt, offset, rel),
+                                                  base_url(request), merge)
     return AllSearchResponse(query="vector", num_results=len(merged), search_time_ms=_elapsed_ms(start),
                              results=merged, per_model=per_model)
 
@@ -208,10 +219,11 @@ async def search_all_vector(request: Request, body: VectorQuery, top_k: TopK = 1
              summary="Search one model with your own CLIP embedding (normalised here; the model's head applied)")
 async def search_vector(model: str, request: Request, body: VectorQuery, top_k: TopK = 10,
                         min_score: MinScore = None, flt: FilterParams = Depends(), offset: Offset = 0,
+        rel: RelevanceParams = Depends(),
                         catalogue: Catalogue = Depends(get_catalogue)) -> SearchResponse:
     loaded = catalogue.model(model)
     loaded.require()
-    filters = _filters(top_k, min_score, flt, offset)
+    filters = _filters(top_k, min_score, flt, offset, rel)
     check_columns(loaded, filters)
     start = time.perf_counter()
     hits = await search_loaded(loaded, _clip_query(body, _clip_dim(loaded), model), filters, base_url(request))
