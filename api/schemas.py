@@ -198,8 +198,8 @@ class VectorQuery(BaseModel):
     @field_validator("vector")
     @classmethod
     def _finite(cls, values: list[float]) -> list[float]:
-        if not all(math.isfinite(v) for v in values) or not any(values):
-            raise ValueError("the vector must be finite and not all zeros")
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError("the vector must be finite")
         return values
 
 

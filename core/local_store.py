@@ -148,6 +148,8 @@ class LocalStore:
     # --- protocol: search ------------------------------------------------------------------------
     def search(self, queries: Embeddings, k: int, flt: Filter | None = None) -> list[list[Hit]]:
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        if flt is not None and flt.empty:
+            return [[] for _ in queries]
         if flt is not None and flt.selective:
             vids = self.table.matching(flt, self.settings.filter_exact_max)
             if vids is not None:

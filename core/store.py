@@ -8,7 +8,6 @@ the store's *generation*; ``changes_since`` lets a derived index (or another pro
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -81,9 +80,10 @@ class Filter:
     def cache_key(self) -> tuple[Any, ...]:
         return (self.category, tuple(sorted(self.equals.items())), tuple(sorted(self.ranges.items())))
 
-    @staticmethod
-    def check_range(lo: float | None, hi: float | None) -> bool:
-        return all(v is None or math.isfinite(v) for v in (lo, hi)) and (lo is None or hi is None or lo <= hi)
+    @property
+    def empty(self) -> bool:
+        """True when a range admits nothing (min above max)."""
+        return any(lo is not None and hi is not None and lo > hi for lo, hi in self.ranges.values())
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from api.jobs import JobManager, job_json
 from api.schemas import EmbedJobRequest, JobAccepted, RebuildJobRequest, error_responses
 
 router = APIRouter(tags=["admin"], dependencies=[Depends(require_admin)],
-                   responses=error_responses(401, 403, 404, 422, 429))
+                   responses=error_responses(400, 401, 403, 404, 408, 413, 422, 429, 503))
 
 
 def get_jobs(request: Request) -> JobManager:

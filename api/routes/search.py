@@ -185,10 +185,11 @@ async def search_text(model: str, request: Request, q: TextQuery, top_k: TopK = 
 
 
 def _clip_query(body: VectorQuery, dim: int | None, name: str) -> np.ndarray:
-    vector = np.asarray(body.vector, dtype=np.float32)
+    vector = np.asarray(body.vector, dtype=np.float64)
     if dim is not None and vector.shape[0] != dim:
         raise BadRequestError(f"model {name!r} takes {dim}-dim CLIP vectors, got {vector.shape[0]}")
-    return vector / max(float(np.linalg.norm(vector)), 1e-12)
+    vector = vector / max(float(np.max(np.abs(vector))), 1e-300)  # scaled first: 1e300 must not overflow
+    return (vector / max(float(np.linalg.norm(vector)), 1e-12)).astype(np.float32)
 
 
 def _clip_dim(model: ServedModel) -> int | None:

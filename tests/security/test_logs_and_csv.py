@@ -53,7 +53,8 @@ def test_bad_rows_cost_only_themselves(make_settings):
     report = read_json(ctx.paths.models / "validation_report.json")
     rejected = {r["row"]: r["reason"] for r in report["rejected"]}
     assert rejected == {3: "cell too large", 4: "cell too large", 5: "non-UTF-8 bytes"}
-    ids = [p["id"] for p in read_json(ctx.paths.processed_products)["products"]]
+    ids = [p.id for chunk in ctx.state().staged() for p in chunk]
+    ctx.close()
     assert ids == ["G1", "G5", "G6"] and result.ok == 3
 
 
