@@ -14,6 +14,7 @@ import numpy as np
 
 from core.calibration import load_calibration
 from core.types import Embeddings
+from training.report import save_png
 
 BINS = 10
 TOP_K = 10
@@ -90,11 +91,7 @@ def plot_reliability(result: dict[str, Any], path: Path, *, title: str) -> Path 
         ax.set_ylabel("share of hits in the query's category")
         ax.set_title(title)
         ax.legend(loc="upper left")
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        fig.savefig(tmp, format="png", dpi=100)
-        tmp.replace(path)
+        save_png(fig, path)
     finally:
         plt.close(fig)
     return path

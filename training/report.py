@@ -66,14 +66,19 @@ def plot_category_precision(per_category: dict[str, dict], path: Path, *, title:
         ax.set_xlim(0, 1)
         ax.set_xlabel("precision@5")
         ax.set_title(title)
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        fig.savefig(tmp, format="png", dpi=100)
-        tmp.replace(path)
+        save_png(fig, path)
     finally:
         plt.close(fig)
     return path
+
+
+def save_png(fig: Any, path: Path) -> None:
+    """Write a matplotlib figure as PNG atomically (a temp name, then renamed into place)."""
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png", dpi=100)
+    tmp.replace(path)
 
 
 def format_evaluation(result: dict[str, Any]) -> str:

@@ -112,7 +112,7 @@ def _skip_reason(model: ServedModel, vectors: dict[str, np.ndarray], filters: Fi
              summary="Search every model with one image; per-model results and one merged ranking")
 async def search_all(request: Request, top_k: TopK = 10, min_score: MinScore = None, flt: FilterParams = Depends(),
                      offset: Offset = 0,
-        rel: RelevanceParams = Depends(), merge: MergeParam = "match",
+                     rel: RelevanceParams = Depends(), merge: MergeParam = "match",
                      catalogue: Catalogue = Depends(get_catalogue),
                      settings: Settings = Depends(get_settings)) -> AllSearchResponse:
     models, ready = _ready_models(catalogue)
@@ -132,7 +132,7 @@ async def search_all(request: Request, top_k: TopK = 10, min_score: MinScore = N
             summary="Search every model with a text query; per-model results and one merged ranking")
 async def search_all_text(request: Request, q: TextQuery, top_k: TopK = 10, min_score: MinScore = None,
                           flt: FilterParams = Depends(), offset: Offset = 0,
-        rel: RelevanceParams = Depends(), merge: MergeParam = "match",
+                          rel: RelevanceParams = Depends(), merge: MergeParam = "match",
                           catalogue: Catalogue = Depends(get_catalogue)) -> AllSearchResponse:
     models, ready = _ready_models(catalogue)
     start = time.perf_counter()
@@ -148,7 +148,7 @@ async def search_all_text(request: Request, q: TextQuery, top_k: TopK = 10, min_
              summary="Legacy route: the same as /general/search")
 async def search_products_legacy(request: Request, top_k: TopK = 10, min_score: MinScore = None,
                                  flt: FilterParams = Depends(), offset: Offset = 0,
-        rel: RelevanceParams = Depends(),
+                                 rel: RelevanceParams = Depends(),
                        catalogue: Catalogue = Depends(get_catalogue),
                                  settings: Settings = Depends(get_settings)) -> SearchResponse:
     filters = _filters(top_k, min_score, flt, offset, rel)
@@ -159,7 +159,7 @@ async def search_products_legacy(request: Request, top_k: TopK = 10, min_score: 
              summary="Search one model by image (multipart field 'file' or a raw image/* body)")
 async def search_model(model: str, request: Request, top_k: TopK = 10, min_score: MinScore = None,
                        flt: FilterParams = Depends(), offset: Offset = 0,
-        rel: RelevanceParams = Depends(),
+                       rel: RelevanceParams = Depends(),
                        catalogue: Catalogue = Depends(get_catalogue),
                        settings: Settings = Depends(get_settings)) -> SearchResponse:
     filters = _filters(top_k, min_score, flt, offset, rel)
@@ -170,7 +170,7 @@ async def search_model(model: str, request: Request, top_k: TopK = 10, min_score
             summary="Search one model's images with a text query (CLIP text tower)")
 async def search_text(model: str, request: Request, q: TextQuery, top_k: TopK = 10, min_score: MinScore = None,
                       flt: FilterParams = Depends(), offset: Offset = 0,
-        rel: RelevanceParams = Depends(),
+                      rel: RelevanceParams = Depends(),
                        catalogue: Catalogue = Depends(get_catalogue)) -> SearchResponse:
     loaded = catalogue.model(model)
     loaded.require()
@@ -203,7 +203,7 @@ def _clip_dim(model: ServedModel) -> int | None:
              summary="Search every model whose CLIP dimension matches with your own query embedding")
 async def search_all_vector(request: Request, body: VectorQuery, top_k: TopK = 10, min_score: MinScore = None,
                             flt: FilterParams = Depends(), offset: Offset = 0,
-        rel: RelevanceParams = Depends(), merge: MergeParam = "match",
+                            rel: RelevanceParams = Depends(), merge: MergeParam = "match",
                             catalogue: Catalogue = Depends(get_catalogue)) -> AllSearchResponse:
     models, ready = _ready_models(catalogue)
     start = time.perf_counter()
@@ -220,7 +220,7 @@ async def search_all_vector(request: Request, body: VectorQuery, top_k: TopK = 1
              summary="Search one model with your own CLIP embedding (normalised here; the model's head applied)")
 async def search_vector(model: str, request: Request, body: VectorQuery, top_k: TopK = 10,
                         min_score: MinScore = None, flt: FilterParams = Depends(), offset: Offset = 0,
-        rel: RelevanceParams = Depends(),
+                        rel: RelevanceParams = Depends(),
                         catalogue: Catalogue = Depends(get_catalogue)) -> SearchResponse:
     loaded = catalogue.model(model)
     loaded.require()
