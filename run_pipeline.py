@@ -7,7 +7,7 @@ import logging
 import sys
 
 from core.config import load_settings
-from core.errors import ImageSearchError
+from core.errors import ImageSearchError, disk_full
 from core.model_config import ModelRegistry
 from utils.logging_setup import setup_logging
 
@@ -39,17 +39,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no model has a products.csv under {settings.data_dir}", file=sys.stderr)
         return 1
     from pipeline.report import format_summary
-    from pipeline.runner import run_model
+    from pipeline.runner import PhaseOutcome, run_model
 
     failures = 0
     for spec in specs:
+        outcomes: list[PhaseOutcome] = []
         try:
-            outcomes = run_model(settings, spec, mode=args.mode, force=args.force, progress=not args.no_progress)
-            print(format_summary(spec, settings, outcomes) + "\n")
-        except ImageSearchError as exc:
+            run_model(settings, spec, mode=args.mode, force=args.force, progress=not args.no_progress,
+                      outcomes=outcomes)
+        except (ImageSearchError, OSError) as exc:
+            error = exc if isinstance(exc, ImageSearchError) else disk_full(exc, spec.name)
+            if error is None:
+                raise
             failures += 1
-            logger.error("%s", exc.message)
-            print(f"error: {exc.message}", file=sys.stderr)
+            logger.error("%s", error.message)
+            print(f"error: {error.message}", file=sys.stderr)
+        if outcomes:
+            print(format_summary(spec, settings, outcomes) + "\n", flush=True)
     return 1 if failures else 0
 
 

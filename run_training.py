@@ -6,9 +6,9 @@ import argparse
 import logging
 import sys
 
-from core.config import load_settings
-from core.errors import ImageSearchError
-from core.model_config import ModelRegistry
+from core.config import Settings, load_settings
+from core.errors import ImageSearchError, UnknownModelError, disk_full
+from core.model_config import ModelRegistry, ModelSpec
 from training.cli import add_quality_arguments, run_quality_command, wants_quality_command
 from utils.logging_setup import setup_logging
 
@@ -22,11 +22,23 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("model", nargs="?", help="model name, e.g. general or shirts (see --list)")
     parser.add_argument("--list", action="store_true", help="list every model and its build state")
     parser.add_argument("--force", action="store_true", help="rerun every phase (the image cache is kept)")
+    parser.add_argument("--drop-api-edits", action="store_true",
+                        help="make products.csv the whole truth: drop products added or changed through the API")
     parser.add_argument("--mode", choices=["data", "ml", "all"], default="all",
                         help="data = validate + download, ml = embed + index, all = both (default)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_quality_arguments(parser)
     return parser
+
+
+def _get_model(registry: ModelRegistry, settings: Settings, name: str) -> ModelSpec:
+    """The model's spec; an unknown name's error says where its CSV should go when one lies nearby."""
+    try:
+        return registry.get(name)
+    except UnknownModelError as exc:
+        from pipeline.hints import csv_location_hint
+
+        raise UnknownModelError(exc.name, exc.available, hint=csv_location_hint(settings, name)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,17 +59,29 @@ def main(argv: list[str] | None = None) -> int:
         if args.list:
             print(format_model_list(registry, settings))
             return 0
-        spec = registry.get(args.model)
+        spec = _get_model(registry, settings, args.model)
         if wants_quality_command(args):
             return run_quality_command(args, settings, spec)
-        from pipeline.runner import run_model
+        from pipeline.runner import PhaseOutcome, run_model
 
-        outcomes = run_model(settings, spec, mode=args.mode, force=args.force, progress=not args.no_progress)
-        print(format_summary(spec, settings, outcomes))
+        outcomes: list[PhaseOutcome] = []
+        try:
+            run_model(settings, spec, mode=args.mode, force=args.force, progress=not args.no_progress,
+                      drop_api_edits=args.drop_api_edits, outcomes=outcomes)
+        finally:  # the summary prints also when a phase stopped the run
+            if outcomes:
+                print(format_summary(spec, settings, outcomes), flush=True)
         return 0
     except ImageSearchError as exc:
         logger.error("%s", exc.message)
         print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        full = disk_full(exc, args.model or "")
+        if full is None:
+            raise
+        logger.error("%s", full.message)
+        print(f"error: {full.message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted: finished work is kept; run the same command again to resume", file=sys.stderr)

@@ -12,12 +12,14 @@ from fastapi_offline import FastAPIOffline
 
 from core.config import Settings
 from core.model_config import ModelRegistry
+from core.query_log import QueryLog
 
 from api.catalogue import Catalogue
 from api.errors import install_error_handlers
 from api.guards import RequestGuard
 from api.metrics import Metrics, MetricsMiddleware
-from api.routes import admin, products, search, system
+from api.jobs import JobManager
+from api.routes import admin, explain, jobs, products, search, system
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +37,14 @@ def create_app(settings: Settings, *, registry: ModelRegistry | None = None, wat
         catalogue = Catalogue(settings, registry, watch_interval=watch_interval)
         await to_thread.run_sync(catalogue.start)
         app.state.catalogue = catalogue
+        app.state.query_log.start()
+        app.state.jobs = JobManager(settings)
+        await to_thread.run_sync(app.state.jobs.start)
         try:
             yield
         finally:
+            app.state.jobs.stop()
+            await to_thread.run_sync(app.state.query_log.stop)
             await to_thread.run_sync(catalogue.stop)
 
     if registry is None:
@@ -46,9 +53,10 @@ def create_app(settings: Settings, *, registry: ModelRegistry | None = None, wat
     app = FastAPIOffline(title="Multi-model image search", description=DESCRIPTION, version="1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.metrics = Metrics()
+    app.state.query_log = QueryLog(settings)
     app.add_middleware(RequestGuard, settings=settings)  # inner: metrics (outermost) counts what it refuses
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     install_error_handlers(app)
-    for module in (system, search, products, admin):  # search first: /all/search before /{model}/search
+    for module in (system, search, explain, products, admin, jobs):  # search first: /all/search before /{model}/search
         app.include_router(module.router)
     return app

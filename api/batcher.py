@@ -36,9 +36,10 @@ BatchFn = Callable[[np.ndarray], np.ndarray]
 
 @dataclass
 class _Job:
-    item: np.ndarray
+    item: Any  # pixels for the bound ``fn``; anything for a job's own ``fn`` (a text)
     future: asyncio.Future[np.ndarray]
     loop: asyncio.AbstractEventLoop
+    fn: Callable[[list[Any]], np.ndarray] | None = None  # None: the batcher's ``fn`` over stacked items
 
 
 @dataclass
@@ -71,6 +72,7 @@ class MicroBatcher:
         self.max_wait = max_wait_ms / 1000.0
         self._queue: queue.Queue[_Job | _Call | None] = queue.Queue(maxsize=max_queue)
         self._deferred: list[_Call] = []
+        self._held: list[_Job] = []  # jobs of another kind met while collecting: they start the next batch
         self._incoming = 0
         self._incoming_lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -111,10 +113,12 @@ class MicroBatcher:
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.wrap_future(self.call(fn, *args))
 
-    async def submit(self, item: np.ndarray) -> np.ndarray:
-        """Queue one item; resolves to its row of the batch result."""
+    async def submit(self, item: Any, fn: Callable[[list[Any]], np.ndarray] | None = None) -> np.ndarray:
+        """Queue one item; resolves to its row of the batch result. Items queued with the same ``fn``
+        (e.g. texts for the text tower) are batched together, ``fn(list of items)``; without one, the
+        batcher's ``fn`` gets the items stacked."""
         loop = asyncio.get_running_loop()
-        job = _Job(item=item, future=loop.create_future(), loop=loop)
+        job = _Job(item=item, future=loop.create_future(), loop=loop, fn=fn)
         try:
             self._queue.put_nowait(job)
         except queue.Full:
@@ -124,6 +128,9 @@ class MicroBatcher:
 
     def _collect(self, first: _Job) -> list[_Job]:
         jobs = [first]
+        held, self._held = self._held, []
+        for waiting in held:
+            (jobs if waiting.fn == first.fn and len(jobs) < self.max_batch else self._held).append(waiting)
         deadline = time.perf_counter() + self.max_wait
         while len(jobs) < self.max_batch:
             try:
@@ -142,6 +149,9 @@ class MicroBatcher:
             if isinstance(job, _Call):
                 self._deferred.append(job)  # runs right after this batch
                 continue
+            if job.fn != first.fn:
+                self._held.append(job)  # another kind of query: the next batch
+                continue
             jobs.append(job)
         return jobs
 
@@ -158,6 +168,9 @@ class MicroBatcher:
         while True:
             while self._deferred:
                 self._do_call(self._deferred.pop(0))
+            if self._held:
+                self._run_batch(self._collect(self._held.pop(0)))
+                continue
             first = self._queue.get()
             if first is None:
                 return
@@ -170,9 +183,13 @@ class MicroBatcher:
         self.batches += 1  # counted before any waiter wakes, so a client sees its own query counted
         self.items += len(jobs)
         try:
-            if self.fn is None:
+            own, bound = jobs[0].fn, self.fn
+            if own is not None:
+                rows = own([j.item for j in jobs])
+            elif bound is not None:
+                rows = bound(np.stack([j.item for j in jobs]))
+            else:
                 raise RuntimeError(f"{self.name}: no batch function bound yet")
-            rows = self.fn(np.stack([j.item for j in jobs]))
             for job, row in zip(jobs, rows, strict=True):
                 _resolve(job, row, None)
         except BaseException as exc:  # hand the failure to every waiting request

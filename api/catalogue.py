@@ -1,8 +1,9 @@
 """Every model the API serves, loaded once at start, swapped atomically on reload.
 
 The model table is a dict replaced wholesale under a lock (copy-on-write), so readers never
-lock and never see a half-updated table. A watcher thread polls each model's manifest.json
-(and head) identity and reloads a model when the pipeline has written a new index.
+lock and never see a half-updated table. A watcher thread, about once a second, lets each model's
+store catch up with writes made by other processes (the pipeline, another API), and reloads a
+model whose head changed or whose index was rebuilt as another type.
 """
 
 from __future__ import annotations
@@ -10,13 +11,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
+from pathlib import Path
 
 from core.config import Settings
 from core.errors import BackboneLoadError, ImageSearchError, IndexNotReadyError, UnknownModelError
 from core.model_config import ModelRegistry, ModelSpec, validate_model_name
 
 from api.embedder import Embedder
-from api.loaded import LoadedModel, file_signature, load_model
+from api.loaded import ServedModel, file_signature, load_model
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +30,7 @@ class Catalogue:
                  watch_interval: float = 1.0) -> None:
         self.settings = settings
         self._registry = registry
-        self._models: dict[str, LoadedModel] = {}
+        self._models: dict[str, ServedModel] = {}
         self._embedders: dict[str, Embedder] = {}
         self._embedder_errors: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -54,16 +56,19 @@ class Catalogue:
             self._watcher.join(5)
         for emb in self._embedders.values():
             emb.stop()
+        for model in self.models():
+            if model.store is not None:
+                model.store.close()
 
     # reading (lock-free: the dict is replaced, never mutated)
     def names(self) -> list[str]:
         return sorted(self._models)
 
-    def models(self) -> list[LoadedModel]:
+    def models(self) -> list[ServedModel]:
         table = self._models
         return [table[n] for n in sorted(table)]
 
-    def model(self, name: str) -> LoadedModel:
+    def model(self, name: str) -> ServedModel:
         validate_model_name(name)
         found = self._models.get(name)
         if found is None:
@@ -85,11 +90,11 @@ class Catalogue:
         return self._admin_locks[name]
 
     # writing
-    def install(self, loaded: LoadedModel) -> None:
+    def install(self, loaded: ServedModel) -> None:
         """Swap in a new snapshot of one model (admin edits build their own)."""
         self._install(loaded)
 
-    def reload(self, name: str) -> LoadedModel:
+    def reload(self, name: str) -> ServedModel:
         """Reload one model from disk. A failed reload keeps the old snapshot serving and raises."""
         with self.admin_lock(name):
             current = self.model(name)
@@ -101,13 +106,13 @@ class Catalogue:
             raise IndexNotReadyError(name, f"reload failed, {kept}{fresh.error}")
         return fresh
 
-    def _install(self, loaded: LoadedModel) -> None:
+    def _install(self, loaded: ServedModel) -> None:
         with self._lock:
             table = dict(self._models)
             table[loaded.name] = loaded
             self._models = table
 
-    def _load(self, spec: ModelSpec) -> LoadedModel:
+    def _load(self, spec: ModelSpec) -> ServedModel:
         backbone = spec.backbone_for(self.settings)
         error = None
         try:
@@ -145,24 +150,36 @@ class Catalogue:
             logger.info("new model %s discovered", spec.name)
             self._install(self._load(spec))
         for current in self.models():
-            if file_signature(current.spec.paths(self.settings)) == current.signature:
-                continue
-            with self.admin_lock(current.name):
-                if file_signature(current.spec.paths(self.settings)) == self.model(current.name).signature:
-                    continue  # an admin edit installed these very files
-                logger.info("model %s changed on disk: reloading", current.name)
-                try:
-                    self.reload(current.name)
-                except ImageSearchError as exc:
-                    logger.warning("%s", exc.message)
-                    self._remember_signature(current.name)
+            if self._stale(current):
+                with self.admin_lock(current.name):
+                    logger.info("model %s changed on disk: reloading", current.name)
+                    try:
+                        self.reload(current.name)
+                    except ImageSearchError as exc:
+                        logger.warning("%s", exc.message)
+                        self._remember_signature(current.name)
+            elif current.searchable and current.store is not None:
+                current.store.refresh()
+
+    def _stale(self, current: ServedModel) -> bool:
+        """A reload is due: the head file changed, the model got built, or its index changed type."""
+        paths = current.spec.paths(self.settings)
+        if file_signature(paths.head) != current.head_signature:
+            return True
+        if not current.searchable:
+            return file_signature(paths.models / "index.json") != current.index_signature
+        live = current.store.live_index if current.store is not None else None
+        saved = _saved_kind(paths.models / "index.json")
+        return live is not None and saved is not None and saved != live.kind.value
 
     def _remember_signature(self, name: str) -> None:
         """After a failed reload, stop retrying until the files change again."""
         from dataclasses import replace
 
         current = self.model(name)
-        self._install(replace(current, signature=file_signature(current.spec.paths(self.settings))))
+        paths = current.spec.paths(self.settings)
+        self._install(replace(current, head_signature=file_signature(paths.head),
+                              index_signature=file_signature(paths.models / "index.json")))
 
     def _discover_new(self) -> list[ModelSpec]:
         if self._registry is not None:
@@ -173,3 +190,12 @@ class Catalogue:
             logger.warning("model discovery failed: %s", exc.message)
             return []
         return [spec for spec in registry if spec.name not in self._models]
+
+
+def _saved_kind(path: Path) -> str | None:
+    from utils.atomic import read_json
+
+    try:
+        return str(read_json(path)["kind"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

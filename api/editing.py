@@ -1,29 +1,31 @@
-"""Admin edits without a full rebuild: embed one product, update the vectors, rebuild the FAISS index
-from them (same type), write everything atomically (manifest last), then swap the snapshot in."""
+"""Admin edits without a rebuild: fetch and embed one product, then upsert it (or delete it) in one store
+transaction; the store applies it to its index in place, so it is searchable when the call returns."""
 
 from __future__ import annotations
 
+import errno
+import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from core.config import Settings
 from core.encoder import l2_normalize
-from core.errors import BadImageError, BadRequestError
-from core.types import IndexType, Metric
-from core.vector_index import IndexBundle, build_index, write_index_bundle
+from core.errors import BadImageError, BadRequestError, StorageFullError
+from core.head import ProjectionHead
+from core.store import Product, ProductVector, Source
 from pipeline.download import fetch_policy, read_ref
-from pipeline.image_cache import ImageCache
-from utils.atomic import save_npy_atomic
+from pipeline.image_cache import ImageCache, cache_key
+from pipeline.state import BuildState, ImageRecord
 from utils.http_fetch import FetchError, Fetcher
 from utils.images import ImageDecodeError
 
 from api.catalogue import Catalogue
-from api.loaded import LoadedModel, file_signature, snapshot
+from api.loaded import ServedModel
 from api.schemas import ProductUpsert
 
 logger = logging.getLogger(__name__)
@@ -34,11 +36,12 @@ class _Fetched:
     images: list[Image.Image]
     cached: list[str]  # names in the image cache, one per image
     failed: dict[str, str]
+    records: list[ImageRecord]  # the build state's row per fetched ref (so the product's views are served)
 
 
 def _fetch_images(refs: list[str], settings: Settings, data_dir: Path, cache: ImageCache) -> _Fetched:
     """Fetch and cache each view as the download phase does; keep the cache names of those that worked."""
-    got = _Fetched(images=[], cached=[], failed={})
+    got = _Fetched(images=[], cached=[], failed={}, records=[])
     with Fetcher(fetch_policy(settings)) as fetcher:
         for ref in refs:
             try:
@@ -46,6 +49,12 @@ def _fetch_images(refs: list[str], settings: Settings, data_dir: Path, cache: Im
             except (FetchError, ImageDecodeError) as exc:
                 got.failed[ref] = exc.reason
                 continue
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    raise StorageFullError(data_dir.name, f"the disk holding {cache.root} is full") from None
+                raise
+            got.records.append(ImageRecord(ref=ref, status="ok", cache=entry["cache"], width=entry["width"],
+                                           height=entry["height"], bytes=entry["bytes"]))
             with Image.open(cache.root / entry["cache"]) as img:  # embed the cached copy, like extraction
                 got.images.append(img.convert("RGB"))
             got.cached.append(entry["cache"])
@@ -55,79 +64,49 @@ def _fetch_images(refs: list[str], settings: Settings, data_dir: Path, cache: Im
     return got
 
 
-def _metadata_row(product: ProductUpsert, preview_cache: str) -> dict[str, Any]:
-    return {"id": product.id, "title": product.title, "category": product.category,
-            "preview_image": product.images[0], "preview_cache": preview_cache, "images": list(product.images),
-            "extra": dict(product.extra)}
+def _record(product: ProductUpsert, preview_cache: str, clip: np.ndarray, head: ProjectionHead | None) -> ProductVector:
+    item = Product(id=product.id, title=product.title, category=product.category or "", images=tuple(product.images),
+                   preview_image=product.images[0], preview_cache=preview_cache, extra=dict(product.extra),
+                   source=Source.API)
+    vector = head.apply(clip[None])[0] if head is not None else None
+    return ProductVector(item, clip=clip, vector=vector)
 
 
-def _upsert_rows(ids: list[str], vectors: np.ndarray, key: str, vector: np.ndarray) -> tuple[list[str], np.ndarray]:
-    if key in ids:
-        vectors = vectors.copy()
-        vectors[ids.index(key)] = vector
-        return ids, vectors
-    return [*ids, key], np.vstack([vectors, vector.reshape(1, -1)])
-
-
-def _drop_rows(ids: list[str], vectors: np.ndarray, key: str) -> tuple[list[str], np.ndarray]:
-    keep = [i for i, k in enumerate(ids) if k != key]
-    return [ids[i] for i in keep], vectors[keep]
-
-
-def _persist(catalogue: Catalogue, current: LoadedModel, vectors: np.ndarray,
-             metadata: list[dict[str, Any]]) -> LoadedModel:
-    """Write the edited bundle. The pipeline's own outputs (clip_embeddings.npy, embedding_ids.json)
-    are left alone: edits are an overlay on the index that lasts until the model is rebuilt from its CSV."""
+def upsert_product(catalogue: Catalogue, model: str,
+                   product: ProductUpsert) -> tuple[ServedModel, dict[str, str], float]:
+    """Add or replace one product: fetch and embed its images (no lock held), then one store transaction.
+    Returns the model, the images that failed and the milliseconds from the store write until the
+    product was searchable. Blocking: call it from a worker thread."""
     settings = catalogue.settings
-    paths = current.spec.paths(settings)
-    manifest = dict(current.manifest)
-    index_type = IndexType(manifest.get("index_type", IndexType.AUTO))
-    index = build_index(vectors, index_type, Metric(manifest.get("metric", Metric.COSINE)), settings)
-    save_npy_atomic(paths.embeddings, vectors)
-    manifest.pop("built_at", None)
-    written = write_index_bundle(paths, index, metadata, manifest)
-    bundle = IndexBundle(index=index, metadata=metadata, manifest=written)
-    emb = np.load(paths.embeddings, mmap_mode="r", allow_pickle=False)
-    fresh = snapshot(current.spec, current.backbone, bundle, current.head, emb, file_signature(paths))
-    catalogue.install(fresh)
-    return fresh
-
-
-def upsert_product(catalogue: Catalogue, model: str, product: ProductUpsert) -> tuple[LoadedModel, dict[str, str]]:
-    """Add or replace one product. Blocking (fetch, embed, rebuild): call it from a worker thread."""
-    settings = catalogue.settings
-    current = catalogue.model(model).require()
+    current = catalogue.model(model)
+    current.require()
     paths = current.spec.paths(settings)
     fetched = _fetch_images(product.images, settings, paths.data, ImageCache(paths.image_cache, settings))
     embedder = catalogue.embedder(current.backbone)
-    clip_vector = l2_normalize(embedder.embed_images(fetched.images).mean(axis=0, keepdims=True))[0]
-    vector = current.head.apply(clip_vector[None])[0] if current.head is not None else clip_vector
-    row = _metadata_row(product, fetched.cached[0])
+    clip = l2_normalize(embedder.embed_images(fetched.images).mean(axis=0, keepdims=True))[0]
     with catalogue.admin_lock(model):
-        current = catalogue.model(model).require()  # the latest snapshot, now that we hold the lock
-        existed = product.id in current.positions
-        metadata = list(current.require_bundle().metadata)
-        ids = [str(r.get("id")) for r in metadata]
-        ids, vectors = _upsert_rows(ids, current.vectors(), product.id, vector)
-        pos = ids.index(product.id)
-        metadata = metadata + [row] if pos == len(metadata) else metadata[:pos] + [row] + metadata[pos + 1:]
-        fresh = _persist(catalogue, current, vectors, metadata)
+        current = catalogue.model(model)  # the latest snapshot (a reload may have swapped the store)
+        store = current.require()
+        existed = bool(store.get([product.id]))
+        start = time.perf_counter()
+        store.upsert([_record(product, fetched.cached[0], clip, store.head)])
+        commit_ms = (time.perf_counter() - start) * 1000
+        BuildState(store.db).record(fetched.records, json.dumps(cache_key(settings), sort_keys=True))
     logger.info("admin: %s product %s in %s (%d images, %d failed)", "updated" if existed else "added",
                 product.id, model, len(fetched.images), len(fetched.failed))
-    return fresh, fetched.failed
+    return current, fetched.failed, commit_ms
 
 
-def delete_product(catalogue: Catalogue, model: str, product_id: str) -> LoadedModel:
-    """Remove one product from the index and every vector table. Blocking: run in a worker thread."""
+def delete_product(catalogue: Catalogue, model: str, product_id: str) -> tuple[ServedModel, float]:
+    """Remove one product; returns the model and the milliseconds the store write took until the product
+    was gone from searches. Blocking: run it in a worker thread."""
     with catalogue.admin_lock(model):
-        current = catalogue.model(model).require()
-        current.position(product_id)  # 404 when absent
+        current = catalogue.model(model)
+        current.product(product_id)  # 404 when absent
         if current.num_products <= 1:
             raise BadRequestError(f"cannot delete the last product of {model!r}; rebuild the model instead")
-        rows = current.require_bundle().metadata
-        metadata = [r for r in rows if str(r.get("id")) != product_id]
-        ids = [str(r.get("id")) for r in rows]
-        ids, vectors = _drop_rows(ids, current.vectors(), product_id)
-        fresh = _persist(catalogue, current, vectors, metadata)
+        start = time.perf_counter()
+        current.require().delete([product_id])
+        commit_ms = (time.perf_counter() - start) * 1000
     logger.info("admin: deleted product %s from %s", product_id, model)
-    return fresh
+    return current, commit_ms

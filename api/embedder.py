@@ -30,13 +30,14 @@ MAX_WAIT_MS = 5.0
 
 
 class Embedder:
-    """A loaded backbone: images go through the micro-batcher, texts straight to the text tower."""
+    """A loaded backbone: image and text queries each go through the micro-batcher (a batch holds one kind)."""
 
     def __init__(self, encoder: ClipEncoder, batcher: MicroBatcher) -> None:
         self.encoder = encoder
         self.backbone = encoder.backbone
         self.batcher = batcher
         batcher.fn = encoder.encode_pixels
+        self._encode_texts = encoder.encode_texts  # one object: the batcher groups jobs by their function
 
     @classmethod
     def load(cls, settings: Settings, backbone: str) -> Embedder:
@@ -58,11 +59,11 @@ class Embedder:
         self.batcher.stop()
 
     async def embed_text(self, text: str) -> np.ndarray:
+        """One text query; concurrent ones share a forward pass of the text tower (micro-batched)."""
         text = text.strip()
         if not text:
             raise BadRequestError("the text query is empty")
-        vectors: np.ndarray = await self.batcher.run(self.encoder.encode_texts, [text])
-        return np.asarray(vectors[0])
+        return np.asarray(await self.batcher.submit(text, self._encode_texts))
 
     def embed_images(self, images: list[Image.Image]) -> Embeddings:
         """Blocking batch embedding for admin edits (call from a worker thread, not the event loop)."""

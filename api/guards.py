@@ -21,8 +21,11 @@ from core.errors import (AuthError, ImageSearchError, OverloadedError, PayloadTo
 from api.errors import error_response
 
 _ADMIN_ROUTES = (("POST", re.compile(r"^/[^/]+/products/?$")), ("DELETE", re.compile(r"^/[^/]+/products/[^/]+$")),
-                 ("POST", re.compile(r"^/[^/]+/reload/?$")))
-_SEARCH_ROUTE = re.compile(r"^/(search_products/?|[^/]+/search(/text)?/?|[^/]+/products/[^/]+/similar/?)$")
+                 ("POST", re.compile(r"^/[^/]+/reload/?$")), ("POST", re.compile(r"^/[^/]+/jobs/[^/]+/?$")),
+                 ("GET", re.compile(r"^/jobs(/[^/]+)?/?$")), ("DELETE", re.compile(r"^/jobs/[^/]+/?$")),
+                 ("GET", re.compile(r"^/([^/]+/)?analytics/[^/]+/?$")))
+_SEARCH_ROUTE = re.compile(r"^/(search_products/?|[^/]+/search(/text)?/?|[^/]+/products/[^/]+/similar/?"
+                           r"|[^/]+/explain/?)$")
 _WINDOW = 60.0
 _MAX_TRACKED_CLIENTS = 10_000
 

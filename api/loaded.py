@@ -1,34 +1,35 @@
-"""One model as the API serves it: an immutable snapshot of index, metadata, head and vectors.
+"""One model as the API serves it: its spec, backbone, catalogue store and head.
 
-Snapshots are never mutated; a reload or an admin edit builds a new one and swaps the
-reference, so a search that already holds the old snapshot finishes on it undisturbed.
+The store is shared and safe for concurrent use: searches read it while edits write it (the
+store's index is edited in place). A reload builds a new ``ServedModel`` with a freshly opened
+store and swaps the reference; a search already holding the old one finishes on it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
-from collections import Counter
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from core.config import Settings
 from core.errors import ImageSearchError, IndexNotReadyError, ProductNotFoundError
-from core.head import ProjectionHead, load_head
-from core.model_config import ModelPaths, ModelSpec
-from core.vector_index import IndexBundle, load_index_bundle
+from core.head import ProjectionHead
+from core.local_store import LocalStore
+from core.model_config import ModelSpec
+from core.store import Product, StoreStats
 
 logger = logging.getLogger(__name__)
 
-Signature = tuple[tuple[int, int, int] | None, tuple[int, int, int] | None]
+Signature = tuple[int, int, int] | None
+_STATS_TTL = 5.0  # seconds a /models snapshot of per-category counts is reused
 
 
-def _stat(path: Path) -> tuple[int, int, int] | None:
+def file_signature(path: Path) -> Signature:
+    """Identity of a file: os.replace gives a new inode, so a rewrite shows."""
     try:
         st = os.stat(path)
     except OSError:
@@ -36,148 +37,106 @@ def _stat(path: Path) -> tuple[int, int, int] | None:
     return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
-def file_signature(paths: ModelPaths) -> Signature:
-    """Identity of the manifest and head files: os.replace gives a new inode, so a rewrite shows."""
-    return (_stat(paths.manifest), _stat(paths.head))
+@dataclass
+class _StatsCache:
+    stats: StoreStats | None = None
+    at: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 @dataclass(frozen=True)
-class LoadedModel:
+class ServedModel:
     spec: ModelSpec
     backbone: str
-    bundle: IndexBundle | None = None
-    head: ProjectionHead | None = None
-    embeddings: np.ndarray | None = None  # row-aligned with bundle.metadata (memory-mapped)
-    positions: Mapping[str, int] = field(default_factory=dict)
-    category_counts: Mapping[str, int] = field(default_factory=dict)
+    store: LocalStore | None = None
     error: str | None = None
-    signature: Signature = (None, None)
+    head_signature: Signature = None
+    index_signature: Signature = None
     loaded_at: float = field(default_factory=time.time)
+    _stats: _StatsCache = field(default_factory=_StatsCache, compare=False, repr=False)
 
     @property
     def name(self) -> str:
         return self.spec.name
 
     @property
+    def head(self) -> ProjectionHead | None:
+        return self.store.head if self.store is not None else None
+
+    @property
     def searchable(self) -> bool:
-        return self.bundle is not None
+        return self.error is None and self.store is not None and self.store.live_index is not None
 
     @property
     def num_products(self) -> int:
-        return len(self.bundle.metadata) if self.bundle else 0
+        live = self.store.live_index if self.store is not None else None
+        return live.info.count if live is not None else 0
 
     @property
-    def manifest(self) -> dict[str, Any]:
-        return self.bundle.manifest if self.bundle else {}
+    def index_info(self) -> dict[str, Any]:
+        live = self.store.live_index if self.store is not None else None
+        return live.info.to_json() if live is not None else {}
 
-    def require(self) -> LoadedModel:
-        """Self when searchable, else IndexNotReadyError with the reason."""
-        if self.bundle is None:
+    def require(self) -> LocalStore:
+        """The store when searchable, else IndexNotReadyError with the reason."""
+        if not self.searchable or self.store is None:
             raise IndexNotReadyError(self.name, self.error or "not loaded")
-        return self
+        return self.store
 
-    def require_bundle(self) -> IndexBundle:
-        """The loaded index bundle, else IndexNotReadyError with the reason (the typed form of ``require``)."""
-        if self.bundle is None:
-            raise IndexNotReadyError(self.name, self.error or "not loaded")
-        return self.bundle
-
-    def position(self, product_id: str) -> int:
-        pos = self.positions.get(product_id)
-        if pos is None:
+    def product(self, product_id: str) -> Product:
+        found = self.require().get([product_id])
+        if not found:
             raise ProductNotFoundError(self.name, product_id)
-        return pos
+        return found[0]
 
-    def vectors(self) -> np.ndarray:
-        """Every indexed vector, (n, dim) float32, row-aligned with metadata."""
-        bundle = self.require_bundle()
-        if self.embeddings is not None:
-            return np.asarray(self.embeddings, dtype=np.float32)
-        return _reconstruct_all(bundle)
-
-    def vector(self, pos: int) -> np.ndarray:
-        if self.embeddings is not None:
-            return np.asarray(self.embeddings[pos], dtype=np.float32)
-        return np.asarray(self.require_bundle().index.reconstruct(int(pos)))
-
-
-def _reconstruct_all(bundle: IndexBundle) -> np.ndarray:
-    import faiss
-
-    index = bundle.index
-    if isinstance(index, faiss.IndexIVF):
-        index.make_direct_map()
-    vectors: np.ndarray = index.reconstruct_n(0, index.ntotal)
-    return vectors
-
-
-def _load_embeddings(paths: ModelPaths, bundle: IndexBundle) -> np.ndarray | None:
-    if not paths.embeddings.is_file():
-        return None
-    try:
-        emb: np.ndarray = np.load(paths.embeddings, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        logger.warning("%s: unreadable (%s); vectors come from the index", paths.embeddings, exc)
-        return None
-    if emb.shape != (bundle.index.ntotal, bundle.index.d):
-        logger.warning("%s: shape %s does not match the index; vectors come from the index",
-                       paths.embeddings, emb.shape)
-        return None
-    return emb
-
-
-def _checked_head(paths: ModelPaths, bundle: IndexBundle, name: str) -> ProjectionHead | None:
-    """The head the index was built with (manifest ``head`` sha), or None when it used none."""
-    wanted = bundle.manifest.get("head")
-    if not wanted:
-        return None
-    head = load_head(paths.head)
-    if head is None or head.sha256 != wanted:
-        raise IndexNotReadyError(name, "head.safetensors does not match the head the index was built with "
-                                       f"(rebuild: python run_training.py {name})")
-    if head.output_dim != bundle.index.d:
-        raise IndexNotReadyError(name, f"head outputs {head.output_dim} dims, index holds {bundle.index.d}")
-    return head
-
-
-def _check_backbone(bundle: IndexBundle, name: str, backbone: str, encoder_dim: int | None,
-                    head: ProjectionHead | None) -> None:
-    built = bundle.manifest.get("backbone")
-    if built and str(built) != backbone:
-        raise IndexNotReadyError(name, f"index built with backbone {built!r} but the model is configured "
-                                       f"for {backbone!r} (rebuild: python run_training.py {name})")
-    wanted = head.input_dim if head else bundle.index.d
-    if encoder_dim is not None and encoder_dim != wanted:
-        raise IndexNotReadyError(name, f"backbone gives {encoder_dim}-dim vectors, index expects {wanted}")
-
-
-def snapshot(spec: ModelSpec, backbone: str, bundle: IndexBundle, head: ProjectionHead | None,
-             embeddings: np.ndarray | None, signature: Signature) -> LoadedModel:
-    """A searchable snapshot with its lookup tables built."""
-    positions = {str(row.get("id")): i for i, row in enumerate(bundle.metadata)}
-    counts = Counter(str(row.get("category") or "") for row in bundle.metadata)
-    counts.pop("", None)
-    return LoadedModel(spec=spec, backbone=backbone, bundle=bundle, head=head, embeddings=embeddings,
-                       positions=positions, category_counts=dict(sorted(counts.items())), signature=signature)
+    def stats(self) -> StoreStats | None:
+        """Per-category counts and columns, recomputed at most every few seconds (they scan the store)."""
+        if self.store is None:
+            return None
+        cache = self._stats
+        with cache.lock:
+            if cache.stats is None or time.monotonic() - cache.at > _STATS_TTL:
+                cache.stats, cache.at = self.store.stats(), time.monotonic()
+            return cache.stats
 
 
 def load_model(settings: Settings, spec: ModelSpec, *, encoder_dim: int | None,
-               encoder_error: str | None = None) -> LoadedModel:
-    """Load one model from disk. Never raises: an unusable model is returned with ``error`` set."""
+               encoder_error: str | None = None) -> ServedModel:
+    """Open one model's store and index. Never raises: an unusable model comes back with ``error``."""
+    from core.catalogue_store import open_store
+
     paths = spec.paths(settings)
     backbone = spec.backbone_for(settings)
-    signature = file_signature(paths)
+    signature = file_signature(paths.head)
+    index_signature = file_signature(paths.models / "index.json")
+    store = None
     try:
         if encoder_error:
             raise IndexNotReadyError(spec.name, encoder_error)
-        bundle = load_index_bundle(paths, spec.name)
-        head = _checked_head(paths, bundle, spec.name)
-        _check_backbone(bundle, spec.name, backbone, encoder_dim, head)
+        if not (paths.models / "catalogue.db").exists() and not (paths.models / "metadata.jsonl").is_file():
+            raise IndexNotReadyError(spec.name, f"no catalogue built yet (run: python run_training.py {spec.name})")
+        store = open_store(settings, spec)
+        if store.live_index is None:
+            raise IndexNotReadyError(spec.name, f"the catalogue is empty (run: python run_training.py {spec.name})")
+        _check_dims(store, spec.name, encoder_dim)
     except ImageSearchError as exc:
         reason = getattr(exc, "reason", None) or exc.message
         logger.warning("model %s is not searchable: %s", spec.name, reason)
-        return LoadedModel(spec=spec, backbone=backbone, error=reason, signature=signature)
-    loaded = snapshot(spec, backbone, bundle, head, _load_embeddings(paths, bundle), signature)
-    logger.info("model %s: %d products, %s index, head %s", spec.name, loaded.num_products,
-                bundle.manifest.get("index_type"), "yes" if head else "no")
-    return loaded
+        return ServedModel(spec=spec, backbone=backbone, store=store, error=reason, head_signature=signature,
+                           index_signature=index_signature)
+    live = store.live_index
+    assert live is not None
+    logger.info("model %s: %d products, %s index, head %s", spec.name, live.info.count, live.kind,
+                "yes" if store.head else "no")
+    return ServedModel(spec=spec, backbone=backbone, store=store, head_signature=signature,
+                       index_signature=index_signature)
+
+
+def _check_dims(store: LocalStore, name: str, encoder_dim: int | None) -> None:
+    live = store.live_index
+    assert live is not None
+    head = store.head
+    wanted = head.input_dim if head else live.info.dim
+    if encoder_dim is not None and encoder_dim != wanted:
+        raise IndexNotReadyError(name, f"backbone gives {encoder_dim}-dim vectors, the catalogue expects {wanted} "
+                                       f"(rebuild: python run_training.py {name} --force)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, field_validator
@@ -34,6 +35,7 @@ _STATUS_TEXT = {400: "bad request (undecodable image, bad content type, bad filt
                 401: "no X-API-Key header", 403: "wrong X-API-Key, or admin routes disabled",
                 404: "unknown or invalid model, unknown product, or no cached image",
                 408: "the request body did not arrive within the deadline",
+                409: "a build or embedding of this model is already queued or running",
                 413: "the body or the image is over its limit", 422: "a parameter or field is invalid",
                 429: "too many failed X-API-Key attempts from this address (see Retry-After)",
                 503: "the model is not ready, or the server is busy (see Retry-After)"}
@@ -49,7 +51,11 @@ class SearchHit(BaseModel):
     id: str
     title: str
     category: str | None = None
-    score: float = Field(description="cosine similarity in [-1, 1]")
+    score: float = Field(description="cosine similarity in [-1, 1] (raw: its scale differs between models)")
+    match: float | None = Field(None, description="calibrated probability (0-1) that the hit is relevant, comparable "
+                                                  "across models; null when the model has no calibration yet")
+    duplicates: list[str] = Field(default_factory=list,
+                                  description="ids of near-duplicates collapsed into this hit (dedupe=true)")
     preview_image: str | None = Field(None, description="the image reference from the catalogue")
     image_url: str | None = Field(None, description="the cached preview, served by this API")
     model: str | None = Field(None, description="the model this hit comes from (merged rankings)")
@@ -127,6 +133,9 @@ class ModelInfo(BaseModel):
     index_type: str | None = None
     built_at: str | None = None
     error: str | None = None
+    filters: dict[str, str] = Field(default_factory=dict,
+                                    description="filterable extra columns: name -> text (filter=) or number (range=)")
+    recall_at_10: float | None = Field(None, description="the index's measured recall@10 against exact search")
 
 
 class ModelsResponse(BaseModel):
@@ -181,12 +190,26 @@ class ProductUpsert(BaseModel):
         return cleaned
 
 
+class VectorQuery(BaseModel):
+    """A query embedding from the client's own CLIP (the model's backbone): normalised here."""
+
+    vector: list[float] = Field(min_length=2, max_length=4096, description="the query embedding")
+
+    @field_validator("vector")
+    @classmethod
+    def _finite(cls, values: list[float]) -> list[float]:
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError("the vector must be finite")
+        return values
+
+
 class AdminResponse(BaseModel):
     model: str
     action: str
     id: str | None = None
     num_products: int
-    took_ms: float
+    took_ms: float = Field(description="the whole edit: fetching and embedding the images, then the store write")
+    commit_ms: float | None = Field(None, description="the store write alone, until the edit is searchable")
     failed_images: dict[str, str] = Field(default_factory=dict, description="image reference -> reason")
 
     @field_validator("failed_images")
@@ -200,3 +223,30 @@ class ReloadResponse(BaseModel):
     num_products: int
     index_type: str | None = None
     built_at: str | None = None
+
+
+class ExplainResponse(BaseModel):
+    """Why this match, as numbers: Grad-CAM grids (rows of cells in [0, 1], 1 = drives the match most)
+    over the centre square each image was embedded from."""
+
+    model: str
+    product_id: str
+    score: float = Field(description="cosine similarity of the two CLIP image embeddings (before any head)")
+    query_grid: list[list[float]]
+    hit_grid: list[list[float]]
+
+
+class RebuildJobRequest(BaseModel):
+    force: bool = Field(False, description="rerun every phase (the image cache is kept)")
+    drop_api_edits: bool = Field(False, description="also drop products added through the API")
+
+
+class EmbedJobRequest(BaseModel):
+    ids: list[Annotated[str, Field(min_length=1, max_length=512)]] = Field(min_length=1, max_length=10_000)
+
+
+class JobAccepted(BaseModel):
+    task_id: str
+    status: str = Field(description="queued")
+    kind: str
+    model: str

@@ -1,17 +1,23 @@
-"""Nearest-neighbour search over one loaded model, with filters, turned into SearchHit rows."""
+"""Nearest-neighbour search over one served model, with filters applied inside the store's search,
+turned into SearchHit rows."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Literal
 from urllib.parse import quote
 
 import numpy as np
 
-from api.loaded import LoadedModel
-from api.schemas import SearchHit
+from core.calibration import IMAGE, TEXT
+from core.errors import BadRequestError
+from fastapi import Request
 
-_MAX_FETCH = 4096  # widest neighbour list fetched to satisfy a filter
+from core.query_log import QueryRecord
+from core.store import Filter, Hit, Product
+
+from api.loaded import ServedModel
+from api.schemas import SearchHit
 
 
 @dataclass(frozen=True)
@@ -20,19 +26,40 @@ class Filters:
     min_score: float | None = None
     category: str | None = None
     exclude_id: str | None = None
-    offset: int = 0
+    equals: dict[str, str] = field(default_factory=dict)
+    ranges: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    offset: int = 0  # a later page: this many best hits are skipped
+    min_match: float | None = None
+    dedupe: bool = True  # collapse near-duplicates (cosine >= the model's threshold) into one hit
+    kind: str = IMAGE  # what the query was: image or text (a client vector counts as image)
+
+    def for_store(self) -> Filter:
+        return Filter(category=self.category, equals=self.equals, ranges=self.ranges,
+                      exclude_ids=(self.exclude_id,) if self.exclude_id is not None else ())
+
+    @property
+    def columns(self) -> set[str]:
+        return set(self.equals) | set(self.ranges)
 
 
-def query_vector(model: LoadedModel, clip_vector: np.ndarray) -> np.ndarray:
+def check_columns(model: ServedModel, filters: Filters) -> None:
+    """A filter on a column the model does not have is a client mistake (400), named with the choices."""
+    if not filters.columns:
+        return
+    known = model.require().columns()
+    unknown = sorted(filters.columns - set(known))
+    if unknown:
+        listed = ", ".join(sorted(known)) or "none"
+        raise BadRequestError(f"model {model.name!r} has no filterable column {unknown[0]!r}; filterable: {listed}")
+    wrong = sorted(c for c in filters.ranges if known[c] != "number")
+    if wrong:
+        raise BadRequestError(f"column {wrong[0]!r} of model {model.name!r} is not numeric: use an equality filter")
+
+
+def query_vector(model: ServedModel, clip_vector: np.ndarray) -> np.ndarray:
     """Raw CLIP query -> the space the index lives in (through the model's head, if any)."""
     query = np.asarray(clip_vector, dtype=np.float32).reshape(1, -1)
     return model.head.apply(query) if model.head is not None else query
-
-
-def _accept(row: dict[str, Any], score: float, filters: Filters) -> bool:
-    if filters.category is not None and str(row.get("category") or "") != filters.category:
-        return False
-    return filters.exclude_id is None or str(row.get("id")) != filters.exclude_id
 
 
 def _one_faiss_thread() -> None:
@@ -43,52 +70,123 @@ def _one_faiss_thread() -> None:
     faiss.omp_set_num_threads(1)
 
 
-def nearest(model: LoadedModel, vector: np.ndarray, filters: Filters) -> list[tuple[int, float]]:
-    """(position, score) pairs, best first, after filters. ``vector`` is already in index space."""
-    bundle = model.require_bundle()
+@dataclass(frozen=True)
+class Found:
+    """A store hit with its calibrated match (None without a calibration) and the near-duplicates
+    collapsed into it."""
+
+    hit: Hit
+    match: float | None = None
+    duplicates: tuple[str, ...] = ()
+
+    @property
+    def product(self) -> Product:
+        return self.hit.product
+
+    @property
+    def score(self) -> float:
+        return self.hit.score
+
+
+_DEDUPE_FETCH = 3  # with dedupe, fetch this many times the page (plus a few) so collapsing still fills it
+
+
+def duplicate_threshold(model: ServedModel) -> float:
+    """The model's near-duplicate threshold: model.json's ``duplicate_threshold``, else the setting."""
+    own = model.spec.duplicate_threshold
+    return own if own is not None else model.require().settings.duplicate_threshold
+
+
+def nearest(model: ServedModel, vector: np.ndarray, filters: Filters) -> list[Found]:
+    """Hits, best first, after filters (and near-duplicates collapsed): the page from ``offset``.
+    ``vector`` is already in index space."""
+    store = model.require()
     _one_faiss_thread()
-    n = len(bundle.metadata)
-    if n == 0 or (filters.category is not None and filters.category not in model.category_counts):
-        return []
-    filtered = filters.category is not None or filters.exclude_id is not None
     want = filters.offset + filters.top_k  # a page further down: search that deep, then slice
-    k = min(n, want * 4 + 16 if filtered else want)
-    while True:
-        scores, positions = bundle.search(vector.reshape(1, -1), k)
-        found: list[tuple[int, float]] = []
-        for pos, score in zip(positions[0].tolist(), scores[0].tolist(), strict=True):
-            if pos < 0 or (filters.min_score is not None and score < filters.min_score):
-                continue
-            if _accept(bundle.metadata[pos], score, filters):
-                found.append((pos, score))
-        exhausted = k >= min(n, _MAX_FETCH) or (filters.min_score is not None and scores[0][-1] < filters.min_score)
-        if len(found) >= want or exhausted:
-            return found[filters.offset:want]
-        k = min(n, k * 4, _MAX_FETCH)
+    fetch = want * _DEDUPE_FETCH + 8 if filters.dedupe else want
+    hits = store.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), fetch, filters.for_store())[0]
+    if filters.min_score is not None:
+        hits = [h for h in hits if h.score >= filters.min_score]
+    found = calibrated(model, hits, filters.kind)
+    if filters.min_match is not None:
+        found = [f for f in found if f.match is None or f.match >= filters.min_match]
+    if filters.dedupe and len(found) > 1:
+        found = collapse(found, store.vectors([f.product.id for f in found]), duplicate_threshold(model))
+    return found[filters.offset:want]
 
 
-def image_url(base_url: str, model: str, row: dict[str, Any]) -> str | None:
+def calibrated(model: ServedModel, hits: list[Hit], kind: str) -> list[Found]:
+    """Each hit with its calibrated match for this query kind (text, else the image map)."""
+    cal = model.require().calibration
+    matches = cal.match(np.array([h.score for h in hits]), TEXT if kind == TEXT else IMAGE) if cal else None
+    if matches is None:
+        return [Found(h) for h in hits]
+    return [Found(h, round(float(m), 6)) for h, m in zip(hits, matches, strict=True)]
+
+
+def collapse(found: list[Found], vectors: np.ndarray, threshold: float) -> list[Found]:
+    """Greedy, best first: a hit within ``threshold`` cosine of a kept one joins its ``duplicates``."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    sims = vectors @ vectors.T
+    kept: list[int] = []
+    extra: dict[int, list[str]] = {}
+    for i in range(len(found)):
+        owner = next((k for k in kept if sims[i, k] >= threshold), None)
+        if owner is None:
+            kept.append(i)
+        else:
+            extra.setdefault(owner, []).append(found[i].product.id)
+    return [Found(found[k].hit, found[k].match, tuple(extra.get(k, ()))) for k in kept]
+
+
+def image_url(base_url: str, model: str, product: Product) -> str | None:
     """Where a client fetches the product's picture: our cached preview, else a remote original."""
-    if row.get("preview_cache"):
-        return f"{base_url}/{model}/products/{quote(str(row.get('id')), safe='')}/image"
-    preview = str(row.get("preview_image") or "")
+    if product.preview_cache:
+        return f"{base_url}/{model}/products/{quote(product.id, safe='')}/image"
+    preview = product.preview_image
     return preview if preview.startswith(("http://", "https://")) else None
 
 
-def to_hits(model: LoadedModel, found: list[tuple[int, float]], base_url: str, *,
-            tag_model: bool = False) -> list[SearchHit]:
-    metadata = model.require_bundle().metadata
+def to_hits(model: ServedModel, found: list[Found], base_url: str, *, tag_model: bool = False,
+            first_rank: int = 1) -> list[SearchHit]:
     hits = []
-    for rank, (pos, score) in enumerate(found, start=1):
-        row = metadata[pos]
-        hits.append(SearchHit(rank=rank, id=str(row.get("id")), title=str(row.get("title") or ""),
-                              category=row.get("category") or None, score=round(float(score), 6),
-                              preview_image=row.get("preview_image"), image_url=image_url(base_url, model.name, row),
-                              model=model.name if tag_model else None, extra=row.get("extra") or {}))
+    for rank, item in enumerate(found, start=first_rank):
+        p = item.product
+        hits.append(SearchHit(rank=rank, id=p.id, title=p.title, category=p.category or None,
+                              score=round(float(item.score), 6), match=item.match,
+                              duplicates=list(item.duplicates), preview_image=p.preview_image or None,
+                              image_url=image_url(base_url, model.name, p), model=model.name if tag_model else None,
+                              extra=dict(p.extra)))
     return hits
 
 
-def merge_rankings(per_model: list[list[SearchHit]], top_k: int) -> list[SearchHit]:
-    """One ranking across models by score (scores are cosine similarity in every model)."""
-    merged = sorted((h for hits in per_model for h in hits), key=lambda h: -h.score)[:top_k]
-    return [h.model_copy(update={"rank": i}) for i, h in enumerate(merged, start=1)]
+MergeMethod = Literal["match", "score", "rrf"]
+RRF_K = 60  # the usual reciprocal-rank-fusion constant
+
+
+def merge_rankings(per_model: list[list[SearchHit]], top_k: int, method: MergeMethod = "match") -> list[SearchHit]:
+    """One ranking across models: by calibrated ``match`` (default; a hit without one sorts after
+    those with one, by score), by raw ``score``, or by reciprocal-rank fusion (``rrf``: each model's
+    rank r counts 1/(60 + r); equal ranks are ordered by match)."""
+    hits = [h for model_hits in per_model for h in model_hits]
+
+    def by_match(h: SearchHit) -> tuple[float, float]:
+        return (-(h.match if h.match is not None else -1.0), -h.score)
+
+    if method == "score":
+        merged = sorted(hits, key=lambda h: -h.score)
+    elif method == "rrf":
+        merged = sorted(hits, key=lambda h: (-1.0 / (RRF_K + h.rank), *by_match(h)))
+    else:
+        merged = sorted(hits, key=by_match)
+    return [h.model_copy(update={"rank": i}) for i, h in enumerate(merged[:top_k], start=1)]
+
+
+def log_search(request: Request, model: str, kind: str, filters: Filters, latency_ms: float,
+               hits: list[SearchHit]) -> None:
+    """One row in the query log (never the image or the text): returns at once, a thread writes it."""
+    used = {"category": filters.category, "equals": filters.equals or None, "ranges": filters.ranges or None,
+            "min_score": filters.min_score, "top_k": filters.top_k, "offset": filters.offset or None}
+    request.app.state.query_log.record(QueryRecord(
+        model=model, kind=kind, latency_ms=latency_ms, results=len(hits), top_ids=[h.id for h in hits[:10]],
+        filters={k: v for k, v in used.items() if v is not None}))

@@ -1,8 +1,9 @@
 """Benchmark: serving image search over real HTTP, the naive seed design vs our API.
 
 Both serve a ViT-B/32-sized CLIP (random weights unless IMAGESEARCH_BENCH_MODEL points at real
-ones) and a 100,000-product catalogue of synthetic unit vectors, each in its own uvicorn process
-on 127.0.0.1, one after the other (so they never share the cores):
+ones) and a 100,000-product catalogue of synthetic clustered unit vectors, each in its own uvicorn process
+on 127.0.0.1, one after the other (so they never share the cores). Our catalogue is built through
+the store as the pipeline fills it: ``LocalStore.upsert`` in batches, then one tuned index build.
 
 - naive: one FastAPI endpoint doing, per request, CLIPProcessor + fp32 forward + FAISS flat
   search with default threads (a sync ``def`` endpoint, so FastAPI at least runs it off the loop);
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -35,40 +37,71 @@ sys.path.insert(0, str(REPO))
 from bench._common import photo_jpegs, vit_b32_folder  # noqa: E402
 
 MODEL = "general"
+_UPSERT_BATCH = 5000  # products per store transaction
 
 
 def _synthetic_vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, dim), dtype=np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+    """Clustered unit vectors like product embeddings (uniform noise has no real neighbours, so tuning
+    an approximate index on it asks for the widest search)."""
+    from training.index_bench import synthetic_vectors
+
+    return synthetic_vectors(n, dim, seed=seed)
+
+
+def _row(i: int) -> dict:
+    return {"id": f"P{i:06d}", "title": f"Product {i}", "category": f"c{i % 20}", "preview_image": None,
+            "preview_cache": None, "images": [], "extra": {"price": round(5 + i % 500 * 0.5, 2)}}
 
 
 def rows(n: int) -> list[dict]:
-    return [{"id": f"P{i:06d}", "title": f"Product {i}", "category": f"c{i % 20}", "preview_image": None,
-             "preview_cache": None, "images": [], "extra": {"price": round(5 + i % 500 * 0.5, 2)}} for i in range(n)]
+    """Synthetic product metadata (the naive server returns these rows as they are)."""
+    return [_row(i) for i in range(n)]
+
+
+def _items(vectors: np.ndarray, start: int, stop: int) -> list:
+    """ProductVectors for rows ``start:stop``: the naive side's metadata, as the store holds products."""
+    from core.store import Product, ProductVector
+
+    out = []
+    for i in range(start, stop):
+        r = _row(i)
+        out.append(ProductVector(Product(id=r["id"], title=r["title"], category=r["category"], extra=r["extra"]),
+                                 clip=np.asarray(vectors[i], dtype=np.float32)))
+    return out
 
 
 def prepare(work: Path, n: int, index_type: str) -> tuple[Path, Path]:
-    """The model folder and our built bundle under ``work`` (reused when already there)."""
+    """The CLIP folder and the vectors file under ``work``, and our model built into its catalogue store
+    (upserted in batches, then one index build, tuned and saved); reused when already there."""
+    from core.catalogue_store import open_store
     from core.config import load_settings
-    from core.model_config import ModelSpec
-    from core.types import IndexType, Metric
-    from core.vector_index import build_index, write_index_bundle
+    from core.model_config import ModelRegistry
 
     model_dir = vit_b32_folder(work / "vit_b32")
     settings = load_settings(root=work / "root", clip_model=str(model_dir), index_type=index_type)
-    paths = ModelSpec(name=MODEL).paths(settings)
-    vectors_path = work / f"vectors_{n}.npy"
+    spec = ModelRegistry.discover(settings).get(MODEL)  # the spec the API will serve it under
+    paths = spec.paths(settings)
+    vectors_path = work / f"clustered_vectors_{n}.npy"
     if not vectors_path.is_file():
         np.save(vectors_path, _synthetic_vectors(n, 512))
-    stamp = paths.models / f".bench_{n}_{index_type}"
+    stamp = paths.models / f".bench_store_clustered_{n}_{index_type}"
     if not stamp.is_file():
-        print(f"building our {index_type} index over {n} vectors (once; reused by later runs)...", flush=True)
+        print(f"building our store and {index_type} index over {n} products (once; reused by later runs)...",
+              flush=True)
+        shutil.rmtree(paths.models, ignore_errors=True)  # nothing left from another size or an older layout
         start = time.perf_counter()
-        index = build_index(np.load(vectors_path), IndexType(index_type), Metric.COSINE, settings)
-        write_index_bundle(paths, index, rows(n), {"model": MODEL, "backbone": str(model_dir),
-                                                    "metric": "cosine", "head": None})
-        stamp.write_text(f"{time.perf_counter() - start:.1f}s\n")
+        vectors = np.load(vectors_path, mmap_mode="r")
+        store = open_store(settings, spec, open_index=False)
+        try:
+            for first in range(0, n, _UPSERT_BATCH):
+                store.upsert(_items(vectors, first, min(n, first + _UPSERT_BATCH)))
+            upserted = time.perf_counter() - start
+            live = store.rebuild(save=True)
+        finally:
+            store.close()
+        stamp.write_text(f"upsert {upserted:.1f}s, {live.kind} index {time.perf_counter() - start - upserted:.1f}s "
+                         f"({live.info.params})\n")
+        print(f"  {stamp.read_text().strip()}", flush=True)
     return model_dir, vectors_path
 
 

@@ -1,9 +1,9 @@
 """Benchmark: embedding 128 photos with the naive CLIPProcessor + fp32 path vs our pipeline's path.
 
 Ours runs the real pipeline phases (validation, download of local files with draft-mode decode and
-downscale into the cache, extraction from the cache) from the same raw JPEGs each repeat, with a
-fresh cache every time. Prints images/s for each, the ratio and the minimum cosine between our
-embeddings and the fp32 reference, then one JSON line.
+downscale into the cache, extraction from the cache into the catalogue store) from the same raw
+JPEGs each repeat, with a fresh cache and store every time. Prints images/s for each, the ratio
+and the minimum cosine between our embeddings and the fp32 reference, then one JSON line.
 """
 
 from __future__ import annotations
@@ -72,12 +72,12 @@ def _ours(model_dir: Path, files: list[Path], work: Path):
         for folder in (spec.paths(settings).models, spec.paths(settings).checkpoints, data / "image_cache"):
             shutil.rmtree(folder, ignore_errors=True)  # no cache reuse between repeats
         ctx = PipelineContext(settings=settings, spec=spec, progress=False, _encoder=encoder)
-        for phase in (ValidationPhase(), DownloadPhase(), ExtractionPhase()):
-            phase.run(ctx)
-        ids = json.loads((ctx.paths.models / "embedding_ids.json").read_text())
-        vectors = np.load(ctx.paths.clip_embeddings)
-        order = {pid: i for i, pid in enumerate(ids)}
-        return vectors[[order[f.stem] for f in files]]
+        try:
+            for phase in (ValidationPhase(), DownloadPhase(), ExtractionPhase()):
+                phase.run(ctx)
+            return ctx.store().vectors([f.stem for f in files], clip=True)  # the products' raw CLIP vectors
+        finally:
+            ctx.close()
 
     return run, encoder.precision_name
 

@@ -50,15 +50,31 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, ge=1024, description="largest image accepted, width x height")
     cache_image_size: int = Field(384, ge=32, le=4096, description="shorter side of cached images, px")
     max_images_per_product: int = Field(10, ge=1, le=100, description="views kept per product")
+    shopify_include_inactive: bool = Field(
+        False, description="index a Shopify export's draft, archived and unpublished products too "
+                           "(by default they are skipped, with the reason in the validation report)")
 
     # index
-    index_type: IndexType = Field(IndexType.AUTO, description="auto | flat | ivf | hnsw")
+    index_type: IndexType = Field(IndexType.AUTO, description="auto | flat | hnsw | ivf | ivfpq")
     metric: Metric = Field(Metric.COSINE, description="cosine (inner product) | euclidean (L2)")
     flat_max_products: int = Field(20_000, ge=1, description="auto: exact flat index up to this size")
-    hnsw_max_products: int = Field(2_000_000, ge=1, description="auto: HNSW up to this size, IVF beyond")
+    hnsw_max_products: int = Field(300_000, ge=1, description="auto: HNSW up to this size, IVF beyond")
+    ivfpq_min_products: int = Field(1_200_000, ge=1,
+                                    description="auto: IVF-PQ (OPQ, re-ranked from stored vectors) beyond this size")
+    recall_target: float = Field(0.95, gt=0, le=1,
+                                 description="auto-tuning: recall@10 that nprobe / efSearch are raised to reach")
+    tune_latency_ms: float = Field(10.0, gt=0, le=10_000,
+                                   description="auto-tuning: per-query latency budget while raising nprobe / efSearch")
+    filter_exact_max: int = Field(10_000, ge=0, le=1_000_000,
+                                  description="filters admitting at most this many products are searched exactly")
     hnsw_m: int = Field(32, ge=4, le=256, description="HNSW graph degree")
     hnsw_ef_search: int = Field(64, ge=1, le=4096, description="HNSW search breadth")
     ivf_nprobe: int = Field(16, ge=1, le=65536, description="IVF lists probed per query")
+
+    # relevance: near-duplicates collapsed in search results (model.json's duplicate_threshold wins)
+    duplicate_threshold: float = Field(0.94, ge=-1, le=1,
+                                       description="cosine at or above which two hits are near-duplicates, "
+                                                   "collapsed into one (dedupe=true)")
 
     # quality: evaluation and fine-tuning (run_training.py --evaluate / --finetune)
     eval_max_queries: int = Field(
@@ -96,6 +112,14 @@ class Settings(BaseSettings):
     max_aspect_ratio: float = Field(20.0, ge=1, le=1000,
                                     description="query images more elongated than this get 400")
 
+    # explanations, query log, background jobs
+    explain_cache_max_files: int = Field(5000, ge=10, le=10_000_000,
+                                         description="explanation files kept per model (the oldest go first)")
+    query_log_enabled: bool = Field(True, description="record searches (no images) in logs/queries.db")
+    query_log_retention_days: int = Field(30, ge=1, le=3650, description="days of the query log kept")
+    job_max_attempts: int = Field(3, ge=1, le=20,
+                                  description="runs of a background job interrupted by an API restart before it fails")
+
     @property
     def data_dir(self) -> Path:
         return self.root / "data"
@@ -111,6 +135,14 @@ class Settings(BaseSettings):
     @property
     def logs_dir(self) -> Path:
         return self.root / "logs"
+
+    @property
+    def query_log_path(self) -> Path:
+        return self.logs_dir / "queries.db"
+
+    @property
+    def jobs_path(self) -> Path:
+        return self.checkpoints_dir / "jobs.db"
 
 
 def load_settings(**overrides: Any) -> Settings:

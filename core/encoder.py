@@ -157,6 +157,11 @@ class ClipEncoder:
                    threads=settings.torch_threads)
 
     @property
+    def lock(self) -> threading.Lock:
+        """Held during every forward pass (explanations take it too)."""
+        return self._lock
+
+    @property
     def input_size(self) -> int:
         return self._pre.crop
 

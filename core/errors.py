@@ -35,9 +35,13 @@ class UnknownModelError(ImageSearchError):
 
     status_code = 404
 
-    def __init__(self, name: str, available: list[str]) -> None:
+    def __init__(self, name: str, available: list[str], hint: str = "") -> None:
+        import difflib
+
         listed = ", ".join(available) or "none"
-        super().__init__(f"unknown model {name!r}; available models: {listed}")
+        close = difflib.get_close_matches(name, available, n=1, cutoff=0.6)
+        guess = f"; did you mean {close[0]!r}?" if close else ""
+        super().__init__(f"unknown model {name!r}{guess}; available models: {listed}" + (f"; {hint}" if hint else ""))
         self.name = name
         self.available = available
 
@@ -183,3 +187,48 @@ class RequestTimeoutError(ImageSearchError):
     """The client did not send its request body within the deadline."""
 
     status_code = 408
+
+
+class StoreError(ImageSearchError):
+    """The catalogue store cannot be read or written (locked too long, damaged file)."""
+
+    status_code = 503
+
+    def __init__(self, model: str, message: str) -> None:
+        super().__init__(f"model {model!r}: {message}")
+        self.model = model
+
+
+class StorageFullError(StoreError):
+    """The disk holding the catalogue is full: the write was rolled back, nothing else changed."""
+
+    status_code = 507
+
+
+class BuildInProgressError(ImageSearchError):
+    """Another build of the same model is running (one pipeline run per model at a time)."""
+
+    status_code = 409
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"model {model!r}: another build of this model is running; wait for it to finish")
+        self.model = model
+
+
+def disk_full(exc: OSError, where: str = "") -> StorageFullError | None:
+    """A full disk met outside SQLite (an image cache or index file write) as a typed error, else None."""
+    import errno
+
+    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    place = where or str(exc.filename or "the data folder")
+    return StorageFullError(place, f"the disk is full ({exc.strerror}); free some space and run again: "
+                                   "finished work is kept")
+class JobNotFoundError(ImageSearchError):
+    """No background job has this task id."""
+
+    status_code = 404
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"no job with task id {task_id!r}")
+        self.task_id = task_id

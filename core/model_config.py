@@ -86,6 +86,7 @@ class ModelSpec:
     index_type: IndexType | None = None
     currency: str = ""
     url_template: str = ""
+    duplicate_threshold: float | None = None  # None: the duplicate_threshold setting
     builtin: bool = False
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -108,7 +109,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
 )
 
 _MODEL_JSON_KEYS = {"display_name", "description", "categories", "backbone", "index_type", "currency",
-                    "url_template"}
+                    "url_template", "duplicate_threshold"}
 
 
 def _read_model_json(path: Path, base: ModelSpec) -> ModelSpec:
@@ -134,6 +135,11 @@ def _read_model_json(path: Path, base: ModelSpec) -> ModelSpec:
         if not isinstance(cats, list) or not all(isinstance(c, str) for c in cats):
             raise ConfigError(f"{path}: 'categories' must be a list of strings")
         updates["categories"] = tuple(cats)
+    if "duplicate_threshold" in raw:
+        value = raw["duplicate_threshold"]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not -1 <= value <= 1:
+            raise ConfigError(f"{path}: 'duplicate_threshold' must be a cosine between -1 and 1")
+        updates["duplicate_threshold"] = float(value)
     if "index_type" in raw:
         try:
             updates["index_type"] = IndexType(raw["index_type"])

@@ -6,32 +6,41 @@ import hashlib
 import json
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from core.config import Settings
+from core.errors import NoUsableProductsError
 from core.model_config import ModelPaths, ModelSpec
-from core.types import PhaseName
+from core.types import Embeddings, PhaseName
 from utils.atomic import read_json, sha256_file, write_json_atomic
 
 if TYPE_CHECKING:
     from core.encoder import ClipEncoder
+    from core.local_store import LocalStore
+    from pipeline.state import BuildState
 
 logger = logging.getLogger(__name__)
 
-PIPELINE_VERSION = 1  # bump when an output format changes, so old checkpoints are redone
+EXAMPLES = 3  # example rows or refs kept per failure reason for the summary
+PIPELINE_VERSION = 2  # bump when an output format changes, so old checkpoints are redone
 
 
 @dataclass
 class PipelineContext:
-    """What every phase gets: settings, the model's spec and paths, and a lazily loaded encoder."""
+    """What every phase gets: settings, the model's spec and paths, the model's store and build state
+    (opened on first use), and a lazily loaded encoder."""
 
     settings: Settings
     spec: ModelSpec
     progress: bool = True
+    drop_api_edits: bool = False
     _encoder: ClipEncoder | None = field(default=None, repr=False)
+    _store: LocalStore | None = field(default=None, repr=False)
+    _state: BuildState | None = field(default=None, repr=False)
 
     @property
     def paths(self) -> ModelPaths:
@@ -52,20 +61,61 @@ class PipelineContext:
             self._encoder = ClipEncoder.from_settings(self.settings, self.backbone)
         return self._encoder
 
+    def store(self) -> LocalStore:
+        """The model's catalogue store (its index is not opened: the index phase does that)."""
+        if self._store is None:
+            from core.catalogue_store import open_store
+
+            self._store = open_store(self.settings, self.spec, open_index=False)
+            self._store.text_encoder = self._encode_texts  # calibration fits its text map with titles
+        return self._store
+
+    def _encode_texts(self, texts: Sequence[str]) -> Embeddings:
+        return self.encoder().encode_texts(texts)
+
+    def state(self) -> BuildState:
+        if self._state is None:
+            from pipeline.state import BuildState
+
+            self._state = BuildState(self.store().db)
+        return self._state
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store, self._state = None, None
+
 
 @dataclass
 class PhaseResult:
     """Counts for the summary. ``complete=False`` (e.g. transient download failures) means the
-    phase is not checkpointed as done, so a rerun retries what failed (and reuses what worked)."""
+    phase is not checkpointed as done, so a rerun retries what failed (and reuses what worked).
+    ``examples`` holds, per failure reason, the first few rows or refs that failed for it."""
 
     ok: int = 0
     failed: Counter[str] = field(default_factory=Counter)
     details: dict[str, Any] = field(default_factory=dict)
     complete: bool = True
+    examples: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def num_failed(self) -> int:
         return sum(self.failed.values())
+
+    def example(self, reason: str, text: str, limit: int = EXAMPLES) -> None:
+        """Keep ``text`` as an example of ``reason`` while fewer than ``limit`` are kept."""
+        kept = self.examples.setdefault(reason, [])
+        if len(kept) < limit:
+            kept.append(text[:300])
+
+
+class NothingUsableError(NoUsableProductsError):
+    """Nothing is left to index; carries what the phase counted before it stopped (failures by reason,
+    examples), so the run's summary can still say why."""
+
+    def __init__(self, model: str, message: str, partial: PhaseResult) -> None:
+        super().__init__(model, message)
+        self.partial = partial
 
 
 class Phase(Protocol):
@@ -114,4 +164,5 @@ def write_checkpoint(path: Path, phase: PhaseName, fingerprint: str, result: Pha
         "ok": result.ok,
         "failed": dict(result.failed),
         "details": result.details,
+        "examples": result.examples,
     })

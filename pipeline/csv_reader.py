@@ -68,20 +68,39 @@ def _column_map(header: list[str], model: str) -> dict[str, int]:
     if "images" not in mapping and "preview_image" not in mapping:
         missing.append("images")
     if missing:
+        accepted = "; ".join(_accepted(c) for c in missing)
         raise CsvSchemaError(model, f"products.csv is missing required column(s) {', '.join(missing)} "
-                                    f"(found: {', '.join(h.strip() for h in header) or 'nothing'})")
+                                    f"(found: {', '.join(h.strip() for h in header) or 'nothing'}); "
+                                    f"accepted names: {accepted}")
     return mapping
+
+
+def _accepted(column: str) -> str:
+    names = ALIASES[column] + (ALIASES["preview_image"] if column == "images" else ())
+    return f"{column}: " + " / ".join(names)
+
+
+DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab"}
+
+
+def detect_delimiter(text: str) -> str:
+    """The header line's delimiter: whichever of comma, semicolon and tab it holds most of outside
+    quotes (Excel in many European locales writes semicolons; some exports use tabs). Comma on a tie."""
+    header = re.sub(r'"[^"]*"', "", text.split("\n", 1)[0])
+    counts = {d: header.count(d) for d in DELIMITERS}
+    best = max(counts, key=lambda d: counts[d])
+    return best if counts[best] > counts[","] else ","
 
 
 Record = tuple[int, list[str] | None, str | None, str]  # line, cells (None when unparseable), problem, detail
 
 
-def _records(text: str) -> Iterator[Record]:
+def _records(text: str, delimiter: str = ",") -> Iterator[Record]:
     """Every non-blank record with its first line; an unparseable or oversized one comes with its problem
     instead, and reading goes on with the next."""
     # csv's field limit raises mid-file and would end the whole read: lift it, and judge cells ourselves
     csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
-    reader = csv.reader(io.StringIO(text, newline=""), skipinitialspace=False)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, skipinitialspace=False)
     line = 1
     while True:
         try:
@@ -101,9 +120,12 @@ def _records(text: str) -> Iterator[Record]:
                 yield start, record, None, ""
 
 
-def read_rows(text: str, model: str) -> Iterator[RawRow]:
-    """Yield one RawRow per non-blank record (seed format) or per product (Shopify export)."""
-    records = _records(text)
+def read_rows(text: str, model: str, *, delimiter: str | None = None,
+              include_inactive: bool = False) -> Iterator[RawRow]:
+    """Yield one RawRow per non-blank record (seed format) or per product (Shopify export). The
+    delimiter is detected from the header line unless given; ``include_inactive`` keeps a Shopify
+    export's draft, archived and unpublished products (else they come back with a ``problem``)."""
+    records = _records(text, delimiter or detect_delimiter(text))
     try:
         _, header, problem, detail = next(records)
     except StopIteration:
@@ -112,7 +134,7 @@ def read_rows(text: str, model: str) -> Iterator[RawRow]:
         raise CsvSchemaError(model, f"products.csv has an unreadable header: {problem} ({detail})")
     names = [_norm(h) for h in header]
     if all(c in names for c in _SHOPIFY_COLUMNS):
-        yield from _shopify_rows(header, records)
+        yield from _shopify_rows(header, records, include_inactive)
         return
     mapping = _column_map(header, model)
     used = set(mapping.values())
@@ -138,12 +160,20 @@ def _bad_encoding(header: list[str], cells: list[str]) -> str | None:
     return None
 
 
-def _shopify_rows(header: list[str], records: Iterator[Record]) -> Iterator[RawRow]:
-    """Shopify product export: one row per image, grouped by Handle (first row carries the title)."""
+_INACTIVE_STATUS = ("draft", "archived")
+_PUBLISHED = ("published", "published_on_online_store")
+
+
+def _shopify_rows(header: list[str], records: Iterator[Record], include_inactive: bool = False) -> Iterator[RawRow]:
+    """Shopify product export: one row per variant or image, grouped by Handle (the first row carries
+    the title, Status and Published). A product's ``price`` is its lowest Variant Price (what a shop
+    shows as "from"). Draft, archived and unpublished products come back with a ``skipped: ...``
+    problem unless ``include_inactive``."""
     names = [_norm(h) for h in header]
     col = {n: i for i, n in reversed(list(enumerate(names)))}
     groups: dict[str, RawRow] = {}
     positioned: dict[str, list[tuple[int, str]]] = {}  # handle -> (image_position, src)
+    prices: dict[str, list[str]] = {}
     for line, record, problem, detail in records:
         if record is None or problem:
             # its handle is unknown: only this row goes
@@ -160,9 +190,14 @@ def _shopify_rows(header: list[str], records: Iterator[Record]) -> Iterator[RawR
             row = groups[handle] = RawRow(line=line, fields={"id": handle, "title": "", "category": ""})
         row.fields["title"] = row.fields["title"] or get("title")
         row.fields["category"] = row.fields["category"] or get("product_category") or get("type")
-        for key in ("vendor", "variant_price", "tags"):
+        for key in ("status", *_PUBLISHED):
+            if get(key) and key not in row.fields:
+                row.fields[key] = get(key).lower()
+        for key in ("vendor", "tags"):
             if get(key) and key not in row.extra:
-                row.extra[key.removeprefix("variant_")] = get(key)
+                row.extra[key] = get(key)
+        if get("variant_price"):
+            prices.setdefault(handle, []).append(get("variant_price"))
         position = get("image_position")
         if get("image_src"):
             positioned.setdefault(handle, []).append((int(position) if position.isdigit() else 10**6,
@@ -170,7 +205,35 @@ def _shopify_rows(header: list[str], records: Iterator[Record]) -> Iterator[RawR
         row.bad_encoding = row.bad_encoding or _bad_encoding(header, cells)
     for handle, row in groups.items():
         row.images = [src for _, src in sorted(positioned.get(handle, []), key=lambda p: p[0])]
+        if handle in prices:
+            row.extra["price"] = lowest_price(prices[handle])
+        if not include_inactive:
+            row.problem, row.problem_detail = _inactive(row.fields)
+        for key in ("status", *_PUBLISHED):
+            row.fields.pop(key, None)
         yield row
+
+
+def _inactive(fields: dict[str, str]) -> tuple[str | None, str]:
+    """Why a Shopify product is not for sale (draft, archived, unpublished), or (None, "")."""
+    status = fields.get("status", "")
+    if status in _INACTIVE_STATUS:
+        return f"skipped: {status} product", f"Status is {status}"
+    for key in _PUBLISHED:
+        if fields.get(key) in ("false", "no", "0"):
+            return "skipped: unpublished product", f"{key.replace('_', ' ').capitalize()} is FALSE"
+    return None, ""
+
+
+def lowest_price(prices: list[str]) -> str:
+    """The lowest of a product's variant prices, as written in the CSV; the first when none is a number."""
+    numeric = []
+    for text in prices:
+        try:
+            numeric.append((float(text.replace(",", "")), text))
+        except ValueError:
+            continue
+    return min(numeric)[1] if numeric else prices[0]
 
 
 class ImageListError(ValueError):

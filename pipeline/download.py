@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
+import sys
+import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -20,17 +25,21 @@ from core.config import Settings
 from core.errors import MissingInputError
 from core.model_config import ModelPaths
 from core.types import PhaseName
-from pipeline.base import PhaseResult, PipelineContext, file_digest
+from pipeline.base import PhaseResult, PipelineContext
 from pipeline.image_cache import ImageCache, cache_key
-from utils.atomic import read_json, write_json_atomic
+from pipeline.state import BuildState, ImageRecord
 from utils.address_guard import AddressGuard
+from utils.atomic import write_json_atomic
 from utils.http_fetch import FetchError, Fetcher, FetchPolicy, check_url
 from utils.images import ImageDecodeError
 
 logger = logging.getLogger(__name__)
 
 USER_AGENT = "imagesearch-downloader/1.0 (product image indexing)"
-IMAGES_JSON = "images.json"
+REPORT_JSON = "download_report.json"
+_CHUNK = 5000  # refs triaged, fetched and recorded together (bounded memory at any catalogue size)
+_EXAMPLES = 3
+_FLUSH_EVERY = 200
 _DEADLINE_FACTOR = 4  # an attempt may take this many read timeouts in total (slow-drip guard)
 _MAX_BACKOFF = 60.0
 
@@ -40,9 +49,9 @@ class ImageStatus(StrEnum):
     FAILED = "failed"
 
 
-def images_manifest_path(paths: ModelPaths) -> Path:
-    """Where this phase records each image ref's status (read by extraction)."""
-    return paths.models / IMAGES_JSON
+def download_report_path(paths: ModelPaths) -> Path:
+    """Where this phase writes its failures by reason, with examples."""
+    return paths.models / REPORT_JSON
 
 
 @dataclass(frozen=True)
@@ -62,74 +71,149 @@ class _Target:
 @dataclass(frozen=True)
 class _Outcome:
     ref: str
-    entry: dict[str, Any]
+    record: ImageRecord
     source: str  # downloaded | local | reused | failed
-    transient: bool = False
+
+    @property
+    def transient(self) -> bool:
+        return self.record.transient
 
 
 class DownloadPhase:
-    """Downloads the union of all products' images into ``data/<m>/image_cache`` and writes images.json."""
+    """Downloads the union of all staged products' images into ``data/<m>/image_cache``; each ref's
+    outcome is recorded in the build state a chunk at a time."""
 
     name = PhaseName.DOWNLOAD
+    fingerprint_after_run = True  # the checkpoint records the failures this run left
 
     def fingerprint(self, ctx: PipelineContext) -> dict[str, Any]:
-        return {"products": file_digest(ctx.paths.processed_products), **cache_key(ctx.settings)}
+        """The staged rows, the cache settings, and what failed: each failed ref, with its local file's
+        size and mtime (or its absence). Copying a missing image in, or fixing a broken one, changes
+        it, so a rerun retries the refs that failed (transient failures leave the phase unfinished)."""
+        return {"staged": ctx.state().get_meta("staged"), **cache_key(ctx.settings),
+                "failed": failed_digest(ctx.state(), ctx.paths.data)}
 
     def outputs(self, ctx: PipelineContext) -> list[Path]:
-        return [images_manifest_path(ctx.paths)]
+        return [download_report_path(ctx.paths)]
 
     def run(self, ctx: PipelineContext) -> PhaseResult:
-        refs = _collect_refs(ctx)
+        state = ctx.state()
+        if state.get_meta("staged") is None:
+            raise MissingInputError(ctx.model, "no validated products yet: run the validation phase first")
         cache = ImageCache(ctx.paths.image_cache, ctx.settings)
-        outcomes: dict[str, _Outcome] = {}
-        todo: list[_Target] = []
-        for ref in refs:
-            outcome, target = _triage(ref, ctx.paths.data, cache)
-            if target is not None:
-                todo.append(target)
-            elif outcome is not None:  # _triage gives one or the other
-                outcomes[ref] = _logged(outcome)
-        logger.info("%s: %d image refs, %d cached, %d to fetch", ctx.model, len(refs),
-                    len(refs) - len(todo), len(todo))
-        with Fetcher(fetch_policy(ctx.settings)) as fetcher, logging_redirect_tqdm():
-            for outcome in _fetch_all(ctx, _interleave_by_host(todo), fetcher, cache):
-                outcomes[outcome.ref] = _logged(outcome)
-        return _finish(ctx, [outcomes[ref] for ref in refs])
+        key = json.dumps(cache_key(ctx.settings), sort_keys=True)
+        tally = _Tally()
+        bar = tqdm(desc=f"{ctx.model} images", unit="img", disable=not ctx.progress)
+        with Fetcher(fetch_policy(ctx.settings)) as fetcher, _logs_above_bars():
+            for refs in state.refs(_CHUNK):
+                known = state.images(refs)
+                recorder = _Recorder(state, key, tally)
+                todo = []
+                for ref in refs:
+                    outcome, target = _triage(ref, ctx.paths.data, cache, known.get(ref), key)
+                    if target is not None:
+                        todo.append(target)
+                    elif outcome is not None:
+                        recorder.add(_logged(outcome))
+                bar.total = (bar.total or 0) + len(refs)
+                bar.update(len(refs) - len(todo))
+                for outcome in _fetch_all(ctx, _interleave_by_host(todo), fetcher, cache, bar):
+                    recorder.add(_logged(outcome))
+                recorder.flush()
+        bar.close()
+        return _finish(ctx, tally)
 
 
-def _collect_refs(ctx: PipelineContext) -> list[str]:
-    """Every distinct image ref of every product (``images`` and ``preview_image``), in first-seen order."""
-    path = ctx.paths.processed_products
+def failed_digest(state: BuildState, data_dir: Path) -> str:
+    """sha256 over the failed refs, each with its local file's current (size, mtime) or None."""
+    h = hashlib.sha256()
+    for ref in state.failed_refs():
+        h.update(json.dumps([ref, None if urlsplit(ref).scheme else _local_stat(ref, data_dir)]).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def _local_stat(ref: str, data_dir: Path) -> list[int] | None:
     try:
-        doc = read_json(path)
-    except FileNotFoundError:
-        raise MissingInputError(ctx.model, f"{path} not found; run the validation phase first") from None
-    except (OSError, ValueError) as exc:
-        raise MissingInputError(ctx.model, f"{path} is unreadable ({exc}); rerun validation") from None
-    products = doc.get("products") if isinstance(doc, dict) else None
-    if not isinstance(products, list):
-        raise MissingInputError(ctx.model, f"{path} has no 'products' list; rerun validation")
-    refs: dict[str, None] = {}
-    for product in products:
-        if not isinstance(product, dict):
-            continue
-        images = product.get("images")
-        for ref in [*(images if isinstance(images, list) else []), product.get("preview_image")]:
-            if isinstance(ref, str) and ref:
-                refs[ref] = None
-    return list(refs)
+        target = _classify(ref, data_dir)
+    except FetchError:
+        return None
+    return [target.stat.st_size, target.stat.st_mtime_ns] if target.stat else None
 
 
-def _triage(ref: str, data_dir: Path, cache: ImageCache) -> tuple[_Outcome | None, _Target | None]:
+@contextmanager
+def _logs_above_bars() -> Iterator[None]:
+    """tqdm's console-logging redirect, keeping the console handler's level (tqdm's drops it, which
+    would print every failed image's warning over the summary)."""
+    root = logging.getLogger()
+    levels = [h.level for h in root.handlers
+              if isinstance(h, logging.StreamHandler) and h.stream in (sys.stdout, sys.stderr)]
+    with logging_redirect_tqdm():
+        if levels:
+            root.handlers[-1].setLevel(levels[0])
+        yield
+
+
+class _Recorder:
+    """Commits outcomes to the build state every ``_FLUSH_EVERY`` outcomes or second, so a kill
+    loses at most that much finished work (the cached files themselves are already on disk)."""
+
+    def __init__(self, state: BuildState, key: str, tally: _Tally) -> None:
+        self.state, self.key, self.tally = state, key, tally
+        self.pending: list[_Outcome] = []
+        self.since = time.monotonic()
+
+    def add(self, outcome: _Outcome) -> None:
+        self.pending.append(outcome)
+        if len(self.pending) >= _FLUSH_EVERY or time.monotonic() - self.since > 1.0:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.state.record([o.record for o in self.pending], self.key)
+            self.tally.add(self.pending)
+        self.pending, self.since = [], time.monotonic()
+
+
+@dataclass
+class _Tally:
+    sources: Counter[str] = field(default_factory=Counter)
+    failed: Counter[str] = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+    transient: int = 0
+    remote_failed: int = 0
+
+    def add(self, outcomes: list[_Outcome]) -> None:
+        for o in outcomes:
+            self.sources[o.source] += 1
+            if o.source == "failed":
+                reason = o.record.reason or "?"
+                self.failed[reason] += 1
+                self.examples.setdefault(reason, [])
+                if len(self.examples[reason]) < _EXAMPLES:
+                    self.examples[reason].append(o.ref[:300])
+                self.transient += o.transient
+                self.remote_failed += bool(urlsplit(o.ref).scheme)
+
+
+def _triage(ref: str, data_dir: Path, cache: ImageCache, known: dict[str, Any] | None,
+            key: str) -> tuple[_Outcome | None, _Target | None]:
     """Settle a ref without any network request when possible: bad ref, or already cached."""
     try:
         target = _classify(ref, data_dir)
     except FetchError as err:
         return _failed(ref, err), None
-    entry = cache.reuse(ref, target.stat)
-    if entry is None:
+    if known is None or known["status"] != ImageStatus.OK.value or known["settings"] != key:
         return None, target
-    return _Outcome(ref, {"status": ImageStatus.OK.value, **entry}, "reused"), None
+    if target.stat is not None and (known["size"], known["mtime_ns"]) != (target.stat.st_size,
+                                                                           target.stat.st_mtime_ns):
+        return None, target
+    if not cache.has(known["cache"]):
+        return None, target
+    record = ImageRecord(ref=ref, status=ImageStatus.OK.value, cache=known["cache"], width=known["width"],
+                         height=known["height"], bytes=known["bytes"], size=known["size"],
+                         mtime_ns=known["mtime_ns"])
+    return _Outcome(ref, record, "reused"), None
 
 
 def _classify(ref: str, data_dir: Path) -> _Target:
@@ -156,10 +240,11 @@ def _classify(ref: str, data_dir: Path) -> _Target:
     return _Target(ref, path=path, stat=stat)
 
 
-def _fetch_all(ctx: PipelineContext, todo: list[_Target], fetcher: Fetcher,
-               cache: ImageCache) -> Iterator[_Outcome]:
-    """Process ``todo`` on a thread pool, yielding outcomes as they finish (with a progress bar)."""
-    bar = tqdm(total=len(todo), desc=f"{ctx.model} images", unit="img", disable=not ctx.progress)
+def _fetch_all(ctx: PipelineContext, todo: list[_Target], fetcher: Fetcher, cache: ImageCache,
+               bar: tqdm) -> Iterator[_Outcome]:
+    """Process ``todo`` on a thread pool, yielding outcomes as they finish."""
+    if not todo:
+        return
     pool = ThreadPoolExecutor(max_workers=ctx.settings.download_workers, thread_name_prefix="download")
     try:
         futures = [pool.submit(_process, t, fetcher, cache, ctx.settings.max_image_bytes) for t in todo]
@@ -168,18 +253,19 @@ def _fetch_all(ctx: PipelineContext, todo: list[_Target], fetcher: Fetcher,
             yield future.result()  # an unexpected error (disk full, a bug) fails the run
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-        bar.close()
 
 
 def _process(target: _Target, fetcher: Fetcher, cache: ImageCache, max_bytes: int) -> _Outcome:
-    """Fetch, verify, cache, then mark one ref. Runs on a worker thread."""
+    """Fetch, verify and cache one ref. Runs on a worker thread."""
     try:
         entry = cache.store(_read_target(target, fetcher, max_bytes))
     except (FetchError, ImageDecodeError) as err:
         return _failed(target.ref, err)
-    cache.mark(target.ref, entry, target.stat)  # last: the ref is done exactly when this exists
-    return _Outcome(target.ref, {"status": ImageStatus.OK.value, **entry},
-                    "downloaded" if target.url is not None else "local")
+    stat = target.stat
+    record = ImageRecord(ref=target.ref, status=ImageStatus.OK.value, cache=entry["cache"], width=entry["width"],
+                         height=entry["height"], bytes=entry["bytes"], size=stat.st_size if stat else None,
+                         mtime_ns=stat.st_mtime_ns if stat else None)
+    return _Outcome(target.ref, record, "downloaded" if target.url is not None else "local")
 
 
 def read_ref(ref: str, data_dir: Path, fetcher: Fetcher, max_bytes: int) -> bytes:
@@ -207,14 +293,15 @@ def _read_local(target: _Target, max_bytes: int) -> bytes:
 
 
 def _failed(ref: str, err: FetchError | ImageDecodeError) -> _Outcome:
-    entry = {"status": ImageStatus.FAILED.value, "reason": err.reason, "detail": err.detail}
-    return _Outcome(ref, entry, "failed", transient=getattr(err, "transient", False))
+    record = ImageRecord(ref=ref, status=ImageStatus.FAILED.value, reason=err.reason, detail=err.detail,
+                         transient=bool(getattr(err, "transient", False)))
+    return _Outcome(ref, record, "failed")
 
 
 def _logged(outcome: _Outcome) -> _Outcome:
     if outcome.source == "failed":
-        entry = outcome.entry
-        logger.warning("image %s failed: %s (%s)%s", outcome.ref, entry["reason"], entry["detail"],
+        r = outcome.record
+        logger.warning("image %s failed: %s (%s)%s", outcome.ref, r.reason, r.detail,
                        ", will retry on rerun" if outcome.transient else "")
     return outcome
 
@@ -245,16 +332,16 @@ def fetch_policy(settings: Settings) -> FetchPolicy:
                        guard=AddressGuard.from_text(settings.allow_private_urls, settings.fetch_allowlist))
 
 
-def _finish(ctx: PipelineContext, outcomes: list[_Outcome]) -> PhaseResult:
-    """Write images.json and turn the outcomes into the phase's result."""
-    sources = Counter(o.source for o in outcomes)
-    failed = Counter(o.entry["reason"] for o in outcomes if o.source == "failed")
-    transient = sum(o.transient for o in outcomes)
-    ok = len(outcomes) - sum(failed.values())
-    write_json_atomic(images_manifest_path(ctx.paths), {
-        "images": {o.ref: o.entry for o in outcomes},
-        "counts": {"ok": ok, "failed": dict(failed)},
-    })
-    details = {"refs": len(outcomes), "downloaded": sources["downloaded"], "reused": sources["reused"],
-               "local": sources["local"], "transient": transient}
-    return PhaseResult(ok=ok, failed=failed, details=details, complete=transient == 0)
+def _finish(ctx: PipelineContext, tally: _Tally) -> PhaseResult:
+    """Write download_report.json and turn the tally into the phase's result."""
+    refs = sum(tally.sources.values())
+    ok = refs - sum(tally.failed.values())
+    ctx.state().put_meta("downloaded", f"{time.time():.6f}")  # extraction's fingerprint: a new download
+    write_json_atomic(download_report_path(ctx.paths), {
+        "model": ctx.model, "refs": refs, "ok": ok, "failed": dict(tally.failed), "examples": tally.examples,
+        "transient": tally.transient})
+    details = {"refs": refs, "downloaded": tally.sources["downloaded"], "reused": tally.sources["reused"],
+               "local": tally.sources["local"], "transient": tally.transient,
+               "failed_local": tally.sources["failed"] - tally.remote_failed, "failed_remote": tally.remote_failed}
+    return PhaseResult(ok=ok, failed=tally.failed, details=details, complete=tally.transient == 0,
+                       examples=tally.examples)

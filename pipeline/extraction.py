@@ -1,10 +1,18 @@
-"""Phase 3: CLIP features for every cached view, averaged per product; finished batches survive a crash."""
+"""Phase 3: CLIP features for every cached view, averaged per product and written into the store.
+
+Decoding runs at most ``_AHEAD`` batches ahead of the model, so memory does not grow with the
+catalogue; each embedded batch is committed to the build state, so a crash only redoes the batch
+in flight. Products are then upserted into the catalogue store by id, in chunks.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter, deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,16 +20,18 @@ import numpy as np
 from tqdm import tqdm
 
 from core.encoder import l2_normalize
-from core.errors import MissingInputError, NoUsableProductsError
+from core.head import ProjectionHead
+from core.store import Product, ProductVector, Source
 from core.types import PhaseName
-from pipeline.base import PhaseResult, PipelineContext, digest, file_digest
-from pipeline.download import images_manifest_path
-from utils.atomic import read_json, save_npy_atomic, write_atomic, write_json_atomic
+from pipeline.base import NothingUsableError, PhaseResult, PipelineContext, digest
+from pipeline.state import BuildState, StagedProduct
 
 if TYPE_CHECKING:
     from core.encoder import ClipEncoder
 
 logger = logging.getLogger(__name__)
+
+_AHEAD = 2  # batches decoded ahead of the model
 
 
 def backbone_identity(backbone: str) -> dict[str, Any]:
@@ -34,124 +44,134 @@ def backbone_identity(backbone: str) -> dict[str, Any]:
             "files": {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files}}
 
 
-def _product_views(ctx: PipelineContext) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """(products, ref -> cache key) for every view that downloaded fine."""
-    for path in (ctx.paths.processed_products, images_manifest_path(ctx.paths)):
-        if not path.is_file():
-            raise MissingInputError(ctx.model, f"{path.name} is missing: run the data phases first")
-    products = read_json(ctx.paths.processed_products)["products"]
-    images = read_json(images_manifest_path(ctx.paths))["images"]
-    cache = {ref: st["cache"] for ref, st in images.items() if st.get("status") == "ok"}
-    return products, cache
+def model_key(ctx: PipelineContext) -> str:
+    return digest({**backbone_identity(ctx.backbone), "precision": ctx.settings.precision.value})[:16]
 
 
-class _PartStore:
-    """Embedded batches as parts/<n>.npz (keys + vectors); each part is written atomically."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True)
-        self._next = len(list(folder.glob("part-*.npz")))  # counted once, not per saved batch
-
-    def load(self) -> dict[str, np.ndarray]:
-        done: dict[str, np.ndarray] = {}
-        for part in sorted(self.folder.glob("part-*.npz")):
-            try:
-                with np.load(part, allow_pickle=False) as data:
-                    done.update(zip(data["keys"].tolist(), data["vectors"], strict=True))
-            except Exception as exc:  # a torn part from an old crash is just redone
-                logger.warning("ignoring unreadable feature part %s: %s", part, exc)
-        return done
-
-    def save(self, keys: list[str], vectors: np.ndarray) -> None:
-        write_atomic(self.folder / f"part-{self._next:06d}.npz",
-                     lambda fh: np.savez(fh, keys=np.asarray(keys, dtype=str), vectors=vectors))
-        self._next += 1
+def bounded_map(fn: Any, items: Iterator[Any], ahead: int) -> Iterator[Any]:
+    """``map(fn, items)`` on one worker thread, never more than ``ahead`` results ahead of the consumer."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool:
+        pending: deque[Future[Any]] = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) > ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 class ExtractionPhase:
     name = PhaseName.EXTRACTION
 
     def fingerprint(self, ctx: PipelineContext) -> dict[str, Any]:
-        return {"products": file_digest(ctx.paths.processed_products),
-                "images": file_digest(images_manifest_path(ctx.paths)), **self._model_key(ctx)}
+        state = ctx.state()
+        return {"staged": state.get_meta("staged"), "downloaded": state.get_meta("downloaded"),
+                "model": model_key(ctx), "head": head_sha(ctx), "drop_api_edits": ctx.drop_api_edits,
+                "store": ctx.store().generation() if ctx.drop_api_edits else None}
 
     def outputs(self, ctx: PipelineContext) -> list[Path]:
-        return [ctx.paths.clip_embeddings, ctx.paths.models / "embedding_ids.json"]
-
-    @staticmethod
-    def _model_key(ctx: PipelineContext) -> dict[str, Any]:
-        return {**backbone_identity(ctx.backbone), "precision": ctx.settings.precision.value}
+        return []
 
     def run(self, ctx: PipelineContext) -> PhaseResult:
-        products, cache = _product_views(ctx)
-        keys = list(dict.fromkeys(cache[r] for p in products for r in p["images"] if r in cache))
-        store = _PartStore(ctx.paths.checkpoints / "features" / digest(self._model_key(ctx))[:16])
-        done = store.load()
-        todo = [k for k in keys if k not in done]
+        state, key = ctx.state(), model_key(ctx)
         failed: Counter[str] = Counter()
-        new = self._embed(ctx, todo, store, failed) if todo else {}
-        done.update(new)
-        counts = {"embedded": len(new), "reused": len(keys) - len(todo)}
-        return self._aggregate(ctx, products, cache, done, failed, counts)
+        embedded = self._embed(ctx, state, key, failed)
+        upserter = _Upserter(ctx, key)
+        upserter.result.failed.update(failed)
+        upserter.result.details["embedded"] = embedded
+        return upserter.run(state)
 
-    def _embed(self, ctx: PipelineContext, todo: list[str], store: _PartStore,
-               failed: Counter[str]) -> dict[str, np.ndarray]:
-        encoder = ctx.encoder()
-        size = ctx.settings.batch_size
-        batches = [todo[i:i + size] for i in range(0, len(todo), size)]
-        out: dict[str, np.ndarray] = {}
-        bar = tqdm(total=len(todo), desc=f"{ctx.model}: embedding", unit="img", disable=not ctx.progress)
-        # decode + preprocess the next batch on a thread while the model runs on this one
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            for keys, pixels in pool.map(lambda b: self._pixels(ctx, encoder, b, failed), batches):
-                if keys:
-                    vectors = encoder.encode_pixels(np.stack(pixels))
-                    store.save(keys, vectors)
-                    out.update(zip(keys, vectors, strict=True))
-                bar.update(len(keys))
+    def _embed(self, ctx: PipelineContext, state: BuildState, key: str, failed: Counter[str]) -> int:
+        encoder: ClipEncoder | None = None
+        bar = tqdm(desc=f"{ctx.model}: embedding", unit="img", disable=not ctx.progress)
+        done = 0
+        batches = state.views_todo(key, ctx.settings.batch_size)
+        for caches, pixels in bounded_map(lambda b: _pixels(ctx, b, failed), batches, _AHEAD):
+            if caches:
+                encoder = encoder or ctx.encoder()
+                state.save_views(key, caches, encoder.encode_pixels(np.stack(pixels)))
+                done += len(caches)
+            bar.update(len(caches))
         bar.close()
-        return out
+        return done
 
-    @staticmethod
-    def _pixels(ctx: PipelineContext, encoder: ClipEncoder, batch: list[str],
-                failed: Counter[str]) -> tuple[list[str], list[np.ndarray]]:
-        from PIL import Image
 
-        keys: list[str] = []
-        pixels: list[np.ndarray] = []
-        for key in batch:
-            try:
-                with Image.open(ctx.paths.image_cache / key) as img:
-                    pixels.append(encoder.pixels(img.convert("RGB")))
-                keys.append(key)
-            except Exception as exc:
-                logger.warning("%s: cached image %s unreadable: %s", ctx.model, key, exc)
-                failed["unreadable cached image"] += 1
-        return keys, pixels
+def _pixels(ctx: PipelineContext, batch: list[str], failed: Counter[str]) -> tuple[list[str], list[np.ndarray]]:
+    from PIL import Image
 
-    def _aggregate(self, ctx: PipelineContext, products: list[dict[str, Any]], cache: dict[str, str],
-                   done: dict[str, np.ndarray], failed: Counter[str], counts: dict[str, int]) -> PhaseResult:
-        ids: list[str] = []
-        rows: list[np.ndarray] = []
-        view_keys: list[list[str]] = []  # [product id, image ref] per view
-        view_rows: list[np.ndarray] = []
-        for p in products:
-            views = [(r, done[cache[r]]) for r in p["images"] if r in cache and cache[r] in done]
-            if not views:
-                failed["no usable image"] += 1
-                logger.warning("%s: product %s (row %s) has no usable image; left out", ctx.model, p["id"], p["row"])
-                continue
-            ids.append(p["id"])
-            rows.append(l2_normalize(np.mean([v for _, v in views], axis=0)))
-            view_keys.extend([p["id"], r] for r, _ in views)
-            view_rows.extend(v for _, v in views)
-        if not ids:
-            raise NoUsableProductsError(ctx.model, "no product has a usable image; nothing to index")
-        save_npy_atomic(ctx.paths.models / "view_embeddings.npy", np.stack(view_rows))
-        write_json_atomic(ctx.paths.models / "view_keys.json", view_keys, indent=None)
-        save_npy_atomic(ctx.paths.clip_embeddings, np.stack(rows).astype(np.float32))
-        write_json_atomic(ctx.paths.models / "embedding_ids.json", ids, indent=None)
-        return PhaseResult(ok=len(ids), failed=failed,
-                           details={"views": len(view_rows), **counts,
-                                    "dim": int(rows[0].shape[0]), "backbone": ctx.backbone})
+    encoder = ctx.encoder()
+    caches, pixels = [], []
+    for rel in batch:
+        try:
+            with Image.open(ctx.paths.image_cache / rel) as img:
+                pixels.append(encoder.pixels(img.convert("RGB")))
+            caches.append(rel)
+        except Exception as exc:  # a damaged cache file is reported and left out; the rest goes on
+            logger.warning("%s: cached image %s unreadable: %s", ctx.model, rel, exc)
+            failed["unreadable cached image"] += 1
+    return caches, pixels
+
+
+def head_sha(ctx: PipelineContext) -> str | None:
+    """The head the store's vectors are projected through (the store follows head.safetensors)."""
+    head = ctx.store().head
+    return head.sha256 if head else None
+
+
+class _Upserter:
+    """Averages each staged product's views and upserts the products into the store, in chunks."""
+
+    def __init__(self, ctx: PipelineContext, key: str) -> None:
+        self.ctx, self.key = ctx, key
+        self.head: ProjectionHead | None = ctx.store().head
+        self.result = PhaseResult()
+        self.written = 0
+
+    def run(self, state: BuildState) -> PhaseResult:
+        store = self.ctx.store()
+        api_before = store.stats().by_source.get(Source.API.value, 0)
+        for chunk in state.staged():
+            items = [it for it in (self._item(p, views) for p, views in self._views(state, chunk)) if it is not None]
+            if items:
+                self.written += store.upsert(self._project(items), keep_api=not self.ctx.drop_api_edits)
+                state.mark_usable([it.product.id for it in items])
+        sources = [Source.CSV, Source.API] if self.ctx.drop_api_edits else [Source.CSV]
+        removed = store.delete_missing(state.usable_ids(), sources=sources)
+        stats = store.stats()
+        if not stats.products:
+            raise NothingUsableError(self.ctx.model, "no product has a usable image; nothing to index", self.result)
+        api_after = stats.by_source.get(Source.API.value, 0)
+        self.result.ok = self.written
+        self.result.details.update({"products": stats.products, "removed": removed, "api_kept": api_after,
+                                    "api_dropped": max(0, api_before - api_after)})
+        return self.result
+
+    def _views(self, state: BuildState,
+               chunk: list[StagedProduct]) -> Iterator[tuple[StagedProduct, dict[str, tuple[str, np.ndarray]]]]:
+        refs = list(dict.fromkeys(r for p in chunk for r in [*p.images, p.preview_image] if r))
+        found = state.view_vectors(refs, self.key)
+        for product in chunk:
+            yield product, found
+
+    def _item(self, p: StagedProduct, found: dict[str, tuple[str, np.ndarray]]) -> ProductVector | None:
+        views = [found[r] for r in p.images if r in found]
+        if not views:
+            self.result.failed["no usable image"] += 1
+            self.result.example("no usable image", f"row {p.row}: {p.id}")
+            logger.warning("%s: product %s (row %s) has no usable image; left out", self.ctx.model, p.id, p.row)
+            return None
+        clip = l2_normalize(np.mean([v for _, v in views], axis=0))
+        preview = found.get(p.preview_image, views[0])[0]
+        product = Product(id=p.id, title=p.title, category=p.category, images=tuple(p.images),
+                          preview_image=p.preview_image, preview_cache=preview, extra=p.extra, source=Source.CSV)
+        sig = hashlib.sha256(json.dumps([p.id, p.title, p.category, p.images, p.preview_image, p.extra, preview,
+                                         self.key, self.head.sha256 if self.head else None,
+                                         [c for c, _ in views]], sort_keys=True, default=str).encode()).hexdigest()
+        return ProductVector(product, clip=clip.astype(np.float32), digest=sig)
+
+    def _project(self, items: list[ProductVector]) -> list[ProductVector]:
+        if self.head is None:
+            return items
+        projected = self.head.apply(np.stack([it.clip for it in items]))
+        return [ProductVector(it.product, clip=it.clip, vector=v, digest=it.digest)
+                for it, v in zip(items, projected, strict=True)]

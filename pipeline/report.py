@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable
+from pathlib import Path
 
 from core.config import Settings
 from core.model_config import ModelSpec
+from core.types import PhaseName
 from pipeline.runner import PhaseOutcome
 from utils.atomic import read_json
 
@@ -22,48 +23,144 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def format_summary(spec: ModelSpec, settings: Settings, outcomes: list[PhaseOutcome]) -> str:
-    """Phase table (status, ok, failed, seconds), failures by reason, and where the reports are."""
+    """Phase table (status, ok, failed, seconds), failures by reason with up to three examples each,
+    why the run stopped (if it did), what to do next, and where the reports are. Printed also for a
+    run that stopped early, e.g. when no product had a usable image."""
     rows = [[o.phase.value, o.status.value, str(o.result.ok), str(o.result.num_failed), f"{o.seconds:.2f}"]
             for o in outcomes]
     lines = [f"model {spec.name}" + (f" ({spec.display_name})" if spec.display_name else ""),
              _table(["phase", "status", "ok", "failed", "seconds"], rows)]
-    reasons = [(o.phase.value, reason, n) for o in outcomes for reason, n in o.result.failed.most_common()]
-    if reasons:
-        lines.append("failed by reason:")
-        lines += [f"  {phase}: {reason} x{n}" for phase, reason, n in reasons]
+    lines += _failures(outcomes)
     details = [f"  {o.phase.value}: " + ", ".join(f"{k}={v}" for k, v in o.result.details.items())
                for o in outcomes if o.result.details]
     if details:
         lines += ["details:", *details]
-    if any(o.status.value == "incomplete" for o in outcomes):
-        lines.append("some downloads failed for transient reasons (timeouts, 5xx): run again to retry them")
+    lines += [f"stopped: {o.error}" for o in outcomes if o.status.value == "failed" and o.error]
+    lines += _next_steps(spec, settings, outcomes)
     paths = spec.paths(settings)
-    lines.append(f"reports: {paths.models / 'validation_report.json'}, {paths.models / 'images.json'}")
-    if paths.manifest.is_file() and outcomes and outcomes[-1].phase.value == "index_building":
-        lines.append(f"index ready: {paths.index}; serve it with `python run_api.py`")
+    reports = [p for p in (paths.models / "validation_report.json", paths.models / "download_report.json")
+               if p.is_file()]
+    if reports:
+        lines.append("reports: " + ", ".join(str(p) for p in reports))
+    extraction = next((o for o in outcomes if o.phase.value == "feature_extraction"), None)
+    if extraction is not None and "api_kept" in extraction.result.details:
+        d = extraction.result.details
+        lines.append(f"products added or changed through the API: {d['api_kept']} kept, {d['api_dropped']} dropped")
+    if (paths.models / "index.json").is_file() and outcomes and outcomes[-1].phase.value == "index_building" \
+            and outcomes[-1].status.value != "failed":
+        lines.append(f"index ready: {paths.models / 'catalogue.db'}; serve it with `python run_api.py`")
     return "\n".join(lines)
 
 
+def _failures(outcomes: list[PhaseOutcome]) -> list[str]:
+    """Each phase's failures by reason, most frequent first, each with its first few rows or refs."""
+    lines: list[str] = []
+    for o in outcomes:
+        for reason, n in o.result.failed.most_common():
+            lines.append(f"  {o.phase.value}: {reason} x{n}")
+            lines += [f"      e.g. {example}" for example in o.result.examples.get(reason, [])[:3]]
+    return ["failed by reason (with up to 3 examples each):", *lines] if lines else []
+
+
+def _next_steps(spec: ModelSpec, settings: Settings, outcomes: list[PhaseOutcome]) -> list[str]:
+    download = next((o for o in outcomes if o.phase.value == "image_download"), None)
+    lines: list[str] = []
+    if any(o.status.value == "incomplete" for o in outcomes):
+        lines.append("some downloads failed for transient reasons (timeouts, 5xx): run again to retry them")
+    if download is None or not download.result.failed:
+        return lines
+    d = download.result.details
+    if d.get("failed_local", 0):
+        lines.append(f"local image paths are relative to {spec.paths(settings).data}: fix the paths or copy the "
+                     "images there, then run the same command again (only the images that failed are retried)")
+    if d.get("failed_remote", 0) > d.get("transient", 0):
+        lines.append("remote images that failed for good (e.g. http 404) are fetched again when products.csv "
+                     "changes, or with --force")
+    return lines
+
+
 def _model_row(spec: ModelSpec, settings: Settings) -> list[str]:
+    """Counts straight from the model's catalogue database, opened read-only (no store created)."""
     paths = spec.paths(settings)
-    products = images = "-"
+    products = images = failed_images = "-"
     indexed, built, kind = "no", "-", "-"
-    with contextlib.suppress(OSError, ValueError, KeyError):
-        products = str(len(read_json(paths.processed_products)["products"]))
+    db = paths.models / "catalogue.db"
+    if db.is_file():
+        products, images, failed_images = _db_counts(db)
     try:
-        entries = read_json(paths.models / "images.json")["images"].values()
-        images = str(sum(1 for e in entries if e.get("status") == "ok"))
-    except (OSError, ValueError, KeyError, AttributeError):
-        pass
-    try:
-        manifest = read_json(paths.manifest)
-        indexed, built, kind = f"yes ({manifest['num_products']})", manifest["built_at"], manifest["index_type"]
+        info = read_json(paths.models / "index.json")
+        indexed, built, kind = f"yes ({info['count']})", info["built_at"], info["kind"]
     except (OSError, ValueError, KeyError):
         pass
-    csv = "yes" if paths.csv.is_file() else "no"
-    return [spec.name, spec.display_name or spec.name, csv, products, images, indexed, kind, built]
+    rows = _rejected_rows(paths.checkpoint(PhaseName.VALIDATION))
+    failed = "-" if rows == "-" and failed_images == "-" else f"{_n(rows, 'row')}, {_n(failed_images, 'image')}"
+    return [spec.name, spec.display_name or spec.name, csv_state(spec, settings), products, images, failed,
+            indexed, kind, _backbone(spec.backbone_for(settings)), built]
+
+
+def _n(count: str, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == "1" else "s")
+
+
+def csv_state(spec: ModelSpec, settings: Settings) -> str:
+    """``no`` (no products.csv), ``new`` (never validated), ``changed`` (the CSV, or a setting the
+    validation depends on, changed since the last build) or ``yes``."""
+    from pipeline.base import PipelineContext, read_checkpoint
+    from pipeline.runner import phase_fingerprint
+    from pipeline.validation import ValidationPhase
+
+    paths = spec.paths(settings)
+    if not paths.csv.is_file():
+        return "no"
+    checkpoint = read_checkpoint(paths.checkpoint(PhaseName.VALIDATION))
+    if checkpoint is None:
+        return "new"
+    ctx = PipelineContext(settings=settings, spec=spec, progress=False)  # the fingerprint opens no store
+    return "yes" if checkpoint.get("fingerprint") == phase_fingerprint(ValidationPhase(), ctx) else "changed"
+
+
+def _rejected_rows(checkpoint_path: Path) -> str:
+    from pipeline.base import read_checkpoint
+
+    checkpoint = read_checkpoint(checkpoint_path)
+    if checkpoint is None:
+        return "-"
+    failed = checkpoint.get("failed") or {}
+    return str(sum(n for reason, n in failed.items() if not reason.startswith("image: ")))
+
+
+def _backbone(backbone: str) -> str:
+    """A hub name as is; a local folder by its name."""
+    path = Path(backbone).expanduser()
+    return path.name if path.is_absolute() or path.is_dir() else backbone
+
+
+def _db_counts(db: Path) -> tuple[str, str, str]:
+    """(products, images cached, images failed) of the staged products; "-" for what is not there."""
+    import sqlite3
+
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            products = conn.execute("SELECT count(*) FROM products").fetchone()[0]
+            images = conn.execute("SELECT count(*) FROM images WHERE status='ok'").fetchone()[0]
+            failed = conn.execute(
+                "SELECT count(*) FROM images WHERE status='failed' AND ref IN (SELECT value FROM csv_products, "
+                "json_each(csv_products.images) UNION SELECT preview_image FROM csv_products)").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return "-", "-", "-"
+    return str(products), str(images), str(failed)
 
 
 def format_model_list(specs: Iterable[ModelSpec], settings: Settings) -> str:
+    """One row per model, then a line per model whose CSV changed since its last build."""
+    specs = list(specs)
     rows = [_model_row(s, settings) for s in specs]
-    return _table(["model", "name", "csv", "products", "images cached", "indexed", "index", "built at"], rows)
+    table = _table(["model", "name", "csv", "products", "images cached", "failed", "indexed", "index", "backbone",
+                    "built at"], rows)
+    notes = [f"{row[0]}: CSV changed since the last build; run `python run_training.py {row[0]}`"
+             for row in rows if row[2] == "changed"]
+    notes += [f"{row[0]}: not built yet; run `python run_training.py {row[0]}`" for row in rows if row[2] == "new"]
+    return "\n".join([table, *notes])

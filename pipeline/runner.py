@@ -5,14 +5,18 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from enum import StrEnum
 
 from core.config import Settings
+from core.errors import BuildInProgressError, ImageSearchError
 from core.model_config import ModelSpec
 from core.types import PhaseName
-from pipeline.base import (PIPELINE_VERSION, Phase, PhaseResult, PipelineContext, digest, read_checkpoint,
-                           write_checkpoint)
+from pipeline.base import (PIPELINE_VERSION, NothingUsableError, Phase, PhaseResult, PipelineContext, digest,
+                           read_checkpoint, write_checkpoint)
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +25,7 @@ class PhaseStatus(StrEnum):
     RAN = "ran"
     SKIPPED = "skipped"
     INCOMPLETE = "incomplete"
+    FAILED = "failed"
 
 
 @dataclass
@@ -29,6 +34,7 @@ class PhaseOutcome:
     status: PhaseStatus
     result: PhaseResult
     seconds: float
+    error: str = ""
 
 
 def default_phases(mode: str = "all") -> list[Phase]:
@@ -43,7 +49,7 @@ def default_phases(mode: str = "all") -> list[Phase]:
     return {"data": data, "ml": ml, "all": data + ml}[mode]
 
 
-def _fingerprint(phase: Phase, ctx: PipelineContext) -> str:
+def phase_fingerprint(phase: Phase, ctx: PipelineContext) -> str:
     return digest({"pipeline_version": PIPELINE_VERSION, "phase": phase.name.value, **phase.fingerprint(ctx)})
 
 
@@ -54,14 +60,17 @@ def _can_skip(phase: Phase, ctx: PipelineContext, fingerprint: str) -> PhaseResu
     if not all(p.exists() for p in phase.outputs(ctx)):
         return None
     return PhaseResult(ok=checkpoint.get("ok", 0), failed=Counter(checkpoint.get("failed", {})),
-                       details=checkpoint.get("details", {}))
+                       details=checkpoint.get("details", {}), examples=checkpoint.get("examples", {}))
 
 
-def run_phases(ctx: PipelineContext, phases: list[Phase], *, force: bool = False) -> list[PhaseOutcome]:
-    """Run ``phases`` in order. A phase error propagates (a bad run raises); items fail softly."""
-    outcomes: list[PhaseOutcome] = []
+def run_phases(ctx: PipelineContext, phases: list[Phase], *, force: bool = False,
+               outcomes: list[PhaseOutcome] | None = None) -> list[PhaseOutcome]:
+    """Run ``phases`` in order. A phase error propagates (a bad run raises); items fail softly.
+    Each phase's outcome is appended to ``outcomes`` as it ends, a failed one too (status ``failed``,
+    with what it counted before it stopped), so a caller can summarise a run that raised."""
+    outcomes = [] if outcomes is None else outcomes
     for phase in phases:
-        fingerprint = _fingerprint(phase, ctx)
+        fingerprint = phase_fingerprint(phase, ctx)
         cached = None if force else _can_skip(phase, ctx, fingerprint)
         if cached is not None:
             logger.info("%s/%s: up to date, skipped", ctx.model, phase.name)
@@ -69,9 +78,17 @@ def run_phases(ctx: PipelineContext, phases: list[Phase], *, force: bool = False
             continue
         logger.info("%s/%s: running", ctx.model, phase.name)
         start = time.perf_counter()
-        result = phase.run(ctx)
+        try:
+            result = phase.run(ctx)
+        except ImageSearchError as exc:
+            partial = exc.partial if isinstance(exc, NothingUsableError) else PhaseResult()
+            outcomes.append(PhaseOutcome(phase.name, PhaseStatus.FAILED, partial, time.perf_counter() - start,
+                                         error=exc.message))
+            raise
         seconds = time.perf_counter() - start
         if result.complete:
+            if getattr(phase, "fingerprint_after_run", False):  # its fingerprint covers what the run left
+                fingerprint = phase_fingerprint(phase, ctx)
             write_checkpoint(ctx.paths.checkpoint(phase.name), phase.name, fingerprint, result, seconds)
         status = PhaseStatus.RAN if result.complete else PhaseStatus.INCOMPLETE
         logger.info("%s/%s: %s in %.1fs, ok=%d failed=%s", ctx.model, phase.name, status, seconds,
@@ -81,6 +98,30 @@ def run_phases(ctx: PipelineContext, phases: list[Phase], *, force: bool = False
 
 
 def run_model(settings: Settings, spec: ModelSpec, *, mode: str = "all", force: bool = False,
-              progress: bool = True) -> list[PhaseOutcome]:
-    ctx = PipelineContext(settings=settings, spec=spec, progress=progress)
-    return run_phases(ctx, default_phases(mode), force=force)
+              progress: bool = True, drop_api_edits: bool = False,
+              outcomes: list[PhaseOutcome] | None = None) -> list[PhaseOutcome]:
+    """Run the pipeline for one model. One run per model at a time, across processes. ``outcomes``
+    (optional) collects the phases' outcomes as they end, also when the run raises."""
+    ctx = PipelineContext(settings=settings, spec=spec, progress=progress, drop_api_edits=drop_api_edits)
+    with model_lock(ctx.paths.models, spec.name):
+        try:
+            return run_phases(ctx, default_phases(mode), force=force, outcomes=outcomes)
+        finally:
+            ctx.close()
+
+
+@contextmanager
+def model_lock(folder: Path, model: str) -> Iterator[None]:
+    """An exclusive lock on the model's build (released by the OS if the process dies)."""
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".build.lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BuildInProgressError(model) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

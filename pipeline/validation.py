@@ -1,4 +1,4 @@
-"""Phase 1: read and validate products.csv into processed_products.json plus a per-row report."""
+"""Phase 1: read and validate products.csv into the build state's staged rows, plus a per-row report."""
 
 from __future__ import annotations
 
@@ -11,12 +11,17 @@ from urllib.parse import urlsplit
 
 from core.errors import MissingInputError
 from core.types import PhaseName
-from pipeline.base import PhaseResult, PipelineContext, file_digest
-from pipeline.csv_reader import ImageListError, RawRow, decode_csv, parse_image_list, read_rows
+from pipeline.base import PhaseResult, PipelineContext, digest, file_digest
+from pipeline.state import StagedProduct
+from pipeline.csv_reader import (DELIMITERS, ImageListError, RawRow, decode_csv, detect_delimiter, parse_image_list,
+                                 read_rows)
 from utils.atomic import write_json_atomic
 from utils.redact import escape_control
 
 logger = logging.getLogger(__name__)
+
+_BATCH = 5000
+REPORT_EXAMPLES = 1000  # rows listed in validation_report.json per kind; the counts cover every row
 
 
 def check_ref(ref: str) -> str | None:
@@ -35,22 +40,39 @@ def check_ref(ref: str) -> str | None:
 
 @dataclass
 class _Report:
+    """Counts of every rejection and warning, with the first REPORT_EXAMPLES of each kept as examples."""
+
     rejected: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[dict[str, Any]] = field(default_factory=list)
     image_rejects: list[dict[str, Any]] = field(default_factory=list)
+    rejected_by_reason: Counter[str] = field(default_factory=Counter)
+    image_rejects_by_reason: Counter[str] = field(default_factory=Counter)
+    num_warnings: int = 0
 
     def reject(self, row: RawRow, reason: str, detail: str = "") -> None:
-        self.rejected.append({"row": row.line, "id": _shown(row.fields.get("id", "")), "reason": reason,
-                              "detail": _shown(detail)})
+        self.rejected_by_reason[reason] += 1
+        if len(self.rejected) < REPORT_EXAMPLES:
+            self.rejected.append({"row": row.line, "id": _shown(row.fields.get("id", "")), "reason": reason,
+                                  "detail": _shown(detail)})
 
     def warn(self, row: RawRow, message: str) -> None:
-        self.warnings.append({"row": row.line, "id": _shown(row.fields.get("id", "")), "message": _shown(message)})
+        self.num_warnings += 1
+        if len(self.warnings) < REPORT_EXAMPLES:
+            self.warnings.append({"row": row.line, "id": _shown(row.fields.get("id", "")),
+                                  "message": _shown(message)})
+
+    def reject_image(self, row: RawRow, ref: str, reason: str) -> None:
+        self.image_rejects_by_reason[reason] += 1
+        if len(self.image_rejects) < REPORT_EXAMPLES:
+            self.image_rejects.append({"row": row.line, "id": _shown(row.fields.get("id", "")), "ref": _shown(ref),
+                                       "reason": reason})
 
 
 def _shown(text: str) -> str:
     """A CSV value as the report shows it: bounded, control characters and undecodable bytes escaped
     (a lone surrogate cannot even be written as UTF-8)."""
     return escape_control(text[:300])
+
 
 
 def _refs(row: RawRow, report: _Report) -> list[str] | None:
@@ -64,14 +86,13 @@ def _refs(row: RawRow, report: _Report) -> list[str] | None:
     for ref in dict.fromkeys(refs):
         reason = check_ref(ref)
         if reason:
-            report.image_rejects.append({"row": row.line, "id": _shown(row.fields.get("id", "")),
-                                         "ref": _shown(ref), "reason": reason})
+            report.reject_image(row, ref, reason)
         else:
             good.append(ref)
     return good
 
 
-def _product(row: RawRow, report: _Report, max_images: int) -> dict[str, Any] | None:
+def _product(row: RawRow, report: _Report, max_images: int) -> StagedProduct | None:
     if row.problem:
         report.reject(row, row.problem, row.problem_detail)
         return None
@@ -94,52 +115,74 @@ def _product(row: RawRow, report: _Report, max_images: int) -> dict[str, Any] | 
     if not views:
         report.reject(row, "no usable image")
         return None
-    return {"id": pid, "title": title, "category": row.fields.get("category", ""), "images": views,
-            "preview_image": preview or views[0], "extra": row.extra, "row": row.line}
+    return StagedProduct(id=pid, row=row.line, title=title, category=row.fields.get("category", ""), images=views,
+                         preview_image=preview or views[0], extra=dict(row.extra))
 
 
 class ValidationPhase:
     name = PhaseName.VALIDATION
 
     def fingerprint(self, ctx: PipelineContext) -> dict[str, Any]:
-        return {"csv": file_digest(ctx.paths.csv), "max_images": ctx.settings.max_images_per_product}
+        return {"csv": file_digest(ctx.paths.csv), "max_images": ctx.settings.max_images_per_product,
+                "shopify_include_inactive": ctx.settings.shopify_include_inactive}
 
     def outputs(self, ctx: PipelineContext) -> list[Path]:
-        return [ctx.paths.processed_products, ctx.paths.models / "validation_report.json"]
+        return [ctx.paths.models / "validation_report.json"]
 
     def run(self, ctx: PipelineContext) -> PhaseResult:
         if not ctx.paths.csv.is_file():
-            raise MissingInputError(ctx.model, f"no products.csv at {ctx.paths.csv}")
-        text, encoding = decode_csv(ctx.paths.csv.read_bytes())
-        report = _Report()
-        products: dict[str, dict[str, Any]] = {}
-        rows = 0
-        for row in read_rows(text, ctx.model):
-            rows += 1
-            product = _product(row, report, ctx.settings.max_images_per_product)
-            if product is None:
-                continue
-            if product["id"] in products:
-                report.warn(row, f"duplicate id {product['id']!r} (first seen on row "
-                                 f"{products[product['id']]['row']}): this later row wins")
-                del products[product["id"]]  # re-insert so order follows the winning row
-            products[product["id"]] = product
-        return self._write(ctx, list(products.values()), report, rows, encoding)
+            from pipeline.hints import csv_location_hint
 
-    def _write(self, ctx: PipelineContext, products: list[dict[str, Any]], report: _Report, rows: int,
-               encoding: str) -> PhaseResult:
-        write_json_atomic(ctx.paths.processed_products,
-                          {"model": ctx.model, "source": str(ctx.paths.csv), "products": products}, indent=None)
-        failed = Counter(r["reason"] for r in report.rejected)
+            hint = csv_location_hint(ctx.settings, ctx.model)
+            raise MissingInputError(ctx.model, f"no products.csv at {ctx.paths.csv}" + (f"; {hint}" if hint else ""))
+        text, encoding = decode_csv(ctx.paths.csv.read_bytes())
+        delimiter = detect_delimiter(text)
+        report = _Report()
+        state = ctx.state()
+        rows = 0
+        with state.db.write() as conn:  # the staged rows are replaced whole, or not at all
+            state.replace_staged(conn)
+            batch: dict[str, StagedProduct] = {}
+            for row in read_rows(text, ctx.model, delimiter=delimiter,
+                                 include_inactive=ctx.settings.shopify_include_inactive):
+                rows += 1
+                product = _product(row, report, ctx.settings.max_images_per_product)
+                if product is None:
+                    continue
+                first = batch[product.id].row if product.id in batch else state.previous_row(conn, product.id)
+                if first is not None:
+                    report.warn(row, f"duplicate id {product.id!r} (first seen on row {first}): this later row wins")
+                    batch.pop(product.id, None)
+                batch[product.id] = product
+                if len(batch) >= _BATCH:
+                    state.stage(conn, list(batch.values()))
+                    batch = {}
+            state.stage(conn, list(batch.values()))
+            state.set_meta(conn, "staged", digest(self.fingerprint(ctx)))
+            accepted = int(conn.execute("SELECT count(*) FROM csv_products").fetchone()[0])
+        return self._write(ctx, accepted, report, rows, encoding, DELIMITERS[delimiter])
+
+    def _write(self, ctx: PipelineContext, accepted: int, report: _Report, rows: int, encoding: str,
+               delimiter: str) -> PhaseResult:
+        failed = Counter(report.rejected_by_reason)
         write_json_atomic(ctx.paths.models / "validation_report.json", {
-            "model": ctx.model, "encoding": encoding, "rows": rows, "accepted": len(products),
-            "rejected_by_reason": dict(failed), "rejected": report.rejected, "warnings": report.warnings,
-            "image_rejects": report.image_rejects})
-        for r in report.rejected:
+            "model": ctx.model, "encoding": encoding, "delimiter": delimiter, "rows": rows, "accepted": accepted,
+            "rejected_by_reason": dict(failed), "rejected": report.rejected[:REPORT_EXAMPLES],
+            "warnings": report.warnings[:REPORT_EXAMPLES], "image_rejects": report.image_rejects[:REPORT_EXAMPLES],
+            "listed": f"at most {REPORT_EXAMPLES} entries of each list; the counts cover every row"})
+        for r in report.rejected[:REPORT_EXAMPLES]:
             logger.warning("%s: row %d rejected: %s %s", ctx.model, r["row"], r["reason"], r["detail"])
-        for w in report.warnings:
+        for w in report.warnings[:REPORT_EXAMPLES]:
             logger.warning("%s: row %d: %s", ctx.model, w["row"], w["message"])
-        details = {"rows": rows, "warnings": len(report.warnings), "images_rejected": len(report.image_rejects),
-                   "encoding": encoding}
-        failed.update(f"image: {r['reason']}" for r in report.image_rejects)
-        return PhaseResult(ok=len(products), failed=failed, details=details)
+        details = {"rows": rows, "warnings": report.num_warnings,
+                   "images_rejected": sum(report.image_rejects_by_reason.values()),
+                   "encoding": encoding, "delimiter": delimiter}
+        failed.update({f"image: {reason}": n for reason, n in report.image_rejects_by_reason.items()})
+        result = PhaseResult(ok=accepted, failed=failed, details=details)
+        for r in report.rejected:
+            shown = f"row {r['row']}" + (f": {r['id']}" if r["id"] else "")
+            shown += f" ({r['detail']})" if r["detail"] else ""
+            result.example(r["reason"], shown)
+        for r in report.image_rejects:
+            result.example(f"image: {r['reason']}", f"row {r['row']}: {r['ref']}")
+        return result

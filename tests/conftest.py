@@ -14,6 +14,11 @@ from core.config import Settings, load_settings
 # fixture runs); tests/security builds its Settings with allow_private_urls=False explicitly.
 ALLOW_PRIVATE = "IMAGESEARCH_ALLOW_PRIVATE_URLS"
 os.environ[ALLOW_PRIVATE] = "1"
+# The tiny random CLIP puts every image within cosine 0.9999 of every other, so the real near-duplicate
+# default (0.94) would collapse a whole test catalogue into one hit: tests collapse exact copies only.
+DUPLICATES = "IMAGESEARCH_DUPLICATE_THRESHOLD"
+TINY_DUPLICATE_THRESHOLD = "0.99995"
+os.environ[DUPLICATES] = TINY_DUPLICATE_THRESHOLD
 
 
 @pytest.fixture(autouse=True)
@@ -24,6 +29,7 @@ def _isolated_env(monkeypatch, tmp_path):
             monkeypatch.delenv(key)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv(ALLOW_PRIVATE, "1")
+    monkeypatch.setenv(DUPLICATES, TINY_DUPLICATE_THRESHOLD)
     monkeypatch.chdir(tmp_path)
 
 

@@ -33,18 +33,22 @@ def add_quality_arguments(parser: argparse.ArgumentParser) -> None:
                        help="precision@1/5/10, MRR, mAP@10 per category and robustness to perturbed queries; "
                             "writes models/<model>/evaluation.json and a chart")
     group.add_argument("--bench-index", action="store_true",
-                       help="compare flat, ivf and hnsw (recall@10, latency, build time, memory)")
+                       help="compare flat, hnsw, ivf and ivfpq, each tuned as a build would (recall@10, latency, "
+                            "build time, size) and recommend what index_type=auto picks")
     group.add_argument("--size", type=_positive_int, metavar="N",
                        help="with --bench-index: benchmark N synthetic vectors instead of the model's")
     group.add_argument("--finetune", action="store_true",
                        help="train a projection head; adopt it only if it beats zero-shot test mAP@10")
+    group.add_argument("--duplicates", action="store_true",
+                       help="group near-duplicate products (the same photo under several ids) into "
+                            "models/<model>/duplicates.json and print the largest groups")
     group.add_argument("--margin", type=_positive_float, help="with --finetune: triplet margin (default 0.2)")
     group.add_argument("--head", choices=["linear", "mlp"], help="with --finetune: head kind (default linear)")
 
 
 def wants_quality_command(args: argparse.Namespace) -> bool:
     return bool(getattr(args, "evaluate", False) or getattr(args, "bench_index", False)
-                or getattr(args, "finetune", False))
+                or getattr(args, "finetune", False) or getattr(args, "duplicates", False))
 
 
 def _check_combination(args: argparse.Namespace) -> None:
@@ -70,6 +74,10 @@ def run_quality_command(args: argparse.Namespace, settings: Settings, spec: Mode
         from training.report import format_evaluation
 
         print(format_evaluation(run_evaluation(settings, spec, progress=progress)))
+    if getattr(args, "duplicates", False):
+        from training.duplicates import find_duplicates, format_duplicates
+
+        print(format_duplicates(find_duplicates(settings, spec)))
     if args.bench_index:
         from training.index_bench import run_index_bench
         from training.report import format_bench

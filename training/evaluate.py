@@ -2,7 +2,7 @@
 
 Each sampled product is queried by its cached preview image (encoded by the model's CLIP backbone,
 then the adopted head if any) against the vectors as indexed, itself excluded. Ranking is exact
-(numpy, ties by index), so the figures measure the embeddings; the index's approximation is what
+(numpy, ties by catalogue order), so the figures measure the embeddings; the index's approximation is what
 ``--bench-index`` measures.
 """
 
@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from core.config import Settings
-from core.errors import IndexNotReadyError, MissingInputError, NotEnoughDataError
-from core.head import ProjectionHead, load_head
+from core.errors import IndexNotReadyError, NotEnoughDataError
+from core.head import ProjectionHead
 from core.model_config import ModelSpec
 from core.types import Embeddings
 from training import metrics
 from training.report import EVALUATION_FILE, plot_category_precision, update_results
-from utils.atomic import read_json, read_jsonl
+from training.store_data import StoredProducts, open_built_store, read_products
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -87,42 +87,46 @@ PERTURBATIONS: dict[str, Callable[[Image.Image], Image.Image]] = {
 }
 
 
-@dataclass
+@dataclass(frozen=True)
 class Catalogue:
-    """A built model as evaluation sees it: indexed vectors, row-aligned metadata, head, manifest."""
+    """A built model as evaluation sees it: its stored products (vectors as indexed, through the head
+    if one is adopted) and the image cache their previews live in."""
 
-    vectors: Embeddings
-    metadata: list[dict[str, Any]]
-    head: ProjectionHead | None
-    manifest: dict[str, Any]
+    products: StoredProducts
     image_cache: Path
 
+    @property
+    def vectors(self) -> Embeddings:
+        return self.products.vectors
+
+    @property
+    def head(self) -> ProjectionHead | None:
+        return self.products.head
+
+    def __len__(self) -> int:
+        return len(self.products)
+
     def preview_path(self, row: int) -> Path | None:
-        rel = self.metadata[row].get("preview_cache")
+        rel = self.products.preview_cache[row]
         if not rel:
             return None
         path = (self.image_cache / rel).resolve()
-        # the path comes from a file on disk: never let it point outside the cache
+        # the path comes from the store: never let it point outside the cache
         return path if path.is_relative_to(self.image_cache.resolve()) and path.is_file() else None
 
 
 def load_catalogue(settings: Settings, spec: ModelSpec) -> Catalogue:
-    """Read embeddings.npy, metadata.jsonl, manifest and head; raise a typed error if unusable."""
-    paths = spec.paths(settings)
-    for path in (paths.embeddings, paths.metadata):
-        if not path.is_file():
-            raise MissingInputError(spec.name, f"{path.name} not found; build the model first "
-                                               f"(python run_training.py {spec.name})")
-    vectors = np.load(paths.embeddings, allow_pickle=False).astype(np.float32, copy=False)
-    rows = read_jsonl(paths.metadata)
-    if vectors.ndim != 2 or len(vectors) != len(rows):
-        raise IndexNotReadyError(spec.name, f"embeddings.npy has shape {vectors.shape} but metadata.jsonl "
-                                            f"{len(rows)} rows")
-    manifest = read_json(paths.manifest) if paths.manifest.is_file() else {}
-    head = load_head(paths.head)
-    if head is not None and head.output_dim != vectors.shape[1]:
-        raise IndexNotReadyError(spec.name, "head.safetensors does not match embeddings.npy; re-run the index phase")
-    return Catalogue(vectors, rows, head, manifest, paths.image_cache)
+    """The model's products and indexed vectors from its store; a typed error if it is unusable."""
+    store = open_built_store(settings, spec)
+    try:
+        products = read_products(store)
+    finally:
+        store.close()
+    head = products.head
+    if head is not None and head.output_dim != products.vectors.shape[1]:
+        raise IndexNotReadyError(spec.name, "head.safetensors does not match the stored vectors; "
+                                            "re-run the index phase")
+    return Catalogue(products, spec.paths(settings).image_cache)
 
 
 def _load_image(path: Path, transform: Callable | None) -> Image.Image:
@@ -205,8 +209,8 @@ def run_evaluation(settings: Settings, spec: ModelSpec, *, progress: bool = True
     """Evaluate a built model, write models/<m>/evaluation.json (+ chart) and return the results."""
     start = time.perf_counter()
     cat = load_catalogue(settings, spec)
-    labels, names = metrics.encode_labels([row.get("category") for row in cat.metadata])
-    with_preview = np.array([r for r in range(len(cat.metadata)) if cat.preview_path(r) is not None], dtype=np.int64)
+    labels, names = metrics.encode_labels(cat.products.categories)
+    with_preview = np.array([r for r in range(len(cat)) if cat.preview_path(r) is not None], dtype=np.int64)
     if len(with_preview) == 0:
         raise NotEnoughDataError(spec.name, "no product has a cached preview image to query with "
                                             "(run the download phase first)")
@@ -226,6 +230,10 @@ def run_evaluation(settings: Settings, spec: ModelSpec, *, progress: bool = True
         result["notes"].append(note)
     else:
         result.update(_ranking_metrics(queries, rows, cat, labels, names))
+        from training.calibration_report import calibration_section
+
+        result["calibration"] = calibration_section(spec.paths(settings).models, queries, rows, cat.vectors, labels,
+                                                    title=f"{spec.name}: reliability of match")
     robust_rows = _sample(np.arange(len(rows)), settings.robustness_max_queries, settings.seed)
     result["robustness"] = _robustness(encoder, cat, rows[robust_rows], queries[robust_rows], settings, progress)
     result["seconds"] = round(time.perf_counter() - start, 2)
@@ -240,8 +248,8 @@ def _base_result(settings: Settings, spec: ModelSpec, cat: Catalogue, names: lis
     keys = ("precision_at_1", "precision_at_5", "precision_at_10", "mrr", "map_at_10")
     return {"model": spec.name, "evaluated_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "backbone": spec.backbone_for(settings), "head": cat.head.sha256 if cat.head else None,
-            "num_products": len(cat.metadata), "num_categories": len(names),
-            "products_without_preview": len(cat.metadata) - with_preview,
+            "num_products": len(cat), "num_categories": len(names),
+            "products_without_preview": len(cat) - with_preview,
             **{k: None for k in keys}, "queries": 0, "unscorable": 0, "per_category": {},
             "worst_categories": [], "categories_with_one_product": [], "notes": []}
 

@@ -3,8 +3,8 @@
 Products are split per category into train / validation / test. The head is judged by test mAP@10:
 each test product (never seen in training) queries the whole catalogue, itself excluded, once with
 raw CLIP vectors (the zero-shot baseline) and once through the head. Adopting it writes
-models/<m>/head.safetensors and rebuilds embeddings and index through it (the API then applies the
-head to queries on its own).
+models/<m>/head.safetensors, re-projects the store's stored CLIP vectors through it and rebuilds the
+index (the API then applies the head to queries on its own).
 """
 
 from __future__ import annotations
@@ -18,14 +18,15 @@ from typing import Any
 import numpy as np
 
 from core.config import Settings
-from core.errors import MissingInputError, NotEnoughDataError, TrainingError
+from core.errors import NotEnoughDataError, TrainingError
 from core.head import ProjectionHead, save_head
 from core.model_config import ModelSpec
 from core.types import Embeddings
 from training import metrics
 from training.report import EVALUATION_FILE, update_results
 from training.trainer import TrainConfig, fit_head
-from utils.atomic import read_json, read_jsonl, write_json_atomic
+from training.store_data import open_built_store, read_products
+from utils.atomic import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -102,20 +103,15 @@ def finetune_embeddings(embeddings: Embeddings, labels: np.ndarray, names: list[
             "adopt": should_adopt(baseline["map_at_10"], tuned["map_at_10"])}
 
 
-def _load_training_data(settings: Settings, spec: ModelSpec) -> tuple[Embeddings, list[str | None]]:
-    paths = spec.paths(settings)
-    ids_path = paths.models / "embedding_ids.json"
-    for path in (paths.clip_embeddings, ids_path, paths.metadata):
-        if not path.is_file():
-            raise MissingInputError(spec.name, f"{path.name} not found; build the model first "
-                                               f"(python run_training.py {spec.name})")
-    vectors = np.load(paths.clip_embeddings, allow_pickle=False)
-    ids = [str(i) for i in read_json(ids_path)]
-    if vectors.ndim != 2 or len(vectors) != len(ids):
-        raise MissingInputError(spec.name, f"clip_embeddings.npy {vectors.shape} and embedding_ids.json "
-                                           f"({len(ids)} ids) disagree; re-run feature extraction")
-    category = {str(row.get("id")): row.get("category") for row in read_jsonl(paths.metadata)}
-    return vectors, [category.get(i) for i in ids]
+def _load_training_data(settings: Settings, spec: ModelSpec) -> tuple[Embeddings, list[str]]:
+    """The stored raw CLIP vectors (never the head's output: a new head replaces the old one, it does
+    not stack on it) and the categories, row-aligned. API-added products are included."""
+    store = open_built_store(settings, spec)
+    try:
+        products = read_products(store, clip=True)
+    finally:
+        store.close()
+    return products.vectors, products.categories
 
 
 def _resolve_device(settings: Settings) -> str:
@@ -145,27 +141,44 @@ def _now() -> str:
 
 
 def adopt_head(settings: Settings, spec: ModelSpec, weights: list, biases: list, *, progress: bool = True) -> None:
-    """Write models/<m>/head.safetensors and rebuild embeddings and index through it.
+    """Write models/<m>/head.safetensors, re-project the store's vectors through it and rebuild the index.
 
-    The head file and the index must agree (the API applies the head to queries whenever the file
-    exists), so if the rebuild fails the previous head, or its absence, is restored.
+    Every stored product (CSV or API) keeps its raw CLIP vector, so re-projection covers them all. The
+    head file and the store must agree (the API applies the head to queries whenever the file exists),
+    so if the rebuild fails the previous head, or its absence, is restored and the store re-projected
+    back. Holds the model's build lock, so no pipeline run interleaves.
     """
-    path = spec.paths(settings).head
-    previous = path.read_bytes() if path.is_file() else None
-    save_head(path, weights, biases)
-    try:
-        _rebuild_index(settings, spec, progress)
-    except BaseException as exc:
-        if previous is None:
-            path.unlink(missing_ok=True)
-        else:
-            from utils.atomic import write_bytes_atomic
+    from pipeline.runner import model_lock
 
-            write_bytes_atomic(path, previous)
-        if isinstance(exc, Exception):
-            raise TrainingError(spec.name, f"head not adopted: rebuilding the index through it failed "
-                                           f"({type(exc).__name__}: {exc})") from exc
-        raise
+    paths = spec.paths(settings)
+    with model_lock(paths.models, spec.name):
+        previous = paths.head.read_bytes() if paths.head.is_file() else None
+        save_head(paths.head, weights, biases)
+        try:
+            _rebuild_index(settings, spec, progress)
+        except BaseException as exc:
+            _restore_head(settings, spec, previous)
+            if isinstance(exc, Exception):
+                raise TrainingError(spec.name, f"head not adopted: rebuilding the index through it failed "
+                                               f"({type(exc).__name__}: {exc})") from exc
+            raise
+
+
+def _restore_head(settings: Settings, spec: ModelSpec, previous: bytes | None) -> None:
+    """Put the previous head file back and re-project the store to it (its index rebuilds on next open)."""
+    from core.catalogue_store import open_store
+    from utils.atomic import write_bytes_atomic
+
+    path = spec.paths(settings).head
+    if previous is None:
+        path.unlink(missing_ok=True)
+    else:
+        write_bytes_atomic(path, previous)
+    try:
+        open_store(settings, spec, open_index=False).close()  # opening re-projects to the file's head
+    except Exception:
+        logger.exception("%s: re-projecting the store back to the previous head failed; it will be redone "
+                         "when the store is next opened", spec.name)
 
 
 def _rebuild_index(settings: Settings, spec: ModelSpec, progress: bool) -> None:
@@ -173,8 +186,13 @@ def _rebuild_index(settings: Settings, spec: ModelSpec, progress: bool) -> None:
     from pipeline.indexing import IndexPhase
     from pipeline.runner import run_phases
 
-    # the index phase's fingerprint includes the head's sha, so this rebuilds rather than skips
-    run_phases(PipelineContext(settings=settings, spec=spec, progress=progress), [IndexPhase()])
+    ctx = PipelineContext(settings=settings, spec=spec, progress=progress)
+    try:
+        ctx.store()  # opening the store re-projects every stored CLIP vector through the new head
+        # the index phase's fingerprint includes the head's sha, so this rebuilds rather than skips
+        run_phases(ctx, [IndexPhase()])
+    finally:
+        ctx.close()
 
 
 def run_finetune(settings: Settings, spec: ModelSpec, *, progress: bool = True) -> dict[str, Any]:

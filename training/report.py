@@ -66,14 +66,19 @@ def plot_category_precision(per_category: dict[str, dict], path: Path, *, title:
         ax.set_xlim(0, 1)
         ax.set_xlabel("precision@5")
         ax.set_title(title)
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        fig.savefig(tmp, format="png", dpi=100)
-        tmp.replace(path)
+        save_png(fig, path)
     finally:
         plt.close(fig)
     return path
+
+
+def save_png(fig: Any, path: Path) -> None:
+    """Write a matplotlib figure as PNG atomically (a temp name, then renamed into place)."""
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png", dpi=100)
+    tmp.replace(path)
 
 
 def format_evaluation(result: dict[str, Any]) -> str:
@@ -103,13 +108,20 @@ def format_evaluation(result: dict[str, Any]) -> str:
 
 
 def format_bench(result: dict[str, Any]) -> str:
-    """Table of ``run_index_bench`` results plus the recommendation."""
-    rows = [(name, r["recall_at_10"], r["latency_ms_median"], r["latency_ms_p95"], r["build_seconds"],
-             f"{r['memory_bytes'] / 1e6:.1f} MB") for name, r in result["results"].items()]
+    """Table of ``run_index_bench`` results plus the recommendation (a skipped type says why)."""
+    rows, skipped = [], []
+    for name, r in result["results"].items():
+        if "skipped" in r:
+            skipped.append(f"{name}: skipped, {r['skipped']}")
+            continue
+        params = ", ".join(f"{k}={v}" for k, v in (r.get("params") or {}).items()) or "-"
+        rows.append((name, params, r["recall_at_10"], r["latency_ms_median"], r["latency_ms_p95"],
+                     r["build_seconds"], f"{r['memory_bytes'] / 1e6:.1f} MB"))
     head = (f"Index benchmark on {result['num_vectors']} {result['source']} vectors (dim {result['dim']}), "
-            f"{result['queries']} single queries")
-    return "\n".join([head, "", table(["index", "recall@10", "median ms", "p95 ms", "build s", "memory"], rows),
-                      "", f"recommended: {result['recommended']} ({result['reason']})"])
+            f"{result['queries']} single queries on one FAISS thread, recall@10 against exact search")
+    headers = ["index", "tuned", "recall@10", "median ms", "p95 ms", "build s", "memory"]
+    return "\n".join([head, "", table(headers, rows), *skipped, "",
+                      f"recommended: {result['recommended']} ({result['reason']})"])
 
 
 def format_finetune(result: dict[str, Any]) -> str:

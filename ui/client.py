@@ -114,32 +114,44 @@ class ApiClient:
         body = self._json("GET", "/models", timeout=min(self.timeout, 5.0))
         return body.get("models", []) if isinstance(body, dict) else list(body)
 
+    def explain(self, model: str, product_id: str, image: bytes, *, view: str = "both") -> bytes:
+        """PNG heat-map overlay: why ``product_id`` matched this photo (``POST /<model>/explain``)."""
+        return self._request("POST", f"/{quote(model)}/explain", params={"product_id": product_id, "view": view},
+                             files={"file": ("query.jpg", image)}).content
+
+    def admin_json(self, path: str, api_key: str, **params: Any) -> Any:
+        """GET an admin route (analytics, jobs) with the merchant's key."""
+        return self._json("GET", path, params=_params(**params), headers={"X-API-Key": api_key})
+
     def search(self, model: str, image: bytes, filename: str = "query.jpg", *, top_k: int = 10,
-               category: str | None = None, min_score: float | None = None, offset: int = 0) -> dict:
+               category: str | None = None, min_score: float | None = None, offset: int = 0,
+               min_match: float | None = None) -> dict:
         """Image search in one model (``POST /<model>/search``); ``offset`` skips earlier pages."""
         return self._json("POST", f"/{quote(model)}/search",
                           params=_params(top_k=top_k, category=category, min_score=min_score,
-                                         offset=offset or None),
+                                         offset=offset or None, min_match=min_match),
                           files={"file": (filename or "query.jpg", image)})
 
     def search_all(self, image: bytes, filename: str = "query.jpg", *, top_k: int = 10,
-                   category: str | None = None, min_score: float | None = None, offset: int = 0) -> dict:
+                   category: str | None = None, min_score: float | None = None, offset: int = 0,
+                   min_match: float | None = None) -> dict:
         """Image search in every built model plus a merged ranking (``POST /all/search``)."""
         return self.search("all", image, filename, top_k=top_k, category=category, min_score=min_score,
-                           offset=offset)
+                           offset=offset, min_match=min_match)
 
     def search_text(self, model: str, query: str, *, top_k: int = 10, category: str | None = None,
-                    min_score: float | None = None, offset: int = 0) -> dict:
+                    min_score: float | None = None, offset: int = 0, min_match: float | None = None) -> dict:
         """Text-to-image search (``GET /<model>/search/text?q=``); ``model="all"`` searches every model."""
         return self._json("GET", f"/{quote(model)}/search/text",
                           params=_params(q=query, top_k=top_k, category=category, min_score=min_score,
-                                         offset=offset or None))
+                                         offset=offset or None, min_match=min_match))
 
     def similar(self, model: str, product_id: str, *, top_k: int = 10, category: str | None = None,
-                min_score: float | None = None, offset: int = 0) -> dict:
+                min_score: float | None = None, offset: int = 0, min_match: float | None = None) -> dict:
         """Products that look like a catalogue product, itself left out (``/<model>/products/<id>/similar``)."""
         return self._json("GET", f"/{quote(model)}/products/{quote(str(product_id), safe='')}/similar",
-                          params=_params(top_k=top_k, category=category, min_score=min_score, offset=offset or None))
+                          params=_params(top_k=top_k, category=category, min_score=min_score, offset=offset or None,
+                                         min_match=min_match))
 
     def product(self, model: str, product_id: str) -> dict:
         return self._json("GET", f"/{quote(model)}/products/{quote(str(product_id), safe='')}")

@@ -107,6 +107,25 @@ def _card(client: ApiClient, catalogues: list[dict[str, Any]], hit: dict[str, An
                 _details(client, hit, spec)
             st.button("More like this", key=f"more-{ident}", on_click=_more_like_this,
                       args=(hit["model"], str(hit.get("id"))), width="stretch")
+        _why(client, hit, ident)
+
+
+@st.cache_data(ttl=900, max_entries=500, show_spinner=False)
+def _explanation(api_url: str, model: str, product_id: str, image: bytes) -> bytes:
+    return ApiClient(api_url).explain(model, product_id, image, view="hit")
+
+
+def _why(client: ApiClient, hit: dict[str, Any], ident: str) -> None:
+    """"Why this match?": a heat-map over the product of what in it resembles the photo (photo searches)."""
+    image = st.session_state.get("explain_image")
+    if not image or not st.toggle("Why this match?", key=f"why-{ident}"):
+        return
+    try:
+        png = _explanation(client.base_url, hit["model"], str(hit.get("id")), image)
+    except (ApiError, ApiUnavailable):
+        st.caption("No explanation for this product right now.")
+        return
+    st.image(png, caption="Warm areas look most like your photo", width="stretch")
 
 
 def _grid(client: ApiClient, catalogues: list[dict[str, Any]], hits: list[dict[str, Any]], *, group: str,

@@ -184,8 +184,9 @@ def _similar_from_url(client: ApiClient, catalogues: list[dict[str, Any]]) -> Qu
 
 # --- searching -----------------------------------------------------------------------------------
 
-def _search(client: ApiClient, model: str, query: Query, category: str | None, offset: int) -> dict[str, Any]:
-    opts: dict[str, Any] = {"top_k": PAGE_SIZE, "category": category, "offset": offset}
+def _search(client: ApiClient, model: str, query: Query, category: str | None, offset: int,
+            min_match: float | None = None) -> dict[str, Any]:
+    opts: dict[str, Any] = {"top_k": PAGE_SIZE, "category": category, "offset": offset, "min_match": min_match}
     if query.kind == "similar":
         return client.similar(query.product_model, query.product_id, **opts)
     if query.kind == "text":
@@ -195,18 +196,19 @@ def _search(client: ApiClient, model: str, query: Query, category: str | None, o
     return client.search(model, query.image or b"", query.filename, **opts)
 
 
-def _pages(client: ApiClient, model: str, query: Query, category: str | None) -> list[dict[str, Any]]:
+def _pages(client: ApiClient, model: str, query: Query, category: str | None,
+           min_match: float | None = None) -> list[dict[str, Any]]:
     """The pages fetched so far for this search: the first on a new search, one more per "Load more"."""
-    key = (client.base_url, model, query.signature, category)
+    key = (client.base_url, model, query.signature, category, min_match)
     state = st.session_state.get("pages")
     if not state or state[0] != key:
         with st.spinner("Searching…"):
-            state = (key, [_search(client, model, query, category, 0)])
+            state = (key, [_search(client, model, query, category, 0, min_match)])
         st.session_state["pages"] = state
     if st.session_state.pop("load_more", False) and len(state[1][-1].get("results") or []) >= PAGE_SIZE:
         offset = sum(len(p.get("results") or []) for p in state[1])
         with st.spinner("Loading more…"):
-            state[1].append(_search(client, model, query, category, offset))
+            state[1].append(_search(client, model, query, category, offset, min_match))
     return list(state[1])
 
 
@@ -235,6 +237,18 @@ def _category_filter(catalogues: list[dict[str, Any]], model: str) -> str | None
     value = st.selectbox("Category", [ANY_CATEGORY, *categories], key="category", bind="query-params",
                          label_visibility="collapsed", width=260)
     return None if value in (None, ANY_CATEGORY) else str(value)
+
+
+# the minimum-match control: the API's calibrated ``match`` (the labels' "Good" and "Great" floors)
+MATCH_FLOORS = {"Any match": None, "Good matches": 0.4, "Great matches": 0.65}
+
+
+def _match_filter() -> float | None:
+    if st.session_state.get("quality") not in MATCH_FLOORS:
+        st.session_state["quality"] = next(iter(MATCH_FLOORS))
+    value = st.selectbox("Match", list(MATCH_FLOORS), key="quality", bind="query-params",
+                         label_visibility="collapsed", width=180)
+    return MATCH_FLOORS.get(str(value))
 
 
 def _query_strip(client: ApiClient, query: Query) -> None:
@@ -277,10 +291,12 @@ def shop_page() -> None:
     with st.container(horizontal=True, vertical_alignment="center", gap="small", key="filters"):
         _query_strip(client, query)
         category = _category_filter(catalogues, model)
+        min_match = _match_filter()
     _scroll_to_query()
     try:
-        pages = _pages(client, query.product_model or model, query, category)
+        pages = _pages(client, query.product_model or model, query, category, min_match)
     except (ApiUnavailable, ApiError) as exc:
         _search_failed(client, exc)
         return
+    st.session_state["explain_image"] = query.image if query.kind == "image" else None  # "Why this match?"
     show_results(client, catalogues, model if query.kind != "similar" else query.product_model, pages, PAGE_SIZE)

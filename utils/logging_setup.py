@@ -25,6 +25,9 @@ def setup_logging(logs_dir: Path, *filenames: str, level: int = logging.INFO,
     """Send records to each ``logs_dir/<filename>`` (rotating, 5 x 5 MB) and warnings to stderr."""
     logs_dir = Path(logs_dir)
     logs_dir.mkdir(parents=True, exist_ok=True)
+    # A log file that cannot be written (a full disk) must not print tracebacks over the one-line error
+    # the program gives; the record is lost, the program goes on.
+    logging.raiseExceptions = False
     root = logging.getLogger()
     root.setLevel(level)
     for handler in list(root.handlers):

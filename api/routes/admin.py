@@ -26,18 +26,18 @@ async def add_product(model: str, product: ProductUpsert,
                       catalogue: Catalogue = Depends(get_catalogue)) -> AdminResponse:
     catalogue.model(model).require()
     start = time.perf_counter()
-    fresh, failed = await to_thread.run_sync(upsert_product, catalogue, model, product)
+    fresh, failed, commit_ms = await to_thread.run_sync(upsert_product, catalogue, model, product)
     return AdminResponse(model=model, action="upserted", id=product.id, num_products=fresh.num_products,
-                         took_ms=_ms(start), failed_images=failed)
+                         took_ms=_ms(start), commit_ms=round(commit_ms, 3), failed_images=failed)
 
 
 @router.delete("/{model}/products/{product_id}", response_model=AdminResponse, summary="Delete one product")
 async def remove_product(model: str, product_id: str, catalogue: Catalogue = Depends(get_catalogue)) -> AdminResponse:
     catalogue.model(model).require()
     start = time.perf_counter()
-    fresh = await to_thread.run_sync(delete_product, catalogue, model, product_id)
+    fresh, commit_ms = await to_thread.run_sync(delete_product, catalogue, model, product_id)
     return AdminResponse(model=model, action="deleted", id=product_id, num_products=fresh.num_products,
-                         took_ms=_ms(start))
+                         took_ms=_ms(start), commit_ms=round(commit_ms, 3))
 
 
 @router.post("/{model}/reload", response_model=ReloadResponse,
@@ -45,5 +45,6 @@ async def remove_product(model: str, product_id: str, catalogue: Catalogue = Dep
 async def reload_model(model: str, catalogue: Catalogue = Depends(get_catalogue)) -> ReloadResponse:
     catalogue.model(model)
     fresh = await to_thread.run_sync(catalogue.reload, model)
-    return ReloadResponse(model=model, num_products=fresh.num_products, index_type=fresh.manifest.get("index_type"),
-                          built_at=fresh.manifest.get("built_at"))
+    info = fresh.index_info
+    return ReloadResponse(model=model, num_products=fresh.num_products, index_type=info.get("kind"),
+                          built_at=info.get("built_at"))

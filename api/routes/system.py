@@ -8,26 +8,31 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from api.catalogue import Catalogue
 from api.deps import get_catalogue, get_metrics
-from api.loaded import LoadedModel
+from api.loaded import ServedModel
 from api.metrics import Metrics
 from api.schemas import HealthResponse, ModelHealth, ModelInfo, ModelsResponse
 
 router = APIRouter(tags=["system"])
 
 
-def _health(m: LoadedModel) -> ModelHealth:
+def _health(m: ServedModel) -> ModelHealth:
+    info = m.index_info
     return ModelHealth(name=m.name, searchable=m.searchable, products=m.num_products, backbone=m.backbone,
-                       index_type=m.manifest.get("index_type"), built_at=m.manifest.get("built_at"), error=m.error)
+                       index_type=info.get("kind"), built_at=info.get("built_at"), error=m.error)
 
 
-def _info(m: LoadedModel) -> ModelInfo:
-    categories = list(m.spec.categories) or list(m.category_counts)
+def _info(m: ServedModel) -> ModelInfo:
+    stats = m.stats() if m.searchable else None
+    counts = dict(stats.categories) if stats else {}
+    info = m.index_info
     return ModelInfo(name=m.name, display_name=m.spec.display_name or m.name, description=m.spec.description,
-                     categories=categories, category_counts=dict(m.category_counts), num_products=m.num_products,
-                     searchable=m.searchable, search_path=f"/{m.name}/search",
+                     categories=list(m.spec.categories) or list(counts), category_counts=counts,
+                     num_products=m.num_products, searchable=m.searchable, search_path=f"/{m.name}/search",
                      text_search_path=f"/{m.name}/search/text", backbone=m.backbone, has_head=m.head is not None,
+                     index_type=info.get("kind"), built_at=info.get("built_at"), error=m.error,
                      currency=m.spec.currency, url_template=m.spec.url_template,
-                     index_type=m.manifest.get("index_type"), built_at=m.manifest.get("built_at"), error=m.error)
+                     filters=dict(stats.columns) if stats else {},
+                     recall_at_10=(info.get("tuning") or {}).get("recall_at_10"))
 
 
 @router.get("/health", response_model=HealthResponse, summary="Overall status and per-model readiness")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import io
-import json
 import shutil
+import sqlite3
+import time
 
 import numpy as np
 import pytest
@@ -78,10 +79,12 @@ def _search_top(c, data: bytes, model: str = "general") -> dict:
 
 
 def _consistent_on_disk(root, model: str) -> int:
-    models = root / "models" / model
-    meta = [json.loads(line) for line in (models / "metadata.jsonl").read_text().splitlines()]
-    assert len(np.load(models / "embeddings.npy")) == len(meta)
-    return len(meta)
+    """Products in the store's database, as a fresh process (a restart) would find them."""
+    conn = sqlite3.connect(root / "models" / model / "catalogue.db")
+    try:
+        return int(conn.execute("SELECT count(*) FROM products").fetchone()[0])
+    finally:
+        conn.close()
 
 
 def test_add_update_delete_survive_a_restart(editable, image_host):
@@ -144,8 +147,17 @@ def test_admin_on_unknown_model_is_404(editable):
         assert c.delete("/%C3%BC/products/x", headers=KEY).status_code == 404
 
 
-def test_admin_edits_last_until_the_model_is_rebuilt_from_its_csv(built_root, tiny_clip, tmp_path):
-    """A routine rerun of the pipeline keeps the overlay; a forced rebuild from products.csv replaces it."""
+def _wait_for(check, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        assert time.monotonic() < deadline, "the running API did not pick up the change"
+        time.sleep(0.1)
+    return result
+
+
+def test_admin_edits_survive_reruns_force_and_csv_changes_until_dropped(built_root, tiny_clip, tmp_path):
+    """An API product lasts through a plain rerun, --force and a changed CSV; --drop-api-edits removes it.
+    The running API picks up the pipeline's writes without a restart or a reload."""
     from core.config import load_settings
     from core.model_config import ModelRegistry
     from pipeline.runner import run_model
@@ -155,15 +167,24 @@ def test_admin_edits_last_until_the_model_is_rebuilt_from_its_csv(built_root, ti
         shutil.copytree(built_root / sub, root / sub)
     settings = load_settings(root=root, clip_model=str(tiny_clip), device="cpu", api_key=API_KEY)
     server = start_server(settings)
+    spec = ModelRegistry.discover(settings).get("general")
     try:
         with server.client() as c:
             body = {"id": "OVERLAY", "title": "Admin only", "images": ["images/G1001_0.jpg"]}
             assert c.post("/general/products", json=body, headers=KEY).json()["num_products"] == 67
-            spec = ModelRegistry.discover(settings).get("general")
             run_model(settings, spec, progress=False)  # nothing changed: every phase is skipped
-            assert c.post("/general/reload", headers=KEY).json()["num_products"] == 67
             run_model(settings, spec, force=True, progress=False)
-            assert c.post("/general/reload", headers=KEY).json()["num_products"] == 66
-            assert c.get("/general/products/OVERLAY").status_code == 404
+            csv = spec.paths(settings).csv
+            csv.write_text(csv.read_text().replace("Red Ceramic Mug", "Scarlet Ceramic Mug"))
+            outcomes = run_model(settings, spec, progress=False)
+            assert outcomes[2].result.details["api_kept"] == 1
+            _wait_for(lambda: c.get("/general/products/G1001").json()["title"] == "Scarlet Ceramic Mug")
+            assert c.get("/general/products/OVERLAY").status_code == 200
+            assert c.get("/health").json()["models"]["general"]["products"] == 67
+
+            outcomes = run_model(settings, spec, progress=False, drop_api_edits=True)
+            assert outcomes[2].result.details["api_dropped"] == 1
+            _wait_for(lambda: c.get("/general/products/OVERLAY").status_code == 404)
+            _wait_for(lambda: c.get("/health").json()["models"]["general"]["products"] == 66)
     finally:
         stop_server(server)

@@ -95,3 +95,42 @@ def test_calls_run_on_the_worker_thread_between_batches():
         assert _run(batcher.submit(np.ones(1, dtype=np.float32))).tolist() == [1.0]
     finally:
         batcher.stop()
+
+
+def test_texts_and_images_batch_separately_each_kind_together():
+    import asyncio
+    import time
+
+    import numpy as np
+
+    from api.batcher import MicroBatcher
+
+    calls: list[tuple[str, int]] = []
+
+    def images(stacked):
+        calls.append(("image", len(stacked)))
+        return stacked * 2
+
+    def texts(items):
+        calls.append(("text", len(items)))
+        return np.array([[len(t)] for t in items], dtype=np.float32)
+
+    batcher = MicroBatcher(images, name="mixed", max_batch=16, max_wait_ms=5)
+    batcher.start()
+
+    async def burst():
+        block = asyncio.get_running_loop().run_in_executor(None, lambda: batcher.call(time.sleep, 0.2).result())
+        await asyncio.sleep(0.05)  # the worker is busy: the burst queues up behind it
+        jobs = [batcher.submit(f"t{'x' * i}", texts) for i in range(6)] + \
+               [batcher.submit(np.full(2, i, dtype=np.float32)) for i in range(3)]
+        out = await asyncio.gather(*jobs)
+        await block
+        return out
+
+    try:
+        out = asyncio.run(burst())
+    finally:
+        batcher.stop()
+    assert [float(o[0]) for o in out[:6]] == [float(len(f"t{'x' * i}")) for i in range(6)]
+    assert [float(o[0]) for o in out[6:]] == [0.0, 2.0, 4.0]
+    assert sorted(calls) == [("image", 3), ("text", 6)]

@@ -1,9 +1,11 @@
-"""A model with a fine-tuned head: queries go through it; a head that no longer matches the index is a 503."""
+"""A model with a fine-tuned head: queries go through it; a new head re-projects the store on reload; a head
+that does not fit the catalogue's vectors is a 503 while the previous one keeps serving."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 
 import numpy as np
 
@@ -27,7 +29,10 @@ def test_queries_go_through_the_head(built_root, tiny_clip, tmp_path):
         with server.client() as c:
             info = {m["name"]: m for m in c.get("/models").json()["models"]}["shirts"]
             assert info["has_head"] and info["searchable"]
-            rows = [json.loads(line) for line in (root / "models" / "shirts" / "metadata.jsonl").open()]
+            conn = sqlite3.connect(root / "models" / "shirts" / "catalogue.db")
+            rows = [{"id": pid, "images": json.loads(images)} for pid, images in
+                    conn.execute("SELECT id, images FROM products ORDER BY id")]
+            conn.close()
             single = next(r for r in rows if len(r["images"]) == 1)
             query = (root / "data" / "shirts" / single["images"][0]).read_bytes()
             r = c.post("/shirts/search", files={"file": ("q.jpg", query, "image/jpeg")})
@@ -35,6 +40,12 @@ def test_queries_go_through_the_head(built_root, tiny_clip, tmp_path):
             assert c.get("/shirts/search/text", params={"q": "blue shirt"}).status_code == 200
 
             save_head(head_path, [rng.standard_normal((16, 32)).astype(np.float32)], [np.zeros(16, np.float32)])
+            r = c.post("/shirts/reload", headers={"X-API-Key": API_KEY})  # the store re-projects through it
+            assert r.status_code == 200, r.text
+            r = c.post("/shirts/search", files={"file": ("q.jpg", query, "image/jpeg")})
+            assert r.status_code == 200 and r.json()["results"][0]["id"] == single["id"]
+
+            save_head(head_path, [rng.standard_normal((16, 64)).astype(np.float32)], [np.zeros(16, np.float32)])
             r = c.post("/shirts/reload", headers={"X-API-Key": API_KEY})
             assert r.status_code == 503 and "head" in r.json()["detail"]
             assert c.post("/shirts/search", files={"file": ("q.jpg", query)}).status_code == 200  # old one serves

@@ -58,6 +58,7 @@ def test_pipeline_rebuild_is_swapped_in_without_failed_searches(reloadable):
     for t in threads:
         t.start()
     try:
+        assert _wait_for(lambda: len(outcomes) >= 3)  # searches are running before the pipeline writes
         _drop_csv_rows(reloadable.settings.data_dir / "shirts" / "products.csv", keep=20)
         build_models(reloadable.settings, ("shirts",))
         with reloadable.client() as c:
@@ -69,17 +70,23 @@ def test_pipeline_rebuild_is_swapped_in_without_failed_searches(reloadable):
             t.join()
     statuses = {s for s, _ in outcomes}
     assert statuses == {200}, statuses
-    assert {n for _, n in outcomes} == {35, 20}  # every search saw one whole index, old or new
+    assert {n for _, n in outcomes} == {35, 20}  # every search saw one whole catalogue, old or new
 
 
-def test_a_broken_new_index_keeps_the_old_one_serving(reloadable):
+def test_a_damaged_index_is_rebuilt_from_the_store_and_a_damaged_store_keeps_the_old_one(reloadable):
     models = reloadable.settings.models_dir / "shirts"
     with reloadable.client() as c:
-        (models / "index.faiss").write_bytes(b"not an index")
+        for index_file in models.glob("index-*.faiss"):
+            index_file.write_bytes(b"not an index")
+        r = c.post("/shirts/reload", headers={"X-API-Key": API_KEY})
+        assert r.status_code == 200 and r.json()["num_products"] == 35  # repaired from the stored vectors
+        assert c.post("/shirts/search", files={"file": ("q.jpg", images.jpeg())}).status_code == 200
+
+        garbage = models / "garbage.db"
+        garbage.write_bytes(b"this is not a database" * 100)
+        garbage.replace(models / "catalogue.db")  # the serving process keeps its open file
         r = c.post("/shirts/reload", headers={"X-API-Key": API_KEY})
         assert r.status_code == 503 and "still serving the previous index" in r.json()["detail"]
-        manifest = models / "manifest.json"
-        manifest.write_text(manifest.read_text())  # a "new" manifest: the watcher tries and fails too
         time.sleep(1.0)
         assert c.post("/shirts/search", files={"file": ("q.jpg", images.jpeg())}).status_code == 200
         assert c.get("/health").json()["models"]["shirts"]["searchable"]

@@ -89,8 +89,12 @@ def test_all_search_merges_models(client, live, built_root):
     assert set(body["per_model"]) == {"general", "shirts"}
     assert body["per_model"]["shirts"]["results"][0]["id"] == row["shopify_product_id"]
     assert body["results"][0]["id"] == row["shopify_product_id"] and body["results"][0]["model"] == "shirts"
-    scores = [h["score"] for h in body["results"]]
-    assert scores == sorted(scores, reverse=True) and len(scores) == 4 and body["search_time_ms"] > 0
+    matches = [h["match"] for h in body["results"]]  # merged by calibrated match by default
+    assert matches == sorted(matches, reverse=True) and len(matches) == 4 and body["search_time_ms"] > 0
+    by_score = client.post("/all/search", params={"top_k": 4, "merge": "score"},
+                           files={"file": ("q.jpg", _own_image(built_root, "shirts", row), "image/jpeg")}).json()
+    scores = [h["score"] for h in by_score["results"]]
+    assert scores == sorted(scores, reverse=True)
 
 
 def test_legacy_route_is_general_search(client, built_root):
@@ -115,7 +119,7 @@ def test_text_search_in_all_models_merges_one_ranking(client):
     body = r.json()
     assert body["query"] == "blue striped polo" and set(body["per_model"]) == {"general", "shirts"}
     every = [h for m in body["per_model"].values() for h in m["results"]]
-    best = sorted(every, key=lambda h: -h["score"])[:5]
+    best = sorted(every, key=lambda h: (-h["match"], -h["score"]))[:5]  # the text map's calibrated match
     assert [(h["model"], h["id"]) for h in body["results"]] == [(h["model"], h["id"]) for h in best]
     assert [h["rank"] for h in body["results"]] == [1, 2, 3, 4, 5]
 

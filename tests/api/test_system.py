@@ -53,13 +53,18 @@ def test_unknown_route_is_json_404(client):
 
 @pytest.fixture(scope="module")
 def degraded(built_root, tiny_clip, tmp_path_factory):
-    """A copy where shirts' index is corrupt and a third model has a CSV but no index yet."""
+    """A copy where shirts' index file is garbage (repairable), a copy of shirts has a garbage database
+    (not repairable) and a fourth model has a CSV but was never built."""
     from core.config import load_settings
 
     root = tmp_path_factory.mktemp("degraded")
     shutil.copytree(built_root / "data", root / "data")
     shutil.copytree(built_root / "models", root / "models")
-    (root / "models" / "shirts" / "index.faiss").write_bytes(b"garbage")
+    for index_file in (root / "models" / "shirts").glob("index-*.faiss"):
+        index_file.write_bytes(b"garbage")
+    shutil.copytree(root / "data" / "shirts", root / "data" / "broken")
+    shutil.copytree(built_root / "models" / "shirts", root / "models" / "broken")
+    (root / "models" / "broken" / "catalogue.db").write_bytes(b"not a database" * 300)
     (root / "data" / "pending").mkdir()
     shutil.copy(built_root / "data" / "shirts" / "products.csv", root / "data" / "pending" / "products.csv")
     server = start_server(load_settings(root=root, clip_model=str(tiny_clip), device="cpu"))
@@ -67,19 +72,19 @@ def degraded(built_root, tiny_clip, tmp_path_factory):
     stop_server(server)
 
 
-def test_broken_models_are_reported_and_the_rest_serve(degraded):
+def test_a_damaged_index_is_repaired_and_only_unusable_models_are_reported(degraded):
     with degraded.client() as c:
         health = c.get("/health").json()
-        assert health["status"] == "degraded" and health["available_models"] == ["general"]
-        assert health["total_products"] == 66
-        assert "index.faiss" in health["models"]["shirts"]["error"]
-        assert "no index built yet" in health["models"]["pending"]["error"]
+        assert health["status"] == "degraded" and health["available_models"] == ["general", "shirts"]
+        assert health["total_products"] == 66 + 35  # shirts' index was rebuilt from its store
+        assert "catalogue database" in health["models"]["broken"]["error"]
+        assert "no catalogue built yet" in health["models"]["pending"]["error"]
         models = {m["name"]: m for m in c.get("/models").json()["models"]}
-        assert not models["shirts"]["searchable"] and models["general"]["searchable"]
-        r = c.post("/shirts/search", files={"file": ("q.jpg", images.jpeg())})
-        assert r.status_code == 503 and "index.faiss" in r.json()["detail"]
+        assert not models["broken"]["searchable"] and models["shirts"]["searchable"]
+        r = c.post("/broken/search", files={"file": ("q.jpg", images.jpeg())})
+        assert r.status_code == 503 and "catalogue database" in r.json()["detail"]
         assert c.get("/pending/search/text", params={"q": "shirt"}).status_code == 503
-        assert c.post("/general/search", files={"file": ("q.jpg", images.jpeg())}).status_code == 200
+        assert c.post("/shirts/search", files={"file": ("q.jpg", images.jpeg())}).status_code == 200
         r = c.post("/all/search", files={"file": ("q.jpg", images.jpeg())})
-        assert r.status_code == 200 and r.json()["per_model"]["shirts"]["error"]
-        assert {h["model"] for h in r.json()["results"]} == {"general"}
+        assert r.status_code == 200 and r.json()["per_model"]["broken"]["error"]
+        assert {h["model"] for h in r.json()["results"]} <= {"general", "shirts"}

@@ -1,95 +1,159 @@
-"""SIGKILL mid-download and mid-extraction: the rerun redoes nothing finished and ends with the same index."""
+"""SIGKILL the pipeline at seeded random moments in every phase: after each kill the model still
+serves what was built before, the store opens, and a plain rerun ends with the same products as a
+run that was never interrupted. A kill mid-download or mid-extraction redoes nothing finished."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
+import random
+import re
 import time
 from pathlib import Path
 
 import pytest
 
-from core.config import PROJECT_ROOT
+from core.config import load_settings
+from core.local_store import LocalStore
+from core.store import Filter
 from tests.fake_images import jpeg_bytes
 from tests.http_server import HttpServer, Reply
+from tests.processes import training
 
 pytestmark = pytest.mark.slow
 
-
-def _start(root: Path, tiny_clip: Path, **env) -> subprocess.Popen:
-    full = {**os.environ, "IMAGESEARCH_ROOT": str(root), "IMAGESEARCH_CLIP_MODEL": str(tiny_clip),
-            "IMAGESEARCH_TORCH_THREADS": "1", **env}
-    return subprocess.Popen([sys.executable, str(PROJECT_ROOT / "run_training.py"), "shop", "--no-progress"],
-                            env=full, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+KILLS = 12
 
 
-def _kill_when(proc: subprocess.Popen, ready, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        assert proc.poll() is None, f"run ended before the kill point: {proc.communicate()}"
-        assert time.monotonic() < deadline, "kill point never reached"
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-
-
-def _finish(root: Path, tiny_clip: Path, **env) -> dict:
-    proc = _start(root, tiny_clip, **env)
-    out, err = proc.communicate(timeout=240)
-    assert proc.returncode == 0, err
-    return {c: json.loads((root / "checkpoints/shop" / f"{c}.json").read_text())
-            for c in ("image_download", "feature_extraction")}
-
-
-def _catalogue(root: Path, refs: list[list[str]]) -> None:
+def _catalogue(root: Path, refs: list[list[str]], titles: str = "Product") -> None:
     folder = root / "data" / "shop"
     folder.mkdir(parents=True, exist_ok=True)
-    lines = ["shopify_product_id,title,images,category"]
-    lines += [f'p{i},Product {i},{"|".join(r)},{"ab"[i % 2]}' for i, r in enumerate(refs)]
+    lines = ["shopify_product_id,title,images,category,price"]
+    lines += [f'p{i},{titles} {i},{"|".join(r)},{"ab"[i % 2]},{i}.5' for i, r in enumerate(refs)]
     (folder / "products.csv").write_text("\n".join(lines) + "\n")
 
 
-def _indexed_ids(root: Path) -> list[str]:
-    lines = (root / "models/shop/metadata.jsonl").read_text().splitlines()
-    return sorted(json.loads(line)["id"] for line in lines)
+def _local_images(root: Path, n: int) -> list[list[str]]:
+    images = root / "data/shop/images"
+    images.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        (images / f"{i}.jpg").write_bytes(jpeg_bytes(48, 48, seed=i))
+    return [[f"images/{i}.jpg", f"images/{(i + 1) % n}.jpg"] for i in range(n)]
 
 
-def test_kill_during_download_then_resume(tmp_path, tiny_clip):
+def _finish(root: Path, tiny_clip: Path, *args: str, **env: str) -> str:
+    proc = training(root, tiny_clip, "shop", *args, **env)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    return out
+
+
+def _products(root: Path, tiny_clip: Path) -> dict[str, tuple[str, str]]:
+    store = LocalStore(root / "models/shop", load_settings(root=root, clip_model=str(tiny_clip)), open_index=False)
+    try:
+        rows = store.db.reader().execute("SELECT id, title, category FROM products").fetchall()
+        return {pid: (title, cat) for pid, title, cat in rows}
+    finally:
+        store.close()
+
+
+def _serves(root: Path, tiny_clip: Path) -> int:
+    """Open the store as the API would; a built catalogue must search (index repaired if need be)."""
+    store = LocalStore(root / "models/shop", load_settings(root=root, clip_model=str(tiny_clip)))
+    try:
+        if not store.count():
+            return 0
+        probe = store.vectors([store.get([pid])[0].id for (pid,) in
+                               store.db.reader().execute("SELECT id FROM products LIMIT 1")])
+        hits = store.search(probe, 3)[0]
+        assert hits and hits[0].score > 0.99
+        assert store.search(probe, 3, Filter(category="a"))[0] is not None
+        return store.count()
+    finally:
+        store.close()
+
+
+def test_random_kills_in_every_phase_then_a_plain_rerun_matches_an_uninterrupted_run(tmp_path, tiny_clip):
+    rng = random.Random(7)
+    reference, root = tmp_path / "reference", tmp_path / "root"
+    with HttpServer() as server:
+        for i in range(20):
+            server.routes[f"/img{i}.jpg"] = Reply(jpeg_bytes(seed=100 + i), delay=0.05)
+        remote = [[server.url(f"/img{i}.jpg")] for i in range(20)]
+        for folder in (reference, root):
+            _catalogue(folder, _local_images(folder, 80) + remote)
+        start = time.monotonic()
+        _finish(reference, tiny_clip)
+        full = time.monotonic() - start
+        _finish(root, tiny_clip)
+        built = _serves(root, tiny_clip)
+        for kill in range(KILLS):
+            # every few kills the merchant edits the CSV, so each phase has work to be killed in
+            if kill % 4 == 0:
+                titles = f"Edition {kill}"
+                for folder in (reference, root):
+                    _catalogue(folder, _local_images(folder, 80 + kill) + remote, titles=titles)
+                _finish(reference, tiny_clip)
+            proc = training(root, tiny_clip, "shop")
+            time.sleep(rng.uniform(0.5, full))
+            proc.kill()
+            proc.wait(30)
+            assert _serves(root, tiny_clip) >= min(built, 1), f"kill {kill}: the model stopped serving"
+        _finish(root, tiny_clip)
+    assert _products(root, tiny_clip) == _products(reference, tiny_clip)
+    assert _serves(root, tiny_clip) == len(_products(reference, tiny_clip))
+
+
+def test_kill_during_download_redoes_no_finished_image(tmp_path, tiny_clip):
     root = tmp_path / "root"
     with HttpServer() as server:
         for i in range(30):
             server.routes[f"/img{i}.jpg"] = Reply(jpeg_bytes(seed=i), delay=0.15)
         _catalogue(root, [[server.url(f"/img{i}.jpg")] for i in range(30)])
-        markers = root / "data/shop/image_cache/refs"
-        proc = _start(root, tiny_clip, IMAGESEARCH_DOWNLOAD_WORKERS="2", IMAGESEARCH_DOWNLOAD_PER_HOST="2")
-        _kill_when(proc, lambda: markers.is_dir() and len(list(markers.glob("*.json"))) >= 6)
-        done_before = {json.loads(p.read_text())["ref"] for p in markers.glob("*.json")}
-        assert 6 <= len(done_before) < 30
+        proc = training(root, tiny_clip, "shop", IMAGESEARCH_DOWNLOAD_WORKERS="2", IMAGESEARCH_DOWNLOAD_PER_HOST="2")
+        done_before = _kill_when(proc, lambda: _recorded(root, "SELECT ref FROM images WHERE status='ok'"), 6)
         assert not (root / "checkpoints/shop/image_download.json").exists()
-        checkpoints = _finish(root, tiny_clip)
+        _finish(root, tiny_clip)
         for ref in done_before:
             assert server.count(ref.removeprefix(server.url(""))) == 1, ref  # never fetched again
-        assert checkpoints["image_download"]["ok"] == 30
-    assert _indexed_ids(root) == sorted(f"p{i}" for i in range(30))
+    assert sorted(_products(root, tiny_clip)) == sorted(f"p{i}" for i in range(30))
 
 
-def test_kill_during_extraction_then_resume(tmp_path, tiny_clip):
+def test_kill_during_extraction_redoes_no_finished_batch(tmp_path, tiny_clip):
     root = tmp_path / "root"
-    images = root / "data/shop/images"
-    images.mkdir(parents=True)
-    for i in range(300):
-        (images / f"{i}.jpg").write_bytes(jpeg_bytes(48, 48, seed=i))
-    _catalogue(root, [[f"images/{i}.jpg", f"images/{(i + 1) % 300}.jpg"] for i in range(300)])
-    parts = root / "checkpoints/shop/features"
-    proc = _start(root, tiny_clip, IMAGESEARCH_BATCH_SIZE="1")
-    _kill_when(proc, lambda: parts.is_dir() and len(list(parts.glob("*/part-*.npz"))) >= 5)
-    embedded_before = len(list(parts.glob("*/part-*.npz")))  # one image per part at batch size 1
+    _catalogue(root, _local_images(root, 300))
+    proc = training(root, tiny_clip, "shop", IMAGESEARCH_BATCH_SIZE="1")
+    embedded = _kill_when(proc, lambda: _recorded(root, "SELECT cache FROM views"), 5)
     assert not (root / "checkpoints/shop/feature_extraction.json").exists()
-    details = _finish(root, tiny_clip, IMAGESEARCH_BATCH_SIZE="1")["feature_extraction"]["details"]
-    images = json.loads((root / "models/shop/images.json").read_text())["images"].values()
-    unique = {entry["cache"] for entry in images}  # content-addressed: identical files share one entry
-    assert details["reused"] >= embedded_before and details["embedded"] + details["reused"] == len(unique)
-    assert _indexed_ids(root) == sorted(f"p{i}" for i in range(300))
+    out = _finish(root, tiny_clip, IMAGESEARCH_BATCH_SIZE="1")
+    distinct = _recorded(root, "SELECT cache FROM views")  # content-addressed: identical images share one
+    assert embedded < distinct
+    assert re.search(rf"\bembedded={len(distinct - embedded)}\b", out), out
+    assert sorted(_products(root, tiny_clip)) == sorted(f"p{i}" for i in range(300))
+
+
+def _recorded(root: Path, sql: str) -> set[str]:
+    import sqlite3
+
+    db = root / "models/shop/catalogue.db"
+    if not db.exists():
+        return set()
+    try:  # read-write, as after a crash only a writable connection can recover the WAL's index
+        conn = sqlite3.connect(db, timeout=5)
+        try:
+            return {r for (r,) in conn.execute(sql)}
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return set()
+
+
+def _kill_when(proc, done, at_least: int, timeout: float = 120) -> set[str]:
+    deadline = time.monotonic() + timeout
+    while len(done()) < at_least:
+        assert proc.poll() is None, f"run ended before the kill point: {proc.communicate()}"
+        assert time.monotonic() < deadline, "kill point never reached"
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    finished = done()
+    assert at_least <= len(finished)
+    return finished

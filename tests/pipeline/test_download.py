@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import signal
@@ -20,11 +21,11 @@ from core.config import load_settings
 from core.errors import MissingInputError
 from core.model_config import ModelSpec
 from pipeline.base import PipelineContext
-from pipeline.download import USER_AGENT, DownloadPhase, images_manifest_path
+from pipeline.download import USER_AGENT, DownloadPhase, download_report_path
+from pipeline.state import StagedProduct
 from pipeline.runner import PhaseStatus, run_phases
 from tests.fake_images import huge_png, jpeg_bytes, png_bytes
 from tests.http_server import Reply
-from utils.atomic import read_json, write_json_atomic
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = dict(download_timeout=0.5, download_retries=2, download_backoff=0.01, cache_image_size=64,
@@ -43,16 +44,29 @@ def make_ctx(tmp_path):
 
 
 def _write_products(ctx: PipelineContext, *image_lists: list[str], preview: str | None = None) -> None:
-    products = [{"id": str(1001 + i), "title": f"product {i}", "category": "mugs", "images": images,
-                 "preview_image": preview or images[0], "extra": {}, "row": i + 2}
-                for i, images in enumerate(image_lists)]
-    write_json_atomic(ctx.paths.processed_products,
-                      {"model": ctx.model, "source": str(ctx.paths.csv), "products": products})
+    """Stage products as the validation phase would."""
+    products = [StagedProduct(id=str(1001 + i), row=i + 2, title=f"product {i}", category="mugs", images=images,
+                              preview_image=preview or images[0], extra={}) for i, images in enumerate(image_lists)]
+    state = ctx.state()
+    with state.db.write() as conn:
+        state.replace_staged(conn)
+        state.stage(conn, products)
+        state.set_meta(conn, "staged", json.dumps([p.images for p in products]))
+
+
+def _manifest(ctx: PipelineContext) -> dict:
+    """Every staged ref's recorded download state, as {"images": {ref: entry}}."""
+    state = ctx.state()
+    refs = [r for chunk in state.refs() for r in chunk]
+    entries = state.images(refs)
+    hidden = ("settings", "ref", "transient", "size", "mtime_ns")
+    return {"images": {ref: {k: v for k, v in entries[ref].items() if v is not None and k not in hidden}
+                       for ref in refs if ref in entries}}
 
 
 def _run(ctx: PipelineContext):
     result = DownloadPhase().run(ctx)
-    return result, read_json(images_manifest_path(ctx.paths))
+    return result, _manifest(ctx)
 
 
 def _local(ctx: PipelineContext, rel: str, data: bytes) -> str:
@@ -81,8 +95,9 @@ def test_good_images_are_cached_downscaled_and_recorded(http_server, make_ctx):
     result, manifest = _run(ctx)
 
     assert (result.ok, result.failed, result.complete) == (3, Counter(), True)
-    assert result.details == {"refs": 3, "downloaded": 2, "reused": 0, "local": 1, "transient": 0}
-    assert manifest["counts"] == {"ok": 3, "failed": {}}
+    assert result.details == {"refs": 3, "downloaded": 2, "reused": 0, "local": 1, "transient": 0,
+                              "failed_local": 0, "failed_remote": 0}
+    assert _report(ctx) == {"ok": 3, "failed": {}}
     expected = {big_url: (big, (102, 64)), local_ref: (local, (64, 128)), small_url: (small, (50, 40))}
     for ref, (original, size) in expected.items():
         entry = manifest["images"][ref]
@@ -133,7 +148,7 @@ def test_bad_refs_are_recorded_with_stable_reasons(http_server, make_ctx, caplog
     assert _reasons(manifest) == expected
     assert all(isinstance(e["detail"], str) for e in manifest["images"].values())
     assert (result.ok, result.failed, result.complete) == (0, Counter(expected.values()), True)
-    assert manifest["counts"] == {"ok": 0, "failed": dict(Counter(expected.values()))}
+    assert _report(ctx) == {"ok": 0, "failed": dict(Counter(expected.values()))}
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warned) == len(expected)
     assert all(any(ref in line and reason in line for line in warned) for ref, reason in expected.items())
@@ -283,7 +298,8 @@ def test_rerun_makes_no_requests_for_cached_refs(http_server, make_ctx):
     result, manifest = _run(ctx)
 
     assert http_server.total_requests == 0
-    assert result.details == {"refs": 6, "downloaded": 0, "reused": 6, "local": 0, "transient": 0}
+    assert result.details == {"refs": 6, "downloaded": 0, "reused": 6, "local": 0, "transient": 0,
+                              "failed_local": 0, "failed_remote": 0}
     assert manifest == first_manifest
 
 
@@ -331,14 +347,14 @@ def test_lost_cache_file_or_changed_settings_mean_refetch(http_server, make_ctx)
     assert DownloadPhase().fingerprint(ctx) != DownloadPhase().fingerprint(smaller)
 
 
-def test_fingerprint_follows_the_product_list_and_outputs_name_images_json(make_ctx):
+def test_fingerprint_follows_the_product_list_and_outputs_name_the_report(make_ctx):
     ctx = make_ctx()
     _write_products(ctx, ["images/a.jpg"])
     before = DownloadPhase().fingerprint(ctx)
     _write_products(ctx, ["images/b.jpg"])
 
     assert DownloadPhase().fingerprint(ctx) != before
-    assert DownloadPhase().outputs(ctx) == [ctx.paths.models / "images.json"]
+    assert DownloadPhase().outputs(ctx) == [download_report_path(ctx.paths)]
 
 
 def test_missing_product_list_raises(make_ctx):
@@ -363,6 +379,37 @@ def test_runner_checkpoints_only_when_nothing_transient_failed(http_server, make
     assert third[0].status == PhaseStatus.SKIPPED and http_server.total_requests == 0
 
 
+def test_a_rerun_retries_local_images_that_now_exist_and_skips_when_nothing_changed(http_server, make_ctx):
+    ctx = make_ctx()
+    http_server.routes["/gone.jpg"] = Reply(status=404)
+    gone = http_server.url("/gone.jpg")
+    _write_products(ctx, ["images/a.jpg", "images/b.jpg"], [gone])
+    checkpoint = ctx.paths.checkpoint(DownloadPhase.name)
+
+    first = run_phases(ctx, [DownloadPhase()])[0]
+    assert first.status == PhaseStatus.RAN and checkpoint.exists()
+    assert first.result.failed == Counter({"file not found": 2, "http 404": 1})
+    assert first.result.examples["file not found"] == ["images/a.jpg", "images/b.jpg"]
+    assert (first.result.details["failed_local"], first.result.details["failed_remote"]) == (2, 1)
+    http_server.reset()
+    assert run_phases(ctx, [DownloadPhase()])[0].status == PhaseStatus.SKIPPED  # nothing changed: no requests
+    assert http_server.total_requests == 0
+
+    _local(ctx, "images/a.jpg", jpeg_bytes(seed=80))  # the merchant copies one image in
+    second = run_phases(ctx, [DownloadPhase()])[0]
+    assert second.status == PhaseStatus.RAN and second.result.failed == Counter({"file not found": 1, "http 404": 1})
+    assert second.result.details["local"] == 1 and _reasons(_manifest(ctx))["images/a.jpg"] == "ok"
+    assert run_phases(ctx, [DownloadPhase()])[0].status == PhaseStatus.SKIPPED
+
+    _local(ctx, "images/b.jpg", b"not an image")  # a broken file fails, then its replacement is read again
+    assert run_phases(ctx, [DownloadPhase()])[0].result.failed["file not found"] == 0
+    assert run_phases(ctx, [DownloadPhase()])[0].status == PhaseStatus.SKIPPED
+    time.sleep(0.01)
+    _local(ctx, "images/b.jpg", jpeg_bytes(seed=81))
+    fixed = run_phases(ctx, [DownloadPhase()])[0]
+    assert fixed.status == PhaseStatus.RAN and fixed.result.failed == Counter({"http 404": 1})
+
+
 _CHILD = """
 from core.config import load_settings
 from core.model_config import ModelSpec
@@ -381,14 +428,12 @@ def test_sigkill_mid_download_loses_no_finished_image(http_server, make_ctx, tmp
     env = {**os.environ, "PYTHONPATH": str(REPO), "IMAGESEARCH_ROOT": str(ctx.settings.root),
            **{f"IMAGESEARCH_{k.upper()}": str(v) for k, v in FAST.items()}, "IMAGESEARCH_DOWNLOAD_WORKERS": "2"}
     child = subprocess.Popen([sys.executable, "-c", _CHILD], env=env, cwd=tmp_path)
-    markers = ctx.paths.image_cache / "refs"
     deadline = time.monotonic() + 20
-    while len(list(markers.glob("*.json"))) < 6 and child.poll() is None and time.monotonic() < deadline:
+    while len(_recorded_ok(ctx)) < 6 and child.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     child.send_signal(signal.SIGKILL)
     child.wait()
-    done = {p for p in paths if ctx.paths.image_cache.joinpath(
-        "refs", hashlib.sha1(http_server.url(p).encode()).hexdigest() + ".json").exists()}
+    done = {p for p in paths if http_server.url(p) in _recorded_ok(ctx)}
     assert 6 <= len(done) < len(paths), "kill the child while it is still downloading"
     before = Counter(http_server.counts)
 
@@ -396,3 +441,12 @@ def test_sigkill_mid_download_loses_no_finished_image(http_server, make_ctx, tmp
 
     assert result.ok == len(paths) and result.details["reused"] == len(done)
     assert all(http_server.count(p) == before[p] == 1 for p in done)
+
+
+def _recorded_ok(ctx: PipelineContext) -> set[str]:
+    return {r for (r,) in ctx.state().db.reader().execute("SELECT ref FROM images WHERE status='ok'")}
+
+
+def _report(ctx: PipelineContext) -> dict:
+    report = json.loads(download_report_path(ctx.paths).read_text())
+    return {"ok": report["ok"], "failed": report["failed"]}

@@ -7,12 +7,14 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from core.config import PROJECT_ROOT
 from core.model_config import ModelRegistry, ModelSpec
-from core.vector_index import load_index_bundle
+from core.catalogue_store import open_store
+from core.store import Product
+from pipeline.base import PipelineContext
+from pipeline.extraction import model_key
 from pipeline.runner import PhaseStatus, run_model
 from tests.fake_images import huge_png, jpeg_bytes
 from tests.http_server import HttpServer, Reply
@@ -29,23 +31,34 @@ def _write_csv(folder, rows: list[tuple[str, str, list[str], str]]) -> None:
     (folder / "products.csv").write_text("\n".join(lines) + "\n")
 
 
+def _products(settings, spec) -> dict[str, Product]:
+    store = open_store(settings, spec, open_index=False)
+    try:
+        ids = [pid for (pid,) in store.db.reader().execute("SELECT id FROM products")]
+        return {p.id: p for p in store.get(ids)}
+    finally:
+        store.close()
+
+
 def test_demo_catalogue_builds_searches_and_skips_when_unchanged(make_settings):
     settings = make_settings()
     write_demo(settings.data_dir, general_per_category=3, shirts_per_category=2)
     spec = ModelRegistry.discover(settings).get("general")
     outcomes = run_model(settings, spec, progress=False)
     assert [o.status for o in outcomes] == [PhaseStatus.RAN] * 4
-    bundle = load_index_bundle(spec.paths(settings), "general")
-    assert bundle.manifest["num_products"] == 18 and bundle.manifest["backbone"] == settings.clip_model
-    assert {"dim", "index_type", "built_at"} <= set(bundle.manifest)
-    # each product's own preview (a view of it) finds that product first
-    views = np.load(spec.paths(settings).models / "view_embeddings.npy")
-    keys = json.loads((spec.paths(settings).models / "view_keys.json").read_text())
-    first_view = {pid: views[i] for i, (pid, _) in reversed(list(enumerate(keys)))}
-    hits = sum(bundle.metadata[bundle.search(v[None], 1)[1][0, 0]]["id"] == pid for pid, v in first_view.items())
+    info = json.loads((spec.paths(settings).models / "index.json").read_text())
+    assert info["count"] == 18 and info["kind"] == "flat" and info["generation"] >= 1
+    # each product's own first view finds that product first
+    ctx = PipelineContext(settings=settings, spec=spec, progress=False)
+    store, state = ctx.store(), ctx.state()
+    store.open_index()
+    staged = [p for chunk in state.staged() for p in chunk]
+    views = state.view_vectors([p.images[0] for p in staged], model_key(ctx))
+    hits = sum(store.search(views[p.images[0]][1][None], 1)[0][0].product.id == p.id for p in staged)
     assert hits >= 16  # multi-view products are averaged, so a single view may rank a twin first
-    row = bundle.metadata[0]
-    assert row["extra"]["price"] and row["preview_cache"] and row["category"] == "mugs"
+    mug = store.get(["G1001"])[0]
+    assert mug.extra["price"] and mug.preview_cache and mug.category == "mugs" and mug.title == "Red Ceramic Mug"
+    ctx.close()
 
     again = run_model(settings, spec, progress=False)
     assert [o.status for o in again] == [PhaseStatus.SKIPPED] * 4
@@ -53,9 +66,11 @@ def test_demo_catalogue_builds_searches_and_skips_when_unchanged(make_settings):
     csv.write_text(csv.read_text().replace("Red Ceramic Mug", "Crimson Ceramic Mug"))
     changed = run_model(settings, spec, progress=False)
     assert changed[0].status == PhaseStatus.RAN and changed[2].result.details["embedded"] == 0
-    assert load_index_bundle(spec.paths(settings), "general").metadata[0]["title"] == "Crimson Ceramic Mug"
+    assert changed[2].result.ok == 1  # only the renamed product was written again
+    assert _products(settings, spec)["G1001"].title == "Crimson Ceramic Mug"
     forced = run_model(settings, spec, force=True, progress=False)
     assert all(o.status == PhaseStatus.RAN for o in forced)
+    assert len(_products(settings, spec)) == 18
 
 
 def _truncated_jpeg() -> bytes:
@@ -91,10 +106,9 @@ def test_bad_urls_are_reported_and_every_good_product_is_indexed(make_settings):
     assert download.failed["truncated image"] == 1 and download.failed["too many pixels"] == 1
     assert not download.complete or "timeout" not in download.failed  # a timeout leaves the phase to retry
     assert outcomes[0].result.failed["no usable image"] == 1 and extraction.failed["no usable image"] == 1
-    images = json.loads((spec.paths(settings).models / "images.json").read_text())["images"]
-    assert images[url("/missing.jpg")]["reason"] == "http 404"
-    bundle = load_index_bundle(spec.paths(settings), "shop")
-    assert sorted(r["id"] for r in bundle.metadata) == ["1", "2", "3"]
+    report = json.loads((spec.paths(settings).models / "download_report.json").read_text())
+    assert report["failed"]["http 404"] == 1 and report["examples"]["http 404"] == [url("/missing.jpg")]
+    assert sorted(_products(settings, spec)) == ["1", "2", "3"]
 
 
 def _cli(args: list[str], root, tiny_clip, **env) -> subprocess.CompletedProcess:
@@ -133,8 +147,8 @@ def test_run_pipeline_modes(tmp_path, tiny_clip):
     run = lambda *a: subprocess.run([sys.executable, str(PROJECT_ROOT / "run_pipeline.py"), *a, "--no-progress"],  # noqa: E731
                                     env=env, capture_output=True, text=True, timeout=240)
     data = run("--mode", "data")
-    assert data.returncode == 0 and (root / "models/general/images.json").is_file()
-    assert not (root / "models/general/index.faiss").exists()
+    assert data.returncode == 0 and (root / "models/general/download_report.json").is_file()
+    assert not (root / "models/general/index.json").exists()
     ml = run("--mode", "ml", "--model", "shirts")
     assert ml.returncode == 0, ml.stderr
-    assert (root / "models/shirts/index.faiss").is_file() and not (root / "models/general/index.faiss").exists()
+    assert (root / "models/shirts/index.json").is_file() and not (root / "models/general/index.json").exists()

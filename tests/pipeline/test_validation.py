@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import pytest
 
@@ -22,7 +23,8 @@ def _run(make_settings, csv_bytes: bytes):
     ctx.paths.data.mkdir(parents=True, exist_ok=True)
     ctx.paths.csv.write_bytes(csv_bytes)
     result = ValidationPhase().run(ctx)
-    products = {p["id"]: p for p in read_json(ctx.paths.processed_products)["products"]}
+    products = {p.id: asdict(p) for chunk in ctx.state().staged() for p in chunk}
+    ctx.close()
     report = read_json(ctx.paths.models / "validation_report.json")
     return result, products, report
 
@@ -118,3 +120,57 @@ def test_shopify_export_is_grouped_by_handle(make_settings):
 ])
 def test_image_reference_rules(ref, reason):
     assert check_ref(ref) == reason
+
+
+@pytest.mark.parametrize("sep", [b";", b"\t"])
+def test_semicolon_and_tab_separated_files_are_read(make_settings, sep):
+    rows = [b"id", b"title", b"images", b"category", b"price"], [b"1", b"Mug, red", b"a.jpg,b.jpg", b"mugs", b"9,50"]
+    result, products, report = _run(make_settings, b"\n".join(sep.join(r) for r in rows) + b"\n")
+    assert result.ok == 1 and products["1"]["title"] == "Mug, red" and products["1"]["images"] == ["a.jpg", "b.jpg"]
+    assert products["1"]["extra"] == {"price": "9,50"}
+    assert report["delimiter"] == {b";": "semicolon", b"\t": "tab"}[sep] == result.details["delimiter"]
+
+
+def test_missing_column_error_lists_the_accepted_names(make_settings):
+    with pytest.raises(CsvSchemaError) as err:
+        _run(make_settings, b"sku;picture\n1;a.jpg\n")
+    assert "missing required column(s) title, images" in err.value.message
+    assert "title: title / name / product_title" in err.value.message
+    assert "images: images / image_urls / image_url / image_list / preview_image" in err.value.message
+
+
+SHOPIFY = (b"Handle,Title,Vendor,Type,Published,Option1 Value,Variant Price,Image Src,Image Position,Status\n"
+           b"mug,Mug,Acme,Mugs,TRUE,Large,12.50,http://127.0.0.1:1/m1.jpg,1,active\n"
+           b"mug,,,,,Small,9.00,http://127.0.0.1:1/m2.jpg,2,\n"
+           b"mug,,,,,Medium,10.00,,,\n"
+           b"draft-lamp,Lamp,Acme,Lamps,TRUE,,20.00,http://127.0.0.1:1/l.jpg,1,draft\n"
+           b"old-rug,Rug,Acme,Rugs,TRUE,,30.00,http://127.0.0.1:1/r.jpg,1,archived\n"
+           b"hidden-vase,Vase,Acme,Vases,FALSE,,40.00,http://127.0.0.1:1/v.jpg,1,active\n")
+
+
+def test_shopify_draft_archived_and_unpublished_products_are_skipped_with_a_reason(make_settings):
+    result, products, report = _run(make_settings, SHOPIFY)
+    assert sorted(products) == ["mug"]
+    assert report["rejected_by_reason"] == {"skipped: draft product": 1, "skipped: archived product": 1,
+                                            "skipped: unpublished product": 1}
+    assert result.examples["skipped: draft product"] == ["row 5: draft-lamp (Status is draft)"]
+    assert result.examples["skipped: unpublished product"] == ["row 7: hidden-vase (Published is FALSE)"]
+
+
+def test_shopify_inactive_products_are_kept_when_the_setting_says_so(make_settings):
+    settings = make_settings(shopify_include_inactive=True)
+    ctx = PipelineContext(settings=settings, spec=ModelSpec(name="shop"), progress=False)
+    ctx.paths.data.mkdir(parents=True, exist_ok=True)
+    ctx.paths.csv.write_bytes(SHOPIFY)
+    before = ValidationPhase().fingerprint(ctx)
+    result = ValidationPhase().run(ctx)
+    assert result.ok == 4 and not result.failed
+    ctx.close()
+    default = PipelineContext(settings=make_settings(), spec=ModelSpec(name="shop"), progress=False)
+    assert ValidationPhase().fingerprint(default) != before  # changing the setting revalidates
+
+
+def test_shopify_price_is_the_lowest_variant_price(make_settings):
+    _, products, _ = _run(make_settings, SHOPIFY)
+    assert products["mug"]["extra"] == {"vendor": "Acme", "price": "9.00"}
+    assert products["mug"]["images"] == ["http://127.0.0.1:1/m1.jpg", "http://127.0.0.1:1/m2.jpg"]

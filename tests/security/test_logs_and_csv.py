@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import subprocess
 import sys
 
@@ -13,9 +14,13 @@ from utils.logging_setup import setup_logging
 
 def test_control_characters_in_a_path_stay_on_one_log_line(guarded, tmp_path):
     setup_logging(tmp_path / "logs", "api.log")
+    log = tmp_path / "logs" / "api.log"
     try:
         with guarded.client() as client:
             client.get("/general/products/x%0a2026-01-01 00:00:00 INFO forged: admin logged in%0d%1b[31m")
+        deadline = time.monotonic() + 5  # the access line is written once the response has gone out
+        while "forged" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
     finally:
         for handler in list(logging.getLogger().handlers):
             if getattr(handler, "_imagesearch", False):
@@ -53,7 +58,8 @@ def test_bad_rows_cost_only_themselves(make_settings):
     report = read_json(ctx.paths.models / "validation_report.json")
     rejected = {r["row"]: r["reason"] for r in report["rejected"]}
     assert rejected == {3: "cell too large", 4: "cell too large", 5: "non-UTF-8 bytes"}
-    ids = [p["id"] for p in read_json(ctx.paths.processed_products)["products"]]
+    ids = [p.id for chunk in ctx.state().staged() for p in chunk]
+    ctx.close()
     assert ids == ["G1", "G5", "G6"] and result.ok == 3
 
 

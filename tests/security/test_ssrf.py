@@ -114,6 +114,7 @@ def test_pipeline_download_records_the_refusal(make_settings, http_server, tmp_p
     csv.write_text(f"id,title,images\nP1,Mug,{http_server.url('/a.jpg')}\n")
     with pytest.raises(ImageSearchError):  # nothing usable to index: the run stops with a typed error
         run_model(settings, ModelRegistry.discover(settings).get("shop"), progress=False)
-    entry = read_json(settings.models_dir / "shop" / "images.json")["images"][http_server.url("/a.jpg")]
-    assert entry["reason"] == "address not allowed"
+    report = read_json(settings.models_dir / "shop" / "download_report.json")
+    assert report["failed"] == {"address not allowed": 1} and report["examples"]["address not allowed"] == [
+        http_server.url("/a.jpg")]
     assert http_server.total_requests == 0

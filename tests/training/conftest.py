@@ -1,4 +1,4 @@
-"""Fixtures for quality tests: a built model folder written by hand (no pipeline needed)."""
+"""Fixtures for quality tests: a built model's catalogue store written directly (no pipeline needed)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from core.model_config import ModelSpec
-from utils.atomic import save_npy_atomic, write_json_atomic, write_jsonl_atomic
+from core.catalogue_store import open_store
+from core.store import Product, ProductVector, Source
 
 PALETTE = {"red": (200, 30, 30), "green": (30, 180, 60), "blue": (40, 60, 210), "yellow": (230, 210, 40)}
 
@@ -21,28 +22,20 @@ def _product_image(rng: np.random.Generator, colour: tuple[int, int, int]):
     return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "RGB")
 
 
-def write_model_files(settings, name: str, vectors: np.ndarray, categories: list, *, previews=None,
-                      clip_vectors=None) -> ModelSpec:
-    """Write the on-disk contract of a built model; ``previews`` maps row -> cached JPEG name."""
+def store_model(settings, name: str, vectors: np.ndarray, categories: list, *, previews=None,
+                source=Source.CSV) -> ModelSpec:
+    """A built model's catalogue store, written directly: product ``p<i>`` has CLIP vector ``vectors[i]``,
+    category ``categories[i]`` and, where ``previews`` maps ``i`` to a cached JPEG name, that preview."""
     spec = ModelSpec(name=name)
-    paths = spec.paths(settings)
-    ids = [f"p{i}" for i in range(len(vectors))]
-    save_npy_atomic(paths.clip_embeddings, (vectors if clip_vectors is None else clip_vectors).astype(np.float32))
-    write_json_atomic(paths.models / "embedding_ids.json", ids)
-    save_npy_atomic(paths.embeddings, vectors.astype(np.float32))
-    rows = [{"id": pid, "title": f"product {pid}", "category": cat, "preview_image": None,
-             "preview_cache": (previews or {}).get(i), "images": [], "extra": {}}
-            for i, (pid, cat) in enumerate(zip(ids, categories, strict=True))]
-    write_jsonl_atomic(paths.metadata, rows)
-    # the pipeline's own inputs too, so the real index phase can rebuild this model
-    products = [{**{k: r[k] for k in ("id", "title", "category", "extra")}, "preview_image": f"img/{r['id']}.jpg",
-                 "images": [f"img/{r['id']}.jpg"]} for r in rows]
-    write_json_atomic(paths.processed_products, {"model": name, "products": products})
-    write_json_atomic(paths.models / "images.json", {"images": {
-        p["preview_image"]: {"status": "ok", "cache": r["preview_cache"]}
-        for p, r in zip(products, rows, strict=True)}})
-    write_json_atomic(paths.manifest, {"num_products": len(ids), "dim": int(vectors.shape[1]), "head": None,
-                                       "backbone": settings.clip_model, "index_type": "flat", "metric": "cosine"})
+    store = open_store(settings, spec, open_index=False)
+    try:
+        store.upsert([ProductVector(Product(id=f"p{i}", title=f"product p{i}", category=cat or "",
+                                            images=(f"img/p{i}.jpg",), preview_image=f"img/p{i}.jpg",
+                                            preview_cache=(previews or {}).get(i), source=source),
+                                    clip=np.asarray(vec, dtype=np.float32))
+                      for i, (vec, cat) in enumerate(zip(vectors, categories, strict=True))])
+    finally:
+        store.close()
     return spec
 
 
@@ -72,7 +65,7 @@ def image_model(make_settings, tiny_encoder):
                 previews[row] = f"{row:04d}.jpg"
                 categories.append(colour)
         vectors = tiny_encoder.encode_images(images)
-        spec = write_model_files(settings, name, vectors, categories, previews=previews)
+        spec = store_model(settings, name, vectors, categories, previews=previews)
         return settings, spec
 
     return build

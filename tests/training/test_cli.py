@@ -8,7 +8,7 @@ import pytest
 
 import run_training
 
-from .conftest import buried_signal_catalogue, write_model_files
+from .conftest import buried_signal_catalogue, store_model
 
 
 @pytest.fixture
@@ -35,7 +35,7 @@ def test_bench_index_on_a_synthetic_size(cli_env, capsys):
 
 def test_finetune_prints_both_figures_and_logs(cli_env, capsys):
     x, y = buried_signal_catalogue()
-    write_model_files(cli_env, "noisy", x, [f"c{c}" for c in y])
+    store_model(cli_env, "noisy", x, [f"c{c}" for c in y])
     assert run_training.main(["noisy", "--finetune", "--margin", "0.3", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "zero-shot" in out and "fine-tuned" in out and "margin 0.3" in out

@@ -11,7 +11,7 @@ from core.model_config import ModelSpec
 from training.evaluate import PERTURBATIONS, run_evaluation
 from training.report import format_evaluation, update_results
 
-from .conftest import read_json, write_model_files
+from .conftest import read_json, store_model
 
 
 def test_evaluation_writes_metrics_robustness_and_chart(image_model, tiny_encoder):
@@ -43,9 +43,9 @@ def test_queries_go_through_the_adopted_head(image_model, tiny_encoder):
     settings, spec = image_model({"red": 3, "blue": 3})
     paths = spec.paths(settings)
     dim = tiny_encoder.dim
-    # a head that flips every vector: queries must be flipped too, or nothing finds itself
+    # a head that flips every vector: the store re-projects through it when opened, and queries
+    # must be flipped too, or nothing finds itself
     save_head(paths.head, [-np.eye(dim, dtype=np.float32)], [np.zeros(dim, np.float32)])
-    np.save(paths.embeddings, -np.load(paths.embeddings))
     result = run_evaluation(settings, spec, progress=False, encoder=tiny_encoder)
     assert result["head"] is not None
     assert result["robustness"]["original"] == 1.0
@@ -67,7 +67,7 @@ def test_unbuilt_model_raises_a_typed_error(make_settings):
 
 def test_no_preview_images_is_a_clear_error(make_settings):
     settings = make_settings()
-    spec = write_model_files(settings, "bare", np.eye(4, dtype=np.float32), ["a", "a", "b", "b"])
+    spec = store_model(settings, "bare", np.eye(4, dtype=np.float32), ["a", "a", "b", "b"])
     with pytest.raises(NotEnoughDataError, match="no product has a cached preview"):
         run_evaluation(settings, spec, progress=False)
 
@@ -76,7 +76,7 @@ def test_backbone_width_mismatch_is_a_typed_error(make_settings, tiny_encoder):
     from core.errors import IndexNotReadyError
 
     settings = make_settings()
-    spec = write_model_files(settings, "wide", np.eye(4, 64, dtype=np.float32), ["a", "a", "b", "b"],
+    spec = store_model(settings, "wide", np.eye(4, 64, dtype=np.float32), ["a", "a", "b", "b"],
                              previews={0: "0.jpg"})
     from PIL import Image
 

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 from core.errors import NotEnoughDataError, TrainingError
-from core.head import load_head
+from core.head import load_head, save_head
 from training import finetune
 from training.finetune import finetune_embeddings, run_finetune, should_adopt, stratified_split
 from training.report import format_finetune
 from training.trainer import TrainConfig, batch_hard_triplet_loss, build_head, pk_batches
 
-from .conftest import buried_signal_catalogue, read_json, write_model_files
+from .conftest import buried_signal_catalogue, read_json, store_model
 
 FAST = TrainConfig(lr=1e-2, categories_per_batch=6, per_category=6, epochs=60, patience=6, seed=0)
 FAST_SETTINGS = dict(finetune_lr=1e-2, finetune_batch_categories=6, finetune_batch_per_category=6)
@@ -93,7 +93,7 @@ def test_head_that_cannot_beat_zero_shot_is_rejected(make_settings):
     y = np.repeat(np.arange(6), 20)
     x = np.eye(32, dtype=np.float32)[y] + rng.normal(0, 0.01, (len(y), 32)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    spec = write_model_files(settings, "clean", x, [f"c{c}" for c in y])
+    spec = store_model(settings, "clean", x, [f"c{c}" for c in y])
     result = run_finetune(settings, spec, progress=False)
     paths = spec.paths(settings)
     assert result["baseline_map_at_10"] == pytest.approx(1.0)
@@ -107,7 +107,7 @@ def test_head_that_cannot_beat_zero_shot_is_rejected(make_settings):
 def test_helpful_head_is_adopted_then_the_index_rebuilt(make_settings, monkeypatch):
     settings = make_settings(**FAST_SETTINGS)
     x, y = buried_signal_catalogue()
-    spec = write_model_files(settings, "noisy", x, [f"c{c}" for c in y])
+    spec = store_model(settings, "noisy", x, [f"c{c}" for c in y])
     paths = spec.paths(settings)
     seen = []
     monkeypatch.setattr(finetune, "_rebuild_index", lambda s, sp, progress: seen.append(load_head(paths.head)))
@@ -119,51 +119,91 @@ def test_helpful_head_is_adopted_then_the_index_rebuilt(make_settings, monkeypat
     assert "ADOPTED" in format_finetune(result)
 
 
-def test_failed_rebuild_restores_the_previous_head(make_settings, monkeypatch):
+@pytest.mark.parametrize("had_head", [False, True])
+def test_failed_rebuild_restores_the_previous_head_and_projection(make_settings, monkeypatch, had_head):
+    from core.catalogue_store import open_store
+    from pipeline.indexing import IndexPhase
+
     settings = make_settings(**FAST_SETTINGS)
     x, y = buried_signal_catalogue()
-    spec = write_model_files(settings, "noisy", x, [f"c{c}" for c in y])
+    spec = store_model(settings, "noisy", x, [f"c{c}" for c in y])
+    paths = spec.paths(settings)
+    if had_head:  # a previously adopted head: doubles every vector, i.e. the identity after normalising
+        save_head(paths.head, [2 * np.eye(x.shape[1], dtype=np.float32)], [np.zeros(x.shape[1], np.float32)])
+    before = paths.head.read_bytes() if had_head else None
+    open_store(settings, spec).close()  # the store follows the file: projected through it, indexed
 
-    def fail(*_args):
+    def explode(self, ctx):  # fails after the store was re-projected through the new head
+        assert ctx.store().head is not None and ctx.store().head.sha256 != load_head_sha(before)
         raise RuntimeError("index phase exploded")
 
-    monkeypatch.setattr(finetune, "_rebuild_index", fail)
+    monkeypatch.setattr(IndexPhase, "run", explode)
     with pytest.raises(TrainingError, match="head not adopted"):
         run_finetune(settings, spec, progress=False)
-    assert not spec.paths(settings).head.exists()
+    assert (paths.head.read_bytes() if paths.head.exists() else None) == before
+    store = open_store(settings, spec)
+    try:
+        assert store.table.head() == load_head_sha(before)
+        assert np.allclose(store.vectors(["p0", "p1"]), x[:2], atol=1e-5)
+        assert [hits[0].product.id for hits in store.search(x[:3], 1)] == ["p0", "p1", "p2"]
+        assert store.require_index().ntotal == len(x)  # no duplicate from a stale saved index
+    finally:
+        store.close()
+
+
+def load_head_sha(data: bytes | None) -> str | None:
+    import hashlib
+
+    return None if data is None else hashlib.sha256(data).hexdigest()
 
 
 def test_single_category_and_tiny_categories_get_clear_messages(make_settings):
     settings = make_settings()
     x, _ = buried_signal_catalogue(n_cat=2, per=6)
-    one = write_model_files(settings, "one", x, ["shirt"] * len(x))
+    one = store_model(settings, "one", x, ["shirt"] * len(x))
     with pytest.raises(NotEnoughDataError, match="single category"):
         run_finetune(settings, one, progress=False)
-    tiny = write_model_files(settings, "tiny", x, [f"c{i // 3}" for i in range(len(x))])
+    tiny = store_model(settings, "tiny", x, [f"c{i // 3}" for i in range(len(x))])
     with pytest.raises(NotEnoughDataError, match="at least 5 products"):
         run_finetune(settings, tiny, progress=False)
 
 
-def test_adoption_through_the_real_index_phase(make_settings):
-    from core.vector_index import load_index_bundle
+def test_adoption_through_the_real_index_phase_keeps_api_products(make_settings):
+    from core.catalogue_store import open_store
+    from core.store import Product, ProductVector, Source
     from pipeline.base import PipelineContext
     from pipeline.indexing import IndexPhase
     from pipeline.runner import run_phases
 
     settings = make_settings(**FAST_SETTINGS)
     x, y = buried_signal_catalogue()
-    spec = write_model_files(settings, "noisy", x, [f"c{c}" for c in y])
-    run_phases(PipelineContext(settings=settings, spec=spec, progress=False), [IndexPhase()])
+    spec = store_model(settings, "noisy", x, [f"c{c}" for c in y])
+    ctx = PipelineContext(settings=settings, spec=spec, progress=False)
+    run_phases(ctx, [IndexPhase()])
+    ctx.close()
     paths = spec.paths(settings)
-    assert load_index_bundle(paths, spec.name).manifest["head"] is None
+    assert read_json(paths.models / "index.json")["head"] is None
+    # a product added through the API after the build: written to the store, not to any CSV
+    added = buried_signal_catalogue(seed=5)[0][0]
+    store = open_store(settings, spec)
+    store.upsert([ProductVector(Product(id="api-1", title="added by an admin", category="c2", source=Source.API),
+                                clip=added)])
+    store.close()
 
     result = run_finetune(settings, spec, progress=False)
 
     head = load_head(paths.head)
     assert result["adopted"] and head is not None
-    bundle = load_index_bundle(paths, spec.name)
-    assert bundle.manifest["head"] == head.sha256
-    assert np.allclose(np.load(paths.embeddings), head.apply(x), atol=1e-6)
-    # a query through the head finds its own product first in the rebuilt index
-    _, pos = bundle.search(head.apply(x[:3]), 1)
-    assert pos[:, 0].tolist() == [0, 1, 2]
+    info = read_json(paths.models / "index.json")
+    assert info["head"] == head.sha256 and info["count"] == len(x) + 1
+    store = open_store(settings, spec)
+    try:
+        assert store.table.head() == head.sha256
+        assert np.allclose(store.vectors(["p0", "p1", "api-1"]), head.apply(np.vstack([x[:2], added])), atol=1e-5)
+        assert np.allclose(store.vectors(["api-1"], clip=True), added[None])  # the raw vector is kept
+        # a query through the head finds its own product first in the rebuilt index, the API one too
+        queries = head.apply(np.vstack([x[:3], added]))
+        assert [hits[0].product.id for hits in store.search(queries, 1)] == ["p0", "p1", "p2", "api-1"]
+        assert store.get(["api-1"])[0].source == Source.API
+    finally:
+        store.close()

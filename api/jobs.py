@@ -1,0 +1,163 @@
+"""The job manager: queued jobs start as worker processes (one at a time per model, ``max_running`` in
+all), their exit is noticed, cancellation kills the worker's process group, and at start-up every job the
+last API process left running is adopted (its worker still alive), re-queued (the work is resumable) or,
+after ``job_max_attempts`` runs, marked failed. Nothing is lost: the jobs live in SQLite."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from core.config import PROJECT_ROOT, Settings
+from core.errors import BuildInProgressError, JobNotFoundError
+from core.jobs import Job, JobKind, JobStatus, JobStore
+
+from api.job_worker import SETTINGS_ENV
+
+logger = logging.getLogger(__name__)
+
+_ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELLING)
+
+
+def _alive_worker(pid: int | None, task_id: str) -> bool:
+    if not pid:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return task_id.encode() in cmdline and b"api.job_worker" in cmdline
+
+
+class JobManager:
+    def __init__(self, settings: Settings, *, max_running: int = 1, poll_s: float = 0.2) -> None:
+        self.settings = settings
+        self.store = JobStore(settings.jobs_path)
+        self.max_running = max_running
+        self._poll = poll_s
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._adopted: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # lifecycle
+    def start(self) -> None:
+        self._recover()
+        self._thread = threading.Thread(target=self._run, name="jobs", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop managing; running workers go on (the next API process adopts or resumes their jobs)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    # requests
+    def submit(self, kind: JobKind, model: str, params: dict[str, object]) -> Job:
+        with self._lock:
+            busy = [j for j in self.store.recent(limit=1000, statuses=_ACTIVE) if j.model == model]
+            if kind != JobKind.EVALUATE and any(j.kind != JobKind.EVALUATE for j in busy):
+                raise BuildInProgressError(model)  # one build (or embedding) per model, queued or running
+            return self.store.create(kind, model, params)
+
+    def get(self, task_id: str) -> Job:
+        job = self.store.get(task_id)
+        if job is None:
+            raise JobNotFoundError(task_id)
+        return job
+
+    def cancel(self, task_id: str) -> Job:
+        with self._lock:
+            job = self.get(task_id)
+            if job.status == JobStatus.QUEUED:
+                self.store.set_status(task_id, JobStatus.CANCELLED)
+            elif job.status == JobStatus.RUNNING:
+                self.store.set_status(task_id, JobStatus.CANCELLING)
+                self._kill(task_id, job.pid)
+        return self.get(task_id)
+
+    # the loop
+    def _run(self) -> None:
+        while not self._stop.wait(self._poll):
+            try:
+                with self._lock:
+                    self._reap()
+                    self._launch()
+            except Exception:
+                logger.exception("job manager: loop error")
+
+    def _recover(self) -> None:
+        for job in self.store.recent(limit=10_000, statuses=(JobStatus.RUNNING, JobStatus.CANCELLING)):
+            if _alive_worker(job.pid, job.task_id) and job.pid is not None:
+                self._adopted[job.task_id] = job.pid
+                logger.info("job %s: worker %d still running, adopted", job.task_id, job.pid)
+            else:
+                self._interrupted(job)
+
+    def _interrupted(self, job: Job) -> None:
+        if job.status == JobStatus.CANCELLING:
+            self.store.set_status(job.task_id, JobStatus.CANCELLED)
+        elif job.attempts < self.settings.job_max_attempts:
+            logger.warning("job %s: interrupted (attempt %d), queued again to resume", job.task_id, job.attempts)
+            self.store.set_status(job.task_id, JobStatus.QUEUED,
+                                  errors=[*job.errors, f"attempt {job.attempts} interrupted; resumed"])
+        else:
+            self.store.set_status(job.task_id, JobStatus.FAILED,
+                                  errors=[*job.errors, f"interrupted {job.attempts} times; given up"])
+
+    def _reap(self) -> None:
+        for task_id, proc in list(self._procs.items()):
+            if proc.poll() is not None:
+                del self._procs[task_id]
+                self._finished(task_id, proc.returncode)
+        for task_id, pid in list(self._adopted.items()):
+            if not _alive_worker(pid, task_id):
+                del self._adopted[task_id]
+                self._finished(task_id, None)
+
+    def _finished(self, task_id: str, code: int | None) -> None:
+        job = self.store.get(task_id)
+        if job is None or job.status.finished:
+            return  # the worker recorded its own outcome
+        if job.status == JobStatus.CANCELLING:
+            self.store.set_status(task_id, JobStatus.CANCELLED)
+        else:  # killed from outside, or crashed before it could say
+            logger.warning("job %s: worker ended with %s without an outcome", task_id, code)
+            self._interrupted(job)
+
+    def _launch(self) -> None:
+        running = {j.model for j in self.store.recent(limit=1000, statuses=(JobStatus.RUNNING, JobStatus.CANCELLING))}
+        for job in reversed(self.store.recent(limit=1000, statuses=(JobStatus.QUEUED,))):  # oldest first
+            if len(self._procs) + len(self._adopted) >= self.max_running:
+                return
+            if job.model in running:
+                continue
+            self._spawn(job)
+            running.add(job.model)
+
+    def _spawn(self, job: Job) -> None:
+        env = {**os.environ, SETTINGS_ENV: self.settings.model_dump_json(exclude={"api_key"})}
+        proc = subprocess.Popen([sys.executable, "-m", "api.job_worker", str(self.store.path), job.task_id],
+                                cwd=PROJECT_ROOT, env=env, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._procs[job.task_id] = proc
+        self.store.started(job.task_id, proc.pid)
+        logger.info("job %s (%s %s): worker %d started", job.task_id, job.kind, job.model, proc.pid)
+
+    def _kill(self, task_id: str, pid: int | None) -> None:
+        if pid and _alive_worker(pid, task_id):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGTERM)
+
+
+def job_json(job: Job) -> dict[str, object]:
+    data: dict[str, object] = json.loads(json.dumps(job.__dict__, default=str))
+    return data

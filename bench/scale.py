@@ -1,0 +1,196 @@
+"""Benchmark: the catalogue store at scale, built and served by the real code.
+
+    python bench/scale.py --products 1000000 [--dim 512] [--keep DIR]
+
+1. Build: N synthetic products (about 1,000 gaussian clusters of unit vectors, 1,000 categories, a
+   price column), generated chunk by chunk and written through ``LocalStore.upsert`` in batches of
+   20,000, then ``rebuild(save=True)`` (index type by size, tuned to the recall target). Runs in its
+   own process: its time and peak RSS (ru_maxrss) are the build's; index bytes = index-*.faiss.
+2. Store edits: one-product ``LocalStore.upsert`` / ``delete`` calls in another process (the issue's
+   50 ms target counts an edit after its images are fetched and embedded).
+3. Serve: ``run_api.py`` on a free 127.0.0.1 port with a tiny CLIP whose projection is ``--dim`` wide (so
+   the API's RSS is the store's): start-up time until /health says the model is searchable, VmRSS after
+   warm-up; over HTTP vector-search p50/p99, filtered (one category, 0.1%) p50, admin upsert (fetch a
+   local JPEG + embed + commit) and delete p50/p99; recall@10 of the HTTP results against exact search.
+
+Prints a table and ends with one JSON line. ``--keep DIR`` keeps (and on a later run reuses) the built store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import httpx  # noqa: E402
+
+from bench._common import photo_jpegs  # noqa: E402
+from bench._scale_data import Synthetic  # noqa: E402
+from bench._scale_http import (  # noqa: E402
+    API_KEY, edits, free_port, recall_at_10, rss_mb, searches, start_api, stored_ids_ok)
+from bench._scale_store import percentiles  # noqa: E402
+
+MODEL = "scale"
+IMAGE = "upsert.jpg"
+# Upper bounds; recall_at_10 >= 0.95 is the one lower bound. The edit targets count from after the images
+# are fetched and embedded (the issue's wording): the store-level calls and the API's commit_ms. The
+# HTTP upsert (upsert_p50_ms) includes fetching and embedding the image and is reported, not judged.
+TARGETS = {"api_rss_mb": 3072, "build_peak_rss_mb": 4096, "delete_p50_ms": 50, "upsert_commit_p50_ms": 50,
+           "delete_commit_p50_ms": 50, "store_upsert_p50_ms": 50, "store_delete_p50_ms": 50, "search_p50_ms": 15,
+           "filtered_p50_ms": 15, "build_s": 900}
+
+
+def _env(root: Path, clip: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGESEARCH_")}
+    env.update(HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), IMAGESEARCH_ROOT=str(root), IMAGESEARCH_CLIP_MODEL=str(clip),
+               IMAGESEARCH_DEVICE="cpu", IMAGESEARCH_API_KEY=API_KEY)
+    return env
+
+
+def _worker(step: str, args: argparse.Namespace, env: dict[str, str], *extra: str) -> dict[str, Any]:
+    """Run one bench/_scale_store.py step in its own process; its last stdout line is JSON."""
+    log = args.work / f"{step}.log"
+    cmd = [sys.executable, "-m", "bench._scale_store", step, "--root", str(args.work / "root"), "--model", MODEL,
+           "--products", str(args.products), "--dim", str(args.dim), *extra]
+    print(f"{step}: running (log {log})...", flush=True)
+    with open(log, "wb") as err:
+        done = subprocess.run(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=err, check=False)
+    if done.returncode:
+        raise RuntimeError(f"{step} failed with {done.returncode}; see {log}")
+    result: dict[str, Any] = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    return result
+
+
+def prepare(args: argparse.Namespace) -> tuple[Path, dict[str, str]]:
+    """The tiny CLIP (projection = --dim), data/<m>/ with a one-line products.csv (so the registry finds
+    the model) and the JPEG the admin upserts use."""
+    clip = args.work / f"tiny_clip_{args.dim}"
+    if not (clip / "config.json").is_file():
+        subprocess.run([sys.executable, "-m", "utils.tiny_clip", str(clip), "--dim", str(args.dim)], cwd=REPO,
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    data = args.work / "root" / "data" / MODEL
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "products.csv").write_text("id,title,category,images,price\n", encoding="utf-8")
+    if not (data / IMAGE).is_file():
+        photo_jpegs(data, 1, size=(320, 240))[0].rename(data / IMAGE)
+    return clip, _env(args.work / "root", clip)
+
+
+def build(args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
+    """Build the store, or reuse the one a previous --keep run built for the same size."""
+    stamp = args.work / "build.json"
+    if stamp.is_file():
+        old: dict[str, Any] = json.loads(stamp.read_text())
+        if old.get("products") == args.products and old.get("dim") == args.dim:
+            print(f"build: reusing the store built by an earlier run ({stamp})", flush=True)
+            return {**old, "build_reused": True}
+        raise SystemExit(f"{args.work} holds a store of another size: pass another --keep folder")
+    result = {"products": args.products, "dim": args.dim, **_worker("build", args, env)}
+    stamp.write_text(json.dumps(result))
+    return result
+
+
+def serve(args: argparse.Namespace, env: dict[str, str], syn: Synthetic) -> dict[str, Any]:
+    """Start the API, measure over HTTP, stop it."""
+    print("queries: exact top-10 by numpy over every vector...", flush=True)
+    sources, queries = syn.queries(args.queries)
+    truth = syn.exact_top(queries[: args.recall_queries])
+    port = free_port()
+    print("api: starting...", flush=True)
+    extra = dict(item.split("=", 1) for item in args.api_env)
+    proc, start_s = start_api(REPO, {**env, **extra}, port, MODEL, args.work / "api.log")
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
+            searches(client, MODEL, queries[:20])  # warm-up (index pages, code paths)
+            searches(client, MODEL, queries[:5], sources[:5])
+            edits(client, MODEL, 2, IMAGE, prefix="warm")
+            rss = rss_mb(proc.pid)
+            print("api: searching...", flush=True)
+            plain, found = searches(client, MODEL, queries)
+            filtered, _ = searches(client, MODEL, queries[: args.filtered], sources[: args.filtered])
+            print("api: editing...", flush=True)
+            edited = edits(client, MODEL, args.edits, IMAGE)
+        after = rss_mb(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    if not stored_ids_ok(found, syn.n):
+        raise RuntimeError("the API returned ids that are not synthetic products")
+    s, f, u, d = percentiles(plain), percentiles(filtered), percentiles(edited["upsert"]), percentiles(edited["delete"])
+    return {"api_start_s": round(start_s, 2), "api_rss_mb": round(rss["VmRSS"], 1),
+            "api_rss_end_mb": round(after["VmRSS"], 1), "api_peak_rss_mb": round(after["VmHWM"], 1),
+            "search_p50_ms": s["p50_ms"], "search_p99_ms": s["p99_ms"], "filtered_p50_ms": f["p50_ms"],
+            "filtered_p99_ms": f["p99_ms"], "upsert_p50_ms": u["p50_ms"], "upsert_p99_ms": u["p99_ms"],
+            "delete_p50_ms": d["p50_ms"], "delete_p99_ms": d["p99_ms"],
+            "upsert_server_p50_ms": percentiles(edited["upsert_server"])["p50_ms"],
+            "delete_server_p50_ms": percentiles(edited["delete_server"])["p50_ms"],
+            "upsert_commit_p50_ms": percentiles(edited["upsert_commit"])["p50_ms"],
+            "upsert_commit_p99_ms": percentiles(edited["upsert_commit"])["p99_ms"],
+            "delete_commit_p50_ms": percentiles(edited["delete_commit"])["p50_ms"],
+            "delete_commit_p99_ms": percentiles(edited["delete_commit"])["p99_ms"],
+            "recall_at_10": round(recall_at_10(found, truth), 4), "recall_queries": len(truth)}
+
+
+def _verdict(key: str, value: Any) -> str:
+    if key == "recall_at_10":
+        return "ok" if value >= 0.95 else "MISS (>= 0.95)"
+    if key in TARGETS and isinstance(value, int | float):
+        return "ok" if value <= TARGETS[key] else f"MISS (<= {TARGETS[key]})"
+    return ""
+
+
+def report(result: dict[str, Any]) -> None:
+    print(f"\n{result['products']:,} products x {result['dim']} dims, {result['index_type']} index "
+          f"{result.get('index_params')}, {os.cpu_count()} CPU cores (load average at start "
+          f"{result['load_average']})")
+    for key, value in result.items():
+        if key in ("index_params", "load_average", "products", "dim", "index_type"):
+            continue
+        print(f"  {key:24}{value!s:>14}  {_verdict(key, value)}")
+    print(json.dumps(result), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--products", type=int, default=100_000)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--keep", type=Path, default=None, help="work folder kept after the run (and reused)")
+    parser.add_argument("--queries", type=int, default=300, help="vector searches over HTTP")
+    parser.add_argument("--recall-queries", type=int, default=200, help="of those, how many score recall@10")
+    parser.add_argument("--filtered", type=int, default=100, help="category-filtered searches over HTTP")
+    parser.add_argument("--edits", type=int, default=50, help="admin upserts (then deletes) over HTTP")
+    parser.add_argument("--store-edits", type=int, default=100, help="store-level upserts (then deletes)")
+    parser.add_argument("--api-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra environment for the API process, e.g. OMP_WAIT_POLICY=PASSIVE (repeatable)")
+    args = parser.parse_args(argv)
+    args.work = args.keep or Path(tempfile.mkdtemp(prefix="imagesearch-scale-"))
+    args.work.mkdir(parents=True, exist_ok=True)
+    load = round(os.getloadavg()[0], 2)
+    started = time.perf_counter()
+    try:
+        _, env = prepare(args)
+        built = build(args, env)
+        store_ops = _worker("ops", args, env, "--edits", str(args.store_edits))
+        served = serve(args, env, Synthetic(args.products, args.dim))
+    finally:
+        if args.keep is None:
+            shutil.rmtree(args.work, ignore_errors=True)
+    result = {"bench": "scale", **built, **store_ops, **served, "load_average": load,
+              "bench_s": round(time.perf_counter() - started, 1)}
+    report(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

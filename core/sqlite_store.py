@@ -1,0 +1,367 @@
+"""The products table of the embedded store: metadata, vectors and the change log, in SQLite.
+
+Each product row has a ``vid`` (the key its vector has in the derived index). A vector change
+gives the product a new vid and records the old one in ``dead``; ``gen`` on both tables says in
+which store generation that vector was added or removed (a metadata-only edit leaves it alone),
+so an index tagged with a generation can replay exactly the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.sqlite_db import Database, now
+from core.store import FILTER_COLUMN, Changes, ExtraValue, Filter, Product, ProductVector, Source, StoreStats
+from core.types import Embeddings
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT OR IGNORE INTO meta VALUES ('generation', '0'), ('schema', '1');
+CREATE TABLE IF NOT EXISTS products(
+    vid INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    title TEXT NOT NULL,
+    category TEXT NOT NULL DEFAULT '',
+    images TEXT NOT NULL DEFAULT '[]',
+    preview_image TEXT NOT NULL DEFAULT '',
+    preview_cache TEXT,
+    extra TEXT NOT NULL DEFAULT '{}',
+    source TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    gen INTEGER NOT NULL,
+    digest TEXT NOT NULL DEFAULT '',
+    clip BLOB NOT NULL,
+    vector BLOB
+);
+CREATE INDEX IF NOT EXISTS products_gen ON products(gen);
+CREATE INDEX IF NOT EXISTS products_category ON products(category);
+CREATE INDEX IF NOT EXISTS products_source ON products(source);
+CREATE TABLE IF NOT EXISTS dead(vid INTEGER PRIMARY KEY, gen INTEGER NOT NULL, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS dead_gen ON dead(gen);
+CREATE TABLE IF NOT EXISTS columns(name TEXT PRIMARY KEY, kind TEXT NOT NULL);
+"""
+
+_PRODUCT_COLS = "id, title, category, images, preview_image, preview_cache, extra, source, updated_at"
+_VECTOR = "COALESCE(vector, clip)"
+MAX_SQL_VARS = 30_000  # below SQLite's default limit of 32,766 bound parameters per statement
+
+
+def blob(vector: np.ndarray) -> bytes:
+    return np.ascontiguousarray(vector, dtype=np.float32).tobytes()
+
+
+def unblob(rows: Iterable[bytes], dim: int | None = None) -> Embeddings:
+    data = [np.frombuffer(b, dtype=np.float32) for b in rows]
+    if not data:
+        return np.zeros((0, dim or 0), dtype=np.float32)
+    return np.stack(data).astype(np.float32, copy=False)
+
+
+def _json_path(column: str) -> str:
+    """A literal JSON path for an extra column. Only names matching FILTER_COLUMN get here, so it
+    can sit in SQL text (which expression indexes need); nothing a user types is spliced unchecked."""
+    if not FILTER_COLUMN.fullmatch(column):
+        raise ValueError(f"column {column!r} cannot be filtered on")
+    return "'$.\"" + column + "\"'"
+
+
+def _extra_expr(column: str, kind: str) -> str:
+    expr = f"json_extract(extra, {_json_path(column)})"
+    return f"CAST({expr} AS REAL)" if kind == "number" else expr
+
+
+def _is_number(value: ExtraValue) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int | float):
+        return True
+    try:
+        float(str(value).strip().replace(",", ""))
+    except ValueError:
+        return False
+    return True
+
+
+def _digest(it: ProductVector) -> str:
+    """What makes a write a change: the metadata and both vectors."""
+    p = it.product
+    h = hashlib.sha256(json.dumps([p.id, p.title, p.category, list(p.images), p.preview_image, p.preview_cache,
+                                   dict(p.extra)], sort_keys=True, default=str).encode())
+    h.update(blob(it.clip))
+    if it.vector is not None:
+        h.update(blob(it.vector))
+    return h.hexdigest()
+
+
+def _row_to_product(row: sqlite3.Row | tuple[Any, ...]) -> Product:
+    pid, title, category, images, preview, preview_cache, extra, source, updated = row[:9]
+    return Product(id=pid, title=title, category=category or "", images=tuple(json.loads(images)),
+                   preview_image=preview or "", preview_cache=preview_cache, extra=json.loads(extra),
+                   source=Source(source), updated_at=updated)
+
+
+def _chunks(items: Sequence[Any], size: int = MAX_SQL_VARS) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+class ProductTable:
+    """SQL over the products table; writes run inside a transaction the caller holds."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # --- writes (called with the write connection, inside one transaction) ---------------------
+    @staticmethod
+    def bump(conn: sqlite3.Connection) -> int:
+        gen = int(conn.execute("SELECT value FROM meta WHERE key='generation'").fetchone()[0]) + 1
+        conn.execute("UPDATE meta SET value=? WHERE key='generation'", (str(gen),))
+        return gen
+
+    def upsert(self, conn: sqlite3.Connection, gen: int, items: Sequence[ProductVector], *,
+               keep_api: bool) -> int:
+        """Write ``items``; returns how many rows changed. Unchanged digests are skipped."""
+        ids = [it.product.id for it in items]
+        current: dict[str, tuple[int, str, str]] = {}
+        for chunk in _chunks(ids):
+            marks = ",".join("?" * len(chunk))
+            for vid, pid, source, digest in conn.execute(
+                    f"SELECT vid, id, source, digest FROM products WHERE id IN ({marks})", list(chunk)):
+                current[pid] = (vid, source, digest)
+        stamp, changed = now(), 0
+        self._note_columns(conn, items)
+        for it in items:
+            old = current.get(it.product.id)
+            if old is not None and keep_api and old[1] == Source.API.value:
+                continue
+            digest = it.digest or _digest(it)
+            if old is not None and old[2] == digest and old[1] == it.product.source.value:
+                continue
+            changed += 1
+            self._write_row(conn, gen, stamp, it, old[0] if old else None, digest)
+        return changed
+
+    @staticmethod
+    def _write_row(conn: sqlite3.Connection, gen: int, stamp: float, it: ProductVector, old_vid: int | None,
+                   digest: str) -> None:
+        p = it.product
+        meta = (p.title, p.category, json.dumps(list(p.images)), p.preview_image, p.preview_cache,
+                json.dumps(dict(p.extra), ensure_ascii=False), p.source.value, stamp, gen, digest)
+        clip, vector = blob(it.clip), None if it.vector is None else blob(it.vector)
+        if old_vid is not None:
+            same = conn.execute("SELECT clip = ? AND vector IS ? FROM products WHERE vid=?",
+                                (clip, vector, old_vid)).fetchone()[0]
+            if same:  # metadata only: the vector, its vid and ``gen`` (when it was indexed) stay
+                conn.execute("UPDATE products SET title=?, category=?, images=?, preview_image=?, preview_cache=?,"
+                             " extra=?, source=?, updated_at=?, digest=? WHERE vid=?",
+                             (*meta[:8], meta[9], old_vid))
+                return
+            conn.execute("DELETE FROM products WHERE vid=?", (old_vid,))
+            conn.execute("INSERT OR REPLACE INTO dead VALUES (?, ?, ?)", (old_vid, gen, stamp))
+        conn.execute("INSERT INTO products (id, title, category, images, preview_image, preview_cache, extra,"
+                     " source, updated_at, gen, digest, clip, vector) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                     (p.id, *meta, clip, vector))
+
+    @staticmethod
+    def _note_columns(conn: sqlite3.Connection, items: Sequence[ProductVector]) -> None:
+        """Track each filterable extra column and whether all its values are numbers; index it."""
+        kinds: dict[str, str] = {}
+        for it in items:
+            for key, value in it.product.extra.items():
+                if value in (None, "") or not FILTER_COLUMN.fullmatch(key):
+                    continue
+                kinds[key] = "number" if kinds.get(key, "number") == "number" and _is_number(value) else "text"
+        if not kinds:
+            return
+        known = dict(conn.execute("SELECT name, kind FROM columns").fetchall())
+        for key, kind in kinds.items():
+            old = known.get(key)
+            if old == kind or old == "text":
+                continue
+            conn.execute("INSERT OR REPLACE INTO columns VALUES (?, ?)", (key, kind))
+            name = "x_" + "".join(c if c.isalnum() else "_" for c in key) + ("_n" if kind == "number" else "_t")
+            conn.execute(f'CREATE INDEX IF NOT EXISTS "{name}" ON products({_extra_expr(key, kind)})')
+
+    @staticmethod
+    def delete(conn: sqlite3.Connection, gen: int, ids: Sequence[str]) -> int:
+        removed, stamp = 0, now()
+        for chunk in _chunks(list(ids)):
+            marks = ",".join("?" * len(chunk))
+            vids = [v for (v,) in conn.execute(f"SELECT vid FROM products WHERE id IN ({marks})", list(chunk))]
+            conn.executemany("INSERT OR REPLACE INTO dead VALUES (?, ?, ?)", [(v, gen, stamp) for v in vids])
+            conn.execute(f"DELETE FROM products WHERE id IN ({marks})", list(chunk))
+            removed += len(vids)
+        return removed
+
+    @staticmethod
+    def set_vectors(conn: sqlite3.Connection, gen: int, rows: Sequence[tuple[bytes | None, int]]) -> None:
+        """Replace the indexed vector of existing rows in place (a new head re-projects every row)."""
+        conn.executemany("UPDATE products SET vector=?, gen=? WHERE vid=?", [(v, gen, vid) for v, vid in rows])
+
+    # --- reads ---------------------------------------------------------------------------------
+    def generation(self, conn: sqlite3.Connection | None = None) -> int:
+        conn = conn or self.db.reader()
+        return int(conn.execute("SELECT value FROM meta WHERE key='generation'").fetchone()[0])
+
+    def head(self, conn: sqlite3.Connection | None = None) -> str | None:
+        """The sha256 of the head the stored indexed vectors were projected through (None: no head)."""
+        row = (conn or self.db.reader()).execute("SELECT value FROM meta WHERE key='head'").fetchone()
+        return str(row[0]) if row is not None and row[0] else None
+
+    @staticmethod
+    def set_head(conn: sqlite3.Connection, sha: str | None) -> None:
+        conn.execute("INSERT OR REPLACE INTO meta VALUES ('head', ?)", (sha or "",))
+
+    def get(self, ids: Sequence[str]) -> list[Product]:
+        found: dict[str, Product] = {}
+        conn = self.db.reader()
+        for chunk in _chunks(list(ids)):
+            marks = ",".join("?" * len(chunk))
+            for row in conn.execute(f"SELECT {_PRODUCT_COLS} FROM products WHERE id IN ({marks})", list(chunk)):
+                found[row[0]] = _row_to_product(row)
+        return [found[i] for i in ids if i in found]
+
+    def by_vids(self, vids: Sequence[int], flt: Filter | None = None) -> dict[int, Product]:
+        """Live products among ``vids`` (a dead or filtered-out vid is simply absent)."""
+        if not len(vids):
+            return {}
+        where, params = self.where(flt)
+        marks = ",".join("?" * len(vids))
+        sql = f"SELECT vid, {_PRODUCT_COLS} FROM products WHERE vid IN ({marks})" + (f" AND {where}" if where else "")
+        return {row[0]: _row_to_product(row[1:]) for row in self.db.reader().execute(sql, [*map(int, vids), *params])}
+
+    def vectors(self, ids: Sequence[str], *, clip: bool = False) -> Embeddings:
+        col = "clip" if clip else _VECTOR
+        found: dict[str, bytes] = {}
+        conn = self.db.reader()
+        for chunk in _chunks(list(ids)):
+            marks = ",".join("?" * len(chunk))
+            found.update(conn.execute(f"SELECT id, {col} FROM products WHERE id IN ({marks})", list(chunk)))
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise KeyError(missing[0])
+        return unblob(found[i] for i in ids)
+
+    def vectors_by_vid(self, vids: Sequence[int]) -> dict[int, np.ndarray]:
+        out: dict[int, np.ndarray] = {}
+        conn = self.db.reader()
+        for chunk in _chunks([int(v) for v in vids]):
+            marks = ",".join("?" * len(chunk))
+            for vid, b in conn.execute(f"SELECT vid, {_VECTOR} FROM products WHERE vid IN ({marks})", list(chunk)):
+                out[vid] = np.frombuffer(b, dtype=np.float32)
+        return out
+
+    def columns(self, conn: sqlite3.Connection | None = None) -> dict[str, str]:
+        return dict((conn or self.db.reader()).execute("SELECT name, kind FROM columns ORDER BY name").fetchall())
+
+    def where(self, flt: Filter | None) -> tuple[str, list[Any]]:
+        """SQL condition and parameters for a filter (values are always bound, never spliced)."""
+        if flt is None:
+            return "", []
+        conds: list[str] = []
+        params: list[Any] = []
+        if flt.category is not None:
+            conds.append("category = ?")
+            params.append(flt.category)
+        known = self.columns() if (flt.equals or flt.ranges) else {}
+        for column, value in flt.equals.items():
+            conds.append(f"{_extra_expr(column, 'text')} = ?" if known.get(column) != "number"
+                         else f"{_extra_expr(column, 'number')} = ?")
+            params.append(value if known.get(column) != "number" else float(value))
+        for column, (lo, hi) in flt.ranges.items():
+            expr = _extra_expr(column, "number")
+            conds.append(f"{_extra_expr(column, 'text')} <> ''")
+            if lo is not None:
+                conds.append(f"{expr} >= ?")
+                params.append(lo)
+            if hi is not None:
+                conds.append(f"{expr} <= ?")
+                params.append(hi)
+        if flt.exclude_ids:
+            conds.append(f"id NOT IN ({','.join('?' * len(flt.exclude_ids))})")
+            params.extend(flt.exclude_ids)
+        return " AND ".join(conds), params
+
+    def matching(self, flt: Filter, limit: int) -> np.ndarray | None:
+        """vids of every product the filter admits, or None when more than ``limit`` do. Only vids are
+        read: an indexed filter is answered from its covering index, without touching the rows."""
+        where, params = self.where(flt)
+        rows = self.db.reader().execute(f"SELECT vid FROM products WHERE {where} LIMIT ?", [*params, limit + 1])
+        vids = np.fromiter((r[0] for r in rows), dtype=np.int64)
+        return None if len(vids) > limit else vids
+
+    def changes_since(self, generation: int, conn: sqlite3.Connection | None = None) -> Changes:
+        conn = conn or self.db.reader()
+        gen = self.generation(conn)
+        added = conn.execute(f"SELECT vid, {_VECTOR} FROM products WHERE gen > ?", (generation,)).fetchall()
+        removed = [v for (v,) in conn.execute("SELECT vid FROM dead WHERE gen > ?", (generation,))]
+        return Changes(generation=gen, added_keys=np.array([r[0] for r in added], dtype=np.int64),
+                       added_vectors=unblob(r[1] for r in added),
+                       removed_keys=np.array(removed, dtype=np.int64))
+
+    def iter_vectors(self, conn: sqlite3.Connection, batch: int = 50_000,
+                     column: str = _VECTOR) -> Iterator[tuple[np.ndarray, Embeddings]]:
+        """Every (vid, vector) in vid order, ``batch`` rows at a time (bounded memory)."""
+        last = -1
+        while True:
+            rows = conn.execute(f"SELECT vid, {column} FROM products WHERE vid > ? ORDER BY vid LIMIT ?",
+                                (last, batch)).fetchall()
+            if not rows:
+                return
+            last = rows[-1][0]
+            yield np.array([r[0] for r in rows], dtype=np.int64), unblob(r[1] for r in rows)
+
+    def sample_vectors(self, conn: sqlite3.Connection, n: int, seed: int) -> tuple[np.ndarray, Embeddings]:
+        """A seeded random sample of up to ``n`` (vid, vector) rows."""
+        vids = np.fromiter((v for (v,) in conn.execute("SELECT vid FROM products")), dtype=np.int64)
+        if len(vids) > n:
+            vids = np.sort(np.random.default_rng(seed).choice(vids, size=n, replace=False))
+        out_vids, out_vecs = [], []
+        for chunk in _chunks(vids.tolist()):
+            marks = ",".join("?" * len(chunk))
+            for vid, b in conn.execute(f"SELECT vid, {_VECTOR} FROM products WHERE vid IN ({marks})", chunk):
+                out_vids.append(vid)
+                out_vecs.append(b)
+        return np.array(out_vids, dtype=np.int64), unblob(out_vecs)
+
+    def stats(self) -> StoreStats:
+        conn = self.db.reader()
+        by_source = dict(conn.execute("SELECT source, count(*) FROM products GROUP BY source").fetchall())
+        cats = dict(conn.execute("SELECT category, count(*) FROM products WHERE category <> '' "
+                                 "GROUP BY category ORDER BY category").fetchall())
+        updated = conn.execute("SELECT max(updated_at) FROM products").fetchone()[0] or 0.0
+        return StoreStats(products=sum(by_source.values()), by_source=by_source, categories=cats,
+                          columns=self.columns(conn), generation=self.generation(conn), updated_at=updated)
+
+    def count(self) -> int:
+        return int(self.db.reader().execute("SELECT count(*) FROM products").fetchone()[0])
+
+    @staticmethod
+    def missing(conn: sqlite3.Connection, keep: Iterator[str] | None, sources: Sequence[Source]) -> list[str]:
+        """Ids of ``sources`` not in ``keep``; the set difference runs in SQLite (a temporary table), so no
+        Python object per product is held."""
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS keep_ids(id TEXT PRIMARY KEY)")
+        conn.execute("DELETE FROM keep_ids")
+        batch: list[tuple[str]] = []
+        for pid in keep or ():
+            batch.append((pid,))
+            if len(batch) >= 10_000:
+                conn.executemany("INSERT OR IGNORE INTO keep_ids VALUES (?)", batch)
+                batch = []
+        conn.executemany("INSERT OR IGNORE INTO keep_ids VALUES (?)", batch)
+        marks = ",".join("?" * len(sources))
+        rows = conn.execute(f"SELECT id FROM products WHERE source IN ({marks}) AND id NOT IN "
+                            "(SELECT id FROM keep_ids)", [s.value for s in sources]).fetchall()
+        conn.execute("DELETE FROM keep_ids")
+        return [r[0] for r in rows]
+
+
+def store_path(models_dir: Path) -> Path:
+    return Path(models_dir) / "catalogue.db"

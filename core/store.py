@@ -1,0 +1,162 @@
+"""The catalogue store: one model's products and vectors, durable and incremental.
+
+``CatalogueStore`` is the protocol the pipeline and the API write to and search through. It names
+no storage engine: the embedded default (``core.sqlite_store``: SQLite + a FAISS index derived from
+it) and a distributed one plug in behind the same calls. Every write is one transaction and bumps
+the store's *generation*; ``changes_since`` lets a derived index (or another process) catch up.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+import numpy as np
+
+from core.types import Embeddings
+
+ExtraValue = str | int | float | bool | None
+
+FILTER_COLUMN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_ .-]{0,63}")
+"""Extra columns whose names match this can be filtered on (others are kept, not filterable)."""
+
+
+class Source(StrEnum):
+    """Who wrote a product: the CSV through the pipeline, or one edit through the API."""
+
+    CSV = "csv"
+    API = "api"
+
+
+@dataclass(frozen=True)
+class Product:
+    """A product's metadata as stored and served (no vector)."""
+
+    id: str
+    title: str
+    category: str = ""
+    images: tuple[str, ...] = ()
+    preview_image: str = ""
+    preview_cache: str | None = None
+    extra: Mapping[str, ExtraValue] = field(default_factory=dict)
+    source: Source = Source.CSV
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class ProductVector:
+    """A product to upsert: its metadata, the raw CLIP vector and the vector as indexed (after a head).
+
+    ``vector`` is None when the model has no head (the index holds the CLIP vector itself).
+    """
+
+    product: Product
+    clip: np.ndarray
+    vector: np.ndarray | None = None
+    digest: str = ""
+
+    @property
+    def indexed(self) -> np.ndarray:
+        return self.clip if self.vector is None else self.vector
+
+
+@dataclass(frozen=True)
+class Filter:
+    """What a search may return: a category, equality on extra columns, numeric ranges, ids left out."""
+
+    category: str | None = None
+    equals: Mapping[str, str] = field(default_factory=dict)
+    ranges: Mapping[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    exclude_ids: tuple[str, ...] = ()
+
+    @property
+    def selective(self) -> bool:
+        """True when the filter restricts by metadata (excluded ids alone do not)."""
+        return self.category is not None or bool(self.equals) or bool(self.ranges)
+
+    def cache_key(self) -> tuple[Any, ...]:
+        return (self.category, tuple(sorted(self.equals.items())), tuple(sorted(self.ranges.items())))
+
+    @property
+    def empty(self) -> bool:
+        """True when a range admits nothing (min above max)."""
+        return any(lo is not None and hi is not None and lo > hi for lo, hi in self.ranges.values())
+
+
+@dataclass(frozen=True)
+class Hit:
+    product: Product
+    score: float
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What happened after a generation: vectors to add (key, vector) and keys to drop."""
+
+    generation: int
+    added_keys: np.ndarray
+    added_vectors: Embeddings
+    removed_keys: np.ndarray
+
+    @property
+    def empty(self) -> bool:
+        return not len(self.added_keys) and not len(self.removed_keys)
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    """Counts a status page shows: products, by source, by category, and the filterable columns."""
+
+    products: int
+    by_source: Mapping[str, int]
+    categories: Mapping[str, int]
+    columns: Mapping[str, str]  # extra column -> "text" | "number"
+    generation: int
+    updated_at: float
+
+
+class CatalogueStore(Protocol):
+    """One model's catalogue. Implementations: ``core.sqlite_store.LocalStore`` (default)."""
+
+    @property
+    def dim(self) -> int | None:
+        """Dimension of the indexed vectors, None while the store is empty and has never held one."""
+
+    def upsert(self, items: Sequence[ProductVector], *, keep_api: bool = False) -> int:
+        """Insert or replace products by id in one transaction (the generation moves on); returns how
+        many were written (unchanged ones are skipped). With ``keep_api`` a product last written by the
+        API is left as it is."""
+
+    def delete(self, ids: Sequence[str]) -> int:
+        """Remove products by id (absent ids are ignored) in one transaction; returns how many went."""
+
+    def delete_missing(self, keep: Iterator[str] | None, *, sources: Sequence[Source]) -> int:
+        """Delete products of the given sources whose id is not in ``keep``; returns how many."""
+
+    def get(self, ids: Sequence[str]) -> list[Product]:
+        """The products that exist among ``ids``, in the order asked."""
+
+    def vectors(self, ids: Sequence[str], *, clip: bool = False) -> Embeddings:
+        """Indexed (or raw CLIP) vectors of ``ids``, row-aligned; raises KeyError for an absent id."""
+
+    def search(self, queries: Embeddings, k: int, flt: Filter | None = None) -> list[list[Hit]]:
+        """Best ``k`` products per query, best first, scores as cosine similarity."""
+
+    def count(self) -> int: ...
+
+    def columns(self) -> dict[str, str]:
+        """Filterable extra columns: name -> "text" | "number"."""
+
+    def stats(self) -> StoreStats: ...
+
+    def generation(self) -> int: ...
+
+    def changes_since(self, generation: int) -> Changes: ...
+
+    def refresh(self) -> bool:
+        """Catch up with writes made elsewhere (another process); True when anything changed."""
+
+    def close(self) -> None: ...

@@ -1,0 +1,225 @@
+"""The pipeline's working state, in the model's catalogue database beside the products:
+
+- ``csv_products``: the validated rows of products.csv (replaced whole by each validation run);
+- ``images``: every image reference's download state (status, reason, cache file, the settings and
+  the local file's size and mtime it was made under) - no marker file per image;
+- ``views``: one CLIP vector per cached image and backbone, committed a batch at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from core.sqlite_db import Database, now
+from core.sqlite_store import MAX_SQL_VARS
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS csv_products(
+    id TEXT PRIMARY KEY, row INTEGER NOT NULL, title TEXT NOT NULL, category TEXT NOT NULL,
+    images TEXT NOT NULL, preview_image TEXT NOT NULL, extra TEXT NOT NULL, usable INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS csv_products_row ON csv_products(row);
+CREATE TABLE IF NOT EXISTS images(
+    ref TEXT PRIMARY KEY, status TEXT NOT NULL, reason TEXT, detail TEXT, cache TEXT, width INTEGER,
+    height INTEGER, bytes INTEGER, size INTEGER, mtime_ns INTEGER, settings TEXT, transient INTEGER NOT NULL DEFAULT 0,
+    updated_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS images_cache ON images(cache);
+CREATE INDEX IF NOT EXISTS images_status ON images(status);
+CREATE TABLE IF NOT EXISTS views(cache TEXT NOT NULL, model_key TEXT NOT NULL, vector BLOB NOT NULL,
+    PRIMARY KEY (cache, model_key));
+CREATE TABLE IF NOT EXISTS state_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class StagedProduct:
+    id: str
+    row: int
+    title: str
+    category: str
+    images: list[str]
+    preview_image: str
+    extra: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One reference's outcome: ok with its cache entry, or failed with a reason."""
+
+    ref: str
+    status: str
+    reason: str | None = None
+    detail: str | None = None
+    cache: str | None = None
+    width: int | None = None
+    height: int | None = None
+    bytes: int | None = None
+    size: int | None = None
+    mtime_ns: int | None = None
+    transient: bool = False
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+class BuildState:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        with db.write() as conn:
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+
+    # --- staged CSV rows ----------------------------------------------------------------------------
+    def replace_staged(self, conn: sqlite3.Connection) -> None:
+        conn.execute("DELETE FROM csv_products")
+
+    @staticmethod
+    def previous_row(conn: sqlite3.Connection, pid: str) -> int | None:
+        row = conn.execute("SELECT row FROM csv_products WHERE id=?", (pid,)).fetchone()
+        return None if row is None else int(row[0])
+
+    @staticmethod
+    def stage(conn: sqlite3.Connection, products: Sequence[StagedProduct]) -> None:
+        conn.executemany("INSERT OR REPLACE INTO csv_products VALUES (?,?,?,?,?,?,?,0)", [
+            (p.id, p.row, p.title, p.category, json.dumps(p.images), p.preview_image,
+             json.dumps(p.extra, ensure_ascii=False)) for p in products])
+
+    def staged(self, batch: int = 2000) -> Iterator[list[StagedProduct]]:
+        """The staged products in CSV order, ``batch`` at a time."""
+        last = -1
+        conn = self.db.reader()
+        while True:
+            rows = conn.execute("SELECT id, row, title, category, images, preview_image, extra FROM csv_products "
+                                "WHERE row > ? ORDER BY row LIMIT ?", (last, batch)).fetchall()
+            if not rows:
+                return
+            last = rows[-1][1]
+            yield [StagedProduct(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], json.loads(r[6])) for r in rows]
+
+    def staged_count(self) -> int:
+        return int(self.db.reader().execute("SELECT count(*) FROM csv_products").fetchone()[0])
+
+    def mark_usable(self, ids: Sequence[str]) -> None:
+        with self.db.write() as conn:
+            conn.executemany("UPDATE csv_products SET usable=1 WHERE id=?", [(i,) for i in ids])
+
+    def usable_ids(self) -> Iterator[str]:
+        for (pid,) in self.db.reader().execute("SELECT id FROM csv_products WHERE usable=1"):
+            yield pid
+
+    def refs(self, batch: int = 10_000) -> Iterator[list[str]]:
+        """Every distinct image reference of the staged products, ``batch`` at a time."""
+        cursor = self.db.reader().execute(
+            "SELECT value FROM csv_products, json_each(csv_products.images) UNION "
+            "SELECT preview_image FROM csv_products WHERE preview_image <> ''")
+        while rows := cursor.fetchmany(batch):
+            yield [r[0] for r in rows]
+
+    # --- images -------------------------------------------------------------------------------------
+    def images(self, refs: Sequence[str]) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        cols = ("ref", "status", "reason", "detail", "cache", "width", "height", "bytes", "size", "mtime_ns",
+                "settings", "transient")
+        conn = self.db.reader()
+        for start in range(0, len(refs), MAX_SQL_VARS):
+            chunk = list(refs[start:start + MAX_SQL_VARS])
+            for row in conn.execute(f"SELECT {', '.join(cols)} FROM images WHERE ref IN ({_marks(len(chunk))})", chunk):
+                out[row[0]] = dict(zip(cols, row, strict=True))
+        return out
+
+    def record(self, records: Iterable[ImageRecord], settings_key: str) -> None:
+        stamp = now()
+        with self.db.write() as conn:
+            conn.executemany("INSERT OR REPLACE INTO images VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", [
+                (r.ref, r.status, r.reason, r.detail, r.cache, r.width, r.height, r.bytes, r.size, r.mtime_ns,
+                 settings_key, int(r.transient), stamp) for r in records])
+
+    def failed_refs(self) -> Iterator[str]:
+        """The staged products' refs whose last download failed, in order."""
+        cursor = self.db.reader().execute(
+            "SELECT ref FROM images WHERE status='failed' AND ref IN (SELECT value FROM csv_products, "
+            "json_each(csv_products.images) UNION SELECT preview_image FROM csv_products) ORDER BY ref")
+        while rows := cursor.fetchmany(5000):
+            yield from (r[0] for r in rows)
+
+    def image_counts(self) -> dict[str, int]:
+        return dict(self.db.reader().execute(
+            "SELECT status, count(*) FROM images WHERE ref IN (SELECT value FROM csv_products, "
+            "json_each(csv_products.images)) GROUP BY status").fetchall())
+
+    def failed_images(self, limit_per_reason: int = 3) -> dict[str, list[str]]:
+        """Up to ``limit_per_reason`` example refs for each failure reason of the staged products."""
+        rows = self.db.reader().execute(
+            "SELECT reason, ref FROM (SELECT reason, ref, row_number() OVER (PARTITION BY reason ORDER BY ref) AS n "
+            "FROM images WHERE status='failed' AND ref IN (SELECT value FROM csv_products, "
+            "json_each(csv_products.images))) WHERE n <= ?", (limit_per_reason,)).fetchall()
+        out: dict[str, list[str]] = {}
+        for reason, ref in rows:
+            out.setdefault(reason or "?", []).append(ref)
+        return out
+
+    # --- views --------------------------------------------------------------------------------------
+    def views_todo(self, model_key: str, batch: int) -> Iterator[list[str]]:
+        """Cache files of downloaded images that have no vector for ``model_key`` yet."""
+        cursor = self.db.reader().execute(
+            "SELECT DISTINCT cache FROM images WHERE status='ok' AND cache IS NOT NULL AND NOT EXISTS "
+            "(SELECT 1 FROM views WHERE views.cache = images.cache AND views.model_key = ?)", (model_key,))
+        while rows := cursor.fetchmany(batch):
+            yield [r[0] for r in rows]
+
+    def save_views(self, model_key: str, caches: Sequence[str], vectors: np.ndarray) -> None:
+        with self.db.write() as conn:
+            conn.executemany("INSERT OR REPLACE INTO views VALUES (?,?,?)", [
+                (c, model_key, np.ascontiguousarray(v, dtype=np.float32).tobytes())
+                for c, v in zip(caches, vectors, strict=True)])
+
+    def view_vectors(self, refs: Sequence[str], model_key: str) -> dict[str, tuple[str, np.ndarray]]:
+        """ref -> (cache file, vector) for the refs that downloaded and were embedded."""
+        out: dict[str, tuple[str, np.ndarray]] = {}
+        conn = self.db.reader()
+        for start in range(0, len(refs), MAX_SQL_VARS):
+            chunk = list(refs[start:start + MAX_SQL_VARS])
+            for ref, cache, vector in conn.execute(
+                    "SELECT images.ref, images.cache, views.vector FROM images JOIN views "
+                    "ON views.cache = images.cache AND views.model_key = ? "
+                    f"WHERE images.status='ok' AND images.ref IN ({_marks(len(chunk))})",
+                    [model_key, *chunk]):
+                out[ref] = (cache, np.frombuffer(vector, dtype=np.float32))
+        return out
+
+    def ok_caches(self, refs: Sequence[str]) -> dict[str, str]:
+        rows = self.images(refs)
+        return {r: e["cache"] for r, e in rows.items() if e["status"] == "ok" and e["cache"]}
+
+    # --- meta ---------------------------------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.reader().execute("SELECT value FROM state_meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def put_meta(self, key: str, value: str) -> None:
+        with self.db.write() as conn:
+            self.set_meta(conn, key, value)
+
+    @staticmethod
+    def set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
+        conn.execute("INSERT OR REPLACE INTO state_meta VALUES (?, ?)", (key, value))
+
+
+def cached_refs(db: Database, refs: Sequence[str]) -> dict[str, str]:
+    """ref -> cache file for the refs that downloaded fine; a read only (no schema set-up), so the API can
+    call it per request. Empty where the pipeline never ran."""
+    if not refs:
+        return {}
+    try:
+        rows = db.reader().execute(f"SELECT ref, cache FROM images WHERE status='ok' AND ref IN ({_marks(len(refs))})",
+                                   list(refs)).fetchall()
+    except sqlite3.OperationalError:  # no images table yet
+        return {}
+    return {ref: cache for ref, cache in rows if cache}

@@ -1,0 +1,201 @@
+"""The catalogue store's contract, on the embedded implementation (real SQLite, real FAISS): writes are
+transactions with a generation, searches honour filters exactly, every index type stays correct under
+edits, the index repairs itself, another process's writes are picked up, and a legacy build migrates."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+
+from core.config import load_settings
+from core.local_store import LocalStore
+from core.store import Filter, Product, ProductVector, Source
+from core.types import IndexType
+
+DIM = 32
+
+
+def _vectors(n: int, seed: int = 0, clusters: int = 20) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, DIM))
+    x = centres[rng.integers(0, clusters, n)] + 0.35 * rng.normal(size=(n, DIM))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _items(vectors: np.ndarray, start: int = 0, source: Source = Source.CSV) -> list[ProductVector]:
+    return [ProductVector(Product(id=f"p{start + i}", title=f"Product {start + i}", category=f"c{(start + i) % 50}",
+                                  extra={"price": f"{(start + i) % 100}.5", "vendor": f"v{(start + i) % 3}"},
+                                  source=source), clip=v) for i, v in enumerate(vectors)]
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return load_settings(root=tmp_path, flat_max_products=500, hnsw_max_products=3000, ivfpq_min_products=6000,
+                         filter_exact_max=200)
+
+
+def _store(tmp_path, settings, **kw) -> LocalStore:
+    return LocalStore(tmp_path / "models" / "m", settings, name="m", **kw)
+
+
+def _exact(vectors: np.ndarray, ids: list[str], query: np.ndarray, k: int) -> list[str]:
+    order = np.argsort(-(vectors @ query), kind="stable")[:k]
+    return [ids[i] for i in order]
+
+
+def test_writes_are_transactions_with_generations_and_changes(tmp_path, settings):
+    store = _store(tmp_path, settings)
+    x = _vectors(100)
+    assert store.upsert(_items(x)) == 100 and store.count() == 100 and store.generation() == 1
+    assert store.upsert(_items(x)) == 0  # unchanged (same digest empty: same vector and metadata)
+    renamed = _items(x[:1])[0]
+    renamed = ProductVector(Product(**{**renamed.product.__dict__, "title": "Renamed"}), clip=renamed.clip)
+    store.upsert([renamed])
+    changes = store.changes_since(2)  # a metadata-only edit keeps the vector's key: nothing to re-index
+    assert changes.empty and store.get(["p0"])[0].title == "Renamed"
+    moved = ProductVector(renamed.product, clip=x[1])
+    store.upsert([moved])
+    changes = store.changes_since(3)
+    assert len(changes.added_keys) == 1 and len(changes.removed_keys) == 1
+    assert store.delete(["p1", "missing"]) == 1 and store.count() == 99
+    stats = store.stats()
+    assert stats.columns == {"price": "number", "vendor": "text"} and stats.by_source == {"csv": 99}
+    assert np.allclose(store.vectors(["p0"])[0], x[1])
+    with pytest.raises(KeyError):
+        store.vectors(["p1"])
+
+
+@pytest.mark.parametrize("n,kind", [(300, IndexType.FLAT), (2000, IndexType.HNSW), (4000, IndexType.IVF),
+                                    (7000, IndexType.IVFPQ)])
+def test_every_index_type_is_chosen_by_size_tuned_and_stays_correct_under_edits(tmp_path, settings, n, kind):
+    x = _vectors(n, seed=n)
+    store = _store(tmp_path, settings)
+    store.upsert(_items(x))
+    live = store.open_index()
+    assert live is not None and live.kind == kind
+    info = json.loads((store.folder / "index.json").read_text())
+    assert info["kind"] == kind.value and info["generation"] == store.generation()
+    if kind != IndexType.FLAT:
+        assert info["tuning"]["reason"] and info["tuning"]["tried"]
+    ids = [f"p{i}" for i in range(n)]
+    found = sum(len(set(_exact(x, ids, q, 10)) & {h.product.id for h in store.search(q[None], 10)[0]})
+                for q in x[:50])
+    assert found / 500 >= 0.9
+    # edits: delete a third, move one product's vector; searches never return a deleted product
+    gone = ids[: n // 3]
+    store.delete(gone)
+    store.upsert([ProductVector(Product(id="p5000000", title="new"), clip=x[0])])
+    hits = store.search(x[:20], 10)
+    assert all(h.product.id not in set(gone) for row in hits for h in row)
+    assert hits[0][0].product.id == "p5000000" and hits[0][0].score == pytest.approx(1.0, abs=1e-4)
+
+
+def test_filters_are_exact_within_a_small_subset_and_correct_when_broad(tmp_path, settings):
+    x = _vectors(4000, seed=3)
+    store = _store(tmp_path, settings)
+    store.upsert(_items(x))
+    store.open_index()
+    ids = np.array([f"p{i}" for i in range(4000)])
+    cats = np.array([f"c{i % 50}" for i in range(4000)])
+    prices = np.array([float(f"{i % 100}.5") for i in range(4000)])
+    for q in x[:10]:
+        narrow = Filter(category="c7")  # 80 products: under filter_exact_max, scored exactly
+        mask = cats == "c7"
+        assert [h.product.id for h in store.search(q[None], 10, narrow)[0]] == _exact(x[mask], list(ids[mask]), q, 10)
+        ranged = Filter(equals={"vendor": "v1"}, ranges={"price": (10, 20)})
+        got = store.search(q[None], 10, ranged)[0]
+        assert got and all(h.product.extra["vendor"] == "v1" and 10 <= float(h.product.extra["price"]) <= 20
+                           for h in got)
+        broad = store.search(q[None], 10, Filter(ranges={"price": (0, 80)}))[0]  # 81%: over-fetch + filter
+        assert len(broad) == 10 and all(float(h.product.extra["price"]) <= 80 for h in broad)
+        assert [h.product.id for h in broad][:5] == _exact(x[prices <= 80], list(ids[prices <= 80]), q, 10)[:5]
+    assert store.search(x[:1], 5, Filter(category="nope"))[0] == []
+    excluded = store.search(x[:1], 5, Filter(exclude_ids=("p0",)))[0]
+    assert excluded and all(h.product.id != "p0" for h in excluded)
+
+
+def test_hnsw_tombstones_are_compacted_in_the_background(tmp_path, settings):
+    x = _vectors(2500, seed=5)
+    store = _store(tmp_path, settings)
+    store.upsert(_items(x))
+    live = store.open_index()
+    assert live is not None and live.kind == IndexType.HNSW and live.ntotal == 2500
+    store.delete([f"p{i}" for i in range(1200)])  # past the tombstone share: a background rebuild follows
+    deadline = threading.Event()
+    for _ in range(100):
+        current = store.live_index
+        if current is not None and current.ntotal == 1300:
+            break
+        deadline.wait(0.1)
+    assert store.live_index is not None and store.live_index.ntotal == 1300 and store.live_index.dead == 0
+    assert all(int(h.product.id[1:]) >= 1200 for h in store.search(x[:5], 10)[0])
+
+
+def test_a_damaged_or_stale_index_is_repaired_from_the_store(tmp_path, settings, caplog):
+    x = _vectors(800, seed=7)
+    store = _store(tmp_path, settings)
+    store.upsert(_items(x))
+    store.open_index()
+    store.close()
+    other = _store(tmp_path, settings, open_index=False)  # writes after the index was saved: it is stale
+    other.upsert(_items(x[:10], start=800))
+    other.delete(["p0"])
+    other.close()
+    reopened = _store(tmp_path, settings)
+    assert reopened.live_index is not None and reopened.live_index.info.count == 809
+    assert reopened.search(x[:1], 1)[0][0].product.id == "p800"
+    reopened.close()
+    for f in (tmp_path / "models" / "m").glob("index-*.faiss"):
+        f.write_bytes(b"garbage")
+    repaired = _store(tmp_path, settings)
+    assert "rebuilding it from the store" in caplog.text
+    assert repaired.live_index is not None and repaired.live_index.info.count == 809
+
+
+def test_another_process_writes_are_picked_up_by_refresh(tmp_path, settings):
+    x = _vectors(600, seed=9)
+    serving = _store(tmp_path, settings)
+    serving.upsert(_items(x[:500]))
+    serving.open_index()
+    writer = _store(tmp_path, settings, open_index=False)
+    writer.upsert(_items(x[500:], start=500))
+    writer.delete(["p1"])
+    assert serving.refresh()
+    assert serving.search(x[550:551], 1)[0][0].product.id == "p550"
+    assert serving.live_index is not None and serving.live_index.info.count == 599
+    assert not serving.refresh()  # nothing new
+
+
+def test_api_products_are_kept_by_csv_writes_unless_asked(tmp_path, settings):
+    x = _vectors(20, seed=11)
+    store = _store(tmp_path, settings)
+    store.upsert(_items(x[:10]))
+    store.upsert([ProductVector(Product(id="p3", title="Edited in the admin", source=Source.API), clip=x[15])])
+    assert store.upsert(_items(x[:10]), keep_api=True) == 0
+    assert store.get(["p3"])[0].title == "Edited in the admin"
+    removed = store.delete_missing(iter([f"p{i}" for i in range(5)]), sources=[Source.CSV])
+    assert removed == 5 and store.get(["p3"])  # p5..p9 went; p3 is the API's
+    assert store.delete_missing(iter([]), sources=[Source.CSV, Source.API]) == 5
+
+
+def test_a_legacy_file_build_is_migrated_with_nothing_lost(tmp_path, settings):
+    from core.catalogue_store import open_store
+    from core.model_config import ModelSpec
+
+    folder = tmp_path / "models" / "old"
+    folder.mkdir(parents=True)
+    x = _vectors(6, seed=13)
+    rows = [{"id": f"L{i}", "title": f"Legacy {i}", "category": "a", "preview_image": f"images/{i}.jpg",
+             "preview_cache": None, "images": [f"images/{i}.jpg"], "extra": {"price": "3"}} for i in range(6)]
+    (folder / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    np.save(folder / "embeddings.npy", x)
+    np.save(folder / "clip_embeddings.npy", x[:5])
+    (folder / "embedding_ids.json").write_text(json.dumps([f"L{i}" for i in range(5)]))  # L5 was an admin edit
+    (folder / "manifest.json").write_text(json.dumps({"num_products": 6, "dim": DIM}))
+    store = open_store(settings, ModelSpec(name="old"))
+    assert store.count() == 6 and store.stats().by_source == {"csv": 5, "api": 1}
+    assert store.search(x[5:6], 1)[0][0].product.id == "L5"
+    assert (folder / "legacy" / "metadata.jsonl").is_file() and not (folder / "metadata.jsonl").exists()

@@ -1,0 +1,73 @@
+"""Real processes for crash tests: run_training.py and run_api.py in subprocesses on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import TINY_DUPLICATE_THRESHOLD
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def env(root: Path, tiny_clip: Path, **extra: str) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("IMAGESEARCH_")}
+    base.update(HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), IMAGESEARCH_ROOT=str(root),
+                IMAGESEARCH_CLIP_MODEL=str(tiny_clip), IMAGESEARCH_TORCH_THREADS="1", IMAGESEARCH_DEVICE="cpu",
+                IMAGESEARCH_DUPLICATE_THRESHOLD=TINY_DUPLICATE_THRESHOLD,
+                IMAGESEARCH_ALLOW_PRIVATE_URLS="1")  # the tests' image servers run on 127.0.0.1
+    base.update(extra)
+    return base
+
+
+def training(root: Path, tiny_clip: Path, *args: str, **extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, str(REPO / "run_training.py"), *args, "--no-progress"],
+                            env=env(root, tiny_clip, **extra), cwd=root, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ApiProcess:
+    """``run_api.py`` in a subprocess; ``kill()`` is a SIGKILL, as a crash or the OOM killer would."""
+
+    def __init__(self, root: Path, tiny_clip: Path, **extra: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([sys.executable, str(REPO / "run_api.py"), "--port", str(self.port)],
+                                     env=env(root, tiny_clip, **extra), cwd=root, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+
+    def wait_ready(self, timeout: float = 90) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, "run_api.py exited"
+            try:
+                return httpx.get(f"{self.url}/health", timeout=2).json()
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise AssertionError("run_api.py did not answer in time")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()

@@ -1,0 +1,99 @@
+"""Browser: "Why this match?" on a result card and the merchant's analytics page (map, clusters, searches,
+jobs), on the real pipeline, API and Streamlit app through Debian's chromium. With ANALYTICS_SHOTS=<folder>
+it also saves the README's screenshots there."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import requests
+
+from core.config import PROJECT_ROOT, load_settings
+from core.model_config import ModelRegistry
+from pipeline.runner import run_model
+from tests.ui.test_e2e_browser import CHROMIUM_ARGS, _chromium, _free_port, _start, _stop, _wait_http
+from utils.demo_catalogue import write_demo
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+KEY = "analytics-key"
+WAIT_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def app(tiny_clip, tmp_path_factory):
+    chromium = _chromium()
+    root = tmp_path_factory.mktemp("analytics_root")
+    write_demo(root / "data")
+    settings = load_settings(root=root, clip_model=str(tiny_clip), device="cpu", torch_threads=1)
+    run_model(settings, ModelRegistry.discover(settings).get("general"), progress=False)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGESEARCH_")}
+    env.update(IMAGESEARCH_ROOT=str(root), IMAGESEARCH_CLIP_MODEL=str(tiny_clip), IMAGESEARCH_DEVICE="cpu",
+               IMAGESEARCH_TORCH_THREADS="1", HF_HUB_OFFLINE="1", IMAGESEARCH_API_KEY=KEY)
+    api_port, ui_port = _free_port(), _free_port()
+    api_url, ui_url = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{ui_port}"
+    (root / "logs").mkdir(exist_ok=True)
+    api = _start([str(PROJECT_ROOT / "run_api.py"), "--port", str(api_port)], env, root, root / "logs" / "a.out")
+    ui = _start([str(PROJECT_ROOT / "run_streamlit.py"), "--port", str(ui_port), "--host", "127.0.0.1"],
+                {**env, "IMAGESEARCH_API_URL": api_url}, root, root / "logs" / "u.out")
+    try:
+        _wait_http(f"{api_url}/health", api, root / "logs" / "a.out")
+        _wait_http(f"{ui_url}/_stcore/health", ui, root / "logs" / "u.out")
+        yield SimpleNamespace(api_url=api_url, ui_url=ui_url, root=root, chromium=chromium)
+    finally:
+        _stop(ui)
+        _stop(api)
+
+
+@pytest.fixture(scope="module")
+def page(app):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=app.chromium, args=CHROMIUM_ARGS)
+        opened = browser.new_page(viewport={"width": 1400, "height": 1000})
+        opened.set_default_timeout(WAIT_MS)
+        yield opened
+        browser.close()
+
+
+def _shot(page, name: str) -> None:
+    folder = os.environ.get("ANALYTICS_SHOTS")
+    if folder:
+        page.screenshot(path=str(Path(folder) / name))
+
+
+def _photo(app) -> Path:
+    return next((app.root / "data" / "general").rglob("*.jpg"))
+
+
+def test_why_this_match_shows_a_heat_map_on_the_card(app, page):
+    page.goto(app.ui_url)
+    page.locator("[data-testid=stFileUploader] input[type=file]").set_input_files(str(_photo(app)))
+    toggle = page.get_by_text("Why this match?").first
+    toggle.wait_for()
+    toggle.click()
+    page.get_by_text("Warm areas look most like your photo").first.wait_for()
+    _shot(page, "why.png")
+
+
+def test_analytics_page_shows_map_clusters_searches_and_jobs(app, page):
+    job = requests.post(f"{app.api_url}/general/jobs/embed", json={"ids": ["nope"]}, headers={"X-API-Key": KEY})
+    assert job.status_code == 202
+    page.goto(f"{app.ui_url}/analytics")
+    page.get_by_text("Catalogue analytics").first.wait_for()
+    page.locator("[data-testid=stVegaLiteChart], .vega-embed").first.wait_for()
+    page.get_by_text("PCA then t-SNE").first.wait_for()
+    _shot(page, "analytics-map.png")
+    page.get_by_role("tab", name="Clusters").click()
+    page.get_by_text("purity").first.wait_for()
+    _shot(page, "analytics-clusters.png")
+    page.get_by_role("tab", name="Searches").click()
+    page.get_by_text("no query images are stored").first.wait_for()
+    page.locator("[data-testid=stDataFrame]").first.wait_for()
+    _shot(page, "analytics-searches.png")
+    page.get_by_role("tab", name="Jobs").click()
+    page.locator("[data-testid=stDataFrame]").nth(1).wait_for()
+    _shot(page, "analytics-jobs.png")
