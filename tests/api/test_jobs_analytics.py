@@ -75,6 +75,7 @@ def test_a_job_killed_mid_run_is_resumed_after_an_api_restart(own):
     with own.client() as c:
         task = c.post("/general/jobs/rebuild", json={"force": True}, headers=KEY).json()["task_id"]
         job = _wait(c, task, lambda j: j["status"] == "running" and j["pid"])
+        os.killpg(job["pid"], signal.SIGSTOP)  # frozen at once: a quick rebuild cannot finish before the kill
     stop_server(own)  # the API goes away...
     os.killpg(job["pid"], signal.SIGKILL)  # ...and so does the worker, mid-run
     time.sleep(0.5)
