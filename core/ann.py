@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -318,8 +319,6 @@ class LiveIndex:
 
 def _fsync(path: Path) -> None:
     with open(path, "rb") as fh:
-        import os
-
         os.fsync(fh.fileno())
 
 
@@ -395,8 +394,6 @@ def _measure(live: LiveIndex, queries: Embeddings, truth: list[set[int]], self_v
 
 
 def _cores() -> int:
-    import os
-
     return os.cpu_count() or 1
 
 

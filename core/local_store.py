@@ -277,6 +277,8 @@ class LocalStore:
         return kind
 
     def _catch_up(self, live: LiveIndex) -> bool:
+        if self.table.generation() == live.generation:  # the watcher's usual case: one tiny read, no scans
+            return False
         changes = self.table.changes_since(live.generation)
         if changes.generation == live.generation:
             return False

@@ -336,9 +336,8 @@ class ProductTable:
         by_source = dict(conn.execute("SELECT source, count(*) FROM products GROUP BY source").fetchall())
         cats = dict(conn.execute("SELECT category, count(*) FROM products WHERE category <> '' "
                                  "GROUP BY category ORDER BY category").fetchall())
-        updated = conn.execute("SELECT max(updated_at) FROM products").fetchone()[0] or 0.0
         return StoreStats(products=sum(by_source.values()), by_source=by_source, categories=cats,
-                          columns=self.columns(conn), generation=self.generation(conn), updated_at=updated)
+                          columns=self.columns(conn), generation=self.generation(conn))
 
     def count(self) -> int:
         return int(self.db.reader().execute("SELECT count(*) FROM products").fetchone()[0])

@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -77,9 +77,6 @@ class Filter:
         """True when the filter restricts by metadata (excluded ids alone do not)."""
         return self.category is not None or bool(self.equals) or bool(self.ranges)
 
-    def cache_key(self) -> tuple[Any, ...]:
-        return (self.category, tuple(sorted(self.equals.items())), tuple(sorted(self.ranges.items())))
-
     @property
     def empty(self) -> bool:
         """True when a range admits nothing (min above max)."""
@@ -115,7 +112,6 @@ class StoreStats:
     categories: Mapping[str, int]
     columns: Mapping[str, str]  # extra column -> "text" | "number"
     generation: int
-    updated_at: float
 
 
 class CatalogueStore(Protocol):

@@ -131,7 +131,9 @@ class _Upserter:
         store = self.ctx.store()
         api_before = store.stats().by_source.get(Source.API.value, 0)
         for chunk in state.staged():
-            items = [it for it in (self._item(p, views) for p, views in self._views(state, chunk)) if it is not None]
+            refs = list(dict.fromkeys(r for p in chunk for r in [*p.images, p.preview_image] if r))
+            found = state.view_vectors(refs, self.key)
+            items = [it for it in (self._item(p, found) for p in chunk) if it is not None]
             if items:
                 self.written += store.upsert(self._project(items), keep_api=not self.ctx.drop_api_edits)
                 state.mark_usable([it.product.id for it in items])
@@ -146,12 +148,6 @@ class _Upserter:
                                     "api_dropped": max(0, api_before - api_after)})
         return self.result
 
-    def _views(self, state: BuildState,
-               chunk: list[StagedProduct]) -> Iterator[tuple[StagedProduct, dict[str, tuple[str, np.ndarray]]]]:
-        refs = list(dict.fromkeys(r for p in chunk for r in [*p.images, p.preview_image] if r))
-        found = state.view_vectors(refs, self.key)
-        for product in chunk:
-            yield product, found
 
     def _item(self, p: StagedProduct, found: dict[str, tuple[str, np.ndarray]]) -> ProductVector | None:
         views = [found[r] for r in p.images if r in found]

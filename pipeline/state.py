@@ -103,9 +103,6 @@ class BuildState:
             last = rows[-1][1]
             yield [StagedProduct(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], json.loads(r[6])) for r in rows]
 
-    def staged_count(self) -> int:
-        return int(self.db.reader().execute("SELECT count(*) FROM csv_products").fetchone()[0])
-
     def mark_usable(self, ids: Sequence[str]) -> None:
         with self.db.write() as conn:
             conn.executemany("UPDATE csv_products SET usable=1 WHERE id=?", [(i,) for i in ids])
@@ -149,22 +146,6 @@ class BuildState:
         while rows := cursor.fetchmany(5000):
             yield from (r[0] for r in rows)
 
-    def image_counts(self) -> dict[str, int]:
-        return dict(self.db.reader().execute(
-            "SELECT status, count(*) FROM images WHERE ref IN (SELECT value FROM csv_products, "
-            "json_each(csv_products.images)) GROUP BY status").fetchall())
-
-    def failed_images(self, limit_per_reason: int = 3) -> dict[str, list[str]]:
-        """Up to ``limit_per_reason`` example refs for each failure reason of the staged products."""
-        rows = self.db.reader().execute(
-            "SELECT reason, ref FROM (SELECT reason, ref, row_number() OVER (PARTITION BY reason ORDER BY ref) AS n "
-            "FROM images WHERE status='failed' AND ref IN (SELECT value FROM csv_products, "
-            "json_each(csv_products.images))) WHERE n <= ?", (limit_per_reason,)).fetchall()
-        out: dict[str, list[str]] = {}
-        for reason, ref in rows:
-            out.setdefault(reason or "?", []).append(ref)
-        return out
-
     # --- views --------------------------------------------------------------------------------------
     def views_todo(self, model_key: str, batch: int) -> Iterator[list[str]]:
         """Cache files of downloaded images that have no vector for ``model_key`` yet."""
@@ -193,10 +174,6 @@ class BuildState:
                     [model_key, *chunk]):
                 out[ref] = (cache, np.frombuffer(vector, dtype=np.float32))
         return out
-
-    def ok_caches(self, refs: Sequence[str]) -> dict[str, str]:
-        rows = self.images(refs)
-        return {r: e["cache"] for r, e in rows.items() if e["status"] == "ok" and e["cache"]}
 
     # --- meta ---------------------------------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import quote
@@ -19,9 +20,9 @@ from api.catalogue import Catalogue
 from api.deps import base_url, get_catalogue, get_settings
 from api.loaded import ServedModel
 from api.routes.params import FilterParams, MinScore, Offset, RelevanceParams, TopK
-from api.routes.search import search_loaded
+from api.routes.search import elapsed_ms, filters_from, search_loaded
 from api.schemas import ProductInfo, SearchResponse, error_responses
-from api.searching import Filters, check_columns, image_url, log_search
+from api.searching import check_columns, image_url, log_search
 
 router = APIRouter(tags=["products"], responses=error_responses(404, 422, 503))
 
@@ -47,17 +48,16 @@ async def similar_products(model: str, product_id: str, request: Request, top_k:
                            catalogue: Catalogue = Depends(get_catalogue)) -> SearchResponse:
     loaded = catalogue.model(model)
     loaded.product(product_id)  # 404 when absent
-    filters = Filters(top_k=top_k, min_score=min_score, category=flt.category, equals=flt.equals,
-                      ranges=flt.ranges, exclude_id=product_id, offset=offset, min_match=rel.min_match,
-                      dedupe=rel.dedupe)
+    filters = replace(filters_from(top_k, min_score, flt, offset, rel), exclude_id=product_id)
     check_columns(loaded, filters)
     start = time.perf_counter()
     vector = loaded.require().vectors([product_id])[0]
     # the stored vector is already in index space: search without the head
     hits = await search_loaded(loaded, vector, filters, base_url(request), projected=True)
-    log_search(request, model, "similar", filters, round((time.perf_counter() - start) * 1000, 3), hits)
-    return SearchResponse(model=model, query=f"similar:{product_id}", num_results=len(hits),
-                          search_time_ms=round((time.perf_counter() - start) * 1000, 3), results=hits)
+    took = elapsed_ms(start)
+    log_search(request, model, "similar", filters, took, hits)
+    return SearchResponse(model=model, query=f"similar:{product_id}", num_results=len(hits), search_time_ms=took,
+                          results=hits)
 
 
 @router.get("/{model}/products/{product_id}/image", response_class=FileResponse,

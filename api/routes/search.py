@@ -31,11 +31,11 @@ _TEXT_ERRORS = error_responses(400, 404, 422, 503)
 LEGACY_MODEL = "general"
 
 
-def _elapsed_ms(start: float) -> float:
+def elapsed_ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000, 3)
 
 
-def _filters(top_k: int, min_score: float | None, flt: FilterParams, offset: int = 0,
+def filters_from(top_k: int, min_score: float | None, flt: FilterParams, offset: int = 0,
              rel: RelevanceParams | None = None, kind: str = IMAGE) -> Filters:
     rel = rel or RelevanceParams()
     return Filters(top_k=top_k, min_score=min_score, category=flt.category, equals=flt.equals, ranges=flt.ranges,
@@ -63,9 +63,9 @@ async def _search_image(name: str, request: Request, filters: Filters, catalogue
     vectors = await embed_query_image(upload.data, [embedder], max_pixels=settings.max_image_pixels,
                                       max_aspect=settings.max_aspect_ratio)
     hits = await search_loaded(model, vectors[model.backbone], filters, base_url(request))
-    log_search(request, name, "image", filters, _elapsed_ms(start), hits)
+    log_search(request, name, "image", filters, elapsed_ms(start), hits)
     return SearchResponse(model=name, query_filename=upload.filename, num_results=len(hits),
-                          search_time_ms=_elapsed_ms(start), results=hits)
+                          search_time_ms=elapsed_ms(start), results=hits)
 
 
 def _ready_models(catalogue: Catalogue) -> tuple[list[ServedModel], list[ServedModel]]:
@@ -121,10 +121,10 @@ async def search_all(request: Request, top_k: TopK = 10, min_score: MinScore = N
     start = time.perf_counter()
     vectors = await embed_query_image(upload.data, list(embedders.values()), max_pixels=settings.max_image_pixels,
                                       max_aspect=settings.max_aspect_ratio)
-    filters = _filters(top_k, min_score, flt, offset, rel)
+    filters = filters_from(top_k, min_score, flt, offset, rel)
     merged, per_model = await _search_every_model(models, vectors, filters, base_url(request), merge)
-    log_search(request, "all", "image", filters, _elapsed_ms(start), merged)
-    return AllSearchResponse(query_filename=upload.filename, num_results=len(merged), search_time_ms=_elapsed_ms(start),
+    log_search(request, "all", "image", filters, elapsed_ms(start), merged)
+    return AllSearchResponse(query_filename=upload.filename, num_results=len(merged), search_time_ms=elapsed_ms(start),
                              results=merged, per_model=per_model)
 
 
@@ -137,10 +137,10 @@ async def search_all_text(request: Request, q: TextQuery, top_k: TopK = 10, min_
     models, ready = _ready_models(catalogue)
     start = time.perf_counter()
     vectors = {b: await catalogue.embedder(b).embed_text(q) for b in {m.backbone for m in ready}}  # once per backbone
-    filters = _filters(top_k, min_score, flt, offset, rel, TEXT)
+    filters = filters_from(top_k, min_score, flt, offset, rel, TEXT)
     merged, per_model = await _search_every_model(models, vectors, filters, base_url(request), merge)
-    log_search(request, "all", "text", filters, _elapsed_ms(start), merged)
-    return AllSearchResponse(query=q, num_results=len(merged), search_time_ms=_elapsed_ms(start), results=merged,
+    log_search(request, "all", "text", filters, elapsed_ms(start), merged)
+    return AllSearchResponse(query=q, num_results=len(merged), search_time_ms=elapsed_ms(start), results=merged,
                              per_model=per_model)
 
 
@@ -151,7 +151,7 @@ async def search_products_legacy(request: Request, top_k: TopK = 10, min_score: 
                                  rel: RelevanceParams = Depends(),
                        catalogue: Catalogue = Depends(get_catalogue),
                                  settings: Settings = Depends(get_settings)) -> SearchResponse:
-    filters = _filters(top_k, min_score, flt, offset, rel)
+    filters = filters_from(top_k, min_score, flt, offset, rel)
     return await _search_image(LEGACY_MODEL, request, filters, catalogue, settings)
 
 
@@ -162,7 +162,7 @@ async def search_model(model: str, request: Request, top_k: TopK = 10, min_score
                        rel: RelevanceParams = Depends(),
                        catalogue: Catalogue = Depends(get_catalogue),
                        settings: Settings = Depends(get_settings)) -> SearchResponse:
-    filters = _filters(top_k, min_score, flt, offset, rel)
+    filters = filters_from(top_k, min_score, flt, offset, rel)
     return await _search_image(model, request, filters, catalogue, settings)
 
 
@@ -174,13 +174,13 @@ async def search_text(model: str, request: Request, q: TextQuery, top_k: TopK = 
                        catalogue: Catalogue = Depends(get_catalogue)) -> SearchResponse:
     loaded = catalogue.model(model)
     loaded.require()
-    filters = _filters(top_k, min_score, flt, offset, rel, TEXT)
+    filters = filters_from(top_k, min_score, flt, offset, rel, TEXT)
     check_columns(loaded, filters)
     start = time.perf_counter()
     vector = await catalogue.embedder(loaded.backbone).embed_text(q)
     hits = await search_loaded(loaded, vector, filters, base_url(request))
-    log_search(request, model, "text", filters, _elapsed_ms(start), hits)
-    return SearchResponse(model=model, query=q, num_results=len(hits), search_time_ms=_elapsed_ms(start),
+    log_search(request, model, "text", filters, elapsed_ms(start), hits)
+    return SearchResponse(model=model, query=q, num_results=len(hits), search_time_ms=elapsed_ms(start),
                           results=hits)
 
 
@@ -207,12 +207,14 @@ async def search_all_vector(request: Request, body: VectorQuery, top_k: TopK = 1
                             catalogue: Catalogue = Depends(get_catalogue)) -> AllSearchResponse:
     models, ready = _ready_models(catalogue)
     start = time.perf_counter()
-    vectors = {m.backbone: _clip_query(body, None, m.name) for m in ready if _clip_dim(m) == len(body.vector)}
+    query = _clip_query(body, None, "all")  # normalised once, shared by every model of this dimension
+    vectors = {m.backbone: query for m in ready if _clip_dim(m) == len(body.vector)}
     if not vectors:
         raise BadRequestError(f"no model takes {len(body.vector)}-dim vectors")
-    merged, per_model = await _search_every_model(models, vectors, _filters(top_k, min_score, flt, offset, rel),
-                                                  base_url(request), merge)
-    return AllSearchResponse(query="vector", num_results=len(merged), search_time_ms=_elapsed_ms(start),
+    filters = filters_from(top_k, min_score, flt, offset, rel)
+    merged, per_model = await _search_every_model(models, vectors, filters, base_url(request), merge)
+    log_search(request, "all", "vector", filters, elapsed_ms(start), merged)
+    return AllSearchResponse(query="vector", num_results=len(merged), search_time_ms=elapsed_ms(start),
                              results=merged, per_model=per_model)
 
 
@@ -224,9 +226,10 @@ async def search_vector(model: str, request: Request, body: VectorQuery, top_k: 
                         catalogue: Catalogue = Depends(get_catalogue)) -> SearchResponse:
     loaded = catalogue.model(model)
     loaded.require()
-    filters = _filters(top_k, min_score, flt, offset, rel)
+    filters = filters_from(top_k, min_score, flt, offset, rel)
     check_columns(loaded, filters)
     start = time.perf_counter()
     hits = await search_loaded(loaded, _clip_query(body, _clip_dim(loaded), model), filters, base_url(request))
-    return SearchResponse(model=model, query="vector", num_results=len(hits), search_time_ms=_elapsed_ms(start),
+    log_search(request, model, "vector", filters, elapsed_ms(start), hits)
+    return SearchResponse(model=model, query="vector", num_results=len(hits), search_time_ms=elapsed_ms(start),
                           results=hits)
