@@ -111,7 +111,7 @@ def nearest(model: ServedModel, vector: np.ndarray, filters: Filters) -> list[Fo
     if filters.min_match is not None:
         found = [f for f in found if f.match is None or f.match >= filters.min_match]
     if filters.dedupe and len(found) > 1:
-        found = collapse(found, store.vectors([f.product.id for f in found]), duplicate_threshold(model))
+        found = collapse(found, store.hit_vectors([f.hit for f in found]), duplicate_threshold(model))
     return found[filters.offset:want]
 
 

@@ -83,6 +83,12 @@ class LocalStore:
     def get(self, ids: Sequence[str]) -> list[Product]:
         return self.table.get(ids)
 
+    def hit_vectors(self, hits: Sequence[Hit]) -> Embeddings:
+        keys = np.array([h.key for h in hits], dtype=np.int64)
+        if len(keys) and (keys >= 0).all():
+            return self._subset_vectors(keys)
+        return self.table.vectors([h.product.id for h in hits])
+
     def columns(self) -> dict[str, str]:
         return self.table.columns()
 
@@ -177,7 +183,8 @@ class LocalStore:
         scores = self._scores(vectors, query)
         top = np.argsort(-scores, kind="stable")[:k]
         rows = self.table.by_vids(vids[top].tolist())
-        return [Hit(rows[int(v)], float(s)) for v, s in zip(vids[top], scores[top], strict=True) if int(v) in rows]
+        return [Hit(rows[int(v)], float(s), int(v)) for v, s in zip(vids[top], scores[top], strict=True)
+                if int(v) in rows]
 
     def _scores(self, vectors: Embeddings, query: np.ndarray) -> np.ndarray:
         # einsum, not BLAS: a few thousand rows take well under a millisecond on one core, while a
@@ -209,7 +216,7 @@ class LocalStore:
             keep = vids >= 0
             keep[keep] = _first_seen(vids[keep])  # HNSW may hold a replayed vid twice
             rows = self.table.by_vids(vids[keep].tolist(), flt)
-            hits = [Hit(rows[int(v)], float(s)) for v, s in zip(vids[keep], scores[keep], strict=True)
+            hits = [Hit(rows[int(v)], float(s), int(v)) for v, s in zip(vids[keep], scores[keep], strict=True)
                     if int(v) in rows]
             if len(hits) >= k or fetch >= min(live.ntotal, _MAX_FETCH):
                 return hits[:k]

@@ -87,6 +87,7 @@ class Filter:
 class Hit:
     product: Product
     score: float
+    key: int = -1  # the store's key for this version of the product's vector (-1: not known)
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,9 @@ class CatalogueStore(Protocol):
 
     def search(self, queries: Embeddings, k: int, flt: Filter | None = None) -> list[list[Hit]]:
         """Best ``k`` products per query, best first, scores as cosine similarity."""
+
+    def hit_vectors(self, hits: Sequence[Hit]) -> Embeddings:
+        """The indexed vectors of ``hits``, row-aligned (from memory where the store can)."""
 
     def count(self) -> int: ...
 
