@@ -9,7 +9,7 @@ from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.errors import ConfigError
-from core.types import Device, IndexType, Metric, Precision
+from core.types import Device, Executor, IndexType, Metric, Precision, StoreKind
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
@@ -70,6 +70,21 @@ class Settings(BaseSettings):
     hnsw_m: int = Field(32, ge=4, le=256, description="HNSW graph degree")
     hnsw_ef_search: int = Field(64, ge=1, le=4096, description="HNSW search breadth")
     ivf_nprobe: int = Field(16, ge=1, le=65536, description="IVF lists probed per query")
+
+    # past one machine: the catalogue in Milvus, builds on Ray (requirements-scale.txt)
+    store: StoreKind = Field(StoreKind.LOCAL, description="local (SQLite + FAISS under models/<m>/) | milvus "
+                                                          "(model.json's store wins)")
+    milvus_uri: str = Field("", max_length=2000,
+                            description="a file path runs milvus-lite embedded (default: models/milvus.db); "
+                                        "http://host:19530 reaches a Milvus standalone or cluster")
+    milvus_token: str | None = Field(None, description="Milvus credentials (user:password or an API key); "
+                                                       "never printed")
+    milvus_prefix: str = Field("imagesearch_", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$",
+                               description="prefix of the per-model collection names")
+    executor: Executor = Field(Executor.LOCAL, description="local | ray: where the download and extraction "
+                                                           "phases run")
+    ray_address: str = Field("", max_length=2000,
+                             description="Ray cluster to join (ray://host:10001 or auto); empty starts a local one")
 
     # relevance: near-duplicates collapsed in search results (model.json's duplicate_threshold wins)
     duplicate_threshold: float = Field(0.94, ge=-1, le=1,

@@ -232,3 +232,21 @@ class JobNotFoundError(ImageSearchError):
     def __init__(self, task_id: str) -> None:
         super().__init__(f"no job with task id {task_id!r}")
         self.task_id = task_id
+
+
+class MissingDependencyError(ConfigError):
+    """An optional feature was asked for but its package is not installed."""
+
+    def __init__(self, feature: str, package: str, requirements: str = "requirements-scale.txt") -> None:
+        super().__init__(f"{feature} needs {package}, which is not installed: pip install -r {requirements}")
+        self.package = package
+
+
+def require_module(module: str, feature: str, package: str = "") -> object:
+    """Import an optional dependency, or raise MissingDependencyError saying what to install."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingDependencyError(feature, package or module) from None

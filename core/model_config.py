@@ -11,7 +11,7 @@ from typing import Any
 
 from core.config import Settings
 from core.errors import ConfigError, InvalidModelNameError, UnknownModelError
-from core.types import IndexType
+from core.types import IndexType, StoreKind
 
 _NAME_RE = re.compile(r"[a-z0-9_-]{1,64}")
 ALL_MODELS = "all"  # reserved: /all/search searches every model
@@ -84,6 +84,7 @@ class ModelSpec:
     categories: tuple[str, ...] = ()
     backbone: str | None = None
     index_type: IndexType | None = None
+    store: StoreKind | None = None  # None: the store setting
     currency: str = ""
     url_template: str = ""
     duplicate_threshold: float | None = None  # None: the duplicate_threshold setting
@@ -100,6 +101,9 @@ class ModelSpec:
     def index_type_for(self, settings: Settings) -> IndexType:
         return self.index_type or settings.index_type
 
+    def store_for(self, settings: Settings) -> StoreKind:
+        return self.store or settings.store
+
 
 BUILTIN_MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(name="general", display_name="General products", builtin=True,
@@ -108,7 +112,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
               description="Shirts and tops; may use a fashion-tuned CLIP backbone via model.json."),
 )
 
-_MODEL_JSON_KEYS = {"display_name", "description", "categories", "backbone", "index_type", "currency",
+_MODEL_JSON_KEYS = {"display_name", "description", "categories", "backbone", "index_type", "store", "currency",
                     "url_template", "duplicate_threshold"}
 
 
@@ -145,6 +149,11 @@ def _read_model_json(path: Path, base: ModelSpec) -> ModelSpec:
             updates["index_type"] = IndexType(raw["index_type"])
         except ValueError:
             raise ConfigError(f"{path}: 'index_type' must be one of {[t.value for t in IndexType]}") from None
+    if "store" in raw:
+        try:
+            updates["store"] = StoreKind(raw["store"])
+        except ValueError:
+            raise ConfigError(f"{path}: 'store' must be one of {[t.value for t in StoreKind]}") from None
     return replace(base, **updates)
 
 

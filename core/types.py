@@ -27,6 +27,20 @@ class IndexType(StrEnum):
     IVFPQ = "ivfpq"
 
 
+class StoreKind(StrEnum):
+    """Where a model's catalogue lives: the embedded SQLite + FAISS store, or a Milvus collection."""
+
+    LOCAL = "local"
+    MILVUS = "milvus"
+
+
+class Executor(StrEnum):
+    """Where the download and extraction phases run: this process, or a Ray cluster."""
+
+    LOCAL = "local"
+    RAY = "ray"
+
+
 class Metric(StrEnum):
     COSINE = "cosine"
     EUCLIDEAN = "euclidean"
