@@ -18,7 +18,7 @@ from typing import Any
 from core.config import Settings
 from core.errors import ImageSearchError, IndexNotReadyError, ProductNotFoundError
 from core.head import ProjectionHead
-from core.local_store import LocalStore
+from core.store import ModelStore
 from core.model_config import ModelSpec
 from core.store import Product, StoreStats
 
@@ -48,7 +48,7 @@ class _StatsCache:
 class ServedModel:
     spec: ModelSpec
     backbone: str
-    store: LocalStore | None = None
+    store: ModelStore | None = None
     error: str | None = None
     head_signature: Signature = None
     index_signature: Signature = None
@@ -77,7 +77,7 @@ class ServedModel:
         live = self.store.live_index if self.store is not None else None
         return live.info.to_json() if live is not None else {}
 
-    def require(self) -> LocalStore:
+    def require(self) -> ModelStore:
         """The store when searchable, else IndexNotReadyError with the reason."""
         if not self.searchable or self.store is None:
             raise IndexNotReadyError(self.name, self.error or "not loaded")
@@ -103,7 +103,7 @@ class ServedModel:
 def load_model(settings: Settings, spec: ModelSpec, *, encoder_dim: int | None,
                encoder_error: str | None = None) -> ServedModel:
     """Open one model's store and index. Never raises: an unusable model comes back with ``error``."""
-    from core.catalogue_store import open_store
+    from core.catalogue_store import open_store, store_exists
 
     paths = spec.paths(settings)
     backbone = spec.backbone_for(settings)
@@ -113,7 +113,7 @@ def load_model(settings: Settings, spec: ModelSpec, *, encoder_dim: int | None,
     try:
         if encoder_error:
             raise IndexNotReadyError(spec.name, encoder_error)
-        if not (paths.models / "catalogue.db").exists() and not (paths.models / "metadata.jsonl").is_file():
+        if not store_exists(settings, spec):
             raise IndexNotReadyError(spec.name, f"no catalogue built yet (run: python run_training.py {spec.name})")
         store = open_store(settings, spec)
         if store.live_index is None:
@@ -132,7 +132,7 @@ def load_model(settings: Settings, spec: ModelSpec, *, encoder_dim: int | None,
                        index_signature=index_signature)
 
 
-def _check_dims(store: LocalStore, name: str, encoder_dim: int | None) -> None:
+def _check_dims(store: ModelStore, name: str, encoder_dim: int | None) -> None:
     live = store.live_index
     assert live is not None
     head = store.head

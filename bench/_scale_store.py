@@ -27,6 +27,7 @@ from bench._scale_data import Synthetic, category, category_name, product_id  # 
 from core.catalogue_store import open_store  # noqa: E402
 from core.config import Settings, load_settings  # noqa: E402
 from core.local_store import LocalStore  # noqa: E402
+from core.store import ModelStore  # noqa: E402
 from core.model_config import ModelSpec  # noqa: E402
 from core.store import Product, ProductVector  # noqa: E402
 
@@ -53,7 +54,11 @@ def _db_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.is_file())
 
 
-def build(store: LocalStore, syn: Synthetic) -> dict[str, Any]:
+def _file_bytes(path: Path) -> int | None:
+    return path.stat().st_size if path.is_file() else None
+
+
+def build(store: ModelStore, syn: Synthetic) -> dict[str, Any]:
     """Upsert every chunk (one transaction each), then build, tune and save the index."""
     start = time.perf_counter()
     for first, vectors in syn.chunks():
@@ -65,12 +70,13 @@ def build(store: LocalStore, syn: Synthetic) -> dict[str, Any]:
     done = time.perf_counter()
     return {"build_s": round(done - start, 2), "upsert_all_s": round(upserted - start, 2),
             "index_s": round(done - upserted, 2), "index_type": live.kind.value,
-            "index_bytes": (store.folder / live.info.file).stat().st_size, "index_params": live.info.params,
+            "index_bytes": _file_bytes(store.folder / live.info.file), "index_params": live.info.params,
             "tuned_recall_at_10": live.info.tuning.get("recall_at_10"), "tuned_ms": live.info.tuning.get("ms"),
-            "db_bytes": _db_bytes(store.db.path), "build_peak_rss_mb": round(peak_rss_mb(), 1)}
+            "db_bytes": _db_bytes(store.db.path) if isinstance(store, LocalStore) else None,
+            "build_peak_rss_mb": round(peak_rss_mb(), 1)}
 
 
-def ops(store: LocalStore, syn: Synthetic, edits: int) -> dict[str, Any]:
+def ops(store: ModelStore, syn: Synthetic, edits: int) -> dict[str, Any]:
     """One-product upserts (new ids) then deletes of them, each its own store call, timed."""
     vectors = next(syn.chunks())[1][:edits]
     ups, dels = [], []

@@ -15,7 +15,8 @@ from core.head import load_head
 from core.local_store import LocalStore
 from core.model_config import ModelPaths, ModelSpec
 from core.sqlite_store import store_path
-from core.store import Product, ProductVector, Source
+from core.store import ModelStore, Product, ProductVector, Source
+from core.types import StoreKind
 
 logger = logging.getLogger(__name__)
 
@@ -25,9 +26,15 @@ LEGACY_FILES = ("index.faiss", "metadata.jsonl", "manifest.json", "embeddings.np
 _BATCH = 5000
 
 
-def open_store(settings: Settings, spec: ModelSpec, *, open_index: bool = True) -> LocalStore:
-    """The model's store under ``models/<m>/`` (created empty when new; a legacy build is migrated)."""
+def open_store(settings: Settings, spec: ModelSpec, *, open_index: bool = True) -> ModelStore:
+    """The model's store: under ``models/<m>/`` (created empty when new; a legacy build is migrated), or
+    its Milvus collection when the model's store is milvus (model.json, else IMAGESEARCH_STORE)."""
     paths = spec.paths(settings)
+    if spec.store_for(settings) == StoreKind.MILVUS:
+        from core.milvus_store import MilvusStore
+
+        return MilvusStore(paths.models, settings, name=spec.name, index_type=spec.index_type_for(settings),
+                           head=load_head(paths.head), open_index=open_index)
     legacy = not store_path(paths.models).exists() and (paths.models / "metadata.jsonl").is_file()
     store = LocalStore(paths.models, settings, name=spec.name, index_type=spec.index_type_for(settings),
                        head=load_head(paths.head), open_index=False)
@@ -36,6 +43,16 @@ def open_store(settings: Settings, spec: ModelSpec, *, open_index: bool = True) 
     if open_index:
         store.open_index()
     return store
+
+
+def store_exists(settings: Settings, spec: ModelSpec) -> bool:
+    """True when the model has a catalogue to open (opening one that does not creates it empty)."""
+    paths = spec.paths(settings)
+    if spec.store_for(settings) == StoreKind.MILVUS:
+        from core.milvus_store import client, collection_name
+
+        return bool(client(settings).has_collection(collection_name(settings.milvus_prefix, spec.name)))
+    return store_path(paths.models).exists() or (paths.models / "metadata.jsonl").is_file()
 
 
 def migrate_legacy(store: LocalStore, paths: ModelPaths) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ImageSearchError(Exception):
     """Base of every error this project raises on purpose (a known failure, not a bug)."""
@@ -242,7 +244,7 @@ class MissingDependencyError(ConfigError):
         self.package = package
 
 
-def require_module(module: str, feature: str, package: str = "") -> object:
+def require_module(module: str, feature: str, package: str = "") -> Any:
     """Import an optional dependency, or raise MissingDependencyError saying what to install."""
     import importlib
 

@@ -23,7 +23,7 @@ from core.errors import StoreError
 from core.head import ProjectionHead
 from core.sqlite_db import Database
 from core.sqlite_store import SCHEMA, ProductTable, store_path
-from core.store import Changes, Filter, Hit, Product, ProductVector, Source, StoreStats
+from core.store import Changes, Filter, Hit, Product, ProductVector, ServedIndex, Source, StoreStats
 from core.types import Embeddings, IndexType, Metric
 
 logger = logging.getLogger(__name__)
@@ -418,8 +418,9 @@ class LocalStore:
                     image.midpoint, f", text midpoint {text.midpoint:.3f}" if text else "")
         return cal
 
-    def install_index(self, live: LiveIndex) -> None:
+    def install_index(self, live: ServedIndex) -> None:
         """Serve ``live`` (caught up first)."""
+        assert isinstance(live, LiveIndex), "an index of another store"
         with self._index_lock:
             self._catch_up(live)
             self._index = live
@@ -428,6 +429,17 @@ class LocalStore:
         with self._index_lock:
             if self._index is not None:
                 self._index.save(self.folder)
+
+    def scan_vectors(self, batch: int = 50_000, *, clip: bool = False) -> Iterator[tuple[list[str], Embeddings]]:
+        """Every product's (ids, vectors), ``batch`` at a time, over one consistent snapshot."""
+        with self.db.snapshot() as conn:
+            yield from self.table.iter_ids(conn, batch, column="clip" if clip else None)
+
+    def sample_vectors(self, n: int, seed: int) -> tuple[list[str], Embeddings]:
+        with self.db.snapshot() as conn:
+            vids, vectors = self.table.sample_vectors(conn, n, seed)
+            ids = self.table.ids_of(conn, vids.tolist())
+        return [ids[int(v)] for v in vids], vectors
 
     def close(self) -> None:
         self.db.close()

@@ -8,7 +8,6 @@ so an index tagged with a generation can replay exactly the rest.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
@@ -18,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from core.sqlite_db import Database, now
-from core.store import FILTER_COLUMN, Changes, ExtraValue, Filter, Product, ProductVector, Source, StoreStats
+from core.store import (FILTER_COLUMN, Changes, Filter, Product, ProductVector, Source, StoreStats, is_number,
+                        product_digest)
 from core.types import Embeddings
 
 SCHEMA = """
@@ -77,29 +77,6 @@ def _extra_expr(column: str, kind: str) -> str:
     return f"CAST({expr} AS REAL)" if kind == "number" else expr
 
 
-def _is_number(value: ExtraValue) -> bool:
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, int | float):
-        return True
-    try:
-        float(str(value).strip().replace(",", ""))
-    except ValueError:
-        return False
-    return True
-
-
-def _digest(it: ProductVector) -> str:
-    """What makes a write a change: the metadata and both vectors."""
-    p = it.product
-    h = hashlib.sha256(json.dumps([p.id, p.title, p.category, list(p.images), p.preview_image, p.preview_cache,
-                                   dict(p.extra)], sort_keys=True, default=str).encode())
-    h.update(blob(it.clip))
-    if it.vector is not None:
-        h.update(blob(it.vector))
-    return h.hexdigest()
-
-
 def _row_to_product(row: sqlite3.Row | tuple[Any, ...]) -> Product:
     pid, title, category, images, preview, preview_cache, extra, source, updated = row[:9]
     return Product(id=pid, title=title, category=category or "", images=tuple(json.loads(images)),
@@ -141,7 +118,7 @@ class ProductTable:
             old = current.get(it.product.id)
             if old is not None and keep_api and old[1] == Source.API.value:
                 continue
-            digest = it.digest or _digest(it)
+            digest = it.digest or product_digest(it)
             if old is not None and old[2] == digest and old[1] == it.product.source.value:
                 continue
             changed += 1
@@ -177,7 +154,7 @@ class ProductTable:
             for key, value in it.product.extra.items():
                 if value in (None, "") or not FILTER_COLUMN.fullmatch(key):
                     continue
-                kinds[key] = "number" if kinds.get(key, "number") == "number" and _is_number(value) else "text"
+                kinds[key] = "number" if kinds.get(key, "number") == "number" and is_number(value) else "text"
         if not kinds:
             return
         known = dict(conn.execute("SELECT name, kind FROM columns").fetchall())
@@ -317,6 +294,26 @@ class ProductTable:
                 return
             last = rows[-1][0]
             yield np.array([r[0] for r in rows], dtype=np.int64), unblob(r[1] for r in rows)
+
+    def iter_ids(self, conn: sqlite3.Connection, batch: int,
+                 column: str | None = None) -> Iterator[tuple[list[str], Embeddings]]:
+        """Every (id, vector) in vid order, ``batch`` rows at a time."""
+        last = -1
+        while True:
+            rows = conn.execute(f"SELECT vid, id, {column or _VECTOR} FROM products WHERE vid > ? ORDER BY vid LIMIT ?",
+                                (last, batch)).fetchall()
+            if not rows:
+                return
+            last = rows[-1][0]
+            yield [r[1] for r in rows], unblob(r[2] for r in rows)
+
+    @staticmethod
+    def ids_of(conn: sqlite3.Connection, vids: Sequence[int]) -> dict[int, str]:
+        out: dict[int, str] = {}
+        for chunk in _chunks(list(vids)):
+            marks = ",".join("?" * len(chunk))
+            out.update(conn.execute(f"SELECT vid, id FROM products WHERE vid IN ({marks})", list(chunk)).fetchall())
+        return out
 
     def sample_vectors(self, conn: sqlite3.Connection, n: int, seed: int) -> tuple[np.ndarray, Embeddings]:
         """A seeded random sample of up to ``n`` (vid, vector) rows."""

@@ -8,15 +8,25 @@ the store's *generation*; ``changes_since`` lets a derived index (or another pro
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from core.types import Embeddings
+from core.types import Embeddings, IndexType
+
+if TYPE_CHECKING:
+    from core.ann import IndexInfo
+    from core.calibration import Calibration, TextEncoder
+    from core.config import Settings
+    from core.head import ProjectionHead
+    from core.sqlite_db import Database
 
 ExtraValue = str | int | float | bool | None
 
@@ -115,6 +125,29 @@ class StoreStats:
     generation: int
 
 
+def is_number(value: ExtraValue) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int | float):
+        return True
+    try:
+        float(str(value).strip().replace(",", ""))
+    except ValueError:
+        return False
+    return True
+
+
+def product_digest(it: ProductVector) -> str:
+    """What makes a write a change: the metadata and both vectors (an equal digest: an unchanged product)."""
+    p = it.product
+    h = hashlib.sha256(json.dumps([p.id, p.title, p.category, list(p.images), p.preview_image, p.preview_cache,
+                                   dict(p.extra)], sort_keys=True, default=str).encode())
+    h.update(np.ascontiguousarray(it.clip, dtype=np.float32).tobytes())
+    if it.vector is not None:
+        h.update(np.ascontiguousarray(it.vector, dtype=np.float32).tobytes())
+    return h.hexdigest()
+
+
 class CatalogueStore(Protocol):
     """One model's catalogue. Implementations: ``core.sqlite_store.LocalStore`` (default)."""
 
@@ -154,9 +187,69 @@ class CatalogueStore(Protocol):
 
     def generation(self) -> int: ...
 
-    def changes_since(self, generation: int) -> Changes: ...
-
     def refresh(self) -> bool:
         """Catch up with writes made elsewhere (another process); True when anything changed."""
 
     def close(self) -> None: ...
+
+
+class ServedIndex(Protocol):
+    """What the pipeline and the API read of a store's index: its description and upkeep state."""
+
+    @property
+    def info(self) -> IndexInfo: ...
+
+    @property
+    def kind(self) -> IndexType: ...
+
+    @property
+    def generation(self) -> int: ...
+
+    @property
+    def ntotal(self) -> int: ...
+
+    @property
+    def dead(self) -> int: ...
+
+    def needs_compaction(self) -> bool: ...
+
+
+class ModelStore(CatalogueStore, Protocol):
+    """A model's store as the pipeline, the API and the training tools use it: the catalogue plus its
+    index upkeep, calibration and head. Implementations: ``core.local_store.LocalStore`` (SQLite + FAISS,
+    the default) and ``core.milvus_store.MilvusStore``. ``db`` is the build machine's SQLite file for
+    the pipeline's own state (staged rows, fetched images, view vectors), whatever holds the catalogue."""
+
+    name: str
+    folder: Path
+    settings: Settings
+    head: ProjectionHead | None
+    text_encoder: TextEncoder | None
+
+    @property
+    def db(self) -> Database: ...
+
+    @property
+    def live_index(self) -> ServedIndex | None: ...
+
+    @property
+    def calibration(self) -> Calibration | None: ...
+
+    def open_index(self) -> ServedIndex | None:
+        """The index, caught up or rebuilt as the catalogue's size calls for; None for an empty store."""
+
+    def rebuild(self, *, save: bool, tune_it: bool = True, progress: object = None) -> ServedIndex: ...
+
+    def install_index(self, live: ServedIndex) -> None: ...
+
+    def save_index(self) -> None: ...
+
+    def ensure_calibration(self) -> Calibration | None: ...
+
+    def reproject(self, head: ProjectionHead | None) -> int: ...
+
+    def scan_vectors(self, batch: int = ..., *, clip: bool = False) -> Iterator[tuple[list[str], Embeddings]]:
+        """Every product's (ids, vectors) a batch at a time (bounded memory)."""
+
+    def sample_vectors(self, n: int, seed: int) -> tuple[list[str], Embeddings]:
+        """A seeded sample of up to ``n`` products' ids and indexed vectors."""

@@ -20,7 +20,7 @@ from utils.atomic import read_json, sha256_file, write_json_atomic
 
 if TYPE_CHECKING:
     from core.encoder import ClipEncoder
-    from core.local_store import LocalStore
+    from core.store import ModelStore
     from pipeline.state import BuildState
 
 logger = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ class PipelineContext:
     progress: bool = True
     drop_api_edits: bool = False
     _encoder: ClipEncoder | None = field(default=None, repr=False)
-    _store: LocalStore | None = field(default=None, repr=False)
+    _store: ModelStore | None = field(default=None, repr=False)
     _state: BuildState | None = field(default=None, repr=False)
 
     @property
@@ -61,7 +61,7 @@ class PipelineContext:
             self._encoder = ClipEncoder.from_settings(self.settings, self.backbone)
         return self._encoder
 
-    def store(self) -> LocalStore:
+    def store(self) -> ModelStore:
         """The model's catalogue store (its index is not opened: the index phase does that)."""
         if self._store is None:
             from core.catalogue_store import open_store

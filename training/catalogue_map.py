@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from core.local_store import LocalStore
+from core.store import ModelStore
 from core.store import Product
 
 PCA_DIMS = 50
@@ -25,11 +25,11 @@ class Sample:
     vectors: np.ndarray  # (n, d) unit rows, in index space
 
 
-def sample(store: LocalStore, n: int, seed: int) -> Sample:
-    vids, vectors = store.table.sample_vectors(store.db.reader(), n, seed)
-    found = store.table.by_vids(vids.tolist())
-    keep = [i for i, v in enumerate(vids.tolist()) if v in found]
-    return Sample(products=[found[int(vids[i])] for i in keep], vectors=np.asarray(vectors[keep], dtype=np.float32))
+def sample(store: ModelStore, n: int, seed: int) -> Sample:
+    ids, vectors = store.sample_vectors(n, seed)
+    found = {p.id: p for p in store.get(ids)}
+    keep = [i for i, pid in enumerate(ids) if pid in found]
+    return Sample(products=[found[ids[i]] for i in keep], vectors=np.asarray(vectors[keep], dtype=np.float32))
 
 
 def project(vectors: np.ndarray, seed: int) -> np.ndarray:

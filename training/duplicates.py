@@ -14,6 +14,7 @@ from typing import Any
 
 
 from core.config import Settings
+from core.errors import StoreError
 from core.model_config import ModelSpec
 from utils.atomic import write_json_atomic
 
@@ -38,13 +39,13 @@ class DuplicateReport:
 
 
 class _Groups:
-    """Union-find over the vids that have a duplicate."""
+    """Union-find over the ids of products that have a duplicate."""
 
     def __init__(self) -> None:
-        self.parent: dict[int, int] = {}
-        self.best: dict[int, float] = {}
+        self.parent: dict[str, str] = {}
+        self.best: dict[str, float] = {}
 
-    def find(self, v: int) -> int:
+    def find(self, v: str) -> str:
         self.parent.setdefault(v, v)
         root = v
         while self.parent[root] != root:
@@ -53,15 +54,15 @@ class _Groups:
             self.parent[v], v = root, self.parent[v]
         return root
 
-    def union(self, a: int, b: int, score: float) -> None:
+    def union(self, a: str, b: str, score: float) -> None:
         ra, rb = self.find(a), self.find(b)
         if ra != rb:
             self.parent[rb] = ra
         root = self.find(a)
         self.best[root] = min(self.best.get(ra, score), self.best.get(rb, score), score)
 
-    def members(self) -> dict[int, list[int]]:
-        out: dict[int, list[int]] = {}
+    def members(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
         for v in self.parent:
             out.setdefault(self.find(v), []).append(v)
         return out
@@ -75,19 +76,17 @@ def find_duplicates(settings: Settings, spec: ModelSpec, *, threshold: float | N
         spec.duplicate_threshold if spec.duplicate_threshold is not None else settings.duplicate_threshold)
     store = open_store(settings, spec)
     try:
-        live = store.require_index()
+        if store.open_index() is None:
+            raise StoreError(spec.name, "the catalogue is empty: nothing to compare")
         groups = _Groups()
-        with store.db.snapshot() as conn:
-            for vids, vectors in store.table.iter_vectors(conn, batch=BATCH):
-                scores, found = live.search(vectors, min(NEIGHBOURS, max(1, live.ntotal)))
-                for row, vid in enumerate(vids.tolist()):
-                    for score, other in zip(scores[row].tolist(), found[row].tolist(), strict=True):
-                        if other >= 0 and other != vid and score >= limit:
-                            groups.union(vid, int(other), float(score))
+        for ids, vectors in store.scan_vectors(BATCH):
+            for pid, hits in zip(ids, store.search(vectors, NEIGHBOURS), strict=True):
+                for hit in hits:
+                    if hit.product.id != pid and hit.score >= limit:
+                        groups.union(pid, hit.product.id, hit.score)
         listed: list[dict[str, Any]] = []
-        for root, vids_in in groups.members().items():
-            rows = store.table.by_vids(sorted(vids_in))
-            ids = [rows[v].id for v in sorted(vids_in) if v in rows]
+        for root, members in groups.members().items():
+            ids = sorted(members)
             if len(ids) > 1:
                 listed.append({"ids": ids, "size": len(ids), "min_score": round(groups.best.get(root, 1.0), 6)})
         listed.sort(key=lambda g: (-g["size"], g["ids"][0]))

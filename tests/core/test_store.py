@@ -1,6 +1,8 @@
-"""The catalogue store's contract, on the embedded implementation (real SQLite, real FAISS): writes are
-transactions with a generation, searches honour filters exactly, every index type stays correct under
-edits, the index repairs itself, another process's writes are picked up, and a legacy build migrates."""
+"""The catalogue store's contract, on both implementations: the embedded one (real SQLite, real FAISS) and
+Milvus (real milvus-lite, skipped with the reason where pymilvus is not installed). Writes bump the
+generation, searches honour filters exactly (a hostile value stays a value), every index type stays
+correct under edits, another process's writes are picked up, API products survive CSV writes. Local
+only: metadata-only edits keep the vector's key, tombstones, self-repair and the legacy migration."""
 
 from __future__ import annotations
 
@@ -41,31 +43,63 @@ def _store(tmp_path, settings, **kw) -> LocalStore:
     return LocalStore(tmp_path / "models" / "m", settings, name="m", **kw)
 
 
+@pytest.fixture(params=["local", "milvus"])
+def make_store(request, tmp_path, settings):
+    """A factory of stores of one kind over the same catalogue (a second one plays another process)."""
+    opened = []
+
+    def make(**kw):
+        if request.param == "local":
+            store = _store(tmp_path, settings, **kw)
+        else:
+            pytest.importorskip("pymilvus", reason="the Milvus store needs pymilvus (requirements-scale.txt)")
+            from core.milvus_store import MilvusStore
+
+            store = MilvusStore(tmp_path / "models" / "m", settings, name="m", **kw)
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        store.close()
+
+
 def _exact(vectors: np.ndarray, ids: list[str], query: np.ndarray, k: int) -> list[str]:
     order = np.argsort(-(vectors @ query), kind="stable")[:k]
     return [ids[i] for i in order]
 
 
-def test_writes_are_transactions_with_generations_and_changes(tmp_path, settings):
-    store = _store(tmp_path, settings)
+def test_writes_bump_the_generation_and_read_back(make_store):
+    store = make_store()
     x = _vectors(100)
-    assert store.upsert(_items(x)) == 100 and store.count() == 100 and store.generation() == 1
+    assert store.upsert(_items(x)) == 100 and store.count() == 100 and store.generation() >= 1
     assert store.upsert(_items(x)) == 0  # unchanged (same digest empty: same vector and metadata)
     renamed = _items(x[:1])[0]
     renamed = ProductVector(Product(**{**renamed.product.__dict__, "title": "Renamed"}), clip=renamed.clip)
+    before = store.generation()
     store.upsert([renamed])
-    changes = store.changes_since(2)  # a metadata-only edit keeps the vector's key: nothing to re-index
-    assert changes.empty and store.get(["p0"])[0].title == "Renamed"
-    moved = ProductVector(renamed.product, clip=x[1])
-    store.upsert([moved])
-    changes = store.changes_since(3)
-    assert len(changes.added_keys) == 1 and len(changes.removed_keys) == 1
+    assert store.get(["p0"])[0].title == "Renamed" and store.generation() > before
+    store.upsert([ProductVector(renamed.product, clip=x[1])])
     assert store.delete(["p1", "missing"]) == 1 and store.count() == 99
     stats = store.stats()
     assert stats.columns == {"price": "number", "vendor": "text"} and stats.by_source == {"csv": 99}
     assert np.allclose(store.vectors(["p0"])[0], x[1])
     with pytest.raises(KeyError):
         store.vectors(["p1"])
+    assert [p.id for p in store.get(["p3", "nope", "p2"])] == ["p3", "p2"]
+
+
+def test_a_metadata_only_edit_keeps_the_vectors_key(tmp_path, settings):
+    store = _store(tmp_path, settings)
+    x = _vectors(100)
+    store.upsert(_items(x))
+    renamed = _items(x[:1])[0]
+    renamed = ProductVector(Product(**{**renamed.product.__dict__, "title": "Renamed"}), clip=renamed.clip)
+    store.upsert([renamed])
+    assert store.changes_since(1).empty  # nothing to re-index
+    store.upsert([ProductVector(renamed.product, clip=x[1])])
+    changes = store.changes_since(2)
+    assert len(changes.added_keys) == 1 and len(changes.removed_keys) == 1
 
 
 @pytest.mark.parametrize("n,kind", [(300, IndexType.FLAT), (2000, IndexType.HNSW), (4000, IndexType.IVF),
@@ -93,9 +127,9 @@ def test_every_index_type_is_chosen_by_size_tuned_and_stays_correct_under_edits(
     assert hits[0][0].product.id == "p5000000" and hits[0][0].score == pytest.approx(1.0, abs=1e-4)
 
 
-def test_filters_are_exact_within_a_small_subset_and_correct_when_broad(tmp_path, settings):
+def test_filters_are_exact_within_a_small_subset_and_correct_when_broad(make_store):
     x = _vectors(4000, seed=3)
-    store = _store(tmp_path, settings)
+    store = make_store()
     store.upsert(_items(x))
     store.open_index()
     ids = np.array([f"p{i}" for i in range(4000)])
@@ -155,12 +189,12 @@ def test_a_damaged_or_stale_index_is_repaired_from_the_store(tmp_path, settings,
     assert repaired.live_index is not None and repaired.live_index.info.count == 809
 
 
-def test_another_process_writes_are_picked_up_by_refresh(tmp_path, settings):
+def test_another_process_writes_are_picked_up_by_refresh(make_store):
     x = _vectors(600, seed=9)
-    serving = _store(tmp_path, settings)
+    serving = make_store()
     serving.upsert(_items(x[:500]))
     serving.open_index()
-    writer = _store(tmp_path, settings, open_index=False)
+    writer = make_store(open_index=False)
     writer.upsert(_items(x[500:], start=500))
     writer.delete(["p1"])
     assert serving.refresh()
@@ -169,9 +203,9 @@ def test_another_process_writes_are_picked_up_by_refresh(tmp_path, settings):
     assert not serving.refresh()  # nothing new
 
 
-def test_api_products_are_kept_by_csv_writes_unless_asked(tmp_path, settings):
+def test_api_products_are_kept_by_csv_writes_unless_asked(make_store):
     x = _vectors(20, seed=11)
-    store = _store(tmp_path, settings)
+    store = make_store()
     store.upsert(_items(x[:10]))
     store.upsert([ProductVector(Product(id="p3", title="Edited in the admin", source=Source.API), clip=x[15])])
     assert store.upsert(_items(x[:10]), keep_api=True) == 0
@@ -199,3 +233,42 @@ def test_a_legacy_file_build_is_migrated_with_nothing_lost(tmp_path, settings):
     assert store.count() == 6 and store.stats().by_source == {"csv": 5, "api": 1}
     assert store.search(x[5:6], 1)[0][0].product.id == "L5"
     assert (folder / "legacy" / "metadata.jsonl").is_file() and not (folder / "metadata.jsonl").exists()
+
+
+@pytest.mark.parametrize("make_store", ["milvus"], indirect=True)
+@pytest.mark.parametrize("n,kind", [(300, IndexType.FLAT), (2500, IndexType.HNSW), (4000, IndexType.IVF)])
+def test_milvus_index_type_follows_size_and_stays_correct_under_edits(make_store, n, kind):
+    x = _vectors(n, seed=n)
+    store = make_store()
+    store.upsert(_items(x))
+    live = store.open_index()
+    assert live is not None and live.kind == kind and live.info.count == n
+    ids = [f"p{i}" for i in range(n)]
+    found = sum(len(set(_exact(x, ids, q, 10)) & {h.product.id for h in store.search(q[None], 10)[0]})
+                for q in x[:50])
+    assert found / 500 >= 0.9
+    gone = ids[: n // 3]
+    store.delete(gone)
+    store.upsert([ProductVector(Product(id="p5000000", title="new"), clip=x[0])])
+    hits = store.search(x[:20], 10)
+    assert all(h.product.id not in set(gone) for row in hits for h in row)
+    assert hits[0][0].product.id == "p5000000" and hits[0][0].score == pytest.approx(1.0, abs=1e-4)
+
+
+HOSTILE = ['c7" or category != "', 'v1\\" || true || "', "line\nbreak", "quote's", 'back\\slash"', "\t tab"]
+
+
+def test_a_hostile_filter_value_is_only_ever_a_value(make_store):
+    x = _vectors(len(HOSTILE) + 10, seed=17)
+    store = make_store()
+    items = _items(x)
+    for i, value in enumerate(HOSTILE):  # products whose category and vendor really are these strings
+        p = items[i].product
+        items[i] = ProductVector(Product(id=p.id, title=p.title, category=value, extra={"vendor": value}), clip=x[i])
+    store.upsert(items)
+    store.open_index()
+    for i, value in enumerate(HOSTILE):
+        assert [h.product.id for h in store.search(x[:1], 20, Filter(category=value))[0]] == [f"p{i}"]
+        assert [h.product.id for h in store.search(x[:1], 20, Filter(equals={"vendor": value}))[0]] == [f"p{i}"]
+    assert store.search(x[:1], 20, Filter(category='" or 1==1 or "'))[0] == []
+    assert [p.id for p in store.get([HOSTILE[0], "p1"])] == ["p1"]

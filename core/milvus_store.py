@@ -1,0 +1,701 @@
+"""The distributed ``CatalogueStore``: one Milvus collection per model, through pymilvus's MilvusClient.
+
+The collection holds everything an API replica serves - the product fields (scalars, JSON for the
+extra columns and their numeric values), the indexed vector and the raw CLIP vector - so replicas
+keep no state of their own. A small ``<collection>__meta`` collection holds the store's generation,
+head, filterable columns, categories, index description and calibration.
+
+``IMAGESEARCH_MILVUS_URI`` is a file path (milvus-lite, embedded: one process at a time) or
+``http://host:19530`` (a Milvus standalone or cluster, with ``IMAGESEARCH_MILVUS_TOKEN``). Writes use
+Milvus's own upsert and delete; searches read with Strong consistency, so a write made by any process
+is seen by the next search. The vector index type follows the catalogue's size, as the local
+store's does. The pipeline's build state (staged CSV rows, fetched images, view vectors) stays in a
+local SQLite file on the build machine (``models/<m>/build.db``), opened only when used.
+
+What Milvus cannot give: transactions across rows (a batch upsert is not atomic across processes,
+but each row is, and a rerun repairs), and the generation is read-modify-written (two writers at the
+same moment may bump it once; it only tells readers "something changed").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import random
+import re
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.ann import INDEX_JSON, IndexInfo, choose_index_type, ivf_nlist
+from core.calibration import CALIBRATION_JSON, Calibration, TextEncoder
+from core.config import Settings
+from core.errors import StoreError, require_module
+from core.head import ProjectionHead
+from core.milvus_expr import expression, id_list, literal
+from core.sqlite_db import Database
+from core.store import (FILTER_COLUMN, Filter, Hit, Product, ProductVector, ServedIndex, Source, StoreStats,
+                        is_number, product_digest)
+from core.types import Embeddings, IndexType, Metric
+from utils.atomic import write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+BUILD_DB = "build.db"
+_FIELDS = ["id", "title", "category", "images", "preview_image", "preview_cache", "extra", "source", "updated_at"]
+_WRITE_BATCH = 1000  # rows per upsert call (a gRPC message stays well under Milvus's 64 MB)
+_ID_BATCH = 1000  # ids per "id in [...]" expression
+_SCAN_BATCH = 4096
+_MAX_TOPK = 16_384  # Milvus's limit on limit + offset
+_CALIBRATION_SAMPLE = 2000
+_CALIBRATION_TEXTS = 256
+_MILVUS_INDEX = {IndexType.FLAT: "FLAT", IndexType.HNSW: "HNSW", IndexType.IVF: "IVF_FLAT",
+                 # the quantised tier: 8-bit scalar codes (4x smaller than raw vectors, exact enough to
+                 # rank); milvus-lite has no IVF_PQ, a Milvus cluster has both
+                 IndexType.IVFPQ: "IVF_SQ8"}
+_KIND_OF = {v: k for k, v in _MILVUS_INDEX.items()}
+_clients: dict[tuple[str, str], Any] = {}
+_clients_lock = threading.Lock()
+
+
+def collection_name(prefix: str, model: str) -> str:
+    """A legal collection name for a model (letters, digits, underscores; distinct per model name)."""
+    safe = re.sub(r"[^A-Za-z0-9_]", "_", model)
+    if safe != model:
+        safe += "_" + hashlib.sha1(model.encode()).hexdigest()[:8]
+    return (prefix + safe)[:200]
+
+
+def milvus_uri(settings: Settings) -> str:
+    """The configured URI: a server address as given, or a milvus-lite file (relative to the root)."""
+    uri = settings.milvus_uri.strip()
+    if re.match(r"^(https?|tcp|unix)://", uri):
+        return uri
+    path = Path(uri) if uri else settings.models_dir / "milvus.db"
+    if not path.is_absolute():
+        path = settings.root / path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return str(path)
+
+
+def redacted_uri(settings: Settings) -> str:
+    """The URI for messages: no credentials (a user:password@ part is dropped)."""
+    return re.sub(r"//[^/@]*@", "//", milvus_uri(settings))
+
+
+def client(settings: Settings) -> Any:
+    """One MilvusClient per (URI, token) in this process (gRPC channels are thread-safe)."""
+    pymilvus = require_module("pymilvus", "IMAGESEARCH_STORE=milvus", "pymilvus (and milvus-lite for a local file)")
+    uri, token = milvus_uri(settings), settings.milvus_token or ""
+    with _clients_lock:
+        found = _clients.get((uri, token))
+        if found is None:
+            logging.getLogger("pymilvus").setLevel(logging.CRITICAL)  # we report failures ourselves, once
+            try:
+                found = pymilvus.MilvusClient(uri=uri, token=token)
+            except Exception as exc:
+                raise StoreError("milvus", _connect_hint(settings, exc)) from None
+            _clients[(uri, token)] = found
+        return found
+
+
+def close_clients() -> None:
+    with _clients_lock:
+        for found in _clients.values():
+            with contextlib.suppress(Exception):  # closing a dead connection: nothing to do
+                found.close()
+        _clients.clear()
+
+
+def _connect_hint(settings: Settings, exc: Exception) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    where = redacted_uri(settings)
+    if "lock" in text.lower() or "Open local milvus failed" in text:
+        return (f"the milvus-lite file {where} is open in another process (an API or a build); stop it, or run "
+                f"a shared server (python -m milvus_lite server --data-dir DIR --port 19530) and set "
+                f"IMAGESEARCH_MILVUS_URI=http://127.0.0.1:19530")
+    if "milvus-lite is required" in text or "milvus_lite" in text:
+        return "a local Milvus file needs milvus-lite, which is not installed: pip install -r requirements-scale.txt"
+    return f"cannot reach Milvus at {where} ({type(exc).__name__}); check IMAGESEARCH_MILVUS_URI and the token"
+
+
+@dataclass
+class MilvusIndex:
+    """What the API and the pipeline read of a served index (the local store's ``LiveIndex`` has the same)."""
+
+    info: IndexInfo
+    dead: int = 0
+    lossy: bool = False
+
+    @property
+    def kind(self) -> IndexType:
+        return self.info.kind
+
+    @property
+    def generation(self) -> int:
+        return self.info.generation
+
+    @property
+    def ntotal(self) -> int:
+        return self.info.count
+
+    def needs_compaction(self) -> bool:
+        return False  # Milvus compacts its own segments
+
+
+class MilvusStore:
+    """A model's catalogue in one Milvus collection. Thread-safe (one client per process)."""
+
+    def __init__(self, folder: Path, settings: Settings, *, name: str = "", index_type: IndexType | None = None,
+                 head: ProjectionHead | None = None, open_index: bool = True) -> None:
+        self.folder = Path(folder)
+        self.name = name or self.folder.name
+        self.settings = settings
+        self._index_type = index_type or settings.index_type
+        self.client = client(settings)
+        self.collection = collection_name(settings.milvus_prefix, self.name)
+        self.meta_collection = self.collection + "__meta"
+        self.head = head
+        self._head = head.sha256 if head is not None else None
+        self.text_encoder: TextEncoder | None = None
+        self._db: Database | None = None
+        self._lock = threading.RLock()
+        self._index: MilvusIndex | None = None
+        self._seen = -1
+        self._meta_cache: dict[str, tuple[int, Any]] = {}
+        self._call(self._ensure_meta)
+        if self._exists() and self._meta("head") != (self._head or ""):
+            self.reproject(head)
+        if open_index:
+            self.open_index()
+
+    # --- plumbing --------------------------------------------------------------------------------
+    def _call(self, fn: Any, *args: Any, **kw: Any) -> Any:
+        """Run a Milvus call, turning its failures into StoreError (the API maps it to 503)."""
+        try:
+            return fn(*args, **kw)
+        except StoreError:
+            raise
+        except Exception as exc:
+            if type(exc).__module__.startswith(("pymilvus", "grpc", "milvus_lite")):
+                logger.warning("%s: Milvus call failed: %s", self.name, exc)
+                raise StoreError(self.name, f"the Milvus store failed ({type(exc).__name__}); "
+                                            "see the server log") from None
+            raise
+
+    @property
+    def db(self) -> Database:
+        """The build machine's local state (staged CSV rows, fetched images, view vectors)."""
+        with self._lock:
+            if self._db is None:
+                from pipeline.state import SCHEMA as BUILD_SCHEMA
+
+                self._db = Database(self.folder / BUILD_DB, BUILD_SCHEMA, self.name)
+            return self._db
+
+    def _exists(self) -> bool:
+        return bool(self._call(self.client.has_collection, self.collection))
+
+    def _ensure_meta(self) -> None:
+        if self.client.has_collection(self.meta_collection):
+            self.client.load_collection(self.meta_collection)
+            return
+        from pymilvus import DataType, MilvusClient
+
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("key", DataType.VARCHAR, is_primary=True, max_length=64)
+        schema.add_field("value", DataType.VARCHAR, max_length=65_535)
+        schema.add_field("v", DataType.FLOAT_VECTOR, dim=2)  # a collection needs one vector field
+        params = self.client.prepare_index_params()
+        params.add_index(field_name="v", index_type="FLAT", metric_type="L2")
+        self.client.create_collection(self.meta_collection, schema=schema, index_params=params)
+        self.client.load_collection(self.meta_collection)
+
+    def _meta(self, key: str, default: Any = "") -> Any:
+        rows = self._call(self.client.query, self.meta_collection, filter=f"key == {literal(key)}",
+                          output_fields=["value"], consistency_level="Strong")
+        return json.loads(rows[0]["value"]) if rows else default
+
+    def _set_meta(self, values: dict[str, Any]) -> None:
+        rows = [{"key": k, "value": json.dumps(v), "v": [0.0, 0.0]} for k, v in values.items()]
+        self._call(self.client.upsert, self.meta_collection, rows)
+
+    def _bump(self) -> int:
+        gen = max(int(self._meta("generation", 0)) + 1, 1)
+        self._set_meta({"generation": gen})
+        return gen
+
+    def _create(self, dim: int, clip_dim: int) -> None:
+        from pymilvus import DataType, MilvusClient
+
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=1024)
+        schema.add_field("title", DataType.VARCHAR, max_length=8192)
+        schema.add_field("category", DataType.VARCHAR, max_length=1024)
+        schema.add_field("images", DataType.JSON)
+        schema.add_field("preview_image", DataType.VARCHAR, max_length=8192)
+        schema.add_field("preview_cache", DataType.VARCHAR, max_length=8192)
+        schema.add_field("extra", DataType.JSON)
+        schema.add_field("num", DataType.JSON)  # the numeric value of each number-like extra column
+        schema.add_field("source", DataType.VARCHAR, max_length=8)
+        schema.add_field("updated_at", DataType.DOUBLE)
+        schema.add_field("digest", DataType.VARCHAR, max_length=64)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+        schema.add_field("clip", DataType.FLOAT_VECTOR, dim=clip_dim)
+        params = self.client.prepare_index_params()
+        self._add_vector_index(params, IndexType.FLAT, 0)
+        params.add_index(field_name="clip", index_type="FLAT", metric_type=self._metric())
+        self.client.create_collection(self.collection, schema=schema, index_params=params)
+        self.client.load_collection(self.collection)
+        self._set_meta({"head": self._head or "", "dim": dim})
+        logger.info("%s: Milvus collection %s created (%d-dim vectors)", self.name, self.collection, dim)
+
+    def _metric(self) -> str:
+        return "COSINE" if self.settings.metric == Metric.COSINE else "L2"
+
+    def _add_vector_index(self, params: Any, kind: IndexType, n: int) -> dict[str, int]:
+        build: dict[str, int] = {}
+        if kind == IndexType.HNSW:
+            build = {"M": self.settings.hnsw_m, "efConstruction": max(64, 2 * self.settings.hnsw_m)}
+        elif kind in (IndexType.IVF, IndexType.IVFPQ):
+            build = {"nlist": ivf_nlist(max(n, 1))}
+        params.add_index(field_name="vector", index_name="vector", index_type=_MILVUS_INDEX[kind],
+                         metric_type=self._metric(), params=build)
+        return build
+
+    # --- protocol: metadata ----------------------------------------------------------------------
+    @property
+    def dim(self) -> int | None:
+        dim = self._meta("dim", None)
+        return int(dim) if dim else None
+
+    @property
+    def live_index(self) -> MilvusIndex | None:
+        return self._index
+
+    def generation(self) -> int:
+        return int(self._meta("generation", 0))
+
+    def count(self) -> int:
+        if not self._exists():
+            return 0
+        rows = self._call(self.client.query, self.collection, filter="", output_fields=["count(*)"],
+                          consistency_level="Strong")
+        return int(rows[0]["count(*)"]) if rows else 0
+
+    def columns(self) -> dict[str, str]:
+        return dict(sorted(self._meta("columns", {}).items()))
+
+    def stats(self) -> StoreStats:
+        """Counts by source and category, from one scan of those two scalar fields (bounded memory)."""
+        by_source: Counter[str] = Counter()
+        cats: Counter[str] = Counter()
+        for rows in self._scan(["category", "source"]):
+            for row in rows:
+                by_source[row["source"]] += 1
+                if row["category"]:
+                    cats[row["category"]] += 1
+        return StoreStats(products=sum(by_source.values()), by_source=dict(by_source),
+                          categories=dict(sorted(cats.items())), columns=self.columns(),
+                          generation=self.generation())
+
+    def get(self, ids: Sequence[str]) -> list[Product]:
+        found = {row["id"]: _product(row) for row in self._rows(ids, _FIELDS)}
+        return [found[i] for i in ids if i in found]
+
+    def vectors(self, ids: Sequence[str], *, clip: bool = False) -> Embeddings:
+        field = "clip" if clip else "vector"
+        found = {row["id"]: row[field] for row in self._rows(ids, ["id", field])}
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise KeyError(missing[0])
+        dim = self.dim or 0
+        return np.asarray([found[i] for i in ids], dtype=np.float32).reshape(len(ids), -1) if ids else \
+            np.zeros((0, dim), np.float32)
+
+    def hit_vectors(self, hits: Sequence[Hit]) -> Embeddings:
+        return self.vectors([h.product.id for h in hits])
+
+    def _rows(self, ids: Sequence[str], fields: list[str]) -> list[dict[str, Any]]:
+        if not ids or not self._exists():
+            return []
+        out: list[dict[str, Any]] = []
+        unique = list(dict.fromkeys(ids))
+        for start in range(0, len(unique), _ID_BATCH):
+            chunk = unique[start:start + _ID_BATCH]
+            out.extend(self._call(self.client.query, self.collection, filter=f"id in {id_list(chunk)}",
+                                  output_fields=fields, consistency_level="Strong"))
+        return out
+
+    def _scan(self, fields: list[str], expr: str = "") -> Iterator[list[dict[str, Any]]]:
+        """Every row's ``fields``, a batch at a time (a query iterator: bounded memory at any size)."""
+        if not self._exists():
+            return
+        it = self._call(self.client.query_iterator, self.collection, batch_size=_SCAN_BATCH, filter=expr,
+                        output_fields=fields)
+        try:
+            while True:
+                rows = self._call(it.next)
+                if not rows:
+                    return
+                yield list(rows)
+        finally:
+            it.close()
+
+    def scan_vectors(self, batch: int = _SCAN_BATCH, *, clip: bool = False) -> Iterator[tuple[list[str], Embeddings]]:
+        """Every (ids, vectors) batch of the catalogue, in no particular order."""
+        field = "clip" if clip else "vector"
+        for rows in self._scan(["id", field]):
+            yield [r["id"] for r in rows], np.asarray([r[field] for r in rows], dtype=np.float32)
+
+    def sample_vectors(self, n: int, seed: int) -> tuple[list[str], Embeddings]:
+        """A seeded sample of up to ``n`` products' ids and indexed vectors (one scan of the ids)."""
+        rng, seen = random.Random(seed), 0
+        picked: list[str] = []
+        for rows in self._scan(["id"]):
+            for row in rows:
+                seen += 1
+                if len(picked) < n:
+                    picked.append(row["id"])
+                elif (j := rng.randrange(seen)) < n:
+                    picked[j] = row["id"]
+        picked.sort()
+        return picked, self.vectors(picked) if picked else np.zeros((0, self.dim or 0), np.float32)
+
+    # --- protocol: writes ------------------------------------------------------------------------
+    def upsert(self, items: Sequence[ProductVector], *, keep_api: bool = False) -> int:
+        if not items:
+            return 0
+        with self._lock:
+            if not self._exists():
+                first = items[0]
+                self._call(self._create, np.asarray(first.indexed).shape[-1], np.asarray(first.clip).shape[-1])
+            latest = {it.product.id: it for it in items}  # a batch naming an id twice: the last wins
+            current = {r["id"]: (r["source"], r["digest"])
+                       for r in self._rows(list(latest), ["id", "source", "digest"])}
+            stamp, rows = time.time(), []
+            for pid, it in latest.items():
+                old = current.get(pid)
+                if old is not None and keep_api and old[0] == Source.API.value:
+                    continue
+                digest = it.digest or product_digest(it)
+                if old is not None and old == (it.product.source.value, digest):
+                    continue
+                rows.append(_row(it, digest, stamp))
+            if not rows:
+                return 0
+            self._note(rows)
+            for start in range(0, len(rows), _WRITE_BATCH):
+                self._call(self.client.upsert, self.collection, rows[start:start + _WRITE_BATCH])
+            self._bump()
+        self.refresh()
+        return len(rows)
+
+    def _note(self, rows: list[dict[str, Any]]) -> None:
+        """Record new filterable columns (and whether each holds only numbers)."""
+        known = self._meta("columns", {})
+        kinds = dict(known)
+        for row in rows:
+            for key, value in row["extra"].items():
+                if value in (None, "") or not FILTER_COLUMN.fullmatch(key):
+                    continue
+                kind = "number" if kinds.get(key, "number") == "number" and is_number(value) else "text"
+                kinds[key] = "text" if known.get(key) == "text" else kind
+        if kinds != known:
+            self._set_meta({"columns": kinds})
+
+    def delete(self, ids: Sequence[str]) -> int:
+        with self._lock:
+            present = [r["id"] for r in self._rows(ids, ["id"])]
+            for start in range(0, len(present), _ID_BATCH):
+                chunk = present[start:start + _ID_BATCH]
+                self._call(self.client.delete, self.collection, filter=f"id in {id_list(chunk)}")
+            if present:
+                self._bump()
+        if present:
+            self.refresh()
+        return len(present)
+
+    def delete_missing(self, keep: Iterator[str] | None, *, sources: Sequence[Source]) -> int:
+        """Delete the products of ``sources`` whose id is not in ``keep``. The kept ids go to a temporary
+        SQLite database on disk, so no Python object per product is held."""
+        if not self._exists():
+            return 0
+        conn = sqlite3.connect("")  # a private temporary database on disk, gone when closed
+        try:
+            conn.execute("CREATE TEMP TABLE keep_ids(id TEXT PRIMARY KEY)")
+            batch: list[tuple[str]] = []
+            for pid in keep or ():
+                batch.append((pid,))
+                if len(batch) >= 10_000:
+                    conn.executemany("INSERT OR IGNORE INTO keep_ids VALUES (?)", batch)
+                    batch = []
+            conn.executemany("INSERT OR IGNORE INTO keep_ids VALUES (?)", batch)
+            doomed: list[str] = []
+            expr = " or ".join(f"source == {literal(s.value)}" for s in sources)
+            for rows in self._scan(["id"], expr):
+                ids = [r["id"] for r in rows]
+                marks = ",".join("?" * len(ids))
+                kept = {i for (i,) in conn.execute(f"SELECT id FROM keep_ids WHERE id IN ({marks})", ids)}
+                doomed.extend(i for i in ids if i not in kept)
+        finally:
+            conn.close()
+        return self.delete(doomed) if doomed else 0
+
+    def reproject(self, head: ProjectionHead | None) -> int:
+        """Re-derive every indexed vector from its stored CLIP vector through ``head`` (None: the CLIP
+        vector itself), batch by batch; records the head when done, so an interrupted run starts over."""
+        sha = head.sha256 if head is not None else None
+        dim = self.dim
+        with self._lock:
+            if self._exists() and self._meta("head") != (sha or ""):
+                out_dim = head.output_dim if head is not None else None
+                if head is not None and dim is not None and out_dim is not None and out_dim != dim:
+                    raise StoreError(self.name, f"head.safetensors gives {out_dim}-dim vectors but the Milvus "
+                                                f"collection holds {dim}; copy the model again (--copy-store)")
+                for rows in self._scan(_FIELDS + ["digest", "num", "clip"]):
+                    clips = np.asarray([r["clip"] for r in rows], dtype=np.float32)
+                    vectors = head.apply(clips) if head is not None else clips
+                    for row, vec in zip(rows, vectors, strict=True):
+                        row["vector"] = np.asarray(vec, dtype=np.float32).tolist()
+                    self._call(self.client.upsert, self.collection, rows)
+                self._set_meta({"head": sha or ""})
+                gen = self._bump()
+                logger.info("%s: stored vectors re-projected through head %s", self.name, sha or "none")
+            else:
+                gen = self.generation()
+        self.head, self._head = head, sha
+        return gen
+
+    # --- protocol: search ------------------------------------------------------------------------
+    def search(self, queries: Embeddings, k: int, flt: Filter | None = None) -> list[list[Hit]]:
+        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        if (flt is not None and flt.empty) or k <= 0:
+            return [[] for _ in queries]
+        if not self._exists():
+            raise StoreError(self.name, "the catalogue is empty: nothing to search yet")
+        expr = expression(flt, self.columns() if flt is not None and (flt.equals or flt.ranges) else {})
+        found = self._call(self.client.search, self.collection, data=queries.tolist(), anns_field="vector",
+                           limit=min(k, _MAX_TOPK), filter=expr, output_fields=_FIELDS,
+                           search_params={"metric_type": self._metric(), "params": self._search_params(k)},
+                           consistency_level="Strong")
+        return [[Hit(_product(h["entity"] | {"id": h["id"]}), self._score(float(h["distance"]))) for h in row]
+                for row in found]
+
+    def _search_params(self, k: int) -> dict[str, int]:
+        live = self._index
+        kind = live.kind if live is not None else IndexType.FLAT
+        if kind == IndexType.HNSW:
+            return {"ef": max(k, int(live.info.params.get("efSearch", self.settings.hnsw_ef_search)) if live else k)}
+        if kind in (IndexType.IVF, IndexType.IVFPQ):
+            return {"nprobe": int(live.info.params.get("nprobe", self.settings.ivf_nprobe)) if live else 16}
+        return {}
+
+    def _score(self, distance: float) -> float:
+        """Cosine similarity, as the local store reports it (L2 in Milvus is squared)."""
+        return distance if self.settings.metric == Metric.COSINE else 1.0 - distance / 2.0
+
+    # --- the index -------------------------------------------------------------------------------
+    def wanted_kind(self, n: int) -> IndexType:
+        kind = choose_index_type(n, self.settings) if self._index_type == IndexType.AUTO else self._index_type
+        return IndexType.FLAT if kind in (IndexType.IVF, IndexType.IVFPQ) and n < 1000 else kind
+
+    def open_index(self) -> MilvusIndex | None:
+        """The served index's description (the collection loaded, its vector index of the kind the
+        catalogue's size calls for: rebuilt when it is not). None for an empty store."""
+        with self._lock:
+            if self._index is not None:
+                return self._index
+            n = self.count()
+            if not n:
+                return None
+            self._call(self.client.load_collection, self.collection)
+            current = self._current_kind()
+            if current != self.wanted_kind(n):
+                return self.rebuild(save=True)
+            self._index = self._describe(current, n)
+            self._seen = self._index.generation
+            return self._index
+
+    def _current_kind(self) -> IndexType | None:
+        try:
+            found = self.client.describe_index(self.collection, "vector")
+        except Exception:  # no index yet
+            return None
+        return _KIND_OF.get(str(found.get("index_type", "")).upper()) if found else None
+
+    def _describe(self, kind: IndexType, n: int) -> MilvusIndex:
+        saved = self._meta("index", {}) or {}
+        params = dict(saved.get("params") or {}) if saved.get("kind") == kind.value else {}
+        if kind == IndexType.HNSW:
+            params.setdefault("efSearch", self.settings.hnsw_ef_search)
+        elif kind in (IndexType.IVF, IndexType.IVFPQ):
+            params.setdefault("nprobe", self.settings.ivf_nprobe)
+        info = IndexInfo(kind=kind, dim=self.dim or 0, metric=self.settings.metric, generation=self.generation(),
+                         count=n, head=self._head, params=params, tuning={"engine": "milvus",
+                                                                         "index_type": _MILVUS_INDEX[kind]},
+                         built_at=str(saved.get("built_at") or ""), file=self.collection)
+        return MilvusIndex(info=info)
+
+    def rebuild(self, *, save: bool, tune_it: bool = True, progress: object = None) -> MilvusIndex:
+        """Replace the collection's vector index with one of the kind the catalogue's size calls for."""
+        from core.calibration import now_iso
+
+        with self._lock:
+            n = self.count()
+            if not n:
+                raise StoreError(self.name, "the catalogue is empty: nothing to index")
+            kind = self.wanted_kind(n)
+            self._call(self.client.release_collection, self.collection)
+            if self._current_kind() is not None:
+                self._call(self.client.drop_index, self.collection, "vector")
+            params = self.client.prepare_index_params()
+            build = self._add_vector_index(params, kind, n)
+            self._call(self.client.create_index, self.collection, params)
+            self._call(self.client.load_collection, self.collection)
+            search = {"efSearch": self.settings.hnsw_ef_search} if kind == IndexType.HNSW else \
+                {"nprobe": self.settings.ivf_nprobe} if kind != IndexType.FLAT else {}
+            self._set_meta({"index": {"kind": kind.value, "params": {**build, **search}, "built_at": now_iso()}})
+            live = self._describe(kind, n)
+            self._index, self._seen = live, live.generation
+            logger.info("%s: Milvus %s index over %d products", self.name, _MILVUS_INDEX[kind], n)
+        if save:
+            self.save_index()
+            self.calibrate(live)
+        return live
+
+    def install_index(self, live: ServedIndex) -> None:
+        assert isinstance(live, MilvusIndex), "an index of another store"
+        self._index = live
+
+    def save_index(self) -> None:
+        """Leave ``index.json`` on the build machine too (what the pipeline's resume checks read)."""
+        live = self._index
+        if live is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.folder / INDEX_JSON, live.info.to_json())
+
+    def refresh(self) -> bool:
+        """Milvus serves other processes' writes itself; this only updates the count and generation the
+        status pages show, when the generation moved."""
+        live = self._index
+        if live is None:
+            return False
+        gen = self.generation()
+        if gen == self._seen:
+            return False
+        n = self.count()
+        self._index = MilvusIndex(info=_replace_info(live.info, generation=gen, count=n))
+        self._seen = gen
+        return True
+
+    # --- calibration (kept in the meta collection: replicas share it) -----------------------------
+    @property
+    def calibration(self) -> Calibration | None:
+        with self._lock:
+            gen = self._seen
+            cached = self._meta_cache.get("calibration")
+            if cached is not None and cached[0] == gen:
+                return cached[1]  # type: ignore[no-any-return]
+            raw = self._meta("calibration", None)
+            cal = Calibration.from_json(raw) if raw else None
+            self._meta_cache["calibration"] = (gen, cal)
+            return cal
+
+    def calibration_stale(self, live: MilvusIndex) -> bool:
+        cal = self.calibration
+        return (cal is None or cal.head != self._head or cal.index_built_at != live.info.built_at
+                or (cal.text is None and self.text_encoder is not None))
+
+    def ensure_calibration(self) -> Calibration | None:
+        live = self.open_index()
+        if live is None:
+            return None
+        return self.calibrate(live) if self.calibration_stale(live) else self.calibration
+
+    def calibrate(self, live: MilvusIndex) -> Calibration | None:
+        """Fit the image (and text) maps from a sample, as the local store does; saved in Milvus and as
+        ``calibration.json`` on the build machine."""
+        from core.calibration import fit_image, fit_text, now_iso
+
+        rng = np.random.default_rng(self.settings.seed)
+        ids, vectors = self.sample_vectors(_CALIBRATION_SAMPLE, self.settings.seed)
+        products = self.get(ids)
+        categories = [p.category for p in products]
+        keys = np.arange(len(ids), dtype=np.int64)
+
+        def neighbours(queries: np.ndarray, own: np.ndarray) -> np.ndarray:
+            out = np.full(len(queries), np.nan)
+            for row, (hits, key) in enumerate(zip(self.search(queries, 2), own, strict=True)):
+                other = [h.score for h in hits if h.product.id != ids[int(key)]]
+                if other:
+                    out[row] = other[0]
+            return out
+
+        try:
+            image, method, pairs = fit_image(vectors, categories, keys, neighbours, rng)
+        except ValueError as exc:
+            logger.warning("%s: no calibration (%s): hits carry no match", self.name, exc)
+            return None
+        counts, text, previous = {"image": pairs}, None, self.calibration
+        if self.text_encoder is not None and len(ids) > 1:
+            pick = np.sort(rng.choice(len(ids), size=min(len(ids), _CALIBRATION_TEXTS), replace=False))
+            texts = self.text_encoder([products[i].title for i in pick])
+            if self.head is not None:
+                texts = self.head.apply(texts)
+            text, counts["text"] = fit_text(np.asarray(texts, np.float32), vectors[pick],
+                                            [categories[i] for i in pick], rng)
+        elif previous is not None and previous.head == self._head:
+            text = previous.text
+        cal = Calibration(image=image, text=text, head=self._head, index_built_at=live.info.built_at,
+                          generation=live.generation, method=method, pairs=counts, fitted_at=now_iso())
+        self._set_meta({"calibration": cal.to_json()})
+        self._meta_cache.pop("calibration", None)
+        write_json_atomic(self.folder / CALIBRATION_JSON, cal.to_json())
+        logger.info("%s: calibration fitted (%s pairs, image midpoint %.3f)", self.name, method, image.midpoint)
+        return cal
+
+    def drop(self) -> None:
+        """Remove the model's collections (``--copy-store`` replaces a target this way)."""
+        for name in (self.collection, self.meta_collection):
+            if self.client.has_collection(name):
+                self._call(self.client.drop_collection, name)
+        self._index = None
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+
+
+def _row(it: ProductVector, digest: str, stamp: float) -> dict[str, Any]:
+    p = it.product
+    extra = {str(k): v for k, v in p.extra.items()}
+    num = {k: float(str(v).strip().replace(",", "")) for k, v in extra.items()
+           if v not in (None, "") and is_number(v) and FILTER_COLUMN.fullmatch(k)}
+    return {"id": p.id, "title": p.title, "category": p.category, "images": list(p.images),
+            "preview_image": p.preview_image, "preview_cache": p.preview_cache or "", "extra": extra,
+            "num": num, "source": p.source.value, "updated_at": stamp, "digest": digest,
+            "vector": np.asarray(it.indexed, dtype=np.float32).tolist(),
+            "clip": np.asarray(it.clip, dtype=np.float32).tolist()}
+
+
+def _product(row: dict[str, Any]) -> Product:
+    return Product(id=str(row["id"]), title=str(row.get("title") or ""), category=str(row.get("category") or ""),
+                   images=tuple(row.get("images") or ()), preview_image=str(row.get("preview_image") or ""),
+                   preview_cache=row.get("preview_cache") or None, extra=dict(row.get("extra") or {}),
+                   source=Source(row.get("source") or Source.CSV.value), updated_at=float(row.get("updated_at") or 0))
+
+
+def _replace_info(info: IndexInfo, **changes: Any) -> IndexInfo:
+    from dataclasses import replace
+
+    return replace(info, **changes)
