@@ -39,7 +39,7 @@ import numpy as np
 from core.ann import INDEX_JSON, IndexInfo, choose_index_type, ivf_nlist
 from core.calibration import CALIBRATION_JSON, Calibration, TextEncoder
 from core.config import Settings
-from core.errors import StoreError, require_module
+from core.errors import StoreError, StoreUnavailableError, require_module
 from core.head import ProjectionHead
 from core.milvus_expr import expression, id_list, literal
 from core.sqlite_db import Database
@@ -103,16 +103,23 @@ def client(settings: Settings) -> Any:
             try:
                 found = pymilvus.MilvusClient(uri=uri, token=token)
             except Exception as exc:
-                raise StoreError("milvus", _connect_hint(settings, exc)) from None
+                raise StoreUnavailableError(_connect_hint(settings, exc)) from None
             _clients[(uri, token)] = found
         return found
 
 
 def close_clients() -> None:
+    """Close this process's Milvus connections, and stop its embedded milvus-lite servers (which frees
+    their files for another process)."""
     with _clients_lock:
-        for found in _clients.values():
+        for (uri, _), found in _clients.items():
             with contextlib.suppress(Exception):  # closing a dead connection: nothing to do
                 found.close()
+            if not re.match(r"^[a-z]+://", uri):
+                with contextlib.suppress(ImportError):
+                    from milvus_lite.server_manager import server_manager_instance
+
+                    server_manager_instance.release_server(uri)
         _clients.clear()
 
 
@@ -173,8 +180,10 @@ class MilvusStore:
         self._seen = -1
         self._meta_cache: dict[str, tuple[int, Any]] = {}
         self._call(self._ensure_meta)
-        if self._exists() and self._meta("head") != (self._head or ""):
-            self.reproject(head)
+        if self._exists():
+            self._call(self.client.load_collection, self.collection)  # a no-op where it is loaded already
+            if self._meta("head") != (self._head or ""):
+                self.reproject(head)
         if open_index:
             self.open_index()
 
@@ -196,10 +205,8 @@ class MilvusStore:
     def db(self) -> Database:
         """The build machine's local state (staged CSV rows, fetched images, view vectors)."""
         with self._lock:
-            if self._db is None:
-                from pipeline.state import SCHEMA as BUILD_SCHEMA
-
-                self._db = Database(self.folder / BUILD_DB, BUILD_SCHEMA, self.name)
+            if self._db is None:  # the pipeline's BuildState creates its own tables
+                self._db = Database(self.folder / BUILD_DB, "", self.name)
             return self._db
 
     def _exists(self) -> bool:
