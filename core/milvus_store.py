@@ -178,6 +178,7 @@ class MilvusStore:
         self._lock = threading.RLock()
         self._index: MilvusIndex | None = None
         self._seen = -1
+        self._known = False
         self._meta_cache: dict[str, tuple[int, Any]] = {}
         self._call(self._ensure_meta)
         if self._exists():
@@ -210,7 +211,10 @@ class MilvusStore:
             return self._db
 
     def _exists(self) -> bool:
-        return bool(self._call(self.client.has_collection, self.collection))
+        """Whether the collection exists (remembered once it does: only ``drop`` removes it)."""
+        if not self._known:
+            self._known = bool(self._call(self.client.has_collection, self.collection))
+        return self._known
 
     def _ensure_meta(self) -> None:
         if self.client.has_collection(self.meta_collection):
@@ -300,7 +304,14 @@ class MilvusStore:
         return int(rows[0]["count(*)"]) if rows else 0
 
     def columns(self) -> dict[str, str]:
-        return dict(sorted(self._meta("columns", {}).items()))
+        """Filterable extra columns (re-read when the generation this process has seen moves on)."""
+        with self._lock:
+            cached = self._meta_cache.get("columns")
+            if cached is not None and cached[0] == self._seen and self._seen >= 0:
+                return dict(cached[1])
+            found = dict(sorted(self._meta("columns", {}).items()))
+            self._meta_cache["columns"] = (self._seen, found)
+            return dict(found)
 
     def stats(self) -> StoreStats:
         """Counts by source and category, from one scan of those two scalar fields (bounded memory)."""
@@ -419,6 +430,7 @@ class MilvusStore:
                 kinds[key] = "text" if known.get(key) == "text" else kind
         if kinds != known:
             self._set_meta({"columns": kinds})
+            self._meta_cache.pop("columns", None)
 
     def delete(self, ids: Sequence[str]) -> int:
         with self._lock:
@@ -670,13 +682,6 @@ class MilvusStore:
         write_json_atomic(self.folder / CALIBRATION_JSON, cal.to_json())
         logger.info("%s: calibration fitted (%s pairs, image midpoint %.3f)", self.name, method, image.midpoint)
         return cal
-
-    def drop(self) -> None:
-        """Remove the model's collections (``--copy-store`` replaces a target this way)."""
-        for name in (self.collection, self.meta_collection):
-            if self.client.has_collection(name):
-                self._call(self.client.drop_collection, name)
-        self._index = None
 
     def close(self) -> None:
         if self._db is not None:

@@ -17,7 +17,6 @@ from core.model_config import ModelRegistry
 from core.types import StoreKind
 from utils.demo_catalogue import write_demo
 
-pytest.importorskip("pymilvus", reason="the Milvus store needs pymilvus (requirements-scale.txt)")
 pytestmark = pytest.mark.slow
 QUERY_IDS = ["S1001", "S1004", "S1008", "S1012"]
 
@@ -42,6 +41,7 @@ def _top(root, tiny_clip, store: StoreKind) -> tuple[int, list[list[str]]]:
 
 
 def test_a_model_copies_to_milvus_and_back_with_the_same_results(tmp_path, tiny_clip):
+    pytest.importorskip("pymilvus", reason="the Milvus store needs pymilvus (requirements-scale.txt)")
     root = tmp_path / "root"
     write_demo(root / "data", general_per_category=2, shirts_per_category=3)
     assert _cli(["shirts"], root, tiny_clip).returncode == 0
@@ -65,3 +65,17 @@ def test_a_model_copies_to_milvus_and_back_with_the_same_results(tmp_path, tiny_
     assert same.returncode == 1 and "already lives in the milvus store" in same.stderr
     back = _cli(["shirts", "--copy-store", "local"], root, tiny_clip, IMAGESEARCH_STORE="milvus")
     assert back.returncode == 0 and "the copy checks out" in back.stdout, back.stderr
+
+
+def test_the_milvus_store_without_pymilvus_gives_one_line_saying_what_to_install(tmp_path, tiny_clip):
+    root = tmp_path / "root"
+    write_demo(root / "data", general_per_category=1, shirts_per_category=1)
+    blocked = ("import sys; sys.modules.update(pymilvus=None, milvus_lite=None); import run_training; "
+               "sys.exit(run_training.main(['shirts', '--no-progress']))")
+    env = {**os.environ, "IMAGESEARCH_ROOT": str(root), "IMAGESEARCH_CLIP_MODEL": str(tiny_clip),
+           "IMAGESEARCH_STORE": "milvus"}
+    proc = subprocess.run([sys.executable, "-c", blocked], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          timeout=120, env=env)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr
+    assert "IMAGESEARCH_STORE=milvus needs pymilvus" in lines[0] and "pip install -r requirements-scale.txt" in lines[0]
