@@ -139,6 +139,7 @@ class MilvusIndex:
     """What the API and the pipeline read of a served index (the local store's ``LiveIndex`` has the same)."""
 
     info: IndexInfo
+    wanted: IndexType | None = None  # the kind the catalogue's size calls for, when it differs
     dead: int = 0
     lossy: bool = False
 
@@ -155,7 +156,9 @@ class MilvusIndex:
         return self.info.count
 
     def needs_compaction(self) -> bool:
-        return False  # Milvus compacts its own segments
+        """True when the index should be rebuilt: the catalogue has grown (or shrunk) into another kind.
+        Milvus compacts its own segments; the build machine rebuilds, never a serving replica."""
+        return self.wanted is not None and self.wanted != self.info.kind
 
 
 class MilvusStore:
@@ -474,7 +477,8 @@ class MilvusStore:
         if live is not None:
             fresh = self._seen == live.generation and generation == self._seen + 1
             count = live.info.count + added if fresh else self.count()
-            self._index = MilvusIndex(info=_replace_info(live.info, generation=generation, count=count))
+            self._index = MilvusIndex(info=_replace_info(live.info, generation=generation, count=count),
+                                      wanted=live.wanted)
             self._seen = generation
 
     def delete_missing(self, keep: Iterator[str] | None, *, sources: Sequence[Source]) -> int:
@@ -562,8 +566,10 @@ class MilvusStore:
         return IndexType.FLAT if kind in (IndexType.IVF, IndexType.IVFPQ) and n < 1000 else kind
 
     def open_index(self) -> MilvusIndex | None:
-        """The served index's description (the collection loaded, its vector index of the kind the
-        catalogue's size calls for: rebuilt when it is not). None for an empty store."""
+        """The served index's description (the collection loaded). A missing vector index is built; one
+        of another kind than the catalogue's size calls for is only flagged (``needs_compaction``): the
+        build machine's index phase rebuilds it, so N replicas never rebuild a shared index at once.
+        None for an empty store."""
         with self._lock:
             if self._index is not None:
                 return self._index
@@ -572,7 +578,7 @@ class MilvusStore:
                 return None
             self._call(self.client.load_collection, self.collection)
             current = self._current_kind()
-            if current != self.wanted_kind(n):
+            if current is None:
                 return self.rebuild(save=True)
             self._index = self._describe(current, n)
             self._seen = self._index.generation
@@ -596,7 +602,8 @@ class MilvusStore:
                          count=n, head=self._head, params=params, tuning={"engine": "milvus",
                                                                          "index_type": _MILVUS_INDEX[kind]},
                          built_at=str(saved.get("built_at") or ""), file=self.collection)
-        return MilvusIndex(info=info)
+        wanted = self.wanted_kind(n)
+        return MilvusIndex(info=info, wanted=wanted if wanted != kind else None)
 
     def rebuild(self, *, save: bool, tune_it: bool = True, progress: object = None) -> MilvusIndex:
         """Replace the collection's vector index with one of the kind the catalogue's size calls for."""
@@ -648,7 +655,7 @@ class MilvusStore:
         if gen == self._seen:
             return False
         n = self.count()
-        self._index = MilvusIndex(info=_replace_info(live.info, generation=gen, count=n))
+        self._index = MilvusIndex(info=_replace_info(live.info, generation=gen, count=n), wanted=live.wanted)
         self._seen = gen
         return True
 
