@@ -17,6 +17,7 @@ from pathlib import Path
 from core.config import Settings
 from core.errors import BackboneLoadError, ImageSearchError, IndexNotReadyError, UnknownModelError
 from core.model_config import ModelRegistry, ModelSpec, validate_model_name
+from core.types import StoreKind
 
 from api.embedder import Embedder
 from api.loaded import ServedModel, file_signature, load_model
@@ -172,6 +173,8 @@ class Catalogue:
         if file_signature(paths.head) != current.head_signature:
             return True
         if not current.searchable:
+            if current.store is None and current.spec.store_for(self.settings) == StoreKind.MILVUS:
+                return _built_in_milvus(self.settings, current.spec)  # built by a machine elsewhere
             return file_signature(paths.models / "index.json") != current.index_signature
         live = current.store.live_index if current.store is not None else None
         saved = _saved_kind(paths.models / "index.json")
@@ -195,6 +198,16 @@ class Catalogue:
             logger.warning("model discovery failed: %s", exc.message)
             return []
         return [spec for spec in registry if spec.name not in self._models]
+
+
+def _built_in_milvus(settings: Settings, spec: ModelSpec) -> bool:
+    """A replica's models/<m>/ need not hold the build's files: ask Milvus whether the model exists now."""
+    from core.catalogue_store import store_exists
+
+    try:
+        return store_exists(settings, spec)
+    except ImageSearchError:
+        return False
 
 
 def _saved_kind(path: Path) -> str | None:
