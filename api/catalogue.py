@@ -165,7 +165,10 @@ class Catalogue:
                         logger.warning("%s", exc.message)
                         self._remember_signature(current.name)
             elif current.searchable and current.store is not None:
-                current.store.refresh()
+                try:
+                    current.store.refresh()
+                except ImageSearchError as exc:  # a Milvus outage: searches answer 503 meanwhile
+                    logger.warning("%s: cannot refresh: %s", current.name, exc.message)
 
     def _stale(self, current: ServedModel) -> bool:
         """A reload is due: the head file changed, the model got built, or its index changed type."""
