@@ -29,7 +29,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -477,7 +477,7 @@ class MilvusStore:
         if live is not None:
             fresh = self._seen == live.generation and generation == self._seen + 1
             count = live.info.count + added if fresh else self.count()
-            self._index = MilvusIndex(info=_replace_info(live.info, generation=generation, count=count),
+            self._index = MilvusIndex(info=replace(live.info, generation=generation, count=count),
                                       wanted=live.wanted)
             self._seen = generation
 
@@ -655,7 +655,7 @@ class MilvusStore:
         if gen == self._seen:
             return False
         n = self.count()
-        self._index = MilvusIndex(info=_replace_info(live.info, generation=gen, count=n), wanted=live.wanted)
+        self._index = MilvusIndex(info=replace(live.info, generation=gen, count=n), wanted=live.wanted)
         self._seen = gen
         return True
 
@@ -748,8 +748,3 @@ def _product(row: dict[str, Any]) -> Product:
                    preview_cache=row.get("preview_cache") or None, extra=dict(row.get("extra") or {}),
                    source=Source(row.get("source") or Source.CSV.value), updated_at=float(row.get("updated_at") or 0))
 
-
-def _replace_info(info: IndexInfo, **changes: Any) -> IndexInfo:
-    from dataclasses import replace
-
-    return replace(info, **changes)
