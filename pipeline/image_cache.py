@@ -61,6 +61,8 @@ class ImageCache:
                            img.height, len(data))
 
     def write(self, image: CachedImage) -> None:
+        if not _CACHE_NAME.fullmatch(image.rel):  # the name may come back from a Ray worker: never a path
+            raise ValueError(f"not a cache file name: {image.rel[:100]!r}")
         # Always rewritten (not skipped when present): a file left by another cache_image_size
         # has the same name, and the bytes are deterministic, so concurrent writers agree.
         write_bytes_atomic(self.root / image.rel, image.jpeg)

@@ -11,8 +11,10 @@ time, so a killed run resumes exactly as a local one does. See pipeline/ray_task
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import socket
 import warnings
 from collections import Counter
 from collections.abc import Iterator
@@ -20,11 +22,14 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from core.config import PROJECT_ROOT, Settings
 from core.errors import ConfigError, ImageSearchError, require_module
 from core.types import Device
 from pipeline.image_cache import CachedImage, ImageCache
-from pipeline.ray_tasks import Embedder, fetch_and_encode, outcome_from_json, read_cached_files, read_local_files
+from pipeline.ray_tasks import (FATAL, Embedder, fetch_and_encode, outcome_from_json, read_cached_files,
+                                read_local_files)
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -112,6 +117,7 @@ def _init(settings: Settings) -> None:
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
     if address:  # a cluster's workers get this project's code from the driver
         kwargs["runtime_env"] = {"py_modules": [str(PROJECT_ROOT / name) for name in _CODE]}
+        _check_reachable(address)
     else:  # "local": a fresh instance sized to this machine, never some other Ray found running here
         kwargs["num_cpus"] = len(os.sched_getaffinity(0))
     try:
@@ -119,6 +125,28 @@ def _init(settings: Settings) -> None:
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"cannot join the Ray cluster at {address!r}" if address else "cannot start a local Ray instance"
         raise ConfigError(f"{FEATURE}: {where}: {exc} (IMAGESEARCH_RAY_ADDRESS)") from None
+
+
+def _check_reachable(address: str) -> None:
+    """Ray retries a cluster it cannot reach for minutes, printing every retry: look first, for 5 seconds."""
+    target = address.removeprefix("ray://")
+    if target == address:  # "auto" or host:port, resolved as ray.init would
+        try:
+            from ray._private.services import canonicalize_bootstrap_address
+
+            target = canonicalize_bootstrap_address(address) or ""
+        except ImportError:  # Ray moved it: ray.init alone decides
+            return
+        except (ConnectionError, ValueError) as exc:
+            raise ConfigError(f"{FEATURE}: no Ray cluster at {address!r}: {exc} (IMAGESEARCH_RAY_ADDRESS)") from None
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as exc:
+        raise ConfigError(f"{FEATURE}: cannot reach the Ray cluster at {address!r}: {exc} "
+                          "(IMAGESEARCH_RAY_ADDRESS)") from None
 
 
 class _LogFilesOnly(logging.Handler):
@@ -205,6 +233,7 @@ def embed(ctx: PipelineContext, state: BuildState, key: str, failed: Counter[str
     done = 0
     for batch in _results(ds):
         ok = batch["error"] == ""
+        _raise_fatal(batch["error"])
         if ok.any():
             state.save_views(key, [str(c) for c in batch["cache"][ok]], batch["vector"][ok])
             done += int(ok.sum())
@@ -222,27 +251,20 @@ def _items(column: str, values: list[str], batch: int) -> Any:
     return ray.data.from_items([{column: v} for v in values], override_num_blocks=max(1, -(-len(values) // batch)))
 
 
+def _raise_fatal(errors: np.ndarray) -> None:
+    """An embedding actor could not start (see Embedder): its error, raised here as the type it had."""
+    import core.errors
+
+    fatal = next((str(e) for e in errors if str(e).startswith(FATAL)), None)
+    if fatal is None:
+        return
+    info = json.loads(fatal.removeprefix(FATAL))
+    cls = getattr(core.errors, info["type"], None)
+    if isinstance(cls, type) and issubclass(cls, ImageSearchError) and cls.__init__ is ImageSearchError.__init__:
+        raise cls(info["message"])
+    raise ImageSearchError(info["message"])
+
+
 def _results(ds: Any) -> Iterator[Batch]:
-    """The dataset's output blocks as they finish; a known error raised on a worker (e.g. the backbone
-    does not load) is raised here as itself, so the CLI prints its one line."""
-    try:
-        yield from ds.iter_batches(batch_size=None, batch_format="numpy")
-    except Exception as exc:
-        known = _known_cause(exc)
-        if known is None:
-            raise
-        raise known from None
-
-
-def _known_cause(exc: BaseException) -> ImageSearchError | None:
-    seen: set[int] = set()
-    stack: list[BaseException | None] = [exc]
-    while stack:
-        current = stack.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, ImageSearchError) and type(current).__module__.startswith("core."):
-            return current
-        stack += [current.__cause__, current.__context__, getattr(current, "cause", None)]
-    return None
+    """The dataset's output blocks as they finish, in whatever order."""
+    yield from ds.iter_batches(batch_size=None, batch_format="numpy")

@@ -19,11 +19,13 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from core.config import Settings
+from core.errors import ImageSearchError
 from pipeline.download import Outcome, Target, classify, failed_outcome, fetch_policy, prepare, read_local
 from pipeline.image_cache import ImageCache
 from utils.http_fetch import FetchError, Fetcher
 
 Batch = dict[str, np.ndarray]
+FATAL = "fatal:"  # an embedding error row starting so stops the run: the actor could not load its encoder
 
 
 def _column(values: list[Any]) -> np.ndarray:
@@ -100,16 +102,26 @@ def read_cached_files(batch: Batch, *, cache_dir: str) -> Batch:
 class Embedder:
     """Extraction stage 2, one Ray actor: loads the encoder once, then embeds batch after batch exactly as
     the local executor does (same decoding, preprocessing and model). A cached image that does not decode
-    gets an error message and a zero vector, which the driver leaves out and counts."""
+    gets an error message and a zero vector, which the driver leaves out and counts; an encoder that does not
+    load fails every row with ``FATAL``, which stops the run."""
 
     def __init__(self, settings: Settings, backbone: str, threads: int) -> None:
         from core.encoder import ClipEncoder
 
-        self.encoder = ClipEncoder(backbone, device=settings.device, precision=settings.precision, threads=threads)
+        self.encoder: ClipEncoder | None = None
+        self.fatal = ""
+        try:
+            self.encoder = ClipEncoder(backbone, device=settings.device, precision=settings.precision, threads=threads)
+        except ImageSearchError as exc:  # Ray hands the driver an error raised here only as text: every
+            # batch carries it instead, and the driver raises it as itself (e.g. the backbone did not load)
+            self.fatal = FATAL + json.dumps({"type": type(exc).__name__, "message": exc.message})
 
     def __call__(self, batch: Batch) -> Batch:
         from PIL import Image
 
+        if self.encoder is None:
+            n = len(batch["cache"])
+            return {"cache": batch["cache"], "vector": np.zeros((n, 1), np.float32), "error": _column([self.fatal] * n)}
         errors = [str(e) for e in batch["error"]]
         pixels, keep = [], []
         for i, jpeg in enumerate(batch["jpeg"]):

@@ -208,6 +208,18 @@ def test_killed_ray_run_resumes_without_redoing_finished_work(make_settings, tmp
     _same_catalogue(_products(reference, spec), _products(make_settings(root=root), spec))
 
 
+def test_a_backbone_the_actors_cannot_load_stops_the_run_with_its_own_error(make_settings, tmp_path, ray_address):
+    from core.errors import BackboneLoadError
+
+    settings = make_settings(executor="ray", clip_model=str(tmp_path / "no_such_clip"))
+    folder = settings.data_dir / "shop"
+    (folder / "images").mkdir(parents=True)
+    (folder / "images/a.jpg").write_bytes(jpeg_bytes(seed=1))
+    (folder / "products.csv").write_text("shopify_product_id,title,images\np1,Mug,images/a.jpg\n")
+    with pytest.raises(BackboneLoadError, match="no_such_clip"):
+        run_model(settings, ModelSpec(name="shop"), progress=False)
+
+
 def test_executor_ray_without_ray_installed_says_so_in_one_line(tmp_path, tiny_clip):
     root = tmp_path / "root"
     write_demo(root / "data", general_per_category=1, shirts_per_category=1)
