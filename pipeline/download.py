@@ -259,7 +259,7 @@ def _fetch_all(ctx: PipelineContext, todo: list[Target], fetcher: Fetcher, cache
         return
     pool = ThreadPoolExecutor(max_workers=ctx.settings.download_workers, thread_name_prefix="download")
     try:
-        futures = [pool.submit(process, t, fetcher, cache, ctx.settings.max_image_bytes) for t in todo]
+        futures = [pool.submit(_process, t, fetcher, cache, ctx.settings.max_image_bytes) for t in todo]
         for future in as_completed(futures):
             bar.update(1)
             yield future.result()  # an unexpected error (disk full, a bug) fails the run
@@ -267,7 +267,7 @@ def _fetch_all(ctx: PipelineContext, todo: list[Target], fetcher: Fetcher, cache
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def process(target: Target, fetcher: Fetcher, cache: ImageCache, max_bytes: int) -> Outcome:
+def _process(target: Target, fetcher: Fetcher, cache: ImageCache, max_bytes: int) -> Outcome:
     """Fetch, verify and cache one ref. Runs on a worker thread."""
     outcome, image = prepare(target, lambda: _read_target(target, fetcher, max_bytes), cache)
     if image is not None:

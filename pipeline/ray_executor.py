@@ -180,23 +180,11 @@ def download(ctx: PipelineContext, todo: list[Target], bar: tqdm, details: dict[
     ``download_workers`` and ``download_per_host`` stay totals, shared by the download tasks."""
     if not todo:
         return
-    import ray.data
-
-    session, settings = ctx.ray(), ctx.settings
-    tasks = max(1, min(settings.download_workers, session.cpus))
-    threads = max(1, settings.download_workers // tasks)
+    session = ctx.ray()
+    tasks = max(1, min(ctx.settings.download_workers, session.cpus))
     details.update(executor=session.describe(), ray_tasks=tasks)
-    per_task = threads * _FETCHES_PER_THREAD
-    ds = _items("ref", [t.ref for t in todo], per_task).map_batches(
-        partial(read_local_files, data_dir=str(ctx.paths.data), max_bytes=settings.max_image_bytes),
-        batch_size=per_task, num_cpus=0, label_selector=session.here,
-        compute=ray.data.TaskPoolStrategy(size=_READERS))
-    ds = ds.map_batches(
-        partial(fetch_and_encode, settings=_for_workers(settings), threads=threads,
-                per_host=max(1, settings.download_per_host // tasks)),
-        batch_size=per_task, num_cpus=1, compute=ray.data.TaskPoolStrategy(size=tasks))
-    cache = ImageCache(ctx.paths.image_cache, settings)
-    for batch in _results(ds):
+    cache = ImageCache(ctx.paths.image_cache, ctx.settings)
+    for batch in _results(_download_dataset(ctx, session, todo, tasks)):
         for text, jpeg in zip(batch["outcome"], batch["jpeg"], strict=True):
             outcome = outcome_from_json(str(text))
             r = outcome.record
@@ -207,6 +195,24 @@ def download(ctx: PipelineContext, todo: list[Target], bar: tqdm, details: dict[
             yield outcome
 
 
+def _download_dataset(ctx: PipelineContext, session: RaySession, todo: list[Target], tasks: int) -> Any:
+    """Local files read on the driver's node, then fetched (URLs), verified and downscaled by ``tasks`` CPU
+    tasks anywhere, each with a share of the download threads and of the per-host limit."""
+    import ray.data
+
+    settings = ctx.settings
+    threads = max(1, settings.download_workers // tasks)
+    per_task = threads * _FETCHES_PER_THREAD
+    ds = _items("ref", [t.ref for t in todo], per_task).map_batches(
+        partial(read_local_files, data_dir=str(ctx.paths.data), max_bytes=settings.max_image_bytes),
+        batch_size=per_task, num_cpus=0, label_selector=session.here,
+        compute=ray.data.TaskPoolStrategy(size=_READERS))
+    return ds.map_batches(
+        partial(fetch_and_encode, settings=_for_workers(settings), threads=threads,
+                per_host=max(1, settings.download_per_host // tasks)),
+        batch_size=per_task, num_cpus=1, compute=ray.data.TaskPoolStrategy(size=tasks))
+
+
 def embed(ctx: PipelineContext, state: BuildState, key: str, failed: Counter[str], bar: tqdm,
           details: dict[str, Any]) -> int:
     """The extraction phase's embedding step on Ray: every cached image without a vector for ``key``,
@@ -214,26 +220,14 @@ def embed(ctx: PipelineContext, state: BuildState, key: str, failed: Counter[str
     todo = [rel for chunk in state.views_todo(key, 10_000) for rel in chunk]
     if not todo:
         return 0
-    import ray.data
-
-    session, settings = ctx.ray(), ctx.settings
-    plan = session.actor_plan(settings)
+    session = ctx.ray()
+    plan = session.actor_plan(ctx.settings)
     details.update(executor=session.describe(), ray_actors=plan.count, ray_device="gpu" if plan.gpus else "cpu")
-    ds = _items("cache", todo, settings.ray_batch_size).map_batches(
-        partial(read_cached_files, cache_dir=str(ctx.paths.image_cache)), batch_size=settings.ray_batch_size,
-        num_cpus=0, label_selector=session.here, compute=ray.data.TaskPoolStrategy(size=_READERS))
-    with warnings.catch_warnings():  # max_restarts goes through Ray's deprecated **ray_remote_args
-        warnings.simplefilter("ignore", DeprecationWarning)
-        # No actor restarts: a lost actor fails the run, and the rerun resumes (Ray would otherwise print
-        # a warning about restarting actors whose arguments live in the object store)
-        ds = ds.map_batches(Embedder, fn_constructor_kwargs={
-            "settings": _for_workers(settings), "backbone": ctx.backbone, "threads": plan.threads},
-            batch_size=settings.ray_batch_size, num_cpus=plan.cpus, num_gpus=plan.gpus,
-            compute=ray.data.ActorPoolStrategy(size=plan.count), max_restarts=0)
+    bar.total = len(todo)
     done = 0
-    for batch in _results(ds):
-        ok = batch["error"] == ""
+    for batch in _results(_embedding_dataset(ctx, session, plan, todo)):
         _raise_fatal(batch["error"])
+        ok = batch["error"] == ""
         if ok.any():
             state.save_views(key, [str(c) for c in batch["cache"][ok]], batch["vector"][ok])
             done += int(ok.sum())
@@ -242,6 +236,24 @@ def embed(ctx: PipelineContext, state: BuildState, key: str, failed: Counter[str
             failed["unreadable cached image"] += 1
         bar.update(len(ok))
     return done
+
+
+def _embedding_dataset(ctx: PipelineContext, session: RaySession, plan: ActorPlan, todo: list[str]) -> Any:
+    """Cached images read on the driver's node, then embedded by ``plan.count`` actors."""
+    import ray.data
+
+    batch = ctx.settings.ray_batch_size
+    ds = _items("cache", todo, batch).map_batches(
+        partial(read_cached_files, cache_dir=str(ctx.paths.image_cache)), batch_size=batch,
+        num_cpus=0, label_selector=session.here, compute=ray.data.TaskPoolStrategy(size=_READERS))
+    with warnings.catch_warnings():  # max_restarts goes through Ray's deprecated **ray_remote_args
+        warnings.simplefilter("ignore", DeprecationWarning)
+        # No actor restarts: a lost actor fails the run and the rerun resumes. (Restarting actors whose
+        # constructor arguments live in the object store also makes Ray print a warning on the console.)
+        return ds.map_batches(Embedder, fn_constructor_kwargs={
+            "settings": _for_workers(ctx.settings), "backbone": ctx.backbone, "threads": plan.threads},
+            batch_size=batch, num_cpus=plan.cpus, num_gpus=plan.gpus,
+            compute=ray.data.ActorPoolStrategy(size=plan.count), max_restarts=0)
 
 
 def _items(column: str, values: list[str], batch: int) -> Any:
