@@ -171,8 +171,8 @@ def _route_ray_logs() -> None:
 
 
 def _for_workers(settings: Settings) -> Settings:
-    """The settings the workers get: secrets stay on the driver."""
-    return settings.model_copy(update={"api_key": None, "milvus_token": None})
+    """The settings the workers get: secrets (and where the store lives) stay on the driver."""
+    return settings.model_copy(update={"api_key": None, "milvus_token": None, "milvus_uri": ""})
 
 
 def download(ctx: PipelineContext, todo: list[Target], bar: tqdm, details: dict[str, Any]) -> Iterator[Outcome]:
