@@ -85,6 +85,11 @@ class Settings(BaseSettings):
                                                            "phases run")
     ray_address: str = Field("", max_length=2000,
                              description="Ray cluster to join (ray://host:10001 or auto); empty starts a local one")
+    ray_batch_size: int = Field(64, ge=1, le=4096, description="executor=ray: images per forward pass on each "
+                                                               "embedding actor")
+    ray_actors: int = Field(0, ge=0, le=1024,
+                            description="executor=ray: embedding actors, each loading the encoder once (0 = one per "
+                                        "GPU, or one per 4 CPUs on a cluster without GPUs)")
 
     # relevance: near-duplicates collapsed in search results (model.json's duplicate_threshold wins)
     duplicate_threshold: float = Field(0.94, ge=-1, le=1,

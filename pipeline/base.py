@@ -21,6 +21,7 @@ from utils.atomic import read_json, sha256_file, write_json_atomic
 if TYPE_CHECKING:
     from core.encoder import ClipEncoder
     from core.store import ModelStore
+    from pipeline.ray_executor import RaySession
     from pipeline.state import BuildState
 
 logger = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ PIPELINE_VERSION = 2  # bump when an output format changes, so old checkpoints a
 @dataclass
 class PipelineContext:
     """What every phase gets: settings, the model's spec and paths, the model's store and build state
-    (opened on first use), and a lazily loaded encoder."""
+    (opened on first use), a lazily loaded encoder, and (executor=ray) a Ray session started on first use."""
 
     settings: Settings
     spec: ModelSpec
@@ -41,6 +42,7 @@ class PipelineContext:
     _encoder: ClipEncoder | None = field(default=None, repr=False)
     _store: ModelStore | None = field(default=None, repr=False)
     _state: BuildState | None = field(default=None, repr=False)
+    _ray: RaySession | None = field(default=None, repr=False)
 
     @property
     def paths(self) -> ModelPaths:
@@ -80,7 +82,18 @@ class PipelineContext:
             self._state = BuildState(self.store().db)
         return self._state
 
+    def ray(self) -> RaySession:
+        """The run's Ray session (executor=ray), started or joined by the first phase that needs it."""
+        if self._ray is None:
+            from pipeline.ray_executor import RaySession
+
+            self._ray = RaySession(self.settings)
+        return self._ray
+
     def close(self) -> None:
+        if self._ray is not None:
+            self._ray.close()
+            self._ray = None
         if self._store is not None:
             self._store.close()
             self._store, self._state = None, None

@@ -5,11 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import sys
 import time
 from collections import Counter, defaultdict, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,9 +23,9 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from core.config import Settings
 from core.errors import MissingInputError
 from core.model_config import ModelPaths
-from core.types import PhaseName
+from core.types import Executor, PhaseName
 from pipeline.base import PhaseResult, PipelineContext
-from pipeline.image_cache import ImageCache, cache_key
+from pipeline.image_cache import CachedImage, ImageCache, cache_key
 from pipeline.state import BuildState, ImageRecord
 from utils.address_guard import AddressGuard
 from utils.atomic import write_json_atomic
@@ -55,13 +54,14 @@ def download_report_path(paths: ModelPaths) -> Path:
 
 
 @dataclass(frozen=True)
-class _Target:
-    """One ref still to fetch: a URL, or a local file with the stat it was checked against."""
+class Target:
+    """One ref still to fetch: a URL, or a local file with the size and mtime it was checked against."""
 
     ref: str
     url: str | None = None
     path: Path | None = None
-    stat: os.stat_result | None = field(default=None, compare=False)
+    size: int | None = None
+    mtime_ns: int | None = None
 
     @property
     def host(self) -> str:
@@ -69,7 +69,7 @@ class _Target:
 
 
 @dataclass(frozen=True)
-class _Outcome:
+class Outcome:
     ref: str
     record: ImageRecord
     source: str  # downloaded | local | reused | failed
@@ -104,6 +104,7 @@ class DownloadPhase:
         key = json.dumps(cache_key(ctx.settings), sort_keys=True)
         tally = _Tally()
         bar = tqdm(desc=f"{ctx.model} images", unit="img", disable=not ctx.progress)
+        details: dict[str, Any] = {}
         with Fetcher(fetch_policy(ctx.settings)) as fetcher, _logs_above_bars():
             for refs in state.refs(_CHUNK):
                 known = state.images(refs)
@@ -117,11 +118,13 @@ class DownloadPhase:
                         recorder.add(_logged(outcome))
                 bar.total = (bar.total or 0) + len(refs)
                 bar.update(len(refs) - len(todo))
-                for outcome in _fetch_all(ctx, _interleave_by_host(todo), fetcher, cache, bar):
+                for outcome in _fetch(ctx, _interleave_by_host(todo), fetcher, cache, bar, details):
                     recorder.add(_logged(outcome))
                 recorder.flush()
         bar.close()
-        return _finish(ctx, tally)
+        result = _finish(ctx, tally)
+        result.details.update(details)
+        return result
 
 
 def failed_digest(state: BuildState, data_dir: Path) -> str:
@@ -135,10 +138,10 @@ def failed_digest(state: BuildState, data_dir: Path) -> str:
 
 def _local_stat(ref: str, data_dir: Path) -> list[int] | None:
     try:
-        target = _classify(ref, data_dir)
+        target = classify(ref, data_dir)
     except FetchError:
         return None
-    return [target.stat.st_size, target.stat.st_mtime_ns] if target.stat else None
+    return None if target.size is None or target.mtime_ns is None else [target.size, target.mtime_ns]
 
 
 @contextmanager
@@ -160,10 +163,10 @@ class _Recorder:
 
     def __init__(self, state: BuildState, key: str, tally: _Tally) -> None:
         self.state, self.key, self.tally = state, key, tally
-        self.pending: list[_Outcome] = []
+        self.pending: list[Outcome] = []
         self.since = time.monotonic()
 
-    def add(self, outcome: _Outcome) -> None:
+    def add(self, outcome: Outcome) -> None:
         self.pending.append(outcome)
         if len(self.pending) >= _FLUSH_EVERY or time.monotonic() - self.since > 1.0:
             self.flush()
@@ -183,7 +186,7 @@ class _Tally:
     transient: int = 0
     remote_failed: int = 0
 
-    def add(self, outcomes: list[_Outcome]) -> None:
+    def add(self, outcomes: list[Outcome]) -> None:
         for o in outcomes:
             self.sources[o.source] += 1
             if o.source == "failed":
@@ -197,31 +200,30 @@ class _Tally:
 
 
 def _triage(ref: str, data_dir: Path, cache: ImageCache, known: dict[str, Any] | None,
-            key: str) -> tuple[_Outcome | None, _Target | None]:
+            key: str) -> tuple[Outcome | None, Target | None]:
     """Settle a ref without any network request when possible: bad ref, or already cached."""
     try:
-        target = _classify(ref, data_dir)
+        target = classify(ref, data_dir)
     except FetchError as err:
-        return _failed(ref, err), None
+        return failed_outcome(ref, err), None
     if known is None or known["status"] != ImageStatus.OK.value or known["settings"] != key:
         return None, target
-    if target.stat is not None and (known["size"], known["mtime_ns"]) != (target.stat.st_size,
-                                                                           target.stat.st_mtime_ns):
+    if target.size is not None and (known["size"], known["mtime_ns"]) != (target.size, target.mtime_ns):
         return None, target
     if not cache.has(known["cache"]):
         return None, target
     record = ImageRecord(ref=ref, status=ImageStatus.OK.value, cache=known["cache"], width=known["width"],
                          height=known["height"], bytes=known["bytes"], size=known["size"],
                          mtime_ns=known["mtime_ns"])
-    return _Outcome(ref, record, "reused"), None
+    return Outcome(ref, record, "reused"), None
 
 
-def _classify(ref: str, data_dir: Path) -> _Target:
+def classify(ref: str, data_dir: Path) -> Target:
     """A URL target, or a local file inside the model's folder. Re-checked here, whatever validation did."""
     scheme = urlsplit(ref).scheme.lower()
     if scheme:
         check_url(ref)  # raises "bad scheme" for file://, ftp://, data: ...
-        return _Target(ref, url=ref)
+        return Target(ref, url=ref)
     try:
         base = data_dir.resolve()
         path = (base / ref).resolve()
@@ -237,11 +239,21 @@ def _classify(ref: str, data_dir: Path) -> _Target:
         raise FetchError("unreadable file", f"{path}: {exc}") from None
     if not path.is_file():
         raise FetchError("not a file", str(path))
-    return _Target(ref, path=path, stat=stat)
+    return Target(ref, path=path, size=stat.st_size, mtime_ns=stat.st_mtime_ns)
 
 
-def _fetch_all(ctx: PipelineContext, todo: list[_Target], fetcher: Fetcher, cache: ImageCache,
-               bar: tqdm) -> Iterator[_Outcome]:
+def _fetch(ctx: PipelineContext, todo: list[Target], fetcher: Fetcher, cache: ImageCache, bar: tqdm,
+           details: dict[str, Any]) -> Iterator[Outcome]:
+    """Each ref's outcome, its cache file written: on this machine's threads, or on Ray (executor=ray)."""
+    if ctx.settings.executor == Executor.RAY:
+        from pipeline import ray_executor
+
+        return ray_executor.download(ctx, todo, bar, details)
+    return _fetch_all(ctx, todo, fetcher, cache, bar)
+
+
+def _fetch_all(ctx: PipelineContext, todo: list[Target], fetcher: Fetcher, cache: ImageCache,
+               bar: tqdm) -> Iterator[Outcome]:
     """Process ``todo`` on a thread pool, yielding outcomes as they finish."""
     if not todo:
         return
@@ -255,33 +267,40 @@ def _fetch_all(ctx: PipelineContext, todo: list[_Target], fetcher: Fetcher, cach
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _process(target: _Target, fetcher: Fetcher, cache: ImageCache, max_bytes: int) -> _Outcome:
+def _process(target: Target, fetcher: Fetcher, cache: ImageCache, max_bytes: int) -> Outcome:
     """Fetch, verify and cache one ref. Runs on a worker thread."""
+    outcome, image = prepare(target, lambda: _read_target(target, fetcher, max_bytes), cache)
+    if image is not None:
+        cache.write(image)
+    return outcome
+
+
+def prepare(target: Target, read: Callable[[], bytes], cache: ImageCache) -> tuple[Outcome, CachedImage | None]:
+    """Read (``read``), verify and downscale one ref, writing nothing: its outcome, and the cache file to
+    write when it worked. The one place a ref's bytes become a cache entry, on either executor."""
     try:
-        entry = cache.store(_read_target(target, fetcher, max_bytes))
+        image = cache.encode(read())
     except (FetchError, ImageDecodeError) as err:
-        return _failed(target.ref, err)
-    stat = target.stat
-    record = ImageRecord(ref=target.ref, status=ImageStatus.OK.value, cache=entry["cache"], width=entry["width"],
-                         height=entry["height"], bytes=entry["bytes"], size=stat.st_size if stat else None,
-                         mtime_ns=stat.st_mtime_ns if stat else None)
-    return _Outcome(target.ref, record, "downloaded" if target.url is not None else "local")
+        return failed_outcome(target.ref, err), None
+    record = ImageRecord(ref=target.ref, status=ImageStatus.OK.value, cache=image.rel, width=image.width,
+                         height=image.height, bytes=image.nbytes, size=target.size, mtime_ns=target.mtime_ns)
+    return Outcome(target.ref, record, "downloaded" if target.url is not None else "local"), image
 
 
 def read_ref(ref: str, data_dir: Path, fetcher: Fetcher, max_bytes: int) -> bytes:
     """The bytes of one image reference, as this phase reads it: an http(s) URL through ``fetcher``,
     or a file inside ``data_dir``. Raises FetchError with a reason label."""
-    return _read_target(_classify(ref, data_dir), fetcher, max_bytes)
+    return _read_target(classify(ref, data_dir), fetcher, max_bytes)
 
 
-def _read_target(target: _Target, fetcher: Fetcher, max_bytes: int) -> bytes:
-    return fetcher.fetch(target.url) if target.url is not None else _read_local(target, max_bytes)
+def _read_target(target: Target, fetcher: Fetcher, max_bytes: int) -> bytes:
+    return fetcher.fetch(target.url) if target.url is not None else read_local(target, max_bytes)
 
 
-def _read_local(target: _Target, max_bytes: int) -> bytes:
-    assert target.path is not None and target.stat is not None
-    if target.stat.st_size > max_bytes:
-        raise FetchError("too large", f"{target.stat.st_size} bytes > {max_bytes}")
+def read_local(target: Target, max_bytes: int) -> bytes:
+    assert target.path is not None and target.size is not None
+    if target.size > max_bytes:
+        raise FetchError("too large", f"{target.size} bytes > {max_bytes}")
     try:
         with open(target.path, "rb") as fh:
             data = fh.read(max_bytes + 1)  # the file may have grown since it was checked
@@ -292,13 +311,13 @@ def _read_local(target: _Target, max_bytes: int) -> bytes:
     return data
 
 
-def _failed(ref: str, err: FetchError | ImageDecodeError) -> _Outcome:
+def failed_outcome(ref: str, err: FetchError | ImageDecodeError) -> Outcome:
     record = ImageRecord(ref=ref, status=ImageStatus.FAILED.value, reason=err.reason, detail=err.detail,
                          transient=bool(getattr(err, "transient", False)))
-    return _Outcome(ref, record, "failed")
+    return Outcome(ref, record, "failed")
 
 
-def _logged(outcome: _Outcome) -> _Outcome:
+def _logged(outcome: Outcome) -> Outcome:
     if outcome.source == "failed":
         r = outcome.record
         logger.warning("image %s failed: %s (%s)%s", outcome.ref, r.reason, r.detail,
@@ -306,12 +325,12 @@ def _logged(outcome: _Outcome) -> _Outcome:
     return outcome
 
 
-def _interleave_by_host(todo: list[_Target]) -> list[_Target]:
+def _interleave_by_host(todo: list[Target]) -> list[Target]:
     """Round-robin over hosts, so workers blocked on one busy host's limit do not starve the others."""
-    queues: dict[str, deque[_Target]] = defaultdict(deque)
+    queues: dict[str, deque[Target]] = defaultdict(deque)
     for target in todo:
         queues[target.host].append(target)
-    ordered: list[_Target] = []
+    ordered: list[Target] = []
     while queues:
         for host in list(queues):
             ordered.append(queues[host].popleft())

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from core.encoder import l2_normalize
 from core.head import ProjectionHead
 from core.store import Product, ProductVector, Source
-from core.types import PhaseName
+from core.types import Executor, PhaseName
 from pipeline.base import NothingUsableError, PhaseResult, PipelineContext, digest
 from pipeline.state import BuildState, StagedProduct
 
@@ -75,15 +75,21 @@ class ExtractionPhase:
     def run(self, ctx: PipelineContext) -> PhaseResult:
         state, key = ctx.state(), model_key(ctx)
         failed: Counter[str] = Counter()
-        embedded = self._embed(ctx, state, key, failed)
         upserter = _Upserter(ctx, key)
+        bar = tqdm(desc=f"{ctx.model}: embedding", unit="img", disable=not ctx.progress)
+        if ctx.settings.executor == Executor.RAY:
+            from pipeline import ray_executor
+
+            embedded = ray_executor.embed(ctx, state, key, failed, bar, upserter.result.details)
+        else:
+            embedded = self._embed(ctx, state, key, failed, bar)
+        bar.close()
         upserter.result.failed.update(failed)
         upserter.result.details["embedded"] = embedded
         return upserter.run(state)
 
-    def _embed(self, ctx: PipelineContext, state: BuildState, key: str, failed: Counter[str]) -> int:
+    def _embed(self, ctx: PipelineContext, state: BuildState, key: str, failed: Counter[str], bar: tqdm) -> int:
         encoder: ClipEncoder | None = None
-        bar = tqdm(desc=f"{ctx.model}: embedding", unit="img", disable=not ctx.progress)
         done = 0
         batches = state.views_todo(key, ctx.settings.batch_size)
         for caches, pixels in bounded_map(lambda b: _pixels(ctx, b, failed), batches, _AHEAD):
@@ -92,7 +98,6 @@ class ExtractionPhase:
                 state.save_views(key, caches, encoder.encode_pixels(np.stack(pixels)))
                 done += len(caches)
             bar.update(len(caches))
-        bar.close()
         return done
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,20 @@ def cache_key(settings: Settings) -> dict[str, int]:
             "max_image_bytes": settings.max_image_bytes}
 
 
+@dataclass(frozen=True)
+class CachedImage:
+    """One downscaled image, ready to be written under ``rel`` (``nbytes``: the original's size)."""
+
+    rel: str
+    jpeg: bytes
+    width: int
+    height: int
+    nbytes: int
+
+    def entry(self) -> dict[str, Any]:
+        return {"cache": self.rel, "width": self.width, "height": self.height, "bytes": self.nbytes}
+
+
 class ImageCache:
     def __init__(self, root: Path, settings: Settings) -> None:
         self.root = Path(root)
@@ -32,14 +47,25 @@ class ImageCache:
 
     def store(self, data: bytes) -> dict[str, Any]:
         """Decode + downscale ``data`` and write it to the cache. Raises ImageDecodeError."""
+        image = self.encode(data)
+        self.write(image)
+        return image.entry()
+
+    def encode(self, data: bytes) -> CachedImage:
+        """Decode + downscale ``data``, writing nothing (a Ray worker hands the result to the driver,
+        which writes it). Raises ImageDecodeError."""
         img = decode_image(data, max_pixels=self._settings.max_image_pixels,
                            shorter_side=self._settings.cache_image_size)
         name = hashlib.sha256(data).hexdigest()
-        rel = f"{name[:2]}/{name}.jpg"
+        return CachedImage(f"{name[:2]}/{name}.jpg", encode_jpeg(img, quality=JPEG_QUALITY), img.width,
+                           img.height, len(data))
+
+    def write(self, image: CachedImage) -> None:
+        if not _CACHE_NAME.fullmatch(image.rel):  # the name may come back from a Ray worker: never a path
+            raise ValueError(f"not a cache file name: {image.rel[:100]!r}")
         # Always rewritten (not skipped when present): a file left by another cache_image_size
         # has the same name, and the bytes are deterministic, so concurrent writers agree.
-        write_bytes_atomic(self.root / rel, encode_jpeg(img, quality=JPEG_QUALITY))
-        return {"cache": rel, "width": img.width, "height": img.height, "bytes": len(data)}
+        write_bytes_atomic(self.root / image.rel, image.jpeg)
 
     def has(self, rel: object) -> bool:
         """True when ``rel`` names a well-formed cache file that exists."""

@@ -31,10 +31,11 @@ def format_summary(spec: ModelSpec, settings: Settings, outcomes: list[PhaseOutc
     lines = [f"model {spec.name}" + (f" ({spec.display_name})" if spec.display_name else ""),
              _table(["phase", "status", "ok", "failed", "seconds"], rows)]
     lines += _failures(outcomes)
-    details = [f"  {o.phase.value}: " + ", ".join(f"{k}={v}" for k, v in o.result.details.items())
+    details = [f"  {o.phase.value}: " + ", ".join(f"{k}={v}" for k, v in o.result.details.items() if k != "executor")
                for o in outcomes if o.result.details]
     if details:
         lines += ["details:", *details]
+    lines.append(f"executor: {_executor(settings, outcomes)}")
     lines += [f"stopped: {o.error}" for o in outcomes if o.status.value == "failed" and o.error]
     lines += _next_steps(spec, settings, outcomes)
     paths = spec.paths(settings)
@@ -59,6 +60,13 @@ def _where(spec: ModelSpec, settings: Settings) -> str:
 
         return f"Milvus collection {collection_name(settings.milvus_prefix, spec.name)} at {redacted_uri(settings)}"
     return str(spec.paths(settings).models / "catalogue.db")
+
+
+def _executor(settings: Settings, outcomes: list[PhaseOutcome]) -> str:
+    """Where this run's downloads and embeddings ran: the Ray cluster a phase of this run used, or the setting."""
+    used = [o.result.details["executor"] for o in outcomes
+            if o.status.value in ("ran", "incomplete", "failed") and "executor" in o.result.details]
+    return str(used[0]) if used else settings.executor.value
 
 
 def _failures(outcomes: list[PhaseOutcome]) -> list[str]:

@@ -14,7 +14,7 @@ from enum import StrEnum
 from core.config import Settings
 from core.errors import BuildInProgressError, ImageSearchError
 from core.model_config import ModelSpec
-from core.types import PhaseName
+from core.types import Executor, PhaseName
 from pipeline.base import (PIPELINE_VERSION, NothingUsableError, Phase, PhaseResult, PipelineContext, digest,
                            read_checkpoint, write_checkpoint)
 
@@ -102,6 +102,10 @@ def run_model(settings: Settings, spec: ModelSpec, *, mode: str = "all", force: 
               outcomes: list[PhaseOutcome] | None = None) -> list[PhaseOutcome]:
     """Run the pipeline for one model. One run per model at a time, across processes. ``outcomes``
     (optional) collects the phases' outcomes as they end, also when the run raises."""
+    if settings.executor == Executor.RAY:  # say so before any phase runs, not halfway
+        from pipeline.ray_executor import check_available
+
+        check_available()
     ctx = PipelineContext(settings=settings, spec=spec, progress=progress, drop_api_edits=drop_api_edits)
     with model_lock(ctx.paths.models, spec.name):
         try:
