@@ -3,24 +3,30 @@
 The model table is a dict replaced wholesale under a lock (copy-on-write), so readers never
 lock and never see a half-updated table. A watcher thread, about once a second, lets each model's
 store catch up with writes made by other processes (the pipeline, another API), and reloads a
-model whose head changed or whose index was rebuilt as another type.
+model whose head changed or whose index was rebuilt as another type. A model in Milvus that could
+not be served (Milvus unreachable, or not built yet, perhaps from another machine) is tried again
+every few seconds.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import defaultdict
 from pathlib import Path
 
 from core.config import Settings
 from core.errors import BackboneLoadError, ImageSearchError, IndexNotReadyError, UnknownModelError
 from core.model_config import ModelRegistry, ModelSpec, validate_model_name
+from core.types import StoreKind
 
 from api.embedder import Embedder
 from api.loaded import ServedModel, file_signature, load_model
 
 logger = logging.getLogger(__name__)
+
+_RETRY_WATCHES = 5  # watcher ticks between attempts to serve a Milvus model that is not servable
 
 
 class Catalogue:
@@ -158,8 +164,26 @@ class Catalogue:
                     except ImageSearchError as exc:
                         logger.warning("%s", exc.message)
                         self._remember_signature(current.name)
+            elif self._retry_due(current):
+                self._retry(current)
             elif current.searchable and current.store is not None:
-                current.store.refresh()
+                try:
+                    current.store.refresh()
+                except ImageSearchError as exc:  # the store has logged the failure; the other models go on
+                    logger.debug("model %s: refresh failed: %s", current.name, exc.message)
+
+    def _retry_due(self, current: ServedModel) -> bool:
+        """A Milvus model that is not servable: its catalogue lives elsewhere, so no file here says when
+        it is back or built; try again every few ticks."""
+        return (not current.searchable and current.spec.store_for(self.settings) == StoreKind.MILVUS
+                and time.time() - current.loaded_at >= _RETRY_WATCHES * self._watch_interval)
+
+    def _retry(self, current: ServedModel) -> None:
+        with self.admin_lock(current.name):
+            fresh = self._load(current.spec)
+            self._install(fresh)  # a failure too: its load time sets when the next try is due
+        if fresh.searchable:
+            logger.info("model %s is servable again", current.name)
 
     def _stale(self, current: ServedModel) -> bool:
         """A reload is due: the head file changed, the model got built, or its index changed type."""
