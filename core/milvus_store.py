@@ -483,6 +483,7 @@ class MilvusStore:
                                                 f"collection holds {dim}; copy the model again (--copy-store)")
                 for rows in self._scan(_FIELDS + ["digest", "num", "clip"]):
                     clips = np.asarray([r["clip"] for r in rows], dtype=np.float32)
+                    self._check_fits(head, clips.shape[1], dim)  # on the first batch: nothing written yet
                     vectors = head.apply(clips) if head is not None else clips
                     for row, vec in zip(rows, vectors, strict=True):
                         row["vector"] = np.asarray(vec, dtype=np.float32).tolist()
@@ -494,6 +495,14 @@ class MilvusStore:
                 gen = self.generation()
         self.head, self._head = head, sha
         return gen
+
+    def _check_fits(self, head: ProjectionHead | None, clip_dim: int, dim: int | None) -> None:
+        if head is not None and head.input_dim != clip_dim:
+            raise StoreError(self.name, f"head.safetensors takes {head.input_dim}-dim vectors but the catalogue's "
+                                        f"CLIP vectors have {clip_dim}; remove it or fine-tune again")
+        if head is None and dim is not None and clip_dim != dim:
+            raise StoreError(self.name, f"without a head the catalogue's {clip_dim}-dim CLIP vectors do not fit the "
+                                        f"Milvus collection's {dim}-dim index; copy the model again (--copy-store)")
 
     # --- protocol: search ------------------------------------------------------------------------
     def search(self, queries: Embeddings, k: int, flt: Filter | None = None) -> list[list[Hit]]:
