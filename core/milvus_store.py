@@ -342,7 +342,13 @@ class MilvusStore:
             np.zeros((0, dim), np.float32)
 
     def hit_vectors(self, hits: Sequence[Hit]) -> Embeddings:
-        return self.vectors([h.product.id for h in hits])
+        """The vectors the search returned with its hits; a hit's product deleted since (another process)
+        reads as a zero vector: a duplicate of nothing."""
+        missing = [h.product.id for h in hits if h.vector is None]
+        found = {row["id"]: row["vector"] for row in self._rows(missing, ["id", "vector"])} if missing else {}
+        dim = self.dim or 0
+        rows = [h.vector if h.vector is not None else found.get(h.product.id, np.zeros(dim)) for h in hits]
+        return np.asarray(rows, dtype=np.float32).reshape(len(hits), -1) if rows else np.zeros((0, dim), np.float32)
 
     def _rows(self, ids: Sequence[str], fields: list[str]) -> list[dict[str, Any]]:
         if not ids or not self._exists():
@@ -513,10 +519,13 @@ class MilvusStore:
             raise StoreError(self.name, "the catalogue is empty: nothing to search yet")
         expr = expression(flt, self.columns() if flt is not None and (flt.equals or flt.ranges) else {})
         found = self._call(self.client.search, self.collection, data=queries.tolist(), anns_field="vector",
-                           limit=min(k, _MAX_TOPK), filter=expr, output_fields=_FIELDS,
+                           limit=min(k, _MAX_TOPK), filter=expr, output_fields=[*_FIELDS, "vector"],
                            search_params={"metric_type": self._metric(), "params": self._search_params(k)},
                            consistency_level="Strong")
-        return [[Hit(_product(h["entity"] | {"id": h["id"]}), self._score(float(h["distance"]))) for h in row]
+        # each hit carries its vector: near-duplicate collapsing needs no second read, which a product deleted
+        # in between (by another process) would fail
+        return [[Hit(_product(h["entity"] | {"id": h["id"]}), self._score(float(h["distance"])),
+                     vector=np.asarray(h["entity"]["vector"], dtype=np.float32)) for h in row]
                 for row in found]
 
     def _search_params(self, k: int) -> dict[str, int]:
