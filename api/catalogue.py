@@ -3,7 +3,9 @@
 The model table is a dict replaced wholesale under a lock (copy-on-write), so readers never
 lock and never see a half-updated table. A watcher thread, about once a second, lets each model's
 store catch up with writes made by other processes (the pipeline, another API), and reloads a
-model whose head changed or whose index was rebuilt as another type.
+model whose head changed or whose index was rebuilt as another type. A model in Milvus that could
+not be served (Milvus unreachable, or not built yet, perhaps from another machine) is tried again
+every few seconds.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -23,6 +26,8 @@ from api.embedder import Embedder
 from api.loaded import ServedModel, file_signature, load_model
 
 logger = logging.getLogger(__name__)
+
+_RETRY_WATCHES = 5  # watcher ticks between attempts to serve a Milvus model that is not servable
 
 
 class Catalogue:
@@ -164,11 +169,26 @@ class Catalogue:
                     except ImageSearchError as exc:
                         logger.warning("%s", exc.message)
                         self._remember_signature(current.name)
+            elif self._retry_due(current):
+                self._retry(current)
             elif current.searchable and current.store is not None:
                 try:
                     current.store.refresh()
-                except ImageSearchError as exc:  # a Milvus outage: searches answer 503 meanwhile
-                    logger.warning("%s: cannot refresh: %s", current.name, exc.message)
+                except ImageSearchError as exc:  # the store has logged the failure; the other models go on
+                    logger.debug("model %s: refresh failed: %s", current.name, exc.message)
+
+    def _retry_due(self, current: ServedModel) -> bool:
+        """A Milvus model that is not servable: its catalogue lives elsewhere, so no file here says when
+        it is back or built; try again every few ticks."""
+        return (not current.searchable and current.spec.store_for(self.settings) == StoreKind.MILVUS
+                and time.time() - current.loaded_at >= _RETRY_WATCHES * self._watch_interval)
+
+    def _retry(self, current: ServedModel) -> None:
+        with self.admin_lock(current.name):
+            fresh = self._load(current.spec)
+            self._install(fresh)  # a failure too: its load time sets when the next try is due
+        if fresh.searchable:
+            logger.info("model %s is servable again", current.name)
 
     def _stale(self, current: ServedModel) -> bool:
         """A reload is due: the head file changed, the model got built, or its index changed type."""
@@ -176,8 +196,6 @@ class Catalogue:
         if file_signature(paths.head) != current.head_signature:
             return True
         if not current.searchable:
-            if current.store is None and current.spec.store_for(self.settings) == StoreKind.MILVUS:
-                return _built_in_milvus(self.settings, current.spec)  # built by a machine elsewhere
             return file_signature(paths.models / "index.json") != current.index_signature
         live = current.store.live_index if current.store is not None else None
         saved = _saved_kind(paths.models / "index.json")
@@ -201,16 +219,6 @@ class Catalogue:
             logger.warning("model discovery failed: %s", exc.message)
             return []
         return [spec for spec in registry if spec.name not in self._models]
-
-
-def _built_in_milvus(settings: Settings, spec: ModelSpec) -> bool:
-    """A replica's models/<m>/ need not hold the build's files: ask Milvus whether the model exists now."""
-    from core.catalogue_store import store_exists
-
-    try:
-        return store_exists(settings, spec)
-    except ImageSearchError:
-        return False
 
 
 def _saved_kind(path: Path) -> str | None:

@@ -25,7 +25,8 @@ from core.store import Product, StoreStats
 logger = logging.getLogger(__name__)
 
 Signature = tuple[int, int, int] | None
-_STATS_TTL = 5.0  # seconds a /models snapshot of per-category counts is reused
+_STATS_TTL = 5.0  # seconds a /models snapshot of per-category counts is reused at least
+_STATS_COST = 10  # ... and at least this many times as long as it took (a large Milvus collection scans slowly)
 
 
 def file_signature(path: Path) -> Signature:
@@ -41,6 +42,8 @@ def file_signature(path: Path) -> Signature:
 class _StatsCache:
     stats: StoreStats | None = None
     at: float = 0.0
+    ttl: float = _STATS_TTL
+    refreshing: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -90,14 +93,37 @@ class ServedModel:
         return found[0]
 
     def stats(self) -> StoreStats | None:
-        """Per-category counts and columns, recomputed at most every few seconds (they scan the store)."""
+        """Per-category counts and columns. They scan the store, so a snapshot is reused for a while and,
+        once stale, still served while a background thread takes the next one; only the first call waits
+        (blocking: call it off the event loop)."""
         if self.store is None:
             return None
         cache = self._stats
         with cache.lock:
-            if cache.stats is None or time.monotonic() - cache.at > _STATS_TTL:
-                cache.stats, cache.at = self.store.stats(), time.monotonic()
-            return cache.stats
+            if cache.stats is not None:
+                if not cache.refreshing and time.monotonic() - cache.at > cache.ttl:
+                    cache.refreshing = True
+                    threading.Thread(target=self._take_stats, name=f"stats-{self.name}", daemon=True).start()
+                return cache.stats
+        return self._take_stats()
+
+    def _take_stats(self) -> StoreStats | None:
+        cache, start = self._stats, time.monotonic()
+        try:
+            assert self.store is not None
+            stats = self.store.stats()
+        except ImageSearchError as exc:
+            logger.warning("model %s: counts for /models not taken: %s", self.name, exc.message)
+            with cache.lock:
+                cache.refreshing = False
+                if cache.stats is None:
+                    raise
+                return cache.stats
+        took = time.monotonic() - start
+        with cache.lock:
+            cache.stats, cache.at, cache.ttl = stats, time.monotonic(), max(_STATS_TTL, _STATS_COST * took)
+            cache.refreshing = False
+        return stats
 
 
 def load_model(settings: Settings, spec: ModelSpec, *, encoder_dim: int | None,

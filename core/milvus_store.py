@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from core.ann import INDEX_JSON, IndexInfo, choose_index_type, ivf_nlist
-from core.calibration import CALIBRATION_JSON, Calibration, TextEncoder
+from core.calibration import CALIBRATION_JSON, Calibration, TextEncoder, now_iso
 from core.config import Settings
 from core.errors import StoreError, StoreUnavailableError, require_module
 from core.head import ProjectionHead
@@ -62,6 +62,8 @@ _MILVUS_INDEX = {IndexType.FLAT: "FLAT", IndexType.HNSW: "HNSW", IndexType.IVF: 
                  # rank); milvus-lite has no IVF_PQ, a Milvus cluster has both
                  IndexType.IVFPQ: "IVF_SQ8"}
 _KIND_OF = {v: k for k, v in _MILVUS_INDEX.items()}
+_SERVED_KINDS = {k.value for k in _MILVUS_INDEX}
+_NOT_LOADED = 101  # Milvus's CollectionNotLoaded (milvus-lite answers it too)
 _clients: dict[tuple[str, str], Any] = {}
 _clients_lock = threading.Lock()
 
@@ -99,6 +101,9 @@ def client(settings: Settings) -> Any:
         found = _clients.get((uri, token))
         if found is None:
             logging.getLogger("pymilvus").setLevel(logging.CRITICAL)  # we report failures ourselves, once
+            # an embedded milvus-lite serves gRPC inside this process and does not implement AllocTimestamp,
+            # which pymilvus asks for after every create_index (then goes on): grpc logs each with a traceback
+            logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
             try:
                 found = pymilvus.MilvusClient(uri=uri, token=token)
             except Exception as exc:
@@ -181,6 +186,7 @@ class MilvusStore:
         self._index: MilvusIndex | None = None
         self._seen = -1
         self._known = False
+        self._released = False  # a call found the collection not loaded: refresh() loads it again
         self._meta_cache: dict[str, tuple[int, Any]] = {}
         self._call(self._ensure_meta)
         if self._exists():
@@ -198,6 +204,11 @@ class MilvusStore:
         except StoreError:
             raise
         except Exception as exc:
+            if getattr(exc, "code", None) == _NOT_LOADED and type(exc).__module__.startswith("pymilvus"):
+                self._released = True
+                logger.warning("%s: Milvus collection not loaded: %s", self.name, exc)
+                raise StoreError(self.name, "the catalogue's Milvus collection is not loaded (its index is being "
+                                            "rebuilt, or the Milvus server restarted); retry shortly") from None
             if type(exc).__module__.startswith(("pymilvus", "grpc", "milvus_lite")):
                 logger.warning("%s: Milvus call failed: %s", self.name, exc)
                 raise StoreError(self.name, f"the Milvus store failed ({type(exc).__name__}); "
@@ -238,6 +249,12 @@ class MilvusStore:
                           output_fields=["value"], consistency_level="Strong")
         return json.loads(rows[0]["value"]) if rows else default
 
+    def _metas(self, keys: Sequence[str]) -> dict[str, Any]:
+        """Several meta values in one query (absent keys are left out)."""
+        rows = self._call(self.client.query, self.meta_collection, filter=f"key in {id_list(keys)}",
+                          output_fields=["key", "value"], consistency_level="Strong")
+        return {str(r["key"]): json.loads(r["value"]) for r in rows}
+
     def _set_meta(self, values: dict[str, Any]) -> None:
         rows = [{"key": k, "value": json.dumps(v), "v": [0.0, 0.0]} for k, v in values.items()]
         self._call(self.client.upsert, self.meta_collection, rows)
@@ -269,7 +286,9 @@ class MilvusStore:
         params.add_index(field_name="clip", index_type="FLAT", metric_type=self._metric())
         self.client.create_collection(self.collection, schema=schema, index_params=params)
         self.client.load_collection(self.collection)
-        self._set_meta({"head": self._head or "", "dim": dim})
+        # the collection is created with its (flat) vector index: that is the index's build time
+        self._set_meta({"head": self._head or "", "dim": dim,
+                        "index": {"kind": IndexType.FLAT.value, "params": {}, "built_at": now_iso()}})
         logger.info("%s: Milvus collection %s created (%d-dim vectors)", self.name, self.collection, dim)
 
     def _metric(self) -> str:
@@ -359,7 +378,13 @@ class MilvusStore:
             np.zeros((0, dim), np.float32)
 
     def hit_vectors(self, hits: Sequence[Hit]) -> Embeddings:
-        return self.vectors([h.product.id for h in hits])
+        """The vectors the search returned with its hits; a hit's product deleted since (another process)
+        reads as a zero vector: a duplicate of nothing."""
+        missing = [h.product.id for h in hits if h.vector is None]
+        found = {row["id"]: row["vector"] for row in self._rows(missing, ["id", "vector"])} if missing else {}
+        dim = self.dim or 0
+        rows = [h.vector if h.vector is not None else found.get(h.product.id, np.zeros(dim)) for h in hits]
+        return np.asarray(rows, dtype=np.float32).reshape(len(hits), -1) if rows else np.zeros((0, dim), np.float32)
 
     def _rows(self, ids: Sequence[str], fields: list[str]) -> list[dict[str, Any]]:
         if not ids or not self._exists():
@@ -520,6 +545,7 @@ class MilvusStore:
                                                 f"collection holds {dim}; copy the model again (--copy-store)")
                 for rows in self._scan(_FIELDS + ["digest", "num", "clip"]):
                     clips = np.asarray([r["clip"] for r in rows], dtype=np.float32)
+                    self._check_fits(head, clips.shape[1], dim)  # on the first batch: nothing written yet
                     vectors = head.apply(clips) if head is not None else clips
                     for row, vec in zip(rows, vectors, strict=True):
                         row["vector"] = np.asarray(vec, dtype=np.float32).tolist()
@@ -532,6 +558,14 @@ class MilvusStore:
         self.head, self._head = head, sha
         return gen
 
+    def _check_fits(self, head: ProjectionHead | None, clip_dim: int, dim: int | None) -> None:
+        if head is not None and head.input_dim != clip_dim:
+            raise StoreError(self.name, f"head.safetensors takes {head.input_dim}-dim vectors but the catalogue's "
+                                        f"CLIP vectors have {clip_dim}; remove it or fine-tune again")
+        if head is None and dim is not None and clip_dim != dim:
+            raise StoreError(self.name, f"without a head the catalogue's {clip_dim}-dim CLIP vectors do not fit the "
+                                        f"Milvus collection's {dim}-dim index; copy the model again (--copy-store)")
+
     # --- protocol: search ------------------------------------------------------------------------
     def search(self, queries: Embeddings, k: int, flt: Filter | None = None) -> list[list[Hit]]:
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
@@ -541,10 +575,13 @@ class MilvusStore:
             raise StoreError(self.name, "the catalogue is empty: nothing to search yet")
         expr = expression(flt, self.columns() if flt is not None and (flt.equals or flt.ranges) else {})
         found = self._call(self.client.search, self.collection, data=queries.tolist(), anns_field="vector",
-                           limit=min(k, _MAX_TOPK), filter=expr, output_fields=_FIELDS,
+                           limit=min(k, _MAX_TOPK), filter=expr, output_fields=[*_FIELDS, "vector"],
                            search_params={"metric_type": self._metric(), "params": self._search_params(k)},
                            consistency_level="Strong")
-        return [[Hit(_product(h["entity"] | {"id": h["id"]}), self._score(float(h["distance"]))) for h in row]
+        # each hit carries its vector: near-duplicate collapsing needs no second read, which a product deleted
+        # in between (by another process) would fail
+        return [[Hit(_product(h["entity"] | {"id": h["id"]}), self._score(float(h["distance"])),
+                     vector=np.asarray(h["entity"]["vector"], dtype=np.float32)) for h in row]
                 for row in found]
 
     def _search_params(self, k: int) -> dict[str, int]:
@@ -607,20 +644,25 @@ class MilvusStore:
 
     def rebuild(self, *, save: bool, tune_it: bool = True, progress: object = None) -> MilvusIndex:
         """Replace the collection's vector index with one of the kind the catalogue's size calls for."""
-        from core.calibration import now_iso
 
         with self._lock:
             n = self.count()
             if not n:
                 raise StoreError(self.name, "the catalogue is empty: nothing to index")
             kind = self.wanted_kind(n)
-            self._call(self.client.release_collection, self.collection)
-            if self._current_kind() is not None:
-                self._call(self.client.drop_index, self.collection, "vector")
-            params = self.client.prepare_index_params()
-            build = self._add_vector_index(params, kind, n)
-            self._call(self.client.create_index, self.collection, params)
-            self._call(self.client.load_collection, self.collection)
+            # Milvus changes an index only on a released collection: readers get 503 until it is loaded again,
+            # and must not load it themselves meanwhile (see _load_again)
+            self._set_meta({"rebuilding": True})
+            try:
+                self._call(self.client.release_collection, self.collection)
+                if self._current_kind() is not None:
+                    self._call(self.client.drop_index, self.collection, "vector")
+                params = self.client.prepare_index_params()
+                build = self._add_vector_index(params, kind, n)
+                self._call(self.client.create_index, self.collection, params)
+                self._call(self.client.load_collection, self.collection)
+            finally:
+                self._set_meta({"rebuilding": False})
             search = {"efSearch": self.settings.hnsw_ef_search} if kind == IndexType.HNSW else \
                 {"nprobe": self.settings.ivf_nprobe} if kind != IndexType.FLAT else {}
             self._set_meta({"index": {"kind": kind.value, "params": {**build, **search}, "built_at": now_iso()}})
@@ -646,18 +688,36 @@ class MilvusStore:
             write_json_atomic(self.folder / INDEX_JSON, live.info.to_json())
 
     def refresh(self) -> bool:
-        """Milvus serves other processes' writes itself; this only updates the count and generation the
-        status pages show, when the generation moved."""
+        """Milvus serves other processes' writes itself; this updates the count and generation the status
+        pages show when the generation moved, the index's description when another process rebuilt it (as
+        another type, too: searches then use that type's parameters), and loads the collections again when
+        a call found them not loaded (a restarted milvus-lite server leaves them released)."""
         live = self._index
         if live is None:
             return False
-        gen = self.generation()
-        if gen == self._seen:
+        if self._released:
+            self._load_again()
+        state = self._metas(["generation", "index"])
+        gen, index = int(state.get("generation", 0)), state.get("index") or {}
+        rebuilt = str(index.get("built_at") or "") != live.info.built_at and index.get("kind") in _SERVED_KINDS
+        if gen == self._seen and not rebuilt:
             return False
         n = self.count()
-        self._index = MilvusIndex(info=replace(live.info, generation=gen, count=n), wanted=live.wanted)
-        self._seen = gen
+        with self._lock:
+            self._index = self._describe(IndexType(index["kind"]), n) if rebuilt else \
+                MilvusIndex(info=replace(live.info, generation=gen, count=n), wanted=live.wanted)
+            self._seen = gen
         return True
+
+    def _load_again(self) -> None:
+        """Load the collections after a server restart (Milvus reloads them itself; milvus-lite does not). The
+        catalogue's is left alone while a rebuild holds it released on purpose: a rebuild raises its flag
+        before it releases, and the flag is read only after a call saw the collection released."""
+        self._call(self.client.load_collection, self.meta_collection)
+        if not self._meta("rebuilding", False) and self._exists():
+            self._call(self.client.load_collection, self.collection)
+        self._released = False
+        logger.info("%s: Milvus collections loaded again", self.name)
 
     # --- calibration (kept in the meta collection: replicas share it) -----------------------------
     @property
@@ -686,7 +746,7 @@ class MilvusStore:
     def calibrate(self, live: MilvusIndex) -> Calibration | None:
         """Fit the image (and text) maps from a sample, as the local store does; saved in Milvus and as
         ``calibration.json`` on the build machine."""
-        from core.calibration import fit_image, fit_text, now_iso
+        from core.calibration import fit_image, fit_text
 
         rng = np.random.default_rng(self.settings.seed)
         ids, vectors = self.sample_vectors(_CALIBRATION_SAMPLE, self.settings.seed)

@@ -98,6 +98,7 @@ class Hit:
     product: Product
     score: float
     key: int = -1  # the store's key for this version of the product's vector (-1: not known)
+    vector: np.ndarray | None = field(default=None, compare=False, repr=False)  # when the search returned it
 
 
 @dataclass(frozen=True)

@@ -54,12 +54,12 @@ def format_summary(spec: ModelSpec, settings: Settings, outcomes: list[PhaseOutc
 
 
 def _where(spec: ModelSpec, settings: Settings) -> str:
-    """Where the catalogue lives: the local database file, or the Milvus collection (no credentials)."""
-    if spec.store_for(settings) == StoreKind.MILVUS:
-        from core.milvus_store import collection_name, redacted_uri
+    """Where the model's catalogue lives: its database file, or its Milvus collection (no credentials)."""
+    if spec.store_for(settings) != StoreKind.MILVUS:
+        return str(spec.paths(settings).models / "catalogue.db")
+    from core.milvus_store import collection_name, redacted_uri
 
-        return f"Milvus collection {collection_name(settings.milvus_prefix, spec.name)} at {redacted_uri(settings)}"
-    return str(spec.paths(settings).models / "catalogue.db")
+    return f"Milvus collection {collection_name(settings.milvus_prefix, spec.name)} at {redacted_uri(settings)}"
 
 
 def _executor(settings: Settings, outcomes: list[PhaseOutcome]) -> str:
@@ -97,14 +97,17 @@ def _next_steps(spec: ModelSpec, settings: Settings, outcomes: list[PhaseOutcome
 
 
 def _model_row(spec: ModelSpec, settings: Settings) -> list[str]:
-    """Counts straight from the model's catalogue database, opened read-only (no store created)."""
+    """Counts straight from the model's catalogue database, opened read-only (no store created); for a
+    model in Milvus, the images from the build state and the products from its collection."""
     paths = spec.paths(settings)
     products = images = failed_images = "-"
     indexed, built, kind = "no", "-", "-"
     milvus = spec.store_for(settings) == StoreKind.MILVUS
-    db = paths.models / ("build.db" if milvus else "catalogue.db")  # Milvus: the build state only
+    db = paths.models / ("build.db" if milvus else "catalogue.db")
     if db.is_file():
-        products, images, failed_images = _db_counts(db)
+        products, images, failed_images = _db_counts(db, products=not milvus)
+    if milvus:
+        products = _milvus_count(spec, settings)
     try:
         info = read_json(paths.models / "index.json")
         indexed, built, kind = f"yes ({info['count']})", info["built_at"], info["kind"]
@@ -155,15 +158,34 @@ def _backbone(backbone: str) -> str:
     return path.name if path.is_absolute() or path.is_dir() else backbone
 
 
-def _db_counts(db: Path) -> tuple[str, str, str]:
-    """(products, images cached, images failed) of the staged products; "-" for what is not there."""
+def _milvus_count(spec: ModelSpec, settings: Settings) -> str:
+    """Products in the model's Milvus collection; "-" when it has none or Milvus cannot say (a listing
+    never stops on an unreachable Milvus)."""
+    from pymilvus.exceptions import MilvusException
+
+    from core.errors import ImageSearchError
+    from core.milvus_store import client, collection_name
+
+    name = collection_name(settings.milvus_prefix, spec.name)
+    try:
+        found = client(settings)
+        if not found.has_collection(name):
+            return "-"
+        rows = found.query(name, filter="", output_fields=["count(*)"], consistency_level="Strong")
+    except (ImageSearchError, MilvusException):
+        return "-"
+    return str(rows[0]["count(*)"]) if rows else "-"
+
+
+def _db_counts(db: Path, *, products: bool = True) -> tuple[str, str, str]:
+    """(products, images cached, images failed) of the staged products; "-" for what is not there
+    (products too when ``products`` is false: the build state of a catalogue kept elsewhere)."""
     import sqlite3
 
     try:
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
         try:
-            has_products = conn.execute("SELECT 1 FROM sqlite_master WHERE name='products'").fetchone()
-            products = conn.execute("SELECT count(*) FROM products").fetchone()[0] if has_products else "-"
+            count = conn.execute("SELECT count(*) FROM products").fetchone()[0] if products else "-"
             images = conn.execute("SELECT count(*) FROM images WHERE status='ok'").fetchone()[0]
             failed = conn.execute(
                 "SELECT count(*) FROM images WHERE status='failed' AND ref IN (SELECT value FROM csv_products, "
@@ -172,7 +194,7 @@ def _db_counts(db: Path) -> tuple[str, str, str]:
             conn.close()
     except sqlite3.Error:
         return "-", "-", "-"
-    return str(products), str(images), str(failed)
+    return str(count), str(images), str(failed)
 
 
 def format_model_list(specs: Iterable[ModelSpec], settings: Settings) -> str:

@@ -1,13 +1,16 @@
-"""Shared fixtures: a tiny CLIP written once per session and Settings rooted in a temp folder."""
+"""Shared fixtures: a tiny CLIP written once per session, Settings rooted in a temp folder, and the
+catalogue store a test runs on (local, or Milvus through a session-wide milvus-lite server)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from core.config import Settings, load_settings
+from tests.stores import MilvusServer, milvus_overrides, need_pymilvus
 
 # The suite's image servers live on 127.0.0.1, so its fetches must be let through the address guard.
 # Set for the whole session (module- and session-scoped fixtures build Settings before any function
@@ -51,3 +54,27 @@ def make_settings(tiny_clip, tmp_path):
         return load_settings(**base)
 
     return make
+
+
+@pytest.fixture
+def store(request) -> str:
+    """The catalogue store this test runs on: "local" unless parametrised (``tests.stores.both_stores``)."""
+    return str(getattr(request, "param", "local"))
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory) -> Iterator[MilvusServer]:
+    """One milvus-lite server for the session; each test keeps to its own collection prefix."""
+    need_pymilvus()
+    server = MilvusServer(tmp_path_factory.mktemp("milvus")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def store_overrides(request, store) -> dict[str, str]:
+    """Settings overrides for this test's store: none for local; for milvus, the shared server and a
+    collection prefix of this test's own (``make_settings(**store_overrides)``)."""
+    if store == "local":
+        return {}
+    return milvus_overrides(request.getfixturevalue("milvus_server").uri)

@@ -13,7 +13,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 
 from core.config import Settings
-from core.errors import ImageNotAvailableError
+from core.errors import ImageNotAvailableError, ProductNotFoundError
 from pipeline.state import cached_refs
 
 from api.catalogue import Catalogue
@@ -51,7 +51,10 @@ async def similar_products(model: str, product_id: str, request: Request, top_k:
     filters = replace(filters_from(top_k, min_score, flt, offset, rel), exclude_id=product_id)
     check_columns(loaded, filters)
     start = time.perf_counter()
-    vector = loaded.require().vectors([product_id])[0]
+    try:
+        vector = loaded.require().vectors([product_id])[0]
+    except KeyError:  # deleted since it was read, by another process
+        raise ProductNotFoundError(model, product_id) from None
     # the stored vector is already in index space: search without the head
     hits = await search_loaded(loaded, vector, filters, base_url(request), projected=True)
     took = elapsed_ms(start)

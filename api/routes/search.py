@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Request
 
 from core.config import Settings
 from core.calibration import IMAGE, TEXT
-from core.errors import BadRequestError, IndexNotReadyError
+from core.errors import BadRequestError, IndexNotReadyError, StoreError
 
 from api.catalogue import Catalogue
 from api.deps import base_url, get_catalogue, get_settings
@@ -80,19 +80,28 @@ async def _search_every_model(models: list[ServedModel], vectors: dict[str, np.n
                               base: str, merge: MergeMethod = "match"
                               ) -> tuple[list[SearchHit], dict[str, ModelResults]]:
     """Each model searched with its backbone's query vector, then one merged ranking. A model lacking a
-    filtered column, or without a vector for this query (another dimension), is listed with the reason.
+    filtered column, without a vector for this query (another dimension), or whose store fails (Milvus
+    unreachable) is listed with the reason; when every searched store fails, that is the answer (503).
     A later page (``offset``) needs every model's hits down to that depth to rank the merged page right."""
     deep = replace(filters, top_k=filters.offset + filters.top_k, offset=0)
     found: dict[str, list[SearchHit]] = {}
     per_model: dict[str, ModelResults] = {}
+    failed: list[StoreError] = []
     for model in models:
         reason = _skip_reason(model, vectors, filters)
+        if not reason:
+            try:
+                found[model.name] = await search_loaded(model, vectors[model.backbone], deep, base, tag_model=True)
+            except StoreError as exc:
+                failed.append(exc)
+                reason = exc.message
         if reason:
             per_model[model.name] = ModelResults(model=model.name, num_results=0, results=[], error=reason)
             continue
-        found[model.name] = await search_loaded(model, vectors[model.backbone], deep, base, tag_model=True)
         page = found[model.name][filters.offset:]
         per_model[model.name] = ModelResults(model=model.name, num_results=len(page), results=page)
+    if failed and not found:
+        raise failed[0]
     return merge_rankings(list(found.values()), deep.top_k, merge)[filters.offset:], per_model
 
 

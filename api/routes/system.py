@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from anyio import to_thread
 from fastapi import APIRouter, Depends
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
+
+from core.errors import ImageSearchError
 
 from api.catalogue import Catalogue
 from api.deps import get_catalogue, get_metrics
@@ -22,7 +25,10 @@ def _health(m: ServedModel) -> ModelHealth:
 
 
 def _info(m: ServedModel) -> ModelInfo:
-    stats = m.stats() if m.searchable else None
+    try:
+        stats = m.stats() if m.searchable else None
+    except ImageSearchError:  # the store cannot count now (Milvus unreachable): listed without its counts
+        stats = None
     counts = dict(stats.categories) if stats else {}
     info = m.index_info
     return ModelInfo(name=m.name, display_name=m.spec.display_name or m.name, description=m.spec.description,
@@ -47,7 +53,8 @@ async def health(catalogue: Catalogue = Depends(get_catalogue)) -> HealthRespons
 
 @router.get("/models", response_model=ModelsResponse, summary="Every model, searchable or not")
 async def list_models(catalogue: Catalogue = Depends(get_catalogue)) -> ModelsResponse:
-    infos = [_info(m) for m in catalogue.models()]
+    # off the event loop: a model's first counts scan its store
+    infos = await to_thread.run_sync(lambda: [_info(m) for m in catalogue.models()])
     return ModelsResponse(count=len(infos), models=infos)
 
 

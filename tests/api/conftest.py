@@ -1,7 +1,10 @@
-"""A real uvicorn on 127.0.0.1 serving general + shirts, built from the demo catalogue with the tiny CLIP."""
+"""A real uvicorn on 127.0.0.1 serving general + shirts, built from the demo catalogue with the tiny CLIP, on
+either store: ``live`` and ``client`` serve the local build, or the Milvus one in a test parametrised with
+``tests.stores.both_stores`` (both builds are made once per session, the Milvus one on first use)."""
 
 from __future__ import annotations
 
+import shutil
 import socket
 import threading
 import time
@@ -13,6 +16,7 @@ import httpx
 import pytest
 
 from core.config import Settings, load_settings
+from tests.stores import milvus_overrides
 
 API_KEY = "test-admin-key"
 
@@ -80,17 +84,82 @@ def built_root(tmp_path_factory, tiny_clip) -> Path:
     return root
 
 
-@pytest.fixture(scope="session")
-def live(built_root, tiny_clip) -> Iterator[LiveServer]:
-    settings = load_settings(root=built_root, clip_model=str(tiny_clip), device="cpu", api_key=API_KEY,
+def _serve(root: Path, tiny_clip: Path, **overrides: str) -> LiveServer:
+    settings = load_settings(root=root, clip_model=str(tiny_clip), device="cpu", api_key=API_KEY,
                              max_upload_bytes=2_000_000, max_image_pixels=50_000_000,
-                             admin_failures_per_minute=10_000)  # many tests try wrong keys on this one server
-    server = start_server(settings)
+                             admin_failures_per_minute=10_000,  # many tests try wrong keys on this one server
+                             **overrides)
+    return start_server(settings)
+
+
+@pytest.fixture(scope="session")
+def milvus_api(milvus_server) -> dict[str, str]:
+    """Settings overrides of the session's Milvus build (its own collection prefix on the shared server)."""
+    return milvus_overrides(milvus_server.uri, "api_")
+
+
+@pytest.fixture(scope="session")
+def milvus_built_root(tmp_path_factory, tiny_clip, milvus_api) -> Path:
+    """The same demo catalogue built by the real pipeline into Milvus."""
+    from utils.demo_catalogue import write_demo
+
+    root = tmp_path_factory.mktemp("api_milvus_root")
+    write_demo(root / "data")
+    build_models(load_settings(root=root, clip_model=str(tiny_clip), device="cpu", torch_threads=1, **milvus_api))
+    return root
+
+
+@pytest.fixture(scope="session")
+def local_live(built_root, tiny_clip) -> Iterator[LiveServer]:
+    server = _serve(built_root, tiny_clip)
     yield server
     stop_server(server)
 
 
 @pytest.fixture(scope="session")
-def client(live) -> Iterator[httpx.Client]:
-    with live.client() as c:
+def milvus_live(milvus_built_root, tiny_clip, milvus_api) -> Iterator[LiveServer]:
+    server = _serve(milvus_built_root, tiny_clip, **milvus_api)
+    yield server
+    stop_server(server)
+
+
+@pytest.fixture
+def live(request, store) -> LiveServer:
+    """The server of this test's store (both are started once per session)."""
+    return request.getfixturevalue(f"{store}_live")
+
+
+@pytest.fixture(scope="session")
+def local_client(local_live) -> Iterator[httpx.Client]:
+    with local_live.client() as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def milvus_client(milvus_live) -> Iterator[httpx.Client]:
+    with milvus_live.client() as c:
+        yield c
+
+
+@pytest.fixture
+def client(request, store) -> httpx.Client:
+    return request.getfixturevalue(f"{store}_client")
+
+
+@pytest.fixture
+def copy_built(request, store, store_overrides, tiny_clip):
+    """A factory of private copies of this test's store's demo build (edits must not leak into other tests):
+    ``copy_built(root, **settings) -> Settings``. The local store's files are copied whole; a Milvus catalogue
+    is built again under a prefix of its own from the copied build state (images and views cached: nothing
+    is downloaded or embedded again)."""
+
+    def make(root: Path, names: tuple[str, ...] = ("general", "shirts"), **kwargs: object) -> Settings:
+        source = request.getfixturevalue("built_root" if store == "local" else "milvus_built_root")
+        settings = load_settings(root=root, clip_model=str(tiny_clip), device="cpu", **store_overrides, **kwargs)
+        for sub in ("data", "models", "checkpoints") if store == "local" else ("data", "models"):
+            shutil.copytree(source / sub, root / sub)
+        if store != "local":
+            build_models(settings, names)
+        return settings
+
+    return make

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import shutil
-import sqlite3
 import time
 
 import numpy as np
@@ -13,6 +12,7 @@ from PIL import Image, ImageDraw
 
 from tests.api.conftest import API_KEY, start_server, stop_server
 from tests.http_server import HttpServer, Reply
+from tests.stores import both_stores
 
 KEY = {"X-API-Key": API_KEY}
 
@@ -66,6 +66,15 @@ def editable(built_root, tiny_clip, tmp_path_factory):
     stop_server(server)
 
 
+@pytest.fixture
+def restartable(copy_built, tmp_path):
+    """Like ``editable``, on this test's store, for a test that restarts the server."""
+    server = start_server(copy_built(tmp_path / "restartable", ("general",), api_key=API_KEY,
+                                     download_timeout=3.0, download_retries=0))
+    yield server
+    stop_server(server)
+
+
 @pytest.fixture(scope="module")
 def image_host():
     with HttpServer() as server:
@@ -78,17 +87,21 @@ def _search_top(c, data: bytes, model: str = "general") -> dict:
     return r.json()["results"][0]
 
 
-def _consistent_on_disk(root, model: str) -> int:
-    """Products in the store's database, as a fresh process (a restart) would find them."""
-    conn = sqlite3.connect(root / "models" / model / "catalogue.db")
+def _stored(settings, model: str) -> int:
+    """Products in the store, as a fresh store object (a restarted process) finds them."""
+    from core.catalogue_store import open_store
+    from core.model_config import ModelRegistry
+
+    store = open_store(settings, ModelRegistry.discover(settings).get(model), open_index=False)
     try:
-        return int(conn.execute("SELECT count(*) FROM products").fetchone()[0])
+        return store.count()
     finally:
-        conn.close()
+        store.close()
 
 
-def test_add_update_delete_survive_a_restart(editable, image_host):
-    root = editable.settings.root
+@both_stores
+def test_add_update_delete_survive_a_restart(restartable, image_host):
+    root = restartable.settings.root
     local, remote = _poster(1), _poster(2)
     (root / "data" / "general" / "new").mkdir()
     (root / "data" / "general" / "new" / "poster.jpg").write_bytes(local)
@@ -96,7 +109,7 @@ def test_add_update_delete_survive_a_restart(editable, image_host):
     product = {"id": "NEW-1", "title": "Dotted poster", "category": "posters",
                "images": ["new/poster.jpg", image_host.url("/missing.jpg")],
                "extra": {"price": 9.5, "vendor": "Admin"}}
-    with editable.client() as c:
+    with restartable.client() as c:
         r = c.post("/general/products", json=product, headers=KEY)
         assert r.status_code == 200, r.text
         assert r.json()["num_products"] == 67 and list(r.json()["failed_images"]) == [image_host.url("/missing.jpg")]
@@ -108,19 +121,19 @@ def test_add_update_delete_survive_a_restart(editable, image_host):
         product.update(title="Dotted poster, framed", images=["new/poster.jpg", image_host.url("/remote.jpg")])
         assert c.post("/general/products", json=product, headers=KEY).json()["num_products"] == 67
         assert c.get("/general/products/NEW-1").json()["title"] == "Dotted poster, framed"
-    assert _consistent_on_disk(root, "general") == 67
+    assert _stored(restartable.settings, "general") == 67
 
-    stop_server(editable)  # a restart: everything comes back from disk
-    restarted = start_server(editable.settings)
-    editable.server, editable.thread, editable.url = restarted.server, restarted.thread, restarted.url
-    with editable.client() as c:
+    stop_server(restartable)  # a restart: everything comes back from the store
+    restarted = start_server(restartable.settings)
+    restartable.server, restartable.thread, restartable.url = restarted.server, restarted.thread, restarted.url
+    with restartable.client() as c:
         assert c.get("/general/products/NEW-1").json()["title"] == "Dotted poster, framed"
         assert c.get("/general/products/NEW-1/similar").json()["num_results"] == 10
         r = c.delete("/general/products/NEW-1", headers=KEY)
         assert r.status_code == 200 and r.json()["num_products"] == 66
         assert c.get("/general/products/NEW-1").status_code == 404
         assert c.delete("/general/products/NEW-1", headers=KEY).status_code == 404
-    assert _consistent_on_disk(root, "general") == 66
+    assert _stored(restartable.settings, "general") == 66
 
 
 def test_add_with_no_usable_image_is_400(editable, image_host):
@@ -155,32 +168,35 @@ def _wait_for(check, timeout: float = 10.0):
     return result
 
 
-def test_admin_edits_survive_reruns_force_and_csv_changes_until_dropped(built_root, tiny_clip, tmp_path):
+@both_stores
+def test_admin_edits_survive_reruns_force_and_csv_changes_until_dropped(copy_built, tmp_path):
     """An API product lasts through a plain rerun, --force and a changed CSV; --drop-api-edits removes it.
-    The running API picks up the pipeline's writes without a restart or a reload."""
-    from core.config import load_settings
+    A CSV product deleted through the API stays deleted while the pipeline skips its products (a plain
+    rerun) and is back once the pipeline writes the CSV's products again (--force). The running API picks
+    up the pipeline's writes without a restart or a reload."""
     from core.model_config import ModelRegistry
     from pipeline.runner import run_model
 
-    root = tmp_path / "overlay"
-    for sub in ("data", "models", "checkpoints"):
-        shutil.copytree(built_root / sub, root / sub)
-    settings = load_settings(root=root, clip_model=str(tiny_clip), device="cpu", api_key=API_KEY)
+    settings = copy_built(tmp_path / "overlay", ("general",), api_key=API_KEY)
     server = start_server(settings)
     spec = ModelRegistry.discover(settings).get("general")
     try:
         with server.client() as c:
             body = {"id": "OVERLAY", "title": "Admin only", "images": ["images/G1001_0.jpg"]}
             assert c.post("/general/products", json=body, headers=KEY).json()["num_products"] == 67
-            run_model(settings, spec, progress=False)  # nothing changed: every phase is skipped
+            assert c.delete("/general/products/G1002", headers=KEY).json()["num_products"] == 66
+            outcomes = run_model(settings, spec, progress=False)  # the CSV did not change: only the index phase runs
+            assert [o.status.value for o in outcomes] == ["skipped", "skipped", "skipped", "ran"]
+            assert c.get("/general/products/G1002").status_code == 404
             run_model(settings, spec, force=True, progress=False)
+            _wait_for(lambda: c.get("/general/products/G1002").status_code == 200)
             csv = spec.paths(settings).csv
             csv.write_text(csv.read_text().replace("Red Ceramic Mug", "Scarlet Ceramic Mug"))
             outcomes = run_model(settings, spec, progress=False)
             assert outcomes[2].result.details["api_kept"] == 1
             _wait_for(lambda: c.get("/general/products/G1001").json()["title"] == "Scarlet Ceramic Mug")
             assert c.get("/general/products/OVERLAY").status_code == 200
-            assert c.get("/health").json()["models"]["general"]["products"] == 67
+            _wait_for(lambda: c.get("/health").json()["models"]["general"]["products"] == 67)
 
             outcomes = run_model(settings, spec, progress=False, drop_api_edits=True)
             assert outcomes[2].result.details["api_dropped"] == 1

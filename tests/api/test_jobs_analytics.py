@@ -13,18 +13,20 @@ import pytest
 from core.config import load_settings
 from tests.api import images
 from tests.api.conftest import API_KEY, build_models, start_server, stop_server
+from tests.stores import both_stores
 
 KEY = {"X-API-Key": API_KEY}
 
 
 @pytest.fixture
-def own(tmp_path, tiny_clip):
-    """A private built root and server (jobs rewrite the catalogue)."""
+def own(tmp_path, tiny_clip, store_overrides):
+    """A private built root and server (jobs rewrite the catalogue), on this test's store."""
     from utils.demo_catalogue import write_demo
 
     root = tmp_path / "root"
     write_demo(root / "data")
-    settings = load_settings(root=root, clip_model=str(tiny_clip), device="cpu", torch_threads=1, api_key=API_KEY)
+    settings = load_settings(root=root, clip_model=str(tiny_clip), device="cpu", torch_threads=1, api_key=API_KEY,
+                             **store_overrides)
     build_models(settings, ("general",))
     server = start_server(settings)
     yield server
@@ -46,7 +48,9 @@ def _done(job):
 
 
 @pytest.mark.slow
+@both_stores
 def test_rebuild_evaluate_and_embed_jobs_run_the_real_code(own):
+    """The workers are other processes: on Milvus they reach the API's catalogue through the shared server."""
     with own.client() as c:
         r = c.post("/general/jobs/rebuild", json={"force": True}, headers=KEY)
         assert r.status_code == 202 and r.json()["status"] == "queued"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from tests.stores import both_stores
 
+
+@both_stores
 def test_product_metadata(client):
     r = client.get("/general/products/G1001")
     assert r.status_code == 200
@@ -12,6 +15,7 @@ def test_product_metadata(client):
     assert body["image_url"].endswith("/general/products/G1001/image")
 
 
+@both_stores
 def test_similar_leaves_the_product_out(client):
     r = client.get("/shirts/products/S1001/similar", params={"top_k": 5})
     assert r.status_code == 200
@@ -20,11 +24,13 @@ def test_similar_leaves_the_product_out(client):
     assert r.json()["search_time_ms"] >= 0
 
 
+@both_stores
 def test_preview_image(client):
     r = client.get("/shirts/products/S1002/image")
     assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg" and r.content[:2] == b"\xff\xd8"
 
 
+@both_stores
 def test_unknown_product_is_404(client):
     for path in ("/general/products/NOPE", "/general/products/NOPE/similar", "/general/products/NOPE/image"):
         r = client.get(path)

@@ -1,5 +1,6 @@
-"""Calibrated match, the cross-model merge and near-duplicates, on stores built directly (real
-LocalStore, real FAISS, the API's own search functions) with synthetic vectors whose relevance is known."""
+"""Calibrated match, the cross-model merge and near-duplicates, on stores built directly (real LocalStore
+with FAISS, or a real MilvusStore in an embedded milvus-lite file: one process; the API's own search
+functions) with synthetic vectors whose relevance is known."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from core.calibration import TEXT, fit_logistic, load_calibration
 from core.head import ProjectionHead
 from core.local_store import LocalStore
 from core.model_config import ModelSpec
-from core.store import Product, ProductVector
+from core.store import ModelStore, Product, ProductVector
+from tests.stores import both_stores, need_pymilvus
 
 from api.loaded import ServedModel
 from api.searching import Filters, merge_rankings, nearest, to_hits
@@ -40,15 +42,28 @@ def _catalogue(seed: int, centres: np.ndarray, prefix: str) -> tuple[list[Produc
     return products, _unit(np.array(vectors))
 
 
+def _open(store: str, tmp_path, make_settings, name: str, head: ProjectionHead | None = None) -> ModelStore:
+    """An empty store of the kind asked for; the Milvus ones of a test share one embedded milvus-lite file."""
+    if store == "local":
+        settings = make_settings(root=tmp_path / name, duplicate_threshold=0.94)
+        return LocalStore(tmp_path / name / "models", settings, name=name, head=head, open_index=False)
+    need_pymilvus()
+    from core.milvus_store import MilvusStore
+
+    settings = make_settings(root=tmp_path / name, duplicate_threshold=0.94, store="milvus",
+                             milvus_uri=str(tmp_path / "milvus.db"))
+    return MilvusStore(tmp_path / name / "models", settings, name=name, head=head, open_index=False)
+
+
 def _served(tmp_path, make_settings, name: str, seed: int, centres: np.ndarray,
-            head: ProjectionHead | None = None, text=None) -> ServedModel:
-    settings = make_settings(root=tmp_path / name, duplicate_threshold=0.94)
-    store = LocalStore(tmp_path / name / "models", settings, name=name, head=head, open_index=False)
+            head: ProjectionHead | None = None, text=None, store_kind: str = "local") -> ServedModel:
+    store = _open(store_kind, tmp_path, make_settings, name, head)
     store.text_encoder = text
     products, clips = _catalogue(seed, centres, name)
     indexed = head.apply(clips) if head is not None else [None] * len(clips)
     store.upsert([ProductVector(p, c, v) for p, c, v in zip(products, clips, indexed, strict=True)])
-    store.open_index()  # builds the index and fits the calibration
+    store.open_index()
+    store.ensure_calibration()  # as the pipeline's index phase does (the local store has fitted it already)
     return ServedModel(spec=ModelSpec(name=name), backbone="synthetic", store=store)
 
 
@@ -66,9 +81,10 @@ def _merged(models: list[ServedModel], query: np.ndarray, method: str, k: int) -
     return [(h.model or "", h.category or "") for h in merge_rankings(per_model, k, method)]  # type: ignore[arg-type]
 
 
-def test_match_interleaves_models_whose_cosines_differ_in_scale(tmp_path, make_settings, centres):
-    plain = _served(tmp_path, make_settings, "plain", 1, centres)
-    squeezed = _served(tmp_path, make_settings, "squeezed", 2, centres, head=_squeezing_head())
+@both_stores
+def test_match_interleaves_models_whose_cosines_differ_in_scale(tmp_path, make_settings, centres, store):
+    plain = _served(tmp_path, make_settings, "plain", 1, centres, store_kind=store)
+    squeezed = _served(tmp_path, make_settings, "squeezed", 2, centres, head=_squeezing_head(), store_kind=store)
     query = centres[0]  # relevant: category cat0 in both models
     k = 2 * PER_CLUSTER
     by_match = _merged([plain, squeezed], query, "match", k)
@@ -79,7 +95,7 @@ def test_match_interleaves_models_whose_cosines_differ_in_scale(tmp_path, make_s
     # raw cosine: the squeezed model's irrelevant products (cosine ~0.99) bury the plain model's relevant ones
     assert sum(cat != "cat0" for _, cat in by_score) >= PER_CLUSTER - 2
     assert [m for m, _ in by_score].count("plain") <= 2
-    cal = load_calibration(tmp_path / "squeezed" / "models")
+    cal = load_calibration(tmp_path / "squeezed" / "models")  # Milvus leaves the file on the build machine too
     assert cal is not None and cal.head == "squeeze" and cal.method == "category" and cal.image.midpoint > 0.98
 
 
@@ -90,13 +106,14 @@ def test_rrf_and_score_orders_are_selectable(tmp_path, make_settings, centres):
     assert [m for m, _ in rrf[:2]] in (["plain", "squeezed"], ["squeezed", "plain"])  # rank 1 of each first
 
 
-def test_text_map_is_fitted_with_titles_through_the_head(tmp_path, make_settings, centres):
+@both_stores
+def test_text_map_is_fitted_with_titles_through_the_head(tmp_path, make_settings, centres, store):
     def encode(titles):  # a title names its cluster: its "text vector" is the cluster centre, a bit off
         rng = np.random.default_rng(len(titles))
         return _unit(np.array([centres[int(t.split()[-1].split("-")[0])] for t in titles])
                      + 0.5 * rng.normal(size=(len(titles), DIM)))
 
-    model = _served(tmp_path, make_settings, "texty", 3, centres, text=encode)
+    model = _served(tmp_path, make_settings, "texty", 3, centres, text=encode, store_kind=store)
     cal = model.require().calibration
     assert cal is not None and cal.text is not None and cal.text.informative
     hits = nearest(model, centres[0], Filters(top_k=5, kind=TEXT, dedupe=False))
@@ -104,26 +121,27 @@ def test_text_map_is_fitted_with_titles_through_the_head(tmp_path, make_settings
     assert cal.text(0.2) != cal.image(0.2)
 
 
-def test_calibration_is_refitted_when_the_index_is_rebuilt(tmp_path, make_settings, centres):
-    model = _served(tmp_path, make_settings, "refit", 4, centres)
-    store = model.require()
-    first = store.calibration
-    assert first is not None and not store.calibration_stale(store.require_index())
-    fresh = store.rebuild(save=True)
-    store.install_index(fresh)
-    assert store.calibration is not None and store.calibration.index_built_at == fresh.info.built_at
+@both_stores
+def test_calibration_is_refitted_when_the_index_is_rebuilt(tmp_path, make_settings, centres, store):
+    model = _served(tmp_path, make_settings, "refit", 4, centres, store_kind=store)
+    opened = model.require()
+    first, live = opened.calibration, opened.open_index()
+    assert first is not None and live is not None and first.index_built_at == live.info.built_at
+    fresh = opened.rebuild(save=True)
+    opened.install_index(fresh)
+    assert opened.calibration is not None and opened.calibration.index_built_at == fresh.info.built_at
 
 
-def test_near_duplicates_collapse_into_one_hit(tmp_path, make_settings, centres):
-    settings = make_settings(root=tmp_path / "d", duplicate_threshold=0.94)
-    store = LocalStore(tmp_path / "d" / "models", settings, name="dups", open_index=False)
+@both_stores
+def test_near_duplicates_collapse_into_one_hit(tmp_path, make_settings, centres, store):
+    opened = _open(store, tmp_path, make_settings, "dups")
     products, clips = _catalogue(5, centres, "d")
     copies = _unit(clips[:3] + 0.01)  # the same photo under other ids
     extra = [Product(id=f"copy{i}", title="copy", category=p.category) for i, p in enumerate(products[:3])]
-    store.upsert([ProductVector(p, c) for p, c in zip(products + extra, np.concatenate([clips, copies]),
-                                                       strict=True)])
-    store.open_index()
-    model = ServedModel(spec=ModelSpec(name="dups"), backbone="synthetic", store=store)
+    opened.upsert([ProductVector(p, c) for p, c in zip(products + extra, np.concatenate([clips, copies]),
+                                                        strict=True)])
+    opened.open_index()
+    model = ServedModel(spec=ModelSpec(name="dups"), backbone="synthetic", store=opened)
     collapsed = nearest(model, clips[0], Filters(top_k=5))
     assert collapsed[0].product.id == products[0].id and "copy0" in collapsed[0].duplicates
     assert all(f.product.id != "copy0" for f in collapsed) and len(collapsed) == 5

@@ -1,9 +1,9 @@
-"""Hot reload: a new index written by the pipeline is swapped in while searches keep succeeding."""
+"""Hot reload: the pipeline's writes are picked up while searches keep succeeding (both stores); a damaged
+index file is repaired and a damaged database keeps the old index serving (the local store's files)."""
 
 from __future__ import annotations
 
 import csv
-import shutil
 import threading
 import time
 
@@ -12,17 +12,12 @@ import pytest
 
 from tests.api import images
 from tests.api.conftest import API_KEY, build_models, start_server, stop_server
+from tests.stores import both_stores
 
 
 @pytest.fixture
-def reloadable(built_root, tiny_clip, tmp_path):
-    from core.config import load_settings
-
-    root = tmp_path / "reload_root"
-    for sub in ("data", "models", "checkpoints"):
-        shutil.copytree(built_root / sub, root / sub)
-    settings = load_settings(root=root, clip_model=str(tiny_clip), device="cpu", api_key=API_KEY)
-    server = start_server(settings, watch_interval=0.2)
+def reloadable(copy_built, tmp_path):
+    server = start_server(copy_built(tmp_path / "reload_root", api_key=API_KEY), watch_interval=0.2)
     yield server
     stop_server(server)
 
@@ -52,6 +47,7 @@ def _wait_for(predicate, timeout: float = 15.0) -> bool:
     return False
 
 
+@both_stores
 def test_pipeline_rebuild_is_swapped_in_without_failed_searches(reloadable):
     stop, outcomes = threading.Event(), []
     threads = [threading.Thread(target=_hammer, args=(reloadable.url, stop, outcomes)) for _ in range(3)]
@@ -74,6 +70,7 @@ def test_pipeline_rebuild_is_swapped_in_without_failed_searches(reloadable):
 
 
 def test_a_damaged_index_is_rebuilt_from_the_store_and_a_damaged_store_keeps_the_old_one(reloadable):
+    """Local store only: its FAISS index file and SQLite database are what get damaged."""
     models = reloadable.settings.models_dir / "shirts"
     with reloadable.client() as c:
         for index_file in models.glob("index-*.faiss"):
@@ -92,6 +89,7 @@ def test_a_damaged_index_is_rebuilt_from_the_store_and_a_damaged_store_keeps_the
         assert c.get("/health").json()["models"]["shirts"]["searchable"]
 
 
+@both_stores
 def test_reload_route(client):
     r = client.post("/general/reload", headers={"X-API-Key": API_KEY})
     assert r.status_code == 200 and r.json()["num_products"] == 66 and r.json()["index_type"] == "flat"

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from tests.api import images
+from tests.stores import both_stores
 
 
 def _products(root, model):
@@ -24,6 +25,7 @@ def _own_image(root, model, row) -> bytes:
     return (root / "data" / model / json.loads(row["images"])[0]).read_bytes()
 
 
+@both_stores
 @pytest.mark.parametrize("model", ["general", "shirts"])
 def test_a_products_own_image_finds_that_product_first(client, built_root, model):
     rows = _single_view(built_root, model)
@@ -36,6 +38,7 @@ def test_a_products_own_image_finds_that_product_first(client, built_root, model
         assert body["results"][0]["title"] == row["title"]
 
 
+@both_stores
 def test_search_response_shape(client, built_root):
     row = _products(built_root, "general")[0]
     r = client.post("/general/search", params={"top_k": 5},
@@ -63,6 +66,7 @@ def test_raw_image_body_works_too(client, built_root):
     assert r.json()["results"][0]["id"] == row["shopify_product_id"]
 
 
+@both_stores
 def test_category_and_min_score_filters(client, built_root):
     data = _own_image(built_root, "general", _products(built_root, "general")[0])
     r = client.post("/general/search", params={"category": "lamps", "top_k": 20}, files={"file": ("q.jpg", data)})
@@ -74,10 +78,32 @@ def test_category_and_min_score_filters(client, built_root):
     assert all(h["score"] >= 0.999 for h in r.json()["results"]) and r.json()["num_results"] >= 1
 
 
+@both_stores
+def test_extra_column_filters_equality_and_ranges(client, built_root):
+    rows = _products(built_root, "general")
+    data = _own_image(built_root, "general", rows[0])
+    cheap = {r["shopify_product_id"] for r in rows if 20 <= float(r["price"]) <= 60}
+
+    def ids(**params) -> set[str]:
+        r = client.post("/general/search", params={"top_k": 100, "dedupe": "false", **params},
+                        files={"file": ("q.jpg", data)})
+        assert r.status_code == 200, r.text
+        return {h["id"] for h in r.json()["results"]}
+
+    assert ids(range="price:20:60") == cheap and ids(price_min=20, price_max=60) == cheap
+    assert len(ids(filter="vendor:Demo Co")) == 66 and ids(filter='vendor:Demo Co" or "') == set()
+    assert ids(range="price:60:20") == set()
+    mugs = {r["shopify_product_id"] for r in rows if r["category"] == "mugs" and float(r["price"]) >= 20}
+    assert ids(category="mugs", price_min=20) == mugs
+    r = client.post("/general/search", params={"filter": "colour:red"}, files={"file": ("q.jpg", data)})
+    assert r.status_code == 400 and "price" in r.json()["detail"]
+
+
 def _queries_embedded(live) -> int:
     return sum(q for _, q in live.app.state.catalogue.batch_stats().values())
 
 
+@both_stores
 def test_all_search_merges_models(client, live, built_root):
     row = _single_view(built_root, "shirts")[0]
     before = _queries_embedded(live)
@@ -113,6 +139,7 @@ def test_text_search(client):
     assert body["query"] == "red ceramic mug" and body["num_results"] == 3 and body["search_time_ms"] > 0
 
 
+@both_stores
 def test_text_search_in_all_models_merges_one_ranking(client):
     r = client.get("/all/search/text", params={"q": "blue striped polo", "top_k": 5})
     assert r.status_code == 200, r.text
@@ -143,6 +170,7 @@ def test_bad_top_k_is_422(client, top_k):
     assert client.get("/general/search/text", params={"q": "mug", "top_k": top_k}).status_code == 422
 
 
+@both_stores
 def test_top_k_bounds_are_served(client):
     for top_k, expected in ((1, 1), (100, 66)):
         r = client.post("/general/search", params={"top_k": top_k}, files={"file": ("q.jpg", images.jpeg())})

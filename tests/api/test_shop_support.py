@@ -7,6 +7,8 @@ import json
 
 import pytest
 
+from tests.stores import both_stores
+
 
 def _rows(root, model):
     with open(root / "data" / model / "products.csv", encoding="utf-8") as fh:
@@ -72,6 +74,7 @@ def test_offset_past_the_end_is_an_empty_page_and_bad_offset_is_422(client):
     assert client.get("/general/search/text", params={"q": "mug", "offset": -1}).status_code == 422
 
 
+@both_stores
 def test_product_views_are_served_from_the_cache(client, built_root):
     row = next(r for r in _rows(built_root, "general") if len(json.loads(r["images"])) >= 2)
     info = client.get(f"/general/products/{row['shopify_product_id']}").json()

@@ -8,8 +8,10 @@ import pytest
 
 from tests.api import images
 from tests.api.conftest import start_server, stop_server
+from tests.stores import both_stores
 
 
+@both_stores
 def test_health(client):
     body = client.get("/health").json()
     assert body["status"] == "healthy" and body["available_models"] == ["general", "shirts"]
@@ -19,6 +21,7 @@ def test_health(client):
     assert general["backbone"] and general["name"] == "general"
 
 
+@both_stores
 def test_models(client):
     body = client.get("/models").json()
     assert body["count"] == 2
@@ -29,6 +32,7 @@ def test_models(client):
     assert sum(general["category_counts"].values()) == 66
 
 
+@both_stores
 def test_metrics_prometheus_text(client):
     client.post("/shirts/search", files={"file": ("q.jpg", images.jpeg())})
     text = client.get("/metrics").text
@@ -88,3 +92,30 @@ def test_a_damaged_index_is_repaired_and_only_unusable_models_are_reported(degra
         r = c.post("/all/search", files={"file": ("q.jpg", images.jpeg())})
         assert r.status_code == 200 and r.json()["per_model"]["broken"]["error"]
         assert {h["model"] for h in r.json()["results"]} <= {"general", "shirts"}
+
+
+def test_model_counts_are_a_snapshot_retaken_in_the_background(tmp_path, make_settings, monkeypatch):
+    """/models' per-category counts scan the store (slowly, on a large Milvus collection): a stale snapshot is
+    served at once while the next one is taken, so no request waits for a scan but the first."""
+    import time
+
+    import numpy as np
+
+    from api import loaded
+    from core.local_store import LocalStore
+    from core.model_config import ModelSpec
+    from core.store import Product, ProductVector
+
+    store = LocalStore(tmp_path / "m", make_settings(), name="m", open_index=False)
+    vectors = np.eye(4, dtype=np.float32)
+    store.upsert([ProductVector(Product(id=str(i), title="t", category="a"), clip=vectors[i]) for i in range(3)])
+    model = loaded.ServedModel(spec=ModelSpec(name="m"), backbone="synthetic", store=store)
+    monkeypatch.setattr(loaded, "_STATS_TTL", 0.0)
+    assert model.stats().categories == {"a": 3}
+    store.upsert([ProductVector(Product(id="3", title="t", category="b"), clip=vectors[3])])
+    time.sleep(0.05)
+    assert model.stats().categories == {"a": 3}  # the snapshot, while the next one is taken
+    deadline = time.monotonic() + 10
+    while model.stats().categories != {"a": 3, "b": 1}:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)

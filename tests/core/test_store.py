@@ -203,6 +203,19 @@ def test_another_process_writes_are_picked_up_by_refresh(make_store):
     assert not serving.refresh()  # nothing new
 
 
+def test_hit_vectors_outlive_a_delete_made_after_the_search(make_store):
+    """Collapsing near-duplicates reads the hits' vectors after the search: a product another process deleted
+    in between must not fail the search (it did on Milvus: KeyError, a 500)."""
+    x = _vectors(50, seed=21)
+    store = make_store()
+    store.upsert(_items(x))
+    store.open_index()
+    hits = store.search(x[:1], 5)[0]
+    make_store(open_index=False).delete([h.product.id for h in hits])
+    ids = [int(h.product.id[1:]) for h in hits]
+    assert np.allclose(store.hit_vectors(hits), x[ids], atol=1e-5)
+
+
 def test_api_products_are_kept_by_csv_writes_unless_asked(make_store):
     x = _vectors(20, seed=11)
     store = make_store()

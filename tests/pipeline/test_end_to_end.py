@@ -1,4 +1,6 @@
-"""The whole pipeline with the tiny CLIP: demo catalogue, bad input over HTTP, resuming and the CLIs."""
+"""The whole pipeline with the tiny CLIP: demo catalogue (into either store; Milvus here as the default
+embedded milvus-lite file, one process), bad input over HTTP, resuming and the CLIs (into the local store;
+tests/api/test_build_then_serve.py runs the CLI into a shared Milvus server)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from pipeline.extraction import model_key
 from pipeline.runner import PhaseStatus, run_model
 from tests.fake_images import huge_png, jpeg_bytes
 from tests.http_server import HttpServer, Reply
+from tests.stores import need_pymilvus
 from utils.demo_catalogue import write_demo
 
 pytestmark = pytest.mark.slow
@@ -34,18 +37,23 @@ def _write_csv(folder, rows: list[tuple[str, str, list[str], str]]) -> None:
 def _products(settings, spec) -> dict[str, Product]:
     store = open_store(settings, spec, open_index=False)
     try:
-        ids = [pid for (pid,) in store.db.reader().execute("SELECT id FROM products")]
+        ids = [pid for batch, _ in store.scan_vectors() for pid in batch]
         return {p.id: p for p in store.get(ids)}
     finally:
         store.close()
 
 
-def test_demo_catalogue_builds_searches_and_skips_when_unchanged(make_settings):
-    settings = make_settings()
+@pytest.mark.parametrize("kind", ["local", "milvus-file"])
+def test_demo_catalogue_builds_searches_and_skips_when_unchanged(make_settings, kind):
+    if kind == "milvus-file":
+        need_pymilvus()
+    settings = make_settings(**({"store": "milvus"} if kind == "milvus-file" else {}))  # models/milvus.db
     write_demo(settings.data_dir, general_per_category=3, shirts_per_category=2)
     spec = ModelRegistry.discover(settings).get("general")
     outcomes = run_model(settings, spec, progress=False)
     assert [o.status for o in outcomes] == [PhaseStatus.RAN] * 4
+    milvus_file = settings.models_dir / "milvus.db"
+    assert milvus_file.exists() if kind == "milvus-file" else not milvus_file.exists()
     info = json.loads((spec.paths(settings).models / "index.json").read_text())
     assert info["count"] == 18 and info["kind"] == "flat" and info["generation"] >= 1
     # each product's own first view finds that product first
