@@ -644,7 +644,6 @@ class MilvusStore:
 
     def rebuild(self, *, save: bool, tune_it: bool = True, progress: object = None) -> MilvusIndex:
         """Replace the collection's vector index with one of the kind the catalogue's size calls for."""
-
         with self._lock:
             n = self.count()
             if not n:
