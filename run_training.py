@@ -9,6 +9,7 @@ import sys
 from core.config import Settings, load_settings
 from core.errors import ImageSearchError, UnknownModelError, disk_full
 from core.model_config import ModelRegistry, ModelSpec
+from core.types import StoreKind
 from training.cli import add_quality_arguments, run_quality_command, wants_quality_command
 from utils.logging_setup import setup_logging
 
@@ -27,6 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--mode", choices=["data", "ml", "all"], default="all",
                         help="data = validate + download, ml = embed + index, all = both (default)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--copy-store", choices=[k.value for k in StoreKind], metavar="local|milvus",
+                        help="copy the built model into the other store (build state included) and check it: "
+                             "counts and the same top-10 for sampled queries")
     add_quality_arguments(parser)
     return parser
 
@@ -62,6 +66,12 @@ def main(argv: list[str] | None = None) -> int:
         spec = _get_model(registry, settings, args.model)
         if wants_quality_command(args):
             return run_quality_command(args, settings, spec)
+        if args.copy_store:
+            from pipeline.copy_store import copy_store
+
+            report = copy_store(settings, spec, StoreKind(args.copy_store))
+            print("\n".join(report.lines()), flush=True)
+            return 0 if report.ok else 1
         from pipeline.runner import PhaseOutcome, run_model
 
         outcomes: list[PhaseOutcome] = []

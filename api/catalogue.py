@@ -9,6 +9,7 @@ model whose head changed or whose index was rebuilt as another type.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections import defaultdict
 from pathlib import Path
@@ -59,6 +60,10 @@ class Catalogue:
         for model in self.models():
             if model.store is not None:
                 model.store.close()
+        if "core.milvus_store" in sys.modules:  # frees an embedded milvus-lite file for the next process
+            from core.milvus_store import close_clients
+
+            close_clients()
 
     # reading (lock-free: the dict is replaced, never mutated)
     def names(self) -> list[str]:

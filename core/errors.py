@@ -201,6 +201,14 @@ class StoreError(ImageSearchError):
         self.model = model
 
 
+class StoreUnavailableError(StoreError):
+    """The store's server (Milvus) cannot be reached or opened, for any model."""
+
+    def __init__(self, message: str) -> None:
+        ImageSearchError.__init__(self, message)
+        self.model = ""
+
+
 class StorageFullError(StoreError):
     """The disk holding the catalogue is full: the write was rolled back, nothing else changed."""
 

@@ -23,7 +23,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import random
 import re
 import sqlite3
 import threading
@@ -39,7 +38,7 @@ import numpy as np
 from core.ann import INDEX_JSON, IndexInfo, choose_index_type, ivf_nlist
 from core.calibration import CALIBRATION_JSON, Calibration, TextEncoder
 from core.config import Settings
-from core.errors import StoreError, require_module
+from core.errors import StoreError, StoreUnavailableError, require_module
 from core.head import ProjectionHead
 from core.milvus_expr import expression, id_list, literal
 from core.sqlite_db import Database
@@ -54,7 +53,7 @@ BUILD_DB = "build.db"
 _FIELDS = ["id", "title", "category", "images", "preview_image", "preview_cache", "extra", "source", "updated_at"]
 _WRITE_BATCH = 1000  # rows per upsert call (a gRPC message stays well under Milvus's 64 MB)
 _ID_BATCH = 1000  # ids per "id in [...]" expression
-_SCAN_BATCH = 4096
+_SCAN_BATCH = 16_384  # milvus-lite re-reads the collection per page: few, large pages
 _MAX_TOPK = 16_384  # Milvus's limit on limit + offset
 _CALIBRATION_SAMPLE = 2000
 _CALIBRATION_TEXTS = 256
@@ -103,16 +102,23 @@ def client(settings: Settings) -> Any:
             try:
                 found = pymilvus.MilvusClient(uri=uri, token=token)
             except Exception as exc:
-                raise StoreError("milvus", _connect_hint(settings, exc)) from None
+                raise StoreUnavailableError(_connect_hint(settings, exc)) from None
             _clients[(uri, token)] = found
         return found
 
 
 def close_clients() -> None:
+    """Close this process's Milvus connections, and stop its embedded milvus-lite servers (which frees
+    their files for another process)."""
     with _clients_lock:
-        for found in _clients.values():
+        for (uri, _), found in _clients.items():
             with contextlib.suppress(Exception):  # closing a dead connection: nothing to do
                 found.close()
+            if not re.match(r"^[a-z]+://", uri):
+                with contextlib.suppress(ImportError):
+                    from milvus_lite.server_manager import server_manager_instance
+
+                    server_manager_instance.release_server(uri)
         _clients.clear()
 
 
@@ -171,10 +177,13 @@ class MilvusStore:
         self._lock = threading.RLock()
         self._index: MilvusIndex | None = None
         self._seen = -1
+        self._known = False
         self._meta_cache: dict[str, tuple[int, Any]] = {}
         self._call(self._ensure_meta)
-        if self._exists() and self._meta("head") != (self._head or ""):
-            self.reproject(head)
+        if self._exists():
+            self._call(self.client.load_collection, self.collection)  # a no-op where it is loaded already
+            if self._meta("head") != (self._head or ""):
+                self.reproject(head)
         if open_index:
             self.open_index()
 
@@ -196,14 +205,15 @@ class MilvusStore:
     def db(self) -> Database:
         """The build machine's local state (staged CSV rows, fetched images, view vectors)."""
         with self._lock:
-            if self._db is None:
-                from pipeline.state import SCHEMA as BUILD_SCHEMA
-
-                self._db = Database(self.folder / BUILD_DB, BUILD_SCHEMA, self.name)
+            if self._db is None:  # the pipeline's BuildState creates its own tables
+                self._db = Database(self.folder / BUILD_DB, "", self.name)
             return self._db
 
     def _exists(self) -> bool:
-        return bool(self._call(self.client.has_collection, self.collection))
+        """Whether the collection exists (remembered once it does: only ``drop`` removes it)."""
+        if not self._known:
+            self._known = bool(self._call(self.client.has_collection, self.collection))
+        return self._known
 
     def _ensure_meta(self) -> None:
         if self.client.has_collection(self.meta_collection):
@@ -286,27 +296,50 @@ class MilvusStore:
         return int(self._meta("generation", 0))
 
     def count(self) -> int:
+        """Products in the collection (Milvus's row count: no scan)."""
         if not self._exists():
             return 0
-        rows = self._call(self.client.query, self.collection, filter="", output_fields=["count(*)"],
-                          consistency_level="Strong")
-        return int(rows[0]["count(*)"]) if rows else 0
+        found = self._call(self.client.get_collection_stats, self.collection)
+        return int(found.get("row_count", 0))
 
     def columns(self) -> dict[str, str]:
-        return dict(sorted(self._meta("columns", {}).items()))
+        """Filterable extra columns (re-read when the generation this process has seen moves on)."""
+        with self._lock:
+            cached = self._meta_cache.get("columns")
+            if cached is not None and cached[0] == self._seen and self._seen >= 0:
+                return dict(cached[1])
+            found = dict(sorted(self._meta("columns", {}).items()))
+            self._meta_cache["columns"] = (self._seen, found)
+            return dict(found)
 
     def stats(self) -> StoreStats:
-        """Counts by source and category, from one scan of those two scalar fields (bounded memory)."""
-        by_source: Counter[str] = Counter()
-        cats: Counter[str] = Counter()
-        for rows in self._scan(["category", "source"]):
-            for row in rows:
-                by_source[row["source"]] += 1
-                if row["category"]:
-                    cats[row["category"]] += 1
-        return StoreStats(products=sum(by_source.values()), by_source=dict(by_source),
-                          categories=dict(sorted(cats.items())), columns=self.columns(),
+        """Counts by source and category, kept in the meta collection by every write (no scan). Two
+        processes writing the same moment may each miss the other's delta; the next build recounts."""
+        counts = self._meta("counts", {}) or {}
+        by_source = {k: int(v) for k, v in (counts.get("source") or {}).items() if int(v) > 0}
+        cats = {k: int(v) for k, v in sorted((counts.get("category") or {}).items()) if k and int(v) > 0}
+        return StoreStats(products=self.count(), by_source=by_source, categories=cats, columns=self.columns(),
                           generation=self.generation())
+
+    def _add_counts(self, removed: Sequence[tuple[str, str]], added: Sequence[tuple[str, str]]) -> None:
+        """Apply (source, category) deltas to the stored counts (read just before the write)."""
+        counts = self._meta("counts", {}) or {}
+        source, category = Counter(counts.get("source") or {}), Counter(counts.get("category") or {})
+        for sign, pairs in ((-1, removed), (1, added)):
+            for src, cat in pairs:
+                source[src] += sign
+                category[cat] += sign
+        self._set_meta({"counts": {"source": {k: v for k, v in source.items() if v > 0},
+                                   "category": {k: v for k, v in category.items() if v > 0}}})
+
+    def recount(self) -> None:
+        """Exact counts by source and category, from one scan (a build does this at its index phase)."""
+        source: Counter[str] = Counter()
+        category: Counter[str] = Counter()
+        for rows in self._scan(["source", "category"]):
+            source.update(r["source"] for r in rows)
+            category.update(r["category"] for r in rows)
+        self._set_meta({"counts": {"source": dict(source), "category": dict(category)}})
 
     def get(self, ids: Sequence[str]) -> list[Product]:
         found = {row["id"]: _product(row) for row in self._rows(ids, _FIELDS)}
@@ -358,18 +391,24 @@ class MilvusStore:
             yield [r["id"] for r in rows], np.asarray([r[field] for r in rows], dtype=np.float32)
 
     def sample_vectors(self, n: int, seed: int) -> tuple[list[str], Embeddings]:
-        """A seeded sample of up to ``n`` products' ids and indexed vectors (one scan of the ids)."""
-        rng, seen = random.Random(seed), 0
-        picked: list[str] = []
-        for rows in self._scan(["id"]):
-            for row in rows:
-                seen += 1
-                if len(picked) < n:
-                    picked.append(row["id"])
-                elif (j := rng.randrange(seen)) < n:
-                    picked[j] = row["id"]
-        picked.sort()
-        return picked, self.vectors(picked) if picked else np.zeros((0, self.dim or 0), np.float32)
+        """A seeded sample of up to ``n`` products: the neighbours of seeded random directions (no scan;
+        spread over the catalogue, if not uniform)."""
+        dim = self.dim
+        total = self.count()
+        if not dim or not total:
+            return [], np.zeros((0, dim or 0), np.float32)
+        want = min(n, total)
+        rng = np.random.default_rng(seed)
+        picked: dict[str, None] = {}
+        for _ in range(8):  # each round asks more directions for fewer neighbours each
+            per = max(1, min(_MAX_TOPK, want // 32))
+            directions = rng.normal(size=(max(1, 2 * (want - len(picked)) // per), dim)).astype(np.float32)
+            for row in self.search(directions, per):
+                picked.update((h.product.id, None) for h in row)
+            if len(picked) >= want:
+                break
+        ids = sorted(picked)[:want] if len(picked) > want else sorted(picked)
+        return ids, self.vectors(ids)
 
     # --- protocol: writes ------------------------------------------------------------------------
     def upsert(self, items: Sequence[ProductVector], *, keep_api: bool = False) -> int:
@@ -380,24 +419,26 @@ class MilvusStore:
                 first = items[0]
                 self._call(self._create, np.asarray(first.indexed).shape[-1], np.asarray(first.clip).shape[-1])
             latest = {it.product.id: it for it in items}  # a batch naming an id twice: the last wins
-            current = {r["id"]: (r["source"], r["digest"])
-                       for r in self._rows(list(latest), ["id", "source", "digest"])}
-            stamp, rows = time.time(), []
+            current = {r["id"]: (r["source"], r["digest"], r["category"])
+                       for r in self._rows(list(latest), ["id", "source", "digest", "category"])}
+            stamp, rows, removed = time.time(), [], []
             for pid, it in latest.items():
                 old = current.get(pid)
                 if old is not None and keep_api and old[0] == Source.API.value:
                     continue
                 digest = it.digest or product_digest(it)
-                if old is not None and old == (it.product.source.value, digest):
+                if old is not None and old[:2] == (it.product.source.value, digest):
                     continue
                 rows.append(_row(it, digest, stamp))
+                if old is not None:
+                    removed.append((old[0], old[2]))
             if not rows:
                 return 0
             self._note(rows)
             for start in range(0, len(rows), _WRITE_BATCH):
                 self._call(self.client.upsert, self.collection, rows[start:start + _WRITE_BATCH])
-            self._bump()
-        self.refresh()
+            self._add_counts(removed, [(r["source"], r["category"]) for r in rows])
+            self._wrote(self._bump(), len(rows) - len(removed))
         return len(rows)
 
     def _note(self, rows: list[dict[str, Any]]) -> None:
@@ -412,18 +453,29 @@ class MilvusStore:
                 kinds[key] = "text" if known.get(key) == "text" else kind
         if kinds != known:
             self._set_meta({"columns": kinds})
+            self._meta_cache.pop("columns", None)
 
     def delete(self, ids: Sequence[str]) -> int:
         with self._lock:
-            present = [r["id"] for r in self._rows(ids, ["id"])]
+            rows = self._rows(ids, ["id", "source", "category"])
+            present = [r["id"] for r in rows]
             for start in range(0, len(present), _ID_BATCH):
                 chunk = present[start:start + _ID_BATCH]
                 self._call(self.client.delete, self.collection, filter=f"id in {id_list(chunk)}")
             if present:
-                self._bump()
-        if present:
-            self.refresh()
+                self._add_counts([(r["source"], r["category"]) for r in rows], [])
+                self._wrote(self._bump(), -len(present))
         return len(present)
+
+    def _wrote(self, generation: int, added: int) -> None:
+        """Our own write: the served description follows without a round trip (a count is a scan in
+        milvus-lite); another process's writes are caught by :meth:`refresh`."""
+        live = self._index
+        if live is not None:
+            fresh = self._seen == live.generation and generation == self._seen + 1
+            count = live.info.count + added if fresh else self.count()
+            self._index = MilvusIndex(info=_replace_info(live.info, generation=generation, count=count))
+            self._seen = generation
 
     def delete_missing(self, keep: Iterator[str] | None, *, sources: Sequence[Source]) -> int:
         """Delete the products of ``sources`` whose id is not in ``keep``. The kept ids go to a temporary
@@ -578,9 +630,11 @@ class MilvusStore:
         self._index = live
 
     def save_index(self) -> None:
-        """Leave ``index.json`` on the build machine too (what the pipeline's resume checks read)."""
+        """Recount by source and category, and leave ``index.json`` on the build machine too (what the
+        pipeline's resume checks read)."""
         live = self._index
         if live is not None:
+            self.recount()
             self.folder.mkdir(parents=True, exist_ok=True)
             write_json_atomic(self.folder / INDEX_JSON, live.info.to_json())
 
@@ -663,13 +717,6 @@ class MilvusStore:
         write_json_atomic(self.folder / CALIBRATION_JSON, cal.to_json())
         logger.info("%s: calibration fitted (%s pairs, image midpoint %.3f)", self.name, method, image.midpoint)
         return cal
-
-    def drop(self) -> None:
-        """Remove the model's collections (``--copy-store`` replaces a target this way)."""
-        for name in (self.collection, self.meta_collection):
-            if self.client.has_collection(name):
-                self._call(self.client.drop_collection, name)
-        self._index = None
 
     def close(self) -> None:
         if self._db is not None:

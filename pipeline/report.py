@@ -7,7 +7,7 @@ from pathlib import Path
 
 from core.config import Settings
 from core.model_config import ModelSpec
-from core.types import PhaseName
+from core.types import PhaseName, StoreKind
 from pipeline.runner import PhaseOutcome
 from utils.atomic import read_json
 
@@ -48,8 +48,17 @@ def format_summary(spec: ModelSpec, settings: Settings, outcomes: list[PhaseOutc
         lines.append(f"products added or changed through the API: {d['api_kept']} kept, {d['api_dropped']} dropped")
     if (paths.models / "index.json").is_file() and outcomes and outcomes[-1].phase.value == "index_building" \
             and outcomes[-1].status.value != "failed":
-        lines.append(f"index ready: {paths.models / 'catalogue.db'}; serve it with `python run_api.py`")
+        lines.append(f"index ready: {_where(spec, settings)}; serve it with `python run_api.py`")
     return "\n".join(lines)
+
+
+def _where(spec: ModelSpec, settings: Settings) -> str:
+    """Where the catalogue lives: the local database file, or the Milvus collection (no credentials)."""
+    if spec.store_for(settings) == StoreKind.MILVUS:
+        from core.milvus_store import collection_name, redacted_uri
+
+        return f"Milvus collection {collection_name(settings.milvus_prefix, spec.name)} at {redacted_uri(settings)}"
+    return str(spec.paths(settings).models / "catalogue.db")
 
 
 def _failures(outcomes: list[PhaseOutcome]) -> list[str]:
@@ -84,12 +93,15 @@ def _model_row(spec: ModelSpec, settings: Settings) -> list[str]:
     paths = spec.paths(settings)
     products = images = failed_images = "-"
     indexed, built, kind = "no", "-", "-"
-    db = paths.models / "catalogue.db"
+    milvus = spec.store_for(settings) == StoreKind.MILVUS
+    db = paths.models / ("build.db" if milvus else "catalogue.db")  # Milvus: the build state only
     if db.is_file():
         products, images, failed_images = _db_counts(db)
     try:
         info = read_json(paths.models / "index.json")
         indexed, built, kind = f"yes ({info['count']})", info["built_at"], info["kind"]
+        if milvus:
+            products, kind = str(info["count"]), f"milvus {info['kind']}"  # as of the last build
     except (OSError, ValueError, KeyError):
         pass
     rows = _rejected_rows(paths.checkpoint(PhaseName.VALIDATION))
@@ -142,7 +154,8 @@ def _db_counts(db: Path) -> tuple[str, str, str]:
     try:
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
         try:
-            products = conn.execute("SELECT count(*) FROM products").fetchone()[0]
+            has_products = conn.execute("SELECT 1 FROM sqlite_master WHERE name='products'").fetchone()
+            products = conn.execute("SELECT count(*) FROM products").fetchone()[0] if has_products else "-"
             images = conn.execute("SELECT count(*) FROM images WHERE status='ok'").fetchone()[0]
             failed = conn.execute(
                 "SELECT count(*) FROM images WHERE status='failed' AND ref IN (SELECT value FROM csv_products, "
