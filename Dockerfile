@@ -6,9 +6,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
     IMAGESEARCH_ROOT=/app
 WORKDIR /app
 
-COPY requirements.txt .
+COPY requirements.txt requirements-scale.txt ./
 # The CPU index serves torch==2.13.0's CPU wheel (PyPI's default pulls multi-GB CUDA wheels).
 RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu -r requirements.txt
+
+# SCALE=1 adds the optional Milvus and Ray packages (compose.yaml's `milvus` profile needs them).
+ARG SCALE=0
+RUN if [ "$SCALE" = "1" ]; then pip install -r requirements-scale.txt; fi
 
 COPY core/ core/
 COPY pipeline/ pipeline/

@@ -1,6 +1,6 @@
 """Benchmark: the catalogue store at scale, built and served by the real code.
 
-    python bench/scale.py --products 1000000 [--dim 512] [--keep DIR]
+    python bench/scale.py --products 1000000 [--dim 512] [--store local|milvus] [--keep DIR]
 
 1. Build: N synthetic products (about 1,000 gaussian clusters of unit vectors, 1,000 categories, a
    price column), generated chunk by chunk and written through ``LocalStore.upsert`` in batches of
@@ -12,6 +12,12 @@
    the API's RSS is the store's): start-up time until /health says the model is searchable, VmRSS after
    warm-up; over HTTP vector-search p50/p99, filtered (one category, 0.1%) p50, admin upsert (fetch a
    local JPEG + embed + commit) and delete p50/p99; recall@10 of the HTTP results against exact search.
+
+``--store milvus`` runs the same steps against a Milvus collection: a milvus-lite gRPC server on a free
+127.0.0.1 port (its data under the work folder) that the build process, the store-edits process and the API
+all reach through IMAGESEARCH_MILVUS_URI, as replicas share a Milvus standalone or cluster. The server holds
+the data, so its RSS is reported (after the build, while serving, and its peak) and the data folder's size
+stands for the index file (``data_bytes``).
 
 Prints a table and ends with one JSON line. ``--keep DIR`` keeps (and on a later run reuses) the built store.
 """
@@ -38,6 +44,7 @@ from bench._common import photo_jpegs  # noqa: E402
 from bench._scale_data import Synthetic  # noqa: E402
 from bench._scale_http import (  # noqa: E402
     API_KEY, edits, free_port, recall_at_10, rss_mb, searches, start_api, stored_ids_ok)
+from bench._scale_milvus import MilvusServer, dir_bytes  # noqa: E402
 from bench._scale_store import percentiles  # noqa: E402
 
 MODEL = "scale"
@@ -55,6 +62,19 @@ def _env(root: Path, clip: Path) -> dict[str, str]:
     env.update(HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), IMAGESEARCH_ROOT=str(root), IMAGESEARCH_CLIP_MODEL=str(clip),
                IMAGESEARCH_DEVICE="cpu", IMAGESEARCH_API_KEY=API_KEY)
     return env
+
+
+def _mb(value: float) -> float:
+    return round(value, 1)
+
+
+def milvus_figures(server: MilvusServer | None, when: str) -> dict[str, Any]:
+    """The server's RSS now and its peak so far, and its data folder's size, under ``when``'s names."""
+    if server is None:
+        return {}
+    rss = server.rss()
+    return {f"milvus_rss_{when}_mb": _mb(rss["VmRSS"]), f"milvus_peak_rss_{when}_mb": _mb(rss["VmHWM"]),
+            f"data_bytes_{when}": dir_bytes(server.data_dir)}
 
 
 def _worker(step: str, args: argparse.Namespace, env: dict[str, str], *extra: str) -> dict[str, Any]:
@@ -87,21 +107,23 @@ def prepare(args: argparse.Namespace) -> tuple[Path, dict[str, str]]:
     return clip, _env(args.work / "root", clip)
 
 
-def build(args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
-    """Build the store, or reuse the one a previous --keep run built for the same size."""
+def build(args: argparse.Namespace, env: dict[str, str], server: MilvusServer | None) -> dict[str, Any]:
+    """Build the store, or reuse the one a previous --keep run built for the same size and store."""
     stamp = args.work / "build.json"
     if stamp.is_file():
         old: dict[str, Any] = json.loads(stamp.read_text())
-        if old.get("products") == args.products and old.get("dim") == args.dim:
+        if (old.get("products"), old.get("dim"), old.get("store", "local")) == (args.products, args.dim, args.store):
             print(f"build: reusing the store built by an earlier run ({stamp})", flush=True)
             return {**old, "build_reused": True}
-        raise SystemExit(f"{args.work} holds a store of another size: pass another --keep folder")
-    result = {"products": args.products, "dim": args.dim, **_worker("build", args, env)}
+        raise SystemExit(f"{args.work} holds a store of another size or kind: pass another --keep folder")
+    result = {"products": args.products, "dim": args.dim, "store": args.store, **_worker("build", args, env),
+              **milvus_figures(server, "build")}
     stamp.write_text(json.dumps(result))
     return result
 
 
-def serve(args: argparse.Namespace, env: dict[str, str], syn: Synthetic) -> dict[str, Any]:
+def serve(args: argparse.Namespace, env: dict[str, str], syn: Synthetic, server: MilvusServer | None
+          ) -> dict[str, Any]:
     """Start the API, measure over HTTP, stop it."""
     print("queries: exact top-10 by numpy over every vector...", flush=True)
     sources, queries = syn.queries(args.queries)
@@ -116,6 +138,7 @@ def serve(args: argparse.Namespace, env: dict[str, str], syn: Synthetic) -> dict
             searches(client, MODEL, queries[:5], sources[:5])
             edits(client, MODEL, 2, IMAGE, prefix="warm")
             rss = rss_mb(proc.pid)
+            serving = milvus_figures(server, "serving")
             print("api: searching...", flush=True)
             plain, found = searches(client, MODEL, queries)
             filtered, _ = searches(client, MODEL, queries[: args.filtered], sources[: args.filtered])
@@ -139,7 +162,8 @@ def serve(args: argparse.Namespace, env: dict[str, str], syn: Synthetic) -> dict
             "upsert_commit_p99_ms": percentiles(edited["upsert_commit"])["p99_ms"],
             "delete_commit_p50_ms": percentiles(edited["delete_commit"])["p50_ms"],
             "delete_commit_p99_ms": percentiles(edited["delete_commit"])["p99_ms"],
-            "recall_at_10": round(recall_at_10(found, truth), 4), "recall_queries": len(truth)}
+            "recall_at_10": round(recall_at_10(found, truth), 4), "recall_queries": len(truth),
+            **{k: v for k, v in serving.items() if not k.startswith("data_bytes")}}
 
 
 def _verdict(key: str, value: Any) -> str:
@@ -165,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--products", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--store", choices=["local", "milvus"], default="local",
+                        help="local (SQLite + FAISS) or milvus (a milvus-lite gRPC server shared by every step)")
     parser.add_argument("--keep", type=Path, default=None, help="work folder kept after the run (and reused)")
     parser.add_argument("--queries", type=int, default=300, help="vector searches over HTTP")
     parser.add_argument("--recall-queries", type=int, default=200, help="of those, how many score recall@10")
@@ -178,15 +204,23 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     load = round(os.getloadavg()[0], 2)
     started = time.perf_counter()
+    server = MilvusServer(args.work / "milvus", args.work / "milvus.log") if args.store == "milvus" else None
     try:
         _, env = prepare(args)
-        built = build(args, env)
+        if server is not None:
+            print(f"milvus: starting a milvus-lite server (log {server.log})...", flush=True)
+            server.start()
+            env.update(IMAGESEARCH_STORE="milvus", IMAGESEARCH_MILVUS_URI=server.uri)
+        built = build(args, env, server)
         store_ops = _worker("ops", args, env, "--edits", str(args.store_edits))
-        served = serve(args, env, Synthetic(args.products, args.dim))
+        served = serve(args, env, Synthetic(args.products, args.dim), server)
+        ended = milvus_figures(server, "end")
     finally:
+        if server is not None:
+            server.stop()
         if args.keep is None:
             shutil.rmtree(args.work, ignore_errors=True)
-    result = {"bench": "scale", **built, **store_ops, **served, "load_average": load,
+    result = {"bench": "scale", **built, **store_ops, **served, **ended, "load_average": load,
               "bench_s": round(time.perf_counter() - started, 1)}
     report(result)
     return 0

@@ -27,3 +27,23 @@ def test_scale_bench_runs_end_to_end_and_ends_with_its_figures(tmp_path):
     assert (result["products"], result["dim"], result["index_type"]) == (2000, 32, "flat")
     assert result["recall_at_10"] == 1.0  # a flat index is exact
     assert result["index_bytes"] > 2000 * 32 * 4
+
+
+@pytest.mark.slow
+def test_scale_bench_on_milvus_shares_one_server_between_build_edits_and_api(tmp_path):
+    pytest.importorskip("milvus_lite", reason="--store milvus needs milvus-lite (requirements-scale.txt)")
+    work = tmp_path / "work"
+    cmd = [sys.executable, str(REPO / "bench" / "scale.py"), "--store", "milvus", "--products", "300", "--dim", "16",
+           "--queries", "20", "--recall-queries", "10", "--filtered", "5", "--edits", "2", "--store-edits", "3",
+           "--keep", str(work)]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (result["store"], result["products"], result["index_type"], result["engine_index_type"]) == \
+        ("milvus", 300, "flat", "FLAT")
+    assert result["recall_at_10"] == 1.0
+    for key in ("milvus_peak_rss_build_mb", "milvus_rss_serving_mb", "api_rss_mb", "store_upsert_p50_ms",
+                "store_delete_p50_ms", "upsert_commit_p50_ms", "delete_p50_ms", "filtered_p50_ms"):
+        assert result[key] > 0, key
+    assert result["data_bytes_build"] > 300 * 16 * 4 * 2  # both vectors of every product, on the server's disk
+    assert "Shutting down" in (work / "milvus.log").read_text()  # the server was stopped, not left running
