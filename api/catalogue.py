@@ -69,7 +69,7 @@ class Catalogue:
         if "core.milvus_store" in sys.modules:  # frees an embedded milvus-lite file for the next process
             from core.milvus_store import close_clients
 
-            close_clients()
+            close_clients(embedded_only=True)
 
     # reading (lock-free: the dict is replaced, never mutated)
     def names(self) -> list[str]:

@@ -105,26 +105,40 @@ def client(settings: Settings) -> Any:
             # which pymilvus asks for after every create_index (then goes on): grpc logs each with a traceback
             logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
             try:
-                found = pymilvus.MilvusClient(uri=uri, token=token)
+                found = _connect(pymilvus, uri, token)
             except Exception as exc:
                 raise StoreUnavailableError(_connect_hint(settings, exc)) from None
             _clients[(uri, token)] = found
         return found
 
 
-def close_clients() -> None:
-    """Close this process's Milvus connections, and stop its embedded milvus-lite servers (which frees
-    their files for another process)."""
+def _connect(pymilvus: Any, uri: str, token: str) -> Any:
+    """A new client; tried twice, since a server may drop a fresh channel once (gRPC's GOAWAY)."""
+    try:
+        return pymilvus.MilvusClient(uri=uri, token=token)
+    except Exception as exc:
+        if "lock" in str(exc).lower():
+            raise
+        time.sleep(0.5)
+        return pymilvus.MilvusClient(uri=uri, token=token)
+
+
+def close_clients(*, embedded_only: bool = False) -> None:
+    """Close this process's Milvus connections and stop its embedded milvus-lite servers (which frees their
+    files for another process); with ``embedded_only``, connections to a server stay open for others."""
     with _clients_lock:
-        for (uri, _), found in _clients.items():
+        for key, found in list(_clients.items()):
+            embedded = not re.match(r"^[a-z]+://", key[0])
+            if embedded_only and not embedded:
+                continue
             with contextlib.suppress(Exception):  # closing a dead connection: nothing to do
                 found.close()
-            if not re.match(r"^[a-z]+://", uri):
+            if embedded:
                 with contextlib.suppress(ImportError):
                     from milvus_lite.server_manager import server_manager_instance
 
-                    server_manager_instance.release_server(uri)
-        _clients.clear()
+                    server_manager_instance.release_server(key[0])
+            del _clients[key]
 
 
 def _connect_hint(settings: Settings, exc: Exception) -> str:
