@@ -206,6 +206,11 @@ class MilvusStore:
         if self._exists():
             self._call(self.client.load_collection, self.collection)  # a no-op where it is loaded already
             if self._meta("head") != (self._head or ""):
+                if open_index:  # a serving process (a replica) never rewrites the shared collection
+                    raise StoreError(self.name, "the Milvus collection was projected through another "
+                                                "head.safetensors than this process has: adopt the head on the "
+                                                f"build machine (python run_training.py {self.name}) and give "
+                                                "every replica that same file")
                 self.reproject(head)
         if open_index:
             self.open_index()

@@ -1,6 +1,7 @@
-"""A model with a fine-tuned head: queries go through it; a new head re-projects the store on reload; a head
-that does not fit the catalogue's vectors is a 503 while the previous one keeps serving. On both stores (the
-heads keep the dimension: a Milvus collection's vector field has a fixed one)."""
+"""A model with a fine-tuned head: queries go through it; a new head re-projects the store on reload (on
+Milvus the build adopts it: a replica whose head differs answers 503 and never rewrites the shared
+collection); a head that does not fit the catalogue's vectors is a 503 while the previous one keeps
+serving. On both stores (the heads keep the dimension: a Milvus collection's vector field has a fixed one)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,11 @@ def test_queries_go_through_the_head(copy_built, tmp_path):
             assert c.get("/shirts/search/text", params={"q": "blue shirt"}).status_code == 200
 
             save_head(head_path, [rng.standard_normal((32, 32)).astype(np.float32)], [np.zeros(32, np.float32)])
+            if settings.store == "milvus":  # a replica never rewrites the shared collection: the build adopts it
+                r = c.post("/shirts/reload", headers={"X-API-Key": API_KEY})
+                assert r.status_code == 503 and "build machine" in r.json()["detail"], r.text
+                assert c.post("/shirts/search", files={"file": ("q.jpg", query)}).status_code == 200  # old one
+                build_models(settings, ("shirts",))
             r = c.post("/shirts/reload", headers={"X-API-Key": API_KEY})  # the store re-projects through it
             assert r.status_code == 200, r.text
             r = c.post("/shirts/search", files={"file": ("q.jpg", query, "image/jpeg")})
