@@ -7,8 +7,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
 WORKDIR /app
 
 COPY requirements.txt requirements-scale.txt ./
-# The CPU index serves torch==2.13.0's CPU wheel (PyPI's default pulls multi-GB CUDA wheels).
-RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu -r requirements.txt
+# TORCH_INDEX_URL: PyTorch's CPU wheel index, which serves torch==2.13.0's CPU wheel (without it, the
+# default index's torch pulls multi-GB CUDA wheels). Pass it with --build-arg or compose's build args.
+ARG TORCH_INDEX_URL=""
+RUN pip install ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} -r requirements.txt
 
 # SCALE=1 adds the optional Milvus and Ray packages (compose.yaml's `milvus` profile needs them).
 ARG SCALE=0
