@@ -37,7 +37,7 @@ def _top(root, tiny_clip, store: StoreKind) -> tuple[int, list[list[str]]]:
         return opened.count(), [[h.product.id for h in row] for row in opened.search(queries, 5)]
     finally:
         opened.close()
-        close_clients()  # a milvus-lite file is one process's at a time: let the CLI have it
+        close_clients(embedded_only=True)  # a milvus-lite file is one process's at a time: let the CLI have it
 
 
 def test_a_model_copies_to_milvus_and_back_with_the_same_results(tmp_path, tiny_clip):
