@@ -52,7 +52,7 @@ class CopyReport:
                 f"  count: {self.products} in the {self.source} store, {self.target_count} in the {self.target} store",
                 f"  top-10 of {self.queries} sampled products: {self.identical} identical, mean overlap "
                 f"{self.overlap:.1%} - {verdict}",
-                f"  to serve it from there: set \"store\": \"{self.target}\" in models/{self.model}/model.json "
+                f"  to serve it from there: set \"store\": \"{self.target}\" in data/{self.model}/model.json "
                 f"(or IMAGESEARCH_STORE={self.target}) and restart the API"]
 
 
