@@ -23,12 +23,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, UTC
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from core.types import Embeddings
 from utils.atomic import read_json, write_json_atomic
+
+if TYPE_CHECKING:
+    from core.head import ProjectionHead
 
 logger = logging.getLogger(__name__)
 
@@ -206,6 +209,33 @@ def fit_text(text_vectors: Embeddings, vectors: Embeddings, categories: Sequence
         pos, neg = category_pairs(scores, categories, categories, same_is_self=True, rng=rng)
         own, others = np.concatenate([own, pos]), neg if len(neg) else others
     return fit_logistic(own, others), len(own) + len(others)
+
+
+TEXT_SAMPLE = 256  # product titles encoded as text queries for the text map
+
+
+def stale(cal: Calibration | None, head: str | None, built_at: str, has_text_encoder: bool) -> bool:
+    """True when there is no calibration, or it was fitted for another head or index build, or it lacks
+    the text map while a text encoder is at hand."""
+    return (cal is None or cal.head != head or cal.index_built_at != built_at
+            or (cal.text is None and has_text_encoder))
+
+
+def text_map(encoder: TextEncoder | None, head: ProjectionHead | None, previous: Calibration | None,
+             head_sha: str | None, titles: Sequence[str], vectors: Embeddings, categories: Sequence[str],
+             rng: np.random.Generator, counts: dict[str, int]) -> LogisticMap | None:
+    """The text-to-image map from a sample of product titles through the CLIP text tower (and the head),
+    recording its pair count in ``counts``; without an encoder, the previous map when it was fitted for
+    the same head, else None."""
+    if encoder is not None and len(titles) > 1:
+        pick = np.sort(rng.choice(len(titles), size=min(len(titles), TEXT_SAMPLE), replace=False))
+        texts = encoder([titles[i] for i in pick])
+        if head is not None:
+            texts = head.apply(texts)
+        fitted, counts["text"] = fit_text(np.asarray(texts, np.float32), vectors[pick],
+                                          [categories[i] for i in pick], rng)
+        return fitted
+    return previous.text if previous is not None and previous.head == head_sha else None
 
 
 def now_iso() -> str:

@@ -17,7 +17,7 @@ import numpy as np
 
 from core.ann import (INDEX_JSON, RERANK_FACTOR, LiveIndex, build, choose_index_type, exact_top, needs_training,
                       train_size, tune)
-from core.calibration import CALIBRATION_JSON, Calibration, TextEncoder
+from core.calibration import CALIBRATION_JSON, Calibration, TextEncoder, stale
 from core.config import Settings
 from core.errors import StoreError
 from core.head import ProjectionHead
@@ -33,7 +33,6 @@ _TUNE_QUERIES = 200
 _IVFPQ_MIN_TRAIN = 5_000  # 6-bit codes: 64 centroids x 39 points; and more vectors than dimensions
 _IVF_MIN_TRAIN = 100
 _CALIBRATION_SAMPLE = 2000  # products whose pairs fit the image map (every pair among them)
-_CALIBRATION_TEXTS = 256  # product titles encoded as text queries for the text map
 
 
 class LocalStore:
@@ -363,9 +362,7 @@ class LocalStore:
     def calibration_stale(self, live: LiveIndex) -> bool:
         """True when there is no calibration, or it was fitted for another head or index build, or it
         lacks the text map while a text encoder is at hand."""
-        cal = self.calibration
-        return (cal is None or cal.head != self._head or cal.index_built_at != live.info.built_at
-                or (cal.text is None and self.text_encoder is not None))
+        return stale(self.calibration, self._head, live.info.built_at, self.text_encoder is not None)
 
     def ensure_calibration(self) -> Calibration | None:
         """Refit the calibration when it is stale (see :meth:`calibration_stale`); None for an empty store."""
@@ -378,7 +375,7 @@ class LocalStore:
         """Fit and save the image map (and the text map when a text encoder is set; else the previous
         text map is kept if it was fitted for the same head) from a sample of the catalogue. None when
         the catalogue is too small to have both relevant and irrelevant pairs."""
-        from core.calibration import fit_image, fit_text, now_iso, save_calibration
+        from core.calibration import fit_image, now_iso, save_calibration, text_map
 
         rng = np.random.default_rng(self.settings.seed)
         with self.db.snapshot() as conn:
@@ -400,17 +397,8 @@ class LocalStore:
             logger.warning("%s: no calibration (%s): hits carry no match", self.name, exc)
             return None
         counts = {"image": pairs}
-        text = None
-        previous = self.calibration
-        if self.text_encoder is not None and len(vids) > 1:
-            pick = np.sort(rng.choice(len(vids), size=min(len(vids), _CALIBRATION_TEXTS), replace=False))
-            texts = self.text_encoder([products[i].title for i in pick])
-            if self.head is not None:
-                texts = self.head.apply(texts)
-            text, counts["text"] = fit_text(np.asarray(texts, np.float32), vectors[pick],
-                                            [categories[i] for i in pick], rng)
-        elif previous is not None and previous.head == self._head:
-            text = previous.text
+        text = text_map(self.text_encoder, self.head, self.calibration, self._head, [p.title for p in products],
+                        vectors, categories, rng, counts)
         cal = Calibration(image=image, text=text, head=self._head, index_built_at=live.info.built_at,
                           generation=live.generation, method=method, pairs=counts, fitted_at=now_iso())
         save_calibration(self.folder, cal)

@@ -36,12 +36,12 @@ from typing import Any
 import numpy as np
 
 from core.ann import INDEX_JSON, IndexInfo, choose_index_type, ivf_nlist
-from core.calibration import CALIBRATION_JSON, Calibration, TextEncoder, now_iso
+from core.calibration import CALIBRATION_JSON, Calibration, TextEncoder, now_iso, stale
 from core.config import Settings
 from core.errors import StoreError, StoreUnavailableError, require_module
 from core.head import ProjectionHead
 from core.milvus_expr import expression, id_list, literal
-from core.sqlite_db import Database
+from core.sqlite_db import Database, stage_ids
 from core.store import (FILTER_COLUMN, Filter, Hit, Product, ProductVector, ServedIndex, Source, StoreStats,
                         is_number, product_digest)
 from core.types import Embeddings, IndexType, Metric
@@ -56,7 +56,6 @@ _ID_BATCH = 1000  # ids per "id in [...]" expression
 _SCAN_BATCH = 16_384  # milvus-lite re-reads the collection per page: few, large pages
 _MAX_TOPK = 16_384  # Milvus's limit on limit + offset
 _CALIBRATION_SAMPLE = 2000
-_CALIBRATION_TEXTS = 256
 _MILVUS_INDEX = {IndexType.FLAT: "FLAT", IndexType.HNSW: "HNSW", IndexType.IVF: "IVF_FLAT",
                  # the quantised tier: 8-bit scalar codes (4x smaller than raw vectors, exact enough to
                  # rank); milvus-lite has no IVF_PQ, a Milvus cluster has both
@@ -532,14 +531,7 @@ class MilvusStore:
             return 0
         conn = sqlite3.connect("")  # a private temporary database on disk, gone when closed
         try:
-            conn.execute("CREATE TEMP TABLE keep_ids(id TEXT PRIMARY KEY)")
-            batch: list[tuple[str]] = []
-            for pid in keep or ():
-                batch.append((pid,))
-                if len(batch) >= 10_000:
-                    conn.executemany("INSERT OR IGNORE INTO keep_ids VALUES (?)", batch)
-                    batch = []
-            conn.executemany("INSERT OR IGNORE INTO keep_ids VALUES (?)", batch)
+            stage_ids(conn, keep or ())
             doomed: list[str] = []
             expr = " or ".join(f"source == {literal(s.value)}" for s in sources)
             for rows in self._scan(["id"], expr):
@@ -751,9 +743,7 @@ class MilvusStore:
             return cal
 
     def calibration_stale(self, live: MilvusIndex) -> bool:
-        cal = self.calibration
-        return (cal is None or cal.head != self._head or cal.index_built_at != live.info.built_at
-                or (cal.text is None and self.text_encoder is not None))
+        return stale(self.calibration, self._head, live.info.built_at, self.text_encoder is not None)
 
     def ensure_calibration(self) -> Calibration | None:
         live = self.open_index()
@@ -764,7 +754,7 @@ class MilvusStore:
     def calibrate(self, live: MilvusIndex) -> Calibration | None:
         """Fit the image (and text) maps from a sample, as the local store does; saved in Milvus and as
         ``calibration.json`` on the build machine."""
-        from core.calibration import fit_image, fit_text
+        from core.calibration import fit_image, text_map
 
         rng = np.random.default_rng(self.settings.seed)
         ids, vectors = self.sample_vectors(_CALIBRATION_SAMPLE, self.settings.seed)
@@ -785,16 +775,9 @@ class MilvusStore:
         except ValueError as exc:
             logger.warning("%s: no calibration (%s): hits carry no match", self.name, exc)
             return None
-        counts, text, previous = {"image": pairs}, None, self.calibration
-        if self.text_encoder is not None and len(ids) > 1:
-            pick = np.sort(rng.choice(len(ids), size=min(len(ids), _CALIBRATION_TEXTS), replace=False))
-            texts = self.text_encoder([products[i].title for i in pick])
-            if self.head is not None:
-                texts = self.head.apply(texts)
-            text, counts["text"] = fit_text(np.asarray(texts, np.float32), vectors[pick],
-                                            [categories[i] for i in pick], rng)
-        elif previous is not None and previous.head == self._head:
-            text = previous.text
+        counts = {"image": pairs}
+        text = text_map(self.text_encoder, self.head, self.calibration, self._head, [p.title for p in products],
+                        vectors, categories, rng, counts)
         cal = Calibration(image=image, text=text, head=self._head, index_built_at=live.info.built_at,
                           generation=live.generation, method=method, pairs=counts, fitted_at=now_iso())
         self._set_meta({"calibration": cal.to_json()})

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -121,3 +121,17 @@ class Database:
 
 def now() -> float:
     return round(time.time(), 3)
+
+
+def stage_ids(conn: sqlite3.Connection, ids: Iterable[str], table: str = "keep_ids") -> None:
+    """Fill the temporary table ``table`` (id TEXT PRIMARY KEY) with ``ids``, 10,000 rows at a time, so a
+    set difference against it runs in SQLite and no Python object per id is held."""
+    conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table}(id TEXT PRIMARY KEY)")
+    conn.execute(f"DELETE FROM {table}")
+    batch: list[tuple[str]] = []
+    for pid in ids:
+        batch.append((pid,))
+        if len(batch) >= 10_000:
+            conn.executemany(f"INSERT OR IGNORE INTO {table} VALUES (?)", batch)
+            batch = []
+    conn.executemany(f"INSERT OR IGNORE INTO {table} VALUES (?)", batch)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from core.sqlite_db import Database, now
+from core.sqlite_db import Database, now, stage_ids
 from core.store import (FILTER_COLUMN, Changes, Filter, Product, ProductVector, Source, StoreStats, is_number,
                         product_digest)
 from core.types import Embeddings
@@ -343,15 +343,7 @@ class ProductTable:
     def missing(conn: sqlite3.Connection, keep: Iterator[str] | None, sources: Sequence[Source]) -> list[str]:
         """Ids of ``sources`` not in ``keep``; the set difference runs in SQLite (a temporary table), so no
         Python object per product is held."""
-        conn.execute("CREATE TEMP TABLE IF NOT EXISTS keep_ids(id TEXT PRIMARY KEY)")
-        conn.execute("DELETE FROM keep_ids")
-        batch: list[tuple[str]] = []
-        for pid in keep or ():
-            batch.append((pid,))
-            if len(batch) >= 10_000:
-                conn.executemany("INSERT OR IGNORE INTO keep_ids VALUES (?)", batch)
-                batch = []
-        conn.executemany("INSERT OR IGNORE INTO keep_ids VALUES (?)", batch)
+        stage_ids(conn, keep or ())
         marks = ",".join("?" * len(sources))
         rows = conn.execute(f"SELECT id FROM products WHERE source IN ({marks}) AND id NOT IN "
                             "(SELECT id FROM keep_ids)", [s.value for s in sources]).fetchall()

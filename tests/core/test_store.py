@@ -69,6 +69,22 @@ def _exact(vectors: np.ndarray, ids: list[str], query: np.ndarray, k: int) -> li
     return [ids[i] for i in order]
 
 
+def _recalls_and_survives_edits(store, x: np.ndarray) -> None:
+    """recall@10 >= 0.9 on 50 stored vectors; then delete a third and move one product's vector: searches
+    never return a deleted product and find the moved one."""
+    n = len(x)
+    ids = [f"p{i}" for i in range(n)]
+    found = sum(len(set(_exact(x, ids, q, 10)) & {h.product.id for h in store.search(q[None], 10)[0]})
+                for q in x[:50])
+    assert found / 500 >= 0.9
+    gone = ids[: n // 3]
+    store.delete(gone)
+    store.upsert([ProductVector(Product(id="p5000000", title="new"), clip=x[0])])
+    hits = store.search(x[:20], 10)
+    assert all(h.product.id not in set(gone) for row in hits for h in row)
+    assert hits[0][0].product.id == "p5000000" and hits[0][0].score == pytest.approx(1.0, abs=1e-4)
+
+
 def test_writes_bump_the_generation_and_read_back(make_store):
     store = make_store()
     x = _vectors(100)
@@ -114,17 +130,7 @@ def test_every_index_type_is_chosen_by_size_tuned_and_stays_correct_under_edits(
     assert info["kind"] == kind.value and info["generation"] == store.generation()
     if kind != IndexType.FLAT:
         assert info["tuning"]["reason"] and info["tuning"]["tried"]
-    ids = [f"p{i}" for i in range(n)]
-    found = sum(len(set(_exact(x, ids, q, 10)) & {h.product.id for h in store.search(q[None], 10)[0]})
-                for q in x[:50])
-    assert found / 500 >= 0.9
-    # edits: delete a third, move one product's vector; searches never return a deleted product
-    gone = ids[: n // 3]
-    store.delete(gone)
-    store.upsert([ProductVector(Product(id="p5000000", title="new"), clip=x[0])])
-    hits = store.search(x[:20], 10)
-    assert all(h.product.id not in set(gone) for row in hits for h in row)
-    assert hits[0][0].product.id == "p5000000" and hits[0][0].score == pytest.approx(1.0, abs=1e-4)
+    _recalls_and_survives_edits(store, x)
 
 
 def test_filters_are_exact_within_a_small_subset_and_correct_when_broad(make_store):
@@ -259,16 +265,7 @@ def test_milvus_index_type_follows_size_and_stays_correct_under_edits(make_store
     if live.needs_compaction():  # the build machine's index phase rebuilds it
         live = store.rebuild(save=True)
     assert live.kind == kind and live.info.count == n and not live.needs_compaction()
-    ids = [f"p{i}" for i in range(n)]
-    found = sum(len(set(_exact(x, ids, q, 10)) & {h.product.id for h in store.search(q[None], 10)[0]})
-                for q in x[:50])
-    assert found / 500 >= 0.9
-    gone = ids[: n // 3]
-    store.delete(gone)
-    store.upsert([ProductVector(Product(id="p5000000", title="new"), clip=x[0])])
-    hits = store.search(x[:20], 10)
-    assert all(h.product.id not in set(gone) for row in hits for h in row)
-    assert hits[0][0].product.id == "p5000000" and hits[0][0].score == pytest.approx(1.0, abs=1e-4)
+    _recalls_and_survives_edits(store, x)
 
 
 HOSTILE = ['c7" or category != "', 'v1\\" || true || "', "line\nbreak", "quote's", 'back\\slash"', "\t tab"]
