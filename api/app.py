@@ -15,6 +15,7 @@ from core.model_config import ModelRegistry
 from core.query_log import QueryLog
 
 from api.catalogue import Catalogue
+from api.docs import install_redoc
 from api.errors import install_error_handlers
 from api.guards import RequestGuard
 from api.metrics import Metrics, MetricsMiddleware
@@ -50,7 +51,9 @@ def create_app(settings: Settings, *, registry: ModelRegistry | None = None, wat
     if registry is None:
         ModelRegistry.discover(settings)  # a bad model.json fails here, before the server starts
     # /docs and /redoc serve Swagger UI and ReDoc from the installed package, not a CDN: they work offline
-    app = FastAPIOffline(title="Multi-model image search", description=DESCRIPTION, version="1.0", lifespan=lifespan)
+    app = FastAPIOffline(title="Multi-model image search", description=DESCRIPTION, version="1.0", lifespan=lifespan,
+                         redoc_url=None)
+    install_redoc(app)
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.state.query_log = QueryLog(settings)

@@ -11,7 +11,7 @@ from ui.client import ApiClient, ApiError, ApiUnavailable, api_url_from_env, upl
 
 
 def _rows(health: dict[str, Any]) -> list[dict[str, Any]]:
-    return [{"catalogue": name, "searchable": bool(m.get("searchable")), "products": m.get("products"),
+    return [{"catalogue": name, "state": m.get("state") or "", "products": m.get("products"),
              "built at": m.get("built_at") or "", "index": m.get("index_type") or "",
              "backbone": m.get("backbone") or "", "error": m.get("error") or ""}
             for name, m in sorted((health.get("models") or {}).items()) if isinstance(m, dict)]
@@ -31,5 +31,5 @@ def status_page() -> None:
         return
     st.metric("Status", str(health.get("status", "?")), border=True)
     st.write(f"{health.get('total_products', 0):,} searchable products in "
-             f"{len(health.get('available_models') or [])} catalogue(s)")
+             f"{health.get('available_models', 0)} catalogue(s)")
     st.dataframe(_rows(health), hide_index=True)

@@ -39,15 +39,15 @@ def filters_from(top_k: int, min_score: float | None, flt: FilterParams, offset:
              rel: RelevanceParams | None = None, kind: str = IMAGE) -> Filters:
     rel = rel or RelevanceParams()
     return Filters(top_k=top_k, min_score=min_score, category=flt.category, equals=flt.equals, ranges=flt.ranges,
-                   offset=offset, min_match=rel.min_match, dedupe=rel.dedupe, kind=kind)
+                   offset=offset, min_match=rel.min_match, dedupe=rel.dedupe, kind=kind, sort=rel.sort)
 
 
 async def search_loaded(model: ServedModel, clip_vector: np.ndarray, filters: Filters, base: str, *,
-                        tag_model: bool = False, projected: bool = False) -> list[SearchHit]:
+                        projected: bool = False) -> list[SearchHit]:
     """Search one model with a raw CLIP query vector (or one already in index space), off the event loop."""
     def _work() -> list[SearchHit]:
         vector = clip_vector if projected else query_vector(model, clip_vector)
-        return to_hits(model, nearest(model, vector, filters), base, tag_model=tag_model, first_rank=filters.offset + 1)
+        return to_hits(model, nearest(model, vector, filters), base, first_rank=filters.offset + 1)
 
     return await to_thread.run_sync(_work)
 
@@ -91,7 +91,7 @@ async def _search_every_model(models: list[ServedModel], vectors: dict[str, np.n
         reason = _skip_reason(model, vectors, filters)
         if not reason:
             try:
-                found[model.name] = await search_loaded(model, vectors[model.backbone], deep, base, tag_model=True)
+                found[model.name] = await search_loaded(model, vectors[model.backbone], deep, base)
             except StoreError as exc:
                 failed.append(exc)
                 reason = exc.message
@@ -102,7 +102,7 @@ async def _search_every_model(models: list[ServedModel], vectors: dict[str, np.n
         per_model[model.name] = ModelResults(model=model.name, num_results=len(page), results=page)
     if failed and not found:
         raise failed[0]
-    return merge_rankings(list(found.values()), deep.top_k, merge)[filters.offset:], per_model
+    return merge_rankings(list(found.values()), deep.top_k, merge, filters.sort)[filters.offset:], per_model
 
 
 def _skip_reason(model: ServedModel, vectors: dict[str, np.ndarray], filters: Filters) -> str | None:
@@ -111,7 +111,7 @@ def _skip_reason(model: ServedModel, vectors: dict[str, np.ndarray], filters: Fi
     if model.backbone not in vectors:
         return "the query vector's dimension does not match this model"
     try:
-        check_columns(model, filters)
+        check_columns(model, filters, sort=False)  # a model without the sort column still serves, its hits last
     except BadRequestError as exc:
         return exc.message
     return None
