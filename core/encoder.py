@@ -50,6 +50,11 @@ def _offline_message(backbone: str, detail: str) -> str:
             "a tiny test model with `python -m utils.tiny_clip models/tiny_clip`")
 
 
+def _names_a_folder(backbone: str) -> bool:
+    """A path no hub id can be (hub ids are ``name`` or ``org/name``): absolute, ``./``, ``~``, deeper."""
+    return backbone.startswith(("/", ".", "~", "\\")) or backbone.rstrip("/").count("/") > 1 or backbone.endswith("/")
+
+
 def _load_pretrained(backbone: str) -> tuple[Any, Any, Any]:
     """(model, tokenizer, image_processor) from a local folder, the hub cache, or the hub."""
     import transformers
@@ -63,6 +68,10 @@ def _load_pretrained(backbone: str) -> tuple[Any, Any, Any]:
         return (CLIPModel.from_pretrained(backbone, **kw), AutoTokenizer.from_pretrained(backbone, **kw),
                 CLIPImageProcessor.from_pretrained(backbone, **kw))
 
+    if not Path(backbone).expanduser().exists() and _names_a_folder(backbone):
+        raise BackboneLoadError(f"the CLIP folder {backbone!r} does not exist (IMAGESEARCH_CLIP_MODEL, or the "
+                                "model's backbone in model.json): point it at a folder holding a CLIP checkpoint "
+                                "(config.json, model.safetensors, tokenizer files, preprocessor_config.json)")
     if Path(backbone).expanduser().exists():
         backbone = str(Path(backbone).expanduser())
         try:

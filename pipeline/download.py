@@ -89,9 +89,11 @@ class DownloadPhase:
     def fingerprint(self, ctx: PipelineContext) -> dict[str, Any]:
         """The staged rows, the cache settings, and what failed: each failed ref, with its local file's
         size and mtime (or its absence). Copying a missing image in, or fixing a broken one, changes
-        it, so a rerun retries the refs that failed (transient failures leave the phase unfinished)."""
+        it, so a rerun retries the refs that failed (transient failures leave the phase unfinished); so does
+        letting private addresses through (IMAGESEARCH_ALLOW_PRIVATE_URLS, IMAGESEARCH_FETCH_ALLOWLIST)."""
         return {"staged": ctx.state().get_meta("staged"), **cache_key(ctx.settings),
-                "failed": failed_digest(ctx.state(), ctx.paths.data)}
+                "failed": failed_digest(ctx.state(), ctx.paths.data),
+                "guard": [ctx.settings.allow_private_urls, ctx.settings.fetch_allowlist]}
 
     def outputs(self, ctx: PipelineContext) -> list[Path]:
         return [download_report_path(ctx.paths)]

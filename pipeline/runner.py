@@ -16,7 +16,7 @@ from core.errors import BuildInProgressError, ImageSearchError
 from core.model_config import ModelSpec
 from core.types import Executor, PhaseName
 from pipeline.base import (PIPELINE_VERSION, NothingUsableError, Phase, PhaseResult, PipelineContext, digest,
-                           read_checkpoint, write_checkpoint)
+                           file_digest, read_checkpoint, write_checkpoint)
 
 logger = logging.getLogger(__name__)
 
@@ -109,9 +109,31 @@ def run_model(settings: Settings, spec: ModelSpec, *, mode: str = "all", force: 
     ctx = PipelineContext(settings=settings, spec=spec, progress=progress, drop_api_edits=drop_api_edits)
     with model_lock(ctx.paths.models, spec.name):
         try:
-            return run_phases(ctx, default_phases(mode), force=force, outcomes=outcomes)
+            done = run_phases(ctx, default_phases(mode), force=force, outcomes=outcomes)
+        except ImageSearchError as exc:
+            _record_failure(ctx, outcomes, exc.message)
+            raise
         finally:
             ctx.close()
+    failure_path(ctx.paths.checkpoints).unlink(missing_ok=True)
+    return done
+
+
+def failure_path(checkpoints: Path) -> Path:
+    """Why the model's last build stopped (``--list`` shows it); removed by the next build that ends."""
+    return checkpoints / "last_failure.json"
+
+
+def _record_failure(ctx: PipelineContext, outcomes: list[PhaseOutcome] | None, message: str) -> None:
+    from utils.atomic import write_json_atomic
+
+    failed = [o.phase.value for o in outcomes or [] if o.status == PhaseStatus.FAILED]
+    try:
+        write_json_atomic(failure_path(ctx.paths.checkpoints), {
+            "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "phase": failed[-1] if failed else None,
+            "error": message.splitlines()[-1] if message else "", "csv": file_digest(ctx.paths.csv)})
+    except OSError as exc:  # a full disk must not hide the build's own error
+        logger.warning("%s: could not record the failure: %s", ctx.model, exc)
 
 
 @contextmanager
