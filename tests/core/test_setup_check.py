@@ -86,10 +86,11 @@ def test_the_report_masks_secrets_and_fails_on_any_fail():
     assert SetupReport(checks[:1]).ok
 
 
-def test_the_local_store_fails_without_faiss(make_settings, monkeypatch):
+def test_the_local_store_fails_without_faiss(tmp_path, monkeypatch):
+    from core.config import load_settings
     from core.model_config import BUILTIN_MODELS
 
-    settings = make_settings()
+    settings = load_settings(root=tmp_path)
     assert [c.status for c in check_stores(settings, list(BUILTIN_MODELS))] == [Status.OK]
     monkeypatch.setitem(sys.modules, "faiss", None)  # `import faiss` now fails, as if it were not installed
     (local,) = check_stores(settings, list(BUILTIN_MODELS))
