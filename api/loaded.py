@@ -79,6 +79,13 @@ class ServedModel:
         return "not built" if not self.built else "failed"
 
     @property
+    def query_dim(self) -> int | None:
+        """Length of the raw CLIP vectors this model takes as queries (its head's input, else the index's)."""
+        if self.head is not None:
+            return self.head.input_dim
+        return self.store.dim if self.store is not None else None
+
+    @property
     def num_products(self) -> int:
         live = self.store.live_index if self.store is not None else None
         return live.info.count if live is not None else 0

@@ -148,6 +148,8 @@ class ModelInfo(BaseModel):
     filters: dict[str, str] = Field(default_factory=dict,
                                     description="filterable extra columns: name -> text (filter=) or number (range=)")
     recall_at_10: float | None = Field(None, description="the index's measured recall@10 against exact search")
+    vector_dim: int | None = Field(None, description="length of the CLIP vectors /<model>/search/vector takes "
+                                                     "(null until the model is built)")
 
 
 class ModelsResponse(BaseModel):

@@ -201,13 +201,6 @@ def _clip_query(body: VectorQuery, dim: int | None, name: str) -> np.ndarray:
     return (vector / max(float(np.linalg.norm(vector)), 1e-12)).astype(np.float32)
 
 
-def _clip_dim(model: ServedModel) -> int | None:
-    store = model.store
-    if model.head is not None:
-        return model.head.input_dim
-    return store.dim if store is not None else None
-
-
 @router.post("/all/search/vector", response_model=AllSearchResponse, responses=_TEXT_ERRORS,
              summary="Search every model whose CLIP dimension matches with your own query embedding")
 async def search_all_vector(request: Request, body: VectorQuery, top_k: TopK = 10, min_score: MinScore = None,
@@ -217,7 +210,7 @@ async def search_all_vector(request: Request, body: VectorQuery, top_k: TopK = 1
     models, ready = _ready_models(catalogue)
     start = time.perf_counter()
     query = _clip_query(body, None, "all")  # normalised once, shared by every model of this dimension
-    vectors = {m.backbone: query for m in ready if _clip_dim(m) == len(body.vector)}
+    vectors = {m.backbone: query for m in ready if m.query_dim == len(body.vector)}
     if not vectors:
         raise BadRequestError(f"no model takes {len(body.vector)}-dim vectors")
     filters = filters_from(top_k, min_score, flt, offset, rel)
@@ -238,7 +231,7 @@ async def search_vector(model: str, request: Request, body: VectorQuery, top_k: 
     filters = filters_from(top_k, min_score, flt, offset, rel)
     check_columns(loaded, filters)
     start = time.perf_counter()
-    hits = await search_loaded(loaded, _clip_query(body, _clip_dim(loaded), model), filters, base_url(request))
+    hits = await search_loaded(loaded, _clip_query(body, loaded.query_dim, model), filters, base_url(request))
     log_search(request, model, "vector", filters, elapsed_ms(start), hits)
     return SearchResponse(model=model, query="vector", num_results=len(hits), search_time_ms=elapsed_ms(start),
                           results=hits)

@@ -29,6 +29,8 @@ def test_models(client):
     general = {m["name"]: m for m in body["models"]}["general"]
     assert general["searchable"] and general["search_path"] == "/general/search"
     assert general["num_products"] == 66 and general["description"]
+    assert general["state"] == "ready" and general["vector_dim"] == 32  # the tiny CLIP's width, for /search/vector
+    assert general["currency"] == "USD"
     assert set(general["categories"]) == set(general["category_counts"])
     assert sum(general["category_counts"].values()) == 66
 
