@@ -58,6 +58,14 @@ def _names_a_folder(backbone: str) -> bool:
     return backbone.startswith(("/", ".", "~", "\\")) or backbone.rstrip("/").count("/") > 1 or backbone.endswith("/")
 
 
+def check_backbone_folder(backbone: str) -> None:
+    """A backbone that can only be a folder, and is not there: BackboneLoadError saying so (no torch import)."""
+    if _names_a_folder(backbone) and not Path(backbone).expanduser().exists():
+        raise BackboneLoadError(f"the CLIP folder {backbone!r} does not exist (IMAGESEARCH_CLIP_MODEL, or the "
+                                "model's backbone in model.json): point it at a folder holding a CLIP checkpoint "
+                                "(config.json, model.safetensors, tokenizer files, preprocessor_config.json)")
+
+
 def _load_pretrained(backbone: str) -> tuple[Any, Any, Any]:
     """(model, tokenizer, image_processor) from a local folder, the hub cache, or the hub."""
     import transformers
@@ -71,10 +79,7 @@ def _load_pretrained(backbone: str) -> tuple[Any, Any, Any]:
         return (CLIPModel.from_pretrained(backbone, **kw), AutoTokenizer.from_pretrained(backbone, **kw),
                 CLIPImageProcessor.from_pretrained(backbone, **kw))
 
-    if not Path(backbone).expanduser().exists() and _names_a_folder(backbone):
-        raise BackboneLoadError(f"the CLIP folder {backbone!r} does not exist (IMAGESEARCH_CLIP_MODEL, or the "
-                                "model's backbone in model.json): point it at a folder holding a CLIP checkpoint "
-                                "(config.json, model.safetensors, tokenizer files, preprocessor_config.json)")
+    check_backbone_folder(backbone)
     if Path(backbone).expanduser().exists():
         backbone = str(Path(backbone).expanduser())
         try:

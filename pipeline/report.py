@@ -37,8 +37,7 @@ def format_summary(spec: ModelSpec, settings: Settings, outcomes: list[PhaseOutc
                for o in outcomes if o.result.details]
     if details:
         lines += ["details:", *details]
-    lines.append(f"executor: {_executor(settings, outcomes)}")
-    lines += [f"stopped: {o.error}" for o in outcomes if o.status.value == "failed" and o.error]
+    lines.append(f"executor: {_executor(settings, outcomes)}")  # why a run stopped: the CLI's one error line
     lines += _next_steps(spec, settings, outcomes)
     paths = spec.paths(settings)
     reports = [p for p in (paths.models / "validation_report.json", paths.models / "download_report.json")

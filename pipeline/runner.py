@@ -15,6 +15,7 @@ from core.config import Settings
 from core.errors import BuildInProgressError, ImageSearchError
 from core.model_config import ModelSpec
 from core.types import Executor, PhaseName
+from pipeline.progress import phase_bars
 from pipeline.base import (PIPELINE_VERSION, NothingUsableError, Phase, PhaseResult, PipelineContext, digest,
                            file_digest, read_checkpoint, write_checkpoint)
 
@@ -79,7 +80,8 @@ def run_phases(ctx: PipelineContext, phases: list[Phase], *, force: bool = False
         logger.info("%s/%s: running", ctx.model, phase.name)
         start = time.perf_counter()
         try:
-            result = phase.run(ctx)
+            with phase_bars():  # closed before anything else prints, also when the phase raises
+                result = phase.run(ctx)
         except ImageSearchError as exc:
             partial = exc.partial if isinstance(exc, NothingUsableError) else PhaseResult()
             outcomes.append(PhaseOutcome(phase.name, PhaseStatus.FAILED, partial, time.perf_counter() - start,
@@ -106,6 +108,10 @@ def run_model(settings: Settings, spec: ModelSpec, *, mode: str = "all", force: 
         from pipeline.ray_executor import check_available
 
         check_available()
+    if mode != "data":  # a CLIP folder that is not there: said at once, not after the downloads
+        from core.encoder import check_backbone_folder
+
+        check_backbone_folder(spec.backbone_for(settings))
     ctx = PipelineContext(settings=settings, spec=spec, progress=progress, drop_api_edits=drop_api_edits)
     with model_lock(ctx.paths.models, spec.name):
         try:

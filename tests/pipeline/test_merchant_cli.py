@@ -70,7 +70,7 @@ def test_summary_prints_when_nothing_is_usable_and_fixing_the_images_fixes_the_b
     assert "images/t4.jpg" not in out
     assert "feature_extraction: no usable image x4" in out and "e.g. row 2: T1" in out
     assert "data_validation: empty title x1" in out and "e.g. row 6: T5" in out
-    assert "stopped: model 'textiles': no product has a usable image" in out
+    assert "no product has a usable image" not in out  # said once, by the error line
     assert "local image paths are relative to" in out and "run the same command again" in out
     models = root / "models" / "textiles"
     assert f"reports: {models / 'validation_report.json'}, {models / 'download_report.json'}" in out
@@ -191,3 +191,26 @@ def test_wrong_folder_pipe_csv_private_images_and_typos_read_right_in_a_terminal
     (root / "data" / "rugs").mkdir()  # a folder named after it: a new model is meant, not a typo of another
     new = _tty(root, tiny_clip, "rugs")
     assert "put the CSV at data/rugs/products.csv" in new.text and "did you mean" not in new.text
+
+
+def test_a_build_in_a_terminal_counts_against_a_total_and_ends_cleanly(tmp_path, tiny_clip):
+    """The embedding bar counts against its total (percentage, time left) and says "loading model" while the
+    encoder loads; the summary starts on its own line; a run that stops prints its error once, last, with no
+    bar drawn again after it."""
+    root = _textiles(tmp_path)
+    _copy_images(root, "t1", "t2", "t3", "t3b", "t4")  # T1-T4 have 5 distinct views (T5 has no title)
+    built = _tty(root, tiny_clip, "textiles")
+    assert built.returncode == 0, built.text
+    embedding = next(line for line in built.lines if line.startswith("textiles: embedding"))
+    assert "100%" in embedding and "5/5" in embedding
+    assert "loading model" in built.raw  # shown while the encoder loads, then replaced
+    assert "model textiles (Textiles)" in built.lines  # a line of its own, not glued to the last bar
+
+    broken = tmp_path / "broken-clip"
+    broken.mkdir()  # a folder, but no checkpoint in it: the encoder fails while the embedding bar is up
+    stopped = _tty(root, tiny_clip, "textiles", "--force", IMAGESEARCH_CLIP_MODEL=str(broken))
+    assert stopped.returncode == 1
+    assert "model textiles (Textiles)" in stopped.lines
+    errors = [n for n, line in enumerate(stopped.lines) if "is not a loadable CLIP checkpoint" in line]
+    assert len(errors) == 1 and stopped.lines[errors[0]].startswith("error: ")  # once, as the error line
+    assert errors[0] == len(stopped.lines) - 1  # and last: no bar drawn again after it
