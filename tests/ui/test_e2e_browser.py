@@ -554,7 +554,8 @@ def test_why_this_match_shows_in_the_picture_without_a_band(page, query_product)
     img = page.locator("[data-testid=result-card]").first.locator("img")
     assert img.get_attribute("src").startswith("data:image/png")
     after = _cards(page, PAGE, first=query_product.id)
-    assert abs((after[per_row]["y"] - after[0]["y"]) - pitch) < 2  # the row is no taller: no blank band across it
+    # the row grows by no picture's height (a heat-map below the card made a ~200 px blank band across the row)
+    assert after[per_row]["y"] - after[0]["y"] < pitch + 40
     _no_traceback(page)
 
 
