@@ -80,10 +80,12 @@ class ServedModel:
 
     @property
     def query_dim(self) -> int | None:
-        """Length of the raw CLIP vectors this model takes as queries (its head's input, else the index's)."""
+        """Length of the raw CLIP vectors this model takes as queries (its head's input, else the index's); read
+        from memory, so it answers while a remote store cannot."""
         if self.head is not None:
             return self.head.input_dim
-        return self.store.dim if self.store is not None else None
+        live = self.store.live_index if self.store is not None else None
+        return live.info.dim if live is not None else None
 
     @property
     def num_products(self) -> int:

@@ -173,16 +173,15 @@ def test_wrong_folder_pipe_csv_private_images_and_typos_read_right_in_a_terminal
     assert "IMAGESEARCH_FETCH_ALLOWLIST" in refused.text and "IMAGESEARCH_ALLOW_PRIVATE_URLS=1" in refused.text
     assert http_server.count("/t1.jpg") == 0
 
-    missing = _tty(root, tiny_clip, "textiles", IMAGESEARCH_CLIP_MODEL="/no/such/dir",
-                   IMAGESEARCH_FETCH_ALLOWLIST="127.0.0.1")
-    assert missing.returncode == 1 and http_server.count("/t1.jpg") == 1  # the allowlist let the images through
-    errors = [line for line in missing.lines if line.startswith("error:")]
-    assert len(errors) == 1 and "the CLIP folder '/no/such/dir' does not exist" in errors[0]
-    assert "hub" not in missing.text
-
     fixed = _tty(root, tiny_clip, "textiles", IMAGESEARCH_FETCH_ALLOWLIST="127.0.0.1")
     assert fixed.returncode == 0, fixed.text
-    assert "index ready" in fixed.text and http_server.count("/t1.jpg") == 1
+    assert "index ready" in fixed.text and http_server.count("/t1.jpg") == 1  # the allowlist let them through
+
+    missing = _tty(root, tiny_clip, "textiles", "--force", IMAGESEARCH_CLIP_MODEL="/no/such/dir")
+    assert missing.returncode == 1 and missing.lines == [  # said at once, before any phase, in one line
+        "error: the CLIP folder '/no/such/dir' does not exist (IMAGESEARCH_CLIP_MODEL, or the model's backbone in "
+        "model.json): point it at a folder holding a CLIP checkpoint (config.json, model.safetensors, tokenizer "
+        "files, preprocessor_config.json)"]
 
     (root / "data" / "products.csv").write_text("id,title,images\n")  # a stray CSV: a hint for new models
     typo = _tty(root, tiny_clip, "textile")
