@@ -18,6 +18,7 @@ from api.catalogue import Catalogue
 from api.errors import install_error_handlers
 from api.guards import RequestGuard
 from api.metrics import Metrics, MetricsMiddleware
+from api.responses import RedactedJSONResponse
 from api.jobs import JobManager
 from api.routes import admin, explain, jobs, products, search, system
 
@@ -50,7 +51,8 @@ def create_app(settings: Settings, *, registry: ModelRegistry | None = None, wat
     if registry is None:
         ModelRegistry.discover(settings)  # a bad model.json fails here, before the server starts
     # /docs and /redoc serve Swagger UI and ReDoc from the installed package, not a CDN: they work offline
-    app = FastAPIOffline(title="Multi-model image search", description=DESCRIPTION, version="1.0", lifespan=lifespan)
+    app = FastAPIOffline(title="Multi-model image search", description=DESCRIPTION, version="1.0", lifespan=lifespan,
+                         default_response_class=RedactedJSONResponse)  # no URL credentials in any JSON body
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.state.query_log = QueryLog(settings)

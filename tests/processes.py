@@ -33,6 +33,14 @@ def training(root: Path, tiny_clip: Path, *args: str, **extra: str) -> subproces
                             stderr=subprocess.PIPE, text=True)
 
 
+def peak_rss(pid: int) -> int:
+    """A live process's resident-set high-water mark, bytes (Linux ``VmHWM``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM for process {pid}")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -42,12 +50,22 @@ def free_port() -> int:
 class ApiProcess:
     """``run_api.py`` in a subprocess; ``kill()`` is a SIGKILL, as a crash or the OOM killer would."""
 
-    def __init__(self, root: Path, tiny_clip: Path, **extra: str) -> None:
+    def __init__(self, root: Path, tiny_clip: Path, *, console: Path | None = None, **extra: str) -> None:
+        """``console``: a file for what the process prints (default: discarded)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([sys.executable, str(REPO / "run_api.py"), "--port", str(self.port)],
-                                     env=env(root, tiny_clip, **extra), cwd=root, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+        out = console.open("wb") if console is not None else subprocess.DEVNULL
+        try:
+            self.proc = subprocess.Popen([sys.executable, str(REPO / "run_api.py"), "--port", str(self.port)],
+                                         env=env(root, tiny_clip, **extra), cwd=root, stdout=out,
+                                         stderr=subprocess.STDOUT if console is not None else subprocess.DEVNULL)
+        finally:
+            if console is not None:
+                out.close()
+
+    def peak_rss(self) -> int:
+        """The process's resident-set high-water mark so far, bytes (Linux: VmHWM)."""
+        return peak_rss(self.proc.pid)
 
     def wait_ready(self, timeout: float = 90) -> dict:
         deadline = time.monotonic() + timeout
