@@ -33,12 +33,29 @@ def training(root: Path, tiny_clip: Path, *args: str, **extra: str) -> subproces
                             stderr=subprocess.PIPE, text=True)
 
 
-def peak_rss(pid: int) -> int:
-    """A live process's resident-set high-water mark, bytes (Linux ``VmHWM``)."""
+def peak_rss(pid: int | str) -> int:
+    """A live process's resident-set high-water mark, bytes (Linux ``VmHWM``: its own, from its exec on; a
+    child's ``ru_maxrss`` would count the forking test process's memory too)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
     raise AssertionError(f"no VmHWM for process {pid}")
+
+
+_PEAK_AT_EXIT = """
+import atexit, runpy, sys
+from tests.processes import peak_rss
+out, script = sys.argv[1], sys.argv[2]
+atexit.register(lambda: open(out, "w").write(str(peak_rss("self"))))
+sys.argv = [script, *sys.argv[3:]]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+def peak_rss_command(peak_file: Path, script: Path, *args: str) -> list[str]:
+    """The command running ``script args`` as its own ``__main__`` that writes its peak RSS (bytes) to
+    ``peak_file`` as it exits."""
+    return [sys.executable, "-c", _PEAK_AT_EXIT, str(peak_file), str(script), *args]
 
 
 def free_port() -> int:

@@ -5,10 +5,8 @@ from __future__ import annotations
 from tests.http_server import http_server  # noqa: F401 - re-exported pytest fixture
 
 import csv
-import os
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +17,7 @@ from core.config import Settings, load_settings
 from tests.api.conftest import API_KEY, LiveServer, build_models, start_server, stop_server
 from tests.fake_images import huge_png, jpeg_bytes
 from tests.http_server import HttpServer, Reply
-from tests.processes import REPO, ApiProcess, env
+from tests.processes import REPO, ApiProcess, env, peak_rss_command
 
 KEY = {"X-API-Key": API_KEY}
 
@@ -115,15 +113,13 @@ def hostile_build(tmp_path_factory, tiny_clip) -> Iterator[HostileBuild]:
     server = HttpServer().start()
     try:
         rows = _hostile_csv(root, server)
-        out, err = root / "build.out", root / "build.err"
+        out, err, peak = root / "build.out", root / "build.err", root / "build.peak"
         with out.open("wb") as stdout, err.open("wb") as stderr:
-            proc = subprocess.Popen([sys.executable, str(REPO / "run_training.py"), "shop", "--no-progress"],
-                                    env=env(root, tiny_clip, IMAGESEARCH_DOWNLOAD_RETRIES="0"), cwd=root,
-                                    stdout=stdout, stderr=stderr)
-            _, status, usage = os.wait4(proc.pid, 0)  # the child's own peak memory, whatever ran before
-            proc.returncode = os.waitstatus_to_exitcode(status)
+            code = subprocess.call(peak_rss_command(peak, REPO / "run_training.py", "shop", "--no-progress"),
+                                   env=env(root, tiny_clip, IMAGESEARCH_DOWNLOAD_RETRIES="0"), cwd=root,
+                                   stdout=stdout, stderr=stderr, timeout=600)
         yield HostileBuild(root=root, server=server, rows=rows, stdout=out.read_text(), stderr=err.read_text(),
-                           returncode=proc.returncode, peak_rss=usage.ru_maxrss * 1024)
+                           returncode=code, peak_rss=int(peak.read_text()))
     finally:
         server.stop()
 
