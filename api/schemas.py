@@ -7,13 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from utils.redact import redact_optional, redact_text, redact_url
-
 ExtraValue = str | int | float | bool | None
-
-
-def _redacted_extra(extra: dict[str, Any]) -> dict[str, Any]:
-    return {k: redact_text(v) if isinstance(v, str) else v for k, v in extra.items()}
 
 
 class ValidationProblem(BaseModel):
@@ -62,17 +56,6 @@ class SearchHit(BaseModel):
     extra: dict[str, Any] = Field(default_factory=dict,
                                   description="the product's extra CSV columns; those the model's filters list as "
                                               "number come as JSON numbers")
-
-    # display copies: credentials in a catalogue URL never reach a shopper (the fetch used the original)
-    @field_validator("preview_image", "image_url")
-    @classmethod
-    def _redact_urls(cls, url: str | None) -> str | None:
-        return redact_optional(url)
-
-    @field_validator("extra")
-    @classmethod
-    def _redact_extra(cls, extra: dict[str, Any]) -> dict[str, Any]:
-        return _redacted_extra(extra)
 
 
 class SearchResponse(BaseModel):
@@ -169,21 +152,6 @@ class ProductInfo(BaseModel):
                                         description="per image: its cached copy served by this API, or null")
     extra: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("preview_image", "image_url")
-    @classmethod
-    def _redact_urls(cls, url: str | None) -> str | None:
-        return redact_optional(url)
-
-    @field_validator("images")
-    @classmethod
-    def _redact_images(cls, refs: list[str]) -> list[str]:
-        return [redact_url(r) for r in refs]
-
-    @field_validator("extra")
-    @classmethod
-    def _redact_extra(cls, extra: dict[str, Any]) -> dict[str, Any]:
-        return _redacted_extra(extra)
-
 
 class ProductUpsert(BaseModel):
     """A product to add or update; its images are fetched (http(s) URL or a path inside data/<model>/)."""
@@ -227,11 +195,6 @@ class AdminResponse(BaseModel):
     took_ms: float = Field(description="the whole edit: fetching and embedding the images, then the store write")
     commit_ms: float | None = Field(None, description="the store write alone, until the edit is searchable")
     failed_images: dict[str, str] = Field(default_factory=dict, description="image reference -> reason")
-
-    @field_validator("failed_images")
-    @classmethod
-    def _redact_refs(cls, failed: dict[str, str]) -> dict[str, str]:
-        return {redact_url(ref): reason for ref, reason in failed.items()}
 
 
 class ReloadResponse(BaseModel):

@@ -17,6 +17,7 @@ from ui.filters import ANY_CATEGORY, Refinements, nothing_found, refinements
 from ui.grid import ALL, img_src, show_results
 from ui.landing import landing
 from ui.query import Query, QueryError, fetch_image, similar_query, text_query
+from utils.image_shape import ShapePolicy
 
 logger = logging.getLogger(__name__)
 
@@ -90,8 +91,13 @@ def _cropped(data: bytes, name: str) -> Query:
     from streamlit_cropper import st_cropper
 
     try:
-        image = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError):
+        opened = Image.open(io.BytesIO(data))
+        # the shape policy's defaults, from the header: a strip or a pixel bomb is not decoded here (the API,
+        # which knows the configured limits, says what is wrong with it)
+        if ShapePolicy().refusal(*opened.size) is not None:
+            return _photo_query(data, name)
+        image = ImageOps.exif_transpose(opened).convert("RGB")
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError):
         return _photo_query(data, name)  # not a readable photo: the API says so, kindly
     region = st_cropper(image, realtime_update=True, box_color="#35508a", key=f"cropper-{name}-{len(data)}")
     out = io.BytesIO()
@@ -197,7 +203,7 @@ def _pages(client: ApiClient, model: str, query: Query, refined: Refinements) ->
     return list(state[1])
 
 
-_SHAPE_WORDS = ("aspect", "elongated", "narrow", "wide", "tall", "side")
+_NARROW_WORDS = ("aspect", "elongated", "narrow")
 
 
 def _bad_image(message: str) -> tuple[str, str]:
@@ -206,10 +212,10 @@ def _bad_image(message: str) -> tuple[str, str]:
     reason = message.split(": ", 1)[-1].strip()
     detail = reason[reason.find("(") + 1:reason.rfind(")")] if "(" in reason and reason.endswith(")") else reason
     lowered = reason.lower()
-    if any(word in lowered for word in _SHAPE_WORDS):
+    if any(word in lowered for word in _NARROW_WORDS):
         return "That photo is too long and narrow", f"{detail[:1].upper()}{detail[1:]}. Please crop it closer " \
                                                     "to the product, or use another photo."
-    if "pixel" in lowered or "too large" in lowered:
+    if "pixel" in lowered or "too large" in lowered or "side" in lowered:
         return "That photo is too large", f"{detail[:1].upper()}{detail[1:]}. Please use a smaller photo."
     return "We couldn't read that image", "Please try another photo (JPEG, PNG, WebP, GIF or BMP)."
 
