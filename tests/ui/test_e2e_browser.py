@@ -562,6 +562,19 @@ def test_why_this_match_shows_in_the_picture_without_a_band(page, query_product)
     _no_traceback(page)
 
 
+def _prices_become(page, what: str, rule: str) -> None:
+    """Wait until the shown cards' prices (a page is redrawn in place) follow ``rule`` (a JS predicate)."""
+    from playwright.sync_api import TimeoutError as PageTimeout
+
+    try:
+        page.wait_for_function(f"""() => {{
+            const p = [...document.querySelectorAll('[data-testid=result-card] [data-testid=price]')]
+                .map(e => parseFloat(e.textContent.replace(/[^0-9.]/g, '')));
+            return p.length > 0 && ({rule})(p); }}""")
+    except PageTimeout as exc:  # say which rule the page never met
+        raise AssertionError(f"prices never became {what}") from exc
+
+
 @DESKTOP
 def test_price_sort_and_filter(page):
     _choose(page, "General products")
@@ -569,15 +582,11 @@ def test_price_sort_and_filter(page):
     page.get_by_test_id("stSelectbox").nth(2).click()
     page.get_by_role("option", name="Price: low to high").click()
     page.wait_for_url("**sort=Price*")
-    prices = [float(c["price"].lstrip("$").replace(",", "")) for c in _cards(page, PAGE)]
-    assert prices == sorted(prices)
+    _prices_become(page, "cheapest first", "p => p.every((v, i) => !i || p[i - 1] <= v)")
+    assert len(_cards(page, PAGE)) == PAGE
     page.get_by_role("button", name="Price").click()
     page.get_by_label("From").fill("100")
     page.get_by_label("From").press("Enter")
     page.wait_for_url("**price_min=100*")
-    _idle(page)
-    shown = page.eval_on_selector_all("[data-testid=result-card] [data-testid=price]",
-                                      "els => els.map(e => e.textContent)")
-    values = [float(p.lstrip("$").replace(",", "")) for p in shown]
-    assert values and all(v >= 100 for v in values) and values == sorted(values)
+    _prices_become(page, "from 100, cheapest first", "p => p.every((v, i) => v >= 100 && (!i || p[i - 1] <= v))")
     _no_traceback(page)
