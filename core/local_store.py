@@ -19,7 +19,7 @@ from core.ann import (INDEX_JSON, RERANK_FACTOR, LiveIndex, build, choose_index_
                       train_size, tune)
 from core.calibration import CALIBRATION_JSON, Calibration, TextEncoder, stale
 from core.config import Settings
-from core.errors import StoreError
+from core.errors import CatalogueReplacedError, StoreError
 from core.head import ProjectionHead
 from core.sqlite_db import Database
 from core.sqlite_store import SCHEMA, ProductTable, store_path
@@ -97,19 +97,30 @@ class LocalStore:
     def changes_since(self, generation: int) -> Changes:
         return self.table.changes_since(generation)
 
+    def replaced(self) -> bool:
+        """True once a restore has put another catalogue in this store's folder (reload the model)."""
+        return self.db.replaced()
+
+    def _written(self) -> None:
+        """After a commit: a write that landed in a catalogue a restore has just replaced is lost with it, so
+        it must not be acknowledged."""
+        if self.db.replaced():
+            raise CatalogueReplacedError(self.name)
+        self.refresh()
+
     # --- protocol: writes ------------------------------------------------------------------------
     def upsert(self, items: Sequence[ProductVector], *, keep_api: bool = False) -> int:
         with self.db.write() as conn:
             gen = self.table.bump(conn)
             written = self.table.upsert(conn, gen, items, keep_api=keep_api)
-        self.refresh()
+        self._written()
         return written
 
     def delete(self, ids: Sequence[str]) -> int:
         with self.db.write() as conn:
             gen = self.table.bump(conn)
             removed = self.table.delete(conn, gen, ids)
-        self.refresh()
+        self._written()
         return removed
 
     def delete_missing(self, keep: Iterator[str] | None, *, sources: Sequence[Source]) -> int:
@@ -120,7 +131,7 @@ class LocalStore:
                 gen = self.table.bump(conn)
                 self.table.delete(conn, gen, doomed)
         if doomed:
-            self.refresh()
+            self._written()
         return len(doomed)
 
     def reproject(self, head: ProjectionHead | None) -> int:
@@ -348,6 +359,8 @@ class LocalStore:
         from core.calibration import load_calibration
 
         path = self.folder / CALIBRATION_JSON
+        if self.db.replaced():  # the folder holds a restored catalogue's now: keep this one's until reloaded
+            return self._calibration[1]
         try:
             st = path.stat()
             signature: object = (st.st_ino, st.st_mtime_ns, st.st_size)

@@ -164,10 +164,10 @@ def _milvus_count(spec: ModelSpec, settings: Settings) -> str:
     from pymilvus.exceptions import MilvusException
 
     from core.errors import ImageSearchError
-    from core.milvus_store import client, collection_name
+    from core.milvus_store import client, resolve_collection
 
-    name = collection_name(settings.milvus_prefix, spec.name)
     try:
+        name = resolve_collection(settings, spec.name)
         found = client(settings)
         if not found.has_collection(name):
             return "-"
