@@ -9,7 +9,9 @@ by :meth:`LocalStore.refresh`.
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -45,6 +47,12 @@ class LocalStore:
         self.settings = settings
         self._index_type = index_type or settings.index_type
         self.db = Database(store_path(self.folder), SCHEMA, self.name)
+        # the folder this store opened, by a file descriptor: if a restore swaps another folder in under the
+        # name, what this store still writes (a compaction's index, a calibration) lands in its own folder,
+        # never in the restored model's
+        self._own, fd = _pinned(self.folder)
+        if fd is not None:
+            weakref.finalize(self, os.close, fd)  # the descriptor lives as long as this store
         self.table = ProductTable(self.db)
         self._index: LiveIndex | None = None
         self._index_lock = threading.RLock()  # serialises index maintenance (apply, rebuild), not searches
@@ -158,7 +166,7 @@ class LocalStore:
             if changed:
                 # a saved index of an earlier head (head A -> B -> A) would pass the head check and then
                 # "catch up" by adding every re-projected row again: duplicates. It is stale either way.
-                (self.folder / INDEX_JSON).unlink(missing_ok=True)
+                (self._own / INDEX_JSON).unlink(missing_ok=True)
         return gen
 
     # --- protocol: search ------------------------------------------------------------------------
@@ -267,10 +275,10 @@ class LocalStore:
             return live
 
     def _load_saved(self) -> LiveIndex | None:
-        if not (self.folder / INDEX_JSON).is_file():
+        if not (self._own / INDEX_JSON).is_file():
             return None
         try:
-            live = LiveIndex.load(self.folder)
+            live = LiveIndex.load(self._own)
         except Exception as exc:  # FAISS raises RuntimeError on a torn file; JSON ValueError
             logger.warning("%s: saved index unreadable (%s): rebuilding it from the store", self.name, exc)
             return None
@@ -347,7 +355,7 @@ class LocalStore:
                 tune(live, queries, truth, own, self.settings,
                      rerank=(lambda q, v: self._rerank(q, v)) if live.lossy else None)
         if save:
-            live.save(self.folder)
+            live.save(self._own)
             self.calibrate(live)
         logger.info("%s: %s index over %d products built at generation %d", self.name, kind, n, gen)
         return live
@@ -358,9 +366,7 @@ class LocalStore:
         """The saved calibration, re-read when ``calibration.json`` is replaced (by another process too)."""
         from core.calibration import load_calibration
 
-        path = self.folder / CALIBRATION_JSON
-        if self.db.replaced():  # the folder holds a restored catalogue's now: keep this one's until reloaded
-            return self._calibration[1]
+        path = self._own / CALIBRATION_JSON
         try:
             st = path.stat()
             signature: object = (st.st_ino, st.st_mtime_ns, st.st_size)
@@ -368,7 +374,7 @@ class LocalStore:
             signature = None
         seen, cached = self._calibration
         if signature != seen:
-            cached = load_calibration(self.folder) if signature is not None else None
+            cached = load_calibration(self._own) if signature is not None else None
             self._calibration = (signature, cached)
         return cached
 
@@ -414,7 +420,7 @@ class LocalStore:
                         vectors, categories, rng, counts)
         cal = Calibration(image=image, text=text, head=self._head, index_built_at=live.info.built_at,
                           generation=live.generation, method=method, pairs=counts, fitted_at=now_iso())
-        save_calibration(self.folder, cal)
+        save_calibration(self._own, cal)
         logger.info("%s: calibration fitted (%s pairs, image midpoint %.3f%s)", self.name, method,
                     image.midpoint, f", text midpoint {text.midpoint:.3f}" if text else "")
         return cal
@@ -429,7 +435,7 @@ class LocalStore:
     def save_index(self) -> None:
         with self._index_lock:
             if self._index is not None:
-                self._index.save(self.folder)
+                self._index.save(self._own)
 
     def scan_vectors(self, batch: int = 50_000, *, clip: bool = False) -> Iterator[tuple[list[str], Embeddings]]:
         """Every product's (ids, vectors), ``batch`` at a time, over one consistent snapshot."""
@@ -444,6 +450,21 @@ class LocalStore:
 
     def close(self) -> None:
         self.db.close()
+
+
+def _pinned(folder: Path) -> tuple[Path, int | None]:
+    """A path that names ``folder``'s directory itself, whatever is renamed over its name later (Linux:
+    /proc/self/fd/<a descriptor of it>, with that descriptor, to keep open while the path is used);
+    elsewhere the folder itself."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except (OSError, AttributeError):
+        return folder, None
+    pinned = Path(f"/proc/self/fd/{fd}")
+    if not pinned.is_dir():
+        os.close(fd)
+        return folder, None
+    return pinned, fd
 
 
 def _first_seen(vids: np.ndarray) -> np.ndarray:

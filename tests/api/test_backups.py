@@ -200,6 +200,10 @@ def test_a_store_open_during_a_restore_keeps_reading_the_old_catalogue_whole_and
     vector = serving.vectors(["S1001"], clip=True)[0]
     with pytest.raises(CatalogueReplacedError, match="restored from a backup"):  # it would be lost: not acked
         serving.upsert([ProductVector(Product(id="LATE", title="late"), clip=vector)])
+    restored_index = (settings.models_dir / "shirts" / "index.json").read_bytes()
+    with pytest.raises((OSError, RuntimeError)):  # a late save (a compaction) goes to its own folder: gone
+        serving.save_index()
+    assert (settings.models_dir / "shirts" / "index.json").read_bytes() == restored_index
     serving.close()
     restored = _catalogue(settings, "shirts")
     assert "NEW-ONLY" in restored[1] and "LATE" not in restored[1]
