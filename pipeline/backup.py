@@ -55,6 +55,7 @@ BUILD_DB = "build.db"
 HEAD = "head.safetensors"
 INPUTS = ("model.json", "products.csv")  # from data/<m>/
 _ATTEMPTS = 3
+CORRUPT = "checksum mismatch: the file is corrupt or was changed after the backup"
 Say = Callable[[str], None]
 
 
@@ -296,6 +297,14 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         if size != int(entry["bytes"]):
             raise BackupError(folder / name, f"truncated or changed: {size} bytes, the manifest says {entry['bytes']}")
     return manifest
+
+
+def verify(folder: Path, manifest: dict[str, Any], names: list[str]) -> None:
+    """Check the SHA-256 of those of ``names`` the manifest lists (BackupError naming the first that differs)."""
+    for name in names:
+        entry = manifest["files"].get(name)
+        if entry is not None and sha256_file(folder / name) != entry["sha256"]:
+            raise BackupError(folder / name, CORRUPT)
 
 
 def list_backups(root: Path, model: str | None = None) -> list[dict[str, Any]]:

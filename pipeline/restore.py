@@ -39,8 +39,8 @@ from core.head import load_head
 from core.model_config import BUILTIN_MODELS, ModelSpec, read_model_json, spec_from_json, validate_model_name
 from core.sqlite_db import Database
 from core.types import PhaseName, StoreKind
-from pipeline.backup import (BUILD_DB, CATALOGUE, HEAD, MANIFEST, Say, _quiet, checkpoint_name, list_backups,
-                             read_manifest)
+from pipeline.backup import (BUILD_DB, CATALOGUE, CORRUPT, HEAD, INPUTS, MANIFEST, Say, _quiet, checkpoint_name,
+                             list_backups, read_manifest, verify)
 from utils.atomic import exchange, fsync_dir
 
 logger = logging.getLogger(__name__)
@@ -100,6 +100,8 @@ def restore_backup(settings: Settings, path: Path, *, model: str | None = None, 
         raise BackupError(folder, f"is a backup of {manifest['model']!r}, not {model!r} (restore it under another "
                                   f"name with --as {model})")
     target = validate_model_name(name or str(manifest["model"]))
+    # the small files now (what they say decides the target); the large ones as they are copied
+    verify(folder, manifest, [*INPUTS, *(checkpoint_name(p) for p in PhaseName)])
     spec, model_json = _target_spec(settings, folder, target, store)
     kind = spec.store_for(settings)
     models = spec.paths(settings).models
@@ -291,7 +293,7 @@ def _copy_checked(folder: Path, name: str, entry: dict[str, Any], out: Path) -> 
         dst.flush()
         os.fsync(dst.fileno())
     if digest.hexdigest() != entry["sha256"]:
-        raise BackupError(source, "checksum mismatch: the file is corrupt or was changed after the backup")
+        raise BackupError(source, CORRUPT)
 
 
 def _check_catalogue(staged: Path, shown: Path, manifest: dict[str, Any]) -> None:
