@@ -49,10 +49,14 @@ def write(settings: Settings, model: str, stop: Path, dim: int) -> dict[str, Any
 
 
 def during(writes: list[list[float]], start: float, end: float) -> dict[str, Any]:
-    """The writes committed while the backup ran: how many, their commit latency, the generations around it."""
-    inside = [w for w in writes if start <= w[0] <= end]
-    return {"during": len(inside), **(percentiles([w[1] for w in inside]) if inside else {"p50_ms": None,
-                                                                                           "p99_ms": None}),
+    """The writes committed while the backup ran (how many, their commit latency) beside those committed
+    before it started (the baseline: the same writer, no backup), and the generations around it."""
+    inside = [w[1] for w in writes if start <= w[0] <= end]
+    before = [w[1] for w in writes if w[0] < start]
+    none = {"p50_ms": None, "p99_ms": None}
+    base = percentiles(before) if before else none
+    return {"during": len(inside), **(percentiles(inside) if inside else none), "before": len(before),
+            "before_p50_ms": base["p50_ms"], "before_p99_ms": base["p99_ms"],
             "first_generation": writes[0][2], "last_generation": writes[-1][2]}
 
 

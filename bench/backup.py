@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
                                   env=env, cwd=REPO, stdout=subprocess.PIPE, text=True)
         while not (work / "stop-writing.ready").exists():  # the writer has committed its first writes
             time.sleep(0.1)
+        time.sleep(5)  # a few seconds of writes without a backup: the baseline of their latency
         print("backup: while a writer commits one-product upserts", file=sys.stderr)
         backup = _run([*step, "backup", "--out", str(work / "backups")], env)
         stop.touch()
@@ -78,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
                                                                                          build["build_s"], 4),
               "restore_vs_rebuild": round(restore["seconds"] / build["build_s"], 4),
               "writes_during_backup": writes["during"], "write_p50_ms": writes["p50_ms"],
-              "write_p99_ms": writes["p99_ms"], "backup_generation_inside_writes": consistent,
+              "write_p99_ms": writes["p99_ms"], "writes_before_backup": writes["before"],
+              "write_before_p50_ms": writes["before_p50_ms"], "write_before_p99_ms": writes["before_p99_ms"],
+              "backup_generation_inside_writes": consistent,
               "restored_products": restore["products"], "load_average": os.getloadavg()}
     rows = [("rebuild from stored vectors (write + index)", f"{build['build_s']:.1f} s",
              f"{build['build_peak_rss_mb']:.0f} MB"),
@@ -88,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<45} {seconds:>10} {rss:>10}")
     print(f"backup / rebuild {result['backup_vs_rebuild']:.3f}, restore / rebuild {result['restore_vs_rebuild']:.3f}; "
           f"{writes['during']} one-product writes committed during the backup (p50 {writes['p50_ms']} ms, p99 "
-          f"{writes['p99_ms']} ms); backup generation inside them: {consistent}")
+          f"{writes['p99_ms']} ms; before it, {writes['before']} writes: p50 {writes['before_p50_ms']} ms, p99 "
+          f"{writes['before_p99_ms']} ms); backup generation inside them: {consistent}")
     print(json.dumps(result))
     return 0 if consistent and restore["products"] == backup["products"] else 1
 
