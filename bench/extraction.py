@@ -12,8 +12,9 @@ IMAGESEARCH_BENCH_MODEL names a real checkpoint) and the same photo-like 1000x80
   decode, resize and crop in PIL, uint8 to the device, normalised there, the same model and dtype);
 - naive: CLIPProcessor + the fp32 model, batch 16 (64 on a GPU), on the first --naive-images JPEGs.
 
-Then, with the tiny CLIP (model cost near zero), the extraction and download phases on every core
-against one thread (preprocess_scaling, download_scaling). Medians of --repeats rounds, the paths
+Then, with the tiny CLIP (model cost near zero), the extraction phase's preprocessing and the download
+phase on every core against one worker (preprocess_scaling, download_scaling; the whole extraction
+phase's ratio too). Medians of --repeats rounds, the paths
 interleaved within each round. Prints a table and ends with one JSON line.
 """
 
@@ -316,24 +317,47 @@ def bench_model(shape: str, files: list[Path], work: Path, args: argparse.Namesp
             "ceiling_by_batch": by_batch}
 
 
+def _preprocessing(cat: Catalogue, workers: int) -> Callable[[], float]:
+    """Seconds the extraction phase's preprocessing (``Preprocessor`` over the cache, pool start included) takes
+    for every cached image of ``cat``, with ``workers`` workers."""
+    from pipeline.preprocess import Preprocessor
+
+    cache = cat.paths.image_cache
+    items: list[tuple[str, Path | bytes]] = [(str(p.relative_to(cache)), p) for p in sorted(cache.rglob("*.jpg"))]
+    batch = cat.settings.batch_size or cat.encoder.default_batch
+
+    def run() -> float:
+        start = time.perf_counter()
+        with Preprocessor[None](cat.encoder, workers) as pre:
+            for _ in pre.map((items[i:i + batch], None) for i in range(0, len(items), batch)):
+                pass
+        return time.perf_counter() - start
+
+    return run
+
+
 def bench_scaling(files: list[Path], work: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """The tiny CLIP's extraction and download phases on every core against one thread."""
+    """The tiny CLIP's extraction preprocessing and download phase on every core against one worker (and the
+    whole extraction phase, which adds the model and the store's writes)."""
     from utils.tiny_clip import write_tiny_clip
 
     cat = Catalogue(work / "root-scaling", files, write_tiny_clip(work / "tiny"), args.device)
     one = cat.variant(preprocess_workers=1, download_workers=1)
     extraction_all, extraction_one = cat.cached(), one.cached()
-    extraction_all(), extraction_one()  # warm-up
-    times: dict[str, list[float]] = {k: [] for k in ("ext_all", "ext_one", "dl_all", "dl_one")}
+    pre_all, pre_one = _preprocessing(cat, CORES), _preprocessing(cat, 1)
+    extraction_all(), extraction_one(), pre_all(), pre_one()  # warm-up
+    runs = {"pre_all": pre_all, "pre_one": pre_one, "ext_all": extraction_all, "ext_one": extraction_one,
+            "dl_all": cat.download, "dl_one": one.download}
+    times: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(args.repeats):
-        times["ext_all"].append(extraction_all())
-        times["ext_one"].append(extraction_one())
-        times["dl_all"].append(cat.download())
-        times["dl_one"].append(one.download())
+        for key, run in runs.items():
+            times[key].append(run())
     rates = {k: _median_rate(v, len(files)) for k, v in times.items()}
-    return {"images": len(files), "extraction_all": rates["ext_all"], "extraction_one": rates["ext_one"],
+    return {"images": len(files), "preprocess_all": rates["pre_all"], "preprocess_one": rates["pre_one"],
+            "extraction_all": rates["ext_all"], "extraction_one": rates["ext_one"],
             "download_all": rates["dl_all"], "download_one": rates["dl_one"],
-            "preprocess_scaling": rates["ext_all"] / rates["ext_one"],
+            "preprocess_scaling": rates["pre_all"] / rates["pre_one"],
+            "extraction_scaling": rates["ext_all"] / rates["ext_one"],
             "download_scaling": rates["dl_all"] / rates["dl_one"]}
 
 
@@ -365,11 +389,13 @@ def _table(results: list[dict[str, Any]], scaling: dict[str, Any] | None, args: 
             lines.append(f"model only by batch, {r['model']}: " + ", ".join(
                 f"{b}: {v:,.0f}" for b, v in r["ceiling_by_batch"].items()))
     if scaling:
-        lines += ["", f"tiny CLIP, {scaling['images']} images, every core vs one thread: extraction "
-                      f"{scaling['extraction_all']:,.0f} vs {scaling['extraction_one']:,.0f} images/s "
-                      f"(preprocess_scaling {scaling['preprocess_scaling']:.2f}x); download "
-                      f"{scaling['download_all']:,.0f} vs {scaling['download_one']:,.0f} images/s "
-                      f"(download_scaling {scaling['download_scaling']:.2f}x)"]
+        lines += ["", f"tiny CLIP, {scaling['images']} images, {CORES} workers vs one (images/s):",
+                  f"- extraction's preprocessing {scaling['preprocess_all']:,.0f} vs "
+                  f"{scaling['preprocess_one']:,.0f}: preprocess_scaling {scaling['preprocess_scaling']:.2f}x",
+                  f"- download phase {scaling['download_all']:,.0f} vs {scaling['download_one']:,.0f}: "
+                  f"download_scaling {scaling['download_scaling']:.2f}x",
+                  f"- whole extraction phase {scaling['extraction_all']:,.0f} vs {scaling['extraction_one']:,.0f}: "
+                  f"{scaling['extraction_scaling']:.2f}x"]
     return "\n".join(lines)
 
 
@@ -392,7 +418,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--naive-images", type=int, help="JPEGs the naive script embeds (default 64 on cpu, 512 "
                                                          "on cuda; its rate is scaled to the whole set)")
     parser.add_argument("--scaling-images", type=int, help="JPEGs for the tiny CLIP's scaling runs "
-                                                           "(default 256 on cpu, 2048 on cuda; 0 skips them)")
+                                                           "(default 512 on cpu, 1024 on cuda; 0 skips them)")
     parser.add_argument("--ceiling-batches", help="batch sizes for a model-only sweep (default: none on cpu, "
                                                   "64,128,256,512 on cuda)")
     args = parser.parse_args(argv)
@@ -402,8 +428,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     if unknown := set(args.models) - set(NAMES):
         parser.error(f"unknown model {sorted(unknown)}; choose from {', '.join(NAMES)}")
     args.naive_images = min(args.images, args.naive_images or (512 if cuda else 64))
-    args.scaling_images = min(args.images, 2048 if cuda else 256) if args.scaling_images is None else min(
-        args.images, args.scaling_images)
+    args.scaling_images = (1024 if cuda else 512) if args.scaling_images is None else args.scaling_images
     args.ceiling_batches = [int(b) for b in (args.ceiling_batches or ("64,128,256,512" if cuda else "")).split(",")
                             if b]
     return args
@@ -419,13 +444,14 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     with tempfile.TemporaryDirectory(prefix="imagesearch-bench-") as tmp_name:
         work = Path(tmp_name)
-        files = photo_jpegs(work / "raw", args.images)
-        _progress(f"{len(files)} JPEGs made")
+        every = photo_jpegs(work / "raw", max(args.images, args.scaling_images))
+        files = every[:args.images]
+        _progress(f"{len(every)} JPEGs made")
         results = []
         for shape in args.models:
             results.append(bench_model(shape, files, work, args))
             _progress(f"{NAMES[shape]}: {json.dumps(_rounded(results[-1]))}")
-        scaling = bench_scaling(files[:args.scaling_images], work, args) if args.scaling_images else None
+        scaling = bench_scaling(every[:args.scaling_images], work, args) if args.scaling_images else None
     print(_table(results, scaling, args, len(files)))
     first = results[0]
     summary = {"benchmark": "extraction", "device": args.device, "cores": CORES, "images": len(files),
