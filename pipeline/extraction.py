@@ -99,16 +99,16 @@ class _Embedder:
         done = 0
         pending: Future[None] | None = None
         with Preprocessor[list[list[StagedProduct]]](encoder, worker_count(settings.preprocess_workers),
-                                                     ahead=_AHEAD) as pre, \
+                                                     policy=settings.image_policy, ahead=_AHEAD) as pre, \
                 ThreadPoolExecutor(max_workers=1, thread_name_prefix="upsert") as writer:
             for batch, chunks in pre.map(self._batches(settings.batch_size or encoder.default_batch)):
-                for rel, why in batch.failed:
-                    logger.warning("%s: cached image %s unreadable: %s", self.ctx.model, rel, why)
-                    self.failed["unreadable cached image"] += 1
+                for rel, reason, why in batch.failed:
+                    logger.warning("%s: cached image %s left out: %s", self.ctx.model, rel, why)
+                    self.failed[reason] += 1
                 if batch.staged is not None:  # committed batch by batch: a kill redoes only the batch in flight
                     self.state.save_views(self.key, batch.keys, encoder.encode_staged(batch.staged))
                     done += len(batch.keys)
-                self.queued.difference_update([*batch.keys, *(rel for rel, _ in batch.failed)])
+                self.queued.difference_update([*batch.keys, *(rel for rel, _, _ in batch.failed)])
                 self.bar.update(len(batch.keys) + len(batch.failed))
                 if chunks:  # every view of these products is committed: upsert them beside the next batches
                     if pending is not None:

@@ -31,6 +31,9 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 
 import numpy as np
 
+from utils.image_shape import ShapePolicy
+from utils.images import ImageDecodeError
+
 if TYPE_CHECKING:
     from core.encoder import ClipEncoder, Staged, View
 
@@ -65,32 +68,38 @@ def _tied_to(parent: int) -> None:
         os._exit(1)
 
 
+Failure = tuple[str, str, str]  # (key, reason label for the report, message)
+
+
 @dataclass
 class Prepared:
     """One batch, preprocessed: the keys that decoded (in order), their staged pixels, and the keys that did
-    not, each with the reason."""
+    not, each with why."""
 
     keys: list[str] = field(default_factory=list)
     staged: Staged | None = None
-    failed: list[tuple[str, str]] = field(default_factory=list)
+    failed: list[Failure] = field(default_factory=list)
 
 
 @dataclass
 class _Chunk:
     keys: list[str]
     pixels: list[np.ndarray]
-    failed: list[tuple[str, str]]
+    failed: list[Failure]
 
 
-def load_chunk(view: View, items: Sequence[Item]) -> _Chunk:
-    """Runs in a worker: each item's uint8 pixels (numpy only: a forked child of a process holding torch must not
-    touch torch)."""
+def load_chunk(view: View, policy: ShapePolicy | None, items: Sequence[Item]) -> _Chunk:
+    """Runs in a worker: each item's uint8 pixels (numpy and PIL only: a forked child of a process holding torch
+    must not touch torch). An image that breaks ``policy`` (a copy cached before it) or does not decode is left
+    out, with the reason."""
     out = _Chunk([], [], [])
     for key, source in items:
         try:
-            out.pixels.append(view.load(io.BytesIO(source) if isinstance(source, bytes) else source))
+            out.pixels.append(view.load(io.BytesIO(source) if isinstance(source, bytes) else source, policy))
+        except ImageDecodeError as exc:
+            out.failed.append((key, exc.reason, str(exc)))
         except Exception as exc:  # a damaged cache file is reported and left out; the rest goes on
-            out.failed.append((key, str(exc) or type(exc).__name__))
+            out.failed.append((key, "unreadable cached image", str(exc) or type(exc).__name__))
         else:
             out.keys.append(key)
     return out
@@ -100,8 +109,9 @@ class Preprocessor(Generic[T]):
     """A pool of ``workers`` preprocessing processes (threads when ``processes`` is false) for one encoder; use
     as a context manager."""
 
-    def __init__(self, encoder: ClipEncoder, workers: int, *, ahead: int = 2, processes: bool = True) -> None:
-        self.encoder, self.view = encoder, encoder.view
+    def __init__(self, encoder: ClipEncoder, workers: int, *, policy: ShapePolicy | None = None, ahead: int = 2,
+                 processes: bool = True) -> None:
+        self.encoder, self.view, self.policy = encoder, encoder.view, policy
         self.workers, self.ahead = max(1, workers), ahead
         self._pool = process_pool(self.workers) if processes else ThreadPoolExecutor(
             max_workers=self.workers, thread_name_prefix="preprocess")
@@ -137,7 +147,7 @@ class Preprocessor(Generic[T]):
 
     def _submit(self, items: Sequence[Item]) -> Future[Prepared]:
         size = max(1, min(_CHUNK, math.ceil(len(items) / self.workers)))  # every worker gets a share of a batch
-        chunks = [self._pool.submit(load_chunk, self.view, items[i:i + size])
+        chunks = [self._pool.submit(load_chunk, self.view, self.policy, items[i:i + size])
                   for i in range(0, len(items), size)]
         return self._stager.submit(self._gather, chunks)
 

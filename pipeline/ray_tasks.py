@@ -109,6 +109,7 @@ class Embedder:
         from pipeline.preprocess import Preprocessor
 
         self.encoder: ClipEncoder | None = None
+        self.policy = settings.image_policy
         self.fatal = ""
         try:
             self.encoder = ClipEncoder(backbone, device=settings.device, precision=settings.precision, threads=threads)
@@ -116,7 +117,8 @@ class Embedder:
             # batch carries it instead, and the driver raises it as itself (e.g. the backbone did not load)
             self.fatal = FATAL + json.dumps({"type": type(exc).__name__, "message": exc.message})
         else:
-            self.pre = Preprocessor[None](self.encoder, workers, processes=False)  # Ray's workers must not fork
+            # the local executor's preprocessing (on threads: Ray's workers must not fork)
+            self.pre = Preprocessor[None](self.encoder, workers, policy=self.policy, processes=False)
 
     def __call__(self, batch: Batch) -> Batch:
         n = len(batch["cache"])
@@ -124,7 +126,7 @@ class Embedder:
             return {"cache": batch["cache"], "vector": np.zeros((n, 1), np.float32), "error": _column([self.fatal] * n)}
         errors = [str(e) for e in batch["error"]]
         prepared = self.pre.batch([(str(i), bytes(jpeg)) for i, jpeg in enumerate(batch["jpeg"]) if not errors[i]])
-        for key, why in prepared.failed:
+        for key, _, why in prepared.failed:
             errors[int(key)] = why
         vectors = np.zeros((n, self.encoder.dim), dtype=np.float32)
         if prepared.staged is not None:
