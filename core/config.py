@@ -34,8 +34,9 @@ class Settings(BaseSettings):
     torch_threads: int = Field(0, ge=0, le=256, description="torch intra-op threads (0 = all cores)")
     batch_size: int = Field(0, ge=0, le=4096, description="images per forward pass in extraction "
                                                           "(0 = by device: 32 on a CPU, 256 on a GPU)")
-    preprocess_workers: int = Field(0, ge=0, le=256, description="threads decoding and resizing images in the "
-                                                                 "download and extraction phases (0 = one per core)")
+    preprocess_workers: int = Field(0, ge=0, le=256, description="worker processes decoding and resizing images "
+                                                                 "in the download and extraction phases "
+                                                                 "(0 = one per core)")
 
     # download
     download_workers: int = Field(8, ge=1, le=128, description="concurrent image downloads")
