@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 
 from core.config import PROJECT_ROOT, Settings
-from core.errors import BuildInProgressError, JobNotFoundError
+from core.errors import BackupInProgressError, BuildInProgressError, JobNotFoundError
 from core.jobs import Job, JobKind, JobStatus, JobStore
 
 from api.job_worker import SETTINGS_ENV
@@ -24,6 +24,7 @@ from api.job_worker import SETTINGS_ENV
 logger = logging.getLogger(__name__)
 
 _ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELLING)
+_EXCLUSIVE = (JobKind.REBUILD, JobKind.EMBED)  # jobs that write the catalogue: one per model at a time
 
 
 def _alive_worker(pid: int | None, task_id: str) -> bool:
@@ -64,7 +65,9 @@ class JobManager:
     def submit(self, kind: JobKind, model: str, params: dict[str, object]) -> Job:
         with self._lock:
             busy = [j for j in self.store.recent(limit=1000, statuses=_ACTIVE) if j.model == model]
-            if kind != JobKind.EVALUATE and any(j.kind != JobKind.EVALUATE for j in busy):
+            if kind == JobKind.BACKUP and any(j.kind == JobKind.BACKUP for j in busy):
+                raise BackupInProgressError(model)  # a backup reads while others write: only one at a time
+            if kind in _EXCLUSIVE and any(j.kind in _EXCLUSIVE for j in busy):
                 raise BuildInProgressError(model)  # one build (or embedding) per model, queued or running
             return self.store.create(kind, model, params)
 
@@ -144,7 +147,7 @@ class JobManager:
             running.add(job.model)
 
     def _spawn(self, job: Job) -> None:
-        env = {**os.environ, SETTINGS_ENV: self.settings.model_dump_json(exclude={"api_key"})}
+        env = {**os.environ, SETTINGS_ENV: self.settings.model_dump_json(exclude={"api_key", "api_keys"})}
         proc = subprocess.Popen([sys.executable, "-m", "api.job_worker", str(self.store.path), job.task_id],
                                 cwd=PROJECT_ROOT, env=env, start_new_session=True,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

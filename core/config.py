@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.errors import ConfigError
@@ -119,7 +119,14 @@ class Settings(BaseSettings):
     seed: int = Field(0, ge=0, description="seed for sampling, splits and training")
 
     # API / UI
-    api_key: str | None = Field(None, description="key for admin routes (header X-API-Key); unset disables them")
+    api_key: str | None = Field(None, description="an admin key for every admin route (header X-API-Key); with "
+                                                  "no key configured at all, admin routes are disabled")
+    api_keys: list[dict[str, Any]] = Field(
+        default_factory=list, description="more keys, as JSON: [{\"name\": ..., \"scopes\": [\"write:shoes\"], "
+                                          "\"sha256\": <the key's SHA-256>}] (never the key itself)")
+    api_keys_file: Path | None = Field(None, description="the keys file run_keys.py manages, re-read when it changes "
+                                                         "(default: checkpoints/api_keys.json)")
+    backup_dir: Path | None = Field(None, description="where backups go by default (default: backups/ under the root)")
     max_upload_bytes: int = Field(10_000_000, ge=1024, description="largest upload accepted by the API, bytes")
     api_url: str = Field("http://127.0.0.1:8000", description="where the UI finds the API")
 
@@ -174,6 +181,28 @@ class Settings(BaseSettings):
     @property
     def jobs_path(self) -> Path:
         return self.checkpoints_dir / "jobs.db"
+
+    @property
+    def keys_path(self) -> Path:
+        return self._under_root(self.api_keys_file) or self.checkpoints_dir / "api_keys.json"
+
+    @property
+    def backups_dir(self) -> Path:
+        return self._under_root(self.backup_dir) or self.root / "backups"
+
+    def _under_root(self, path: Path | None) -> Path | None:
+        return None if path is None else path if path.is_absolute() else self.root / path
+
+    @field_validator("api_keys")
+    @classmethod
+    def _check_keys(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        from core.keys import parse_keys
+
+        try:
+            parse_keys(value, "keys")
+        except ConfigError as exc:
+            raise ValueError(exc.message) from None
+        return value
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -211,6 +211,28 @@ class StoreUnavailableError(StoreError):
         self.model = ""
 
 
+class CatalogueReplacedError(StoreError):
+    """The model's catalogue was replaced (restored from a backup) under this process: what it holds is the
+    old one, which it serves until it reloads the new one (within a second); a write to it is refused."""
+
+    retry_after = 1
+
+    def __init__(self, model: str) -> None:
+        super().__init__(model, "the catalogue was just restored from a backup and is being reloaded; "
+                                "nothing was changed: retry in a moment")
+
+
+class BackupError(ImageSearchError):
+    """A backup cannot be used (missing, incomplete, corrupt or truncated file), named in the message."""
+
+    status_code = 400
+
+    def __init__(self, path: object, reason: str) -> None:
+        super().__init__(f"backup refused: {path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
 class StorageFullError(StoreError):
     """The disk holding the catalogue is full: the write was rolled back, nothing else changed."""
 
@@ -224,6 +246,16 @@ class BuildInProgressError(ImageSearchError):
 
     def __init__(self, model: str) -> None:
         super().__init__(f"model {model!r}: another build of this model is running; wait for it to finish")
+        self.model = model
+
+
+class BackupInProgressError(ImageSearchError):
+    """A backup of the model is already queued or running."""
+
+    status_code = 409
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"model {model!r}: a backup of this model is already queued or running; see GET /jobs")
         self.model = model
 
 

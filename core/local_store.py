@@ -9,7 +9,9 @@ by :meth:`LocalStore.refresh`.
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from core.ann import (INDEX_JSON, RERANK_FACTOR, LiveIndex, build, choose_index_
                       train_size, tune)
 from core.calibration import CALIBRATION_JSON, Calibration, TextEncoder, stale
 from core.config import Settings
-from core.errors import StoreError
+from core.errors import CatalogueReplacedError, StoreError
 from core.head import ProjectionHead
 from core.sqlite_db import Database
 from core.sqlite_store import SCHEMA, ProductTable, store_path
@@ -45,6 +47,12 @@ class LocalStore:
         self.settings = settings
         self._index_type = index_type or settings.index_type
         self.db = Database(store_path(self.folder), SCHEMA, self.name)
+        # the folder this store opened, by a file descriptor: if a restore swaps another folder in under the
+        # name, what this store still writes (a compaction's index, a calibration) lands in its own folder,
+        # never in the restored model's
+        self._own, fd = _pinned(self.folder)
+        if fd is not None:
+            weakref.finalize(self, os.close, fd)  # the descriptor lives as long as this store
         self.table = ProductTable(self.db)
         self._index: LiveIndex | None = None
         self._index_lock = threading.RLock()  # serialises index maintenance (apply, rebuild), not searches
@@ -97,19 +105,30 @@ class LocalStore:
     def changes_since(self, generation: int) -> Changes:
         return self.table.changes_since(generation)
 
+    def replaced(self) -> bool:
+        """True once a restore has put another catalogue in this store's folder (reload the model)."""
+        return self.db.replaced()
+
+    def _written(self) -> None:
+        """After a commit: a write that landed in a catalogue a restore has just replaced is lost with it, so
+        it must not be acknowledged."""
+        if self.db.replaced():
+            raise CatalogueReplacedError(self.name)
+        self.refresh()
+
     # --- protocol: writes ------------------------------------------------------------------------
     def upsert(self, items: Sequence[ProductVector], *, keep_api: bool = False) -> int:
         with self.db.write() as conn:
             gen = self.table.bump(conn)
             written = self.table.upsert(conn, gen, items, keep_api=keep_api)
-        self.refresh()
+        self._written()
         return written
 
     def delete(self, ids: Sequence[str]) -> int:
         with self.db.write() as conn:
             gen = self.table.bump(conn)
             removed = self.table.delete(conn, gen, ids)
-        self.refresh()
+        self._written()
         return removed
 
     def delete_missing(self, keep: Iterator[str] | None, *, sources: Sequence[Source]) -> int:
@@ -120,7 +139,7 @@ class LocalStore:
                 gen = self.table.bump(conn)
                 self.table.delete(conn, gen, doomed)
         if doomed:
-            self.refresh()
+            self._written()
         return len(doomed)
 
     def reproject(self, head: ProjectionHead | None) -> int:
@@ -147,7 +166,7 @@ class LocalStore:
             if changed:
                 # a saved index of an earlier head (head A -> B -> A) would pass the head check and then
                 # "catch up" by adding every re-projected row again: duplicates. It is stale either way.
-                (self.folder / INDEX_JSON).unlink(missing_ok=True)
+                (self._own / INDEX_JSON).unlink(missing_ok=True)
         return gen
 
     # --- protocol: search ------------------------------------------------------------------------
@@ -256,10 +275,10 @@ class LocalStore:
             return live
 
     def _load_saved(self) -> LiveIndex | None:
-        if not (self.folder / INDEX_JSON).is_file():
+        if not (self._own / INDEX_JSON).is_file():
             return None
         try:
-            live = LiveIndex.load(self.folder)
+            live = LiveIndex.load(self._own)
         except Exception as exc:  # FAISS raises RuntimeError on a torn file; JSON ValueError
             logger.warning("%s: saved index unreadable (%s): rebuilding it from the store", self.name, exc)
             return None
@@ -336,7 +355,7 @@ class LocalStore:
                 tune(live, queries, truth, own, self.settings,
                      rerank=(lambda q, v: self._rerank(q, v)) if live.lossy else None)
         if save:
-            live.save(self.folder)
+            live.save(self._own)
             self.calibrate(live)
         logger.info("%s: %s index over %d products built at generation %d", self.name, kind, n, gen)
         return live
@@ -347,7 +366,7 @@ class LocalStore:
         """The saved calibration, re-read when ``calibration.json`` is replaced (by another process too)."""
         from core.calibration import load_calibration
 
-        path = self.folder / CALIBRATION_JSON
+        path = self._own / CALIBRATION_JSON
         try:
             st = path.stat()
             signature: object = (st.st_ino, st.st_mtime_ns, st.st_size)
@@ -355,7 +374,7 @@ class LocalStore:
             signature = None
         seen, cached = self._calibration
         if signature != seen:
-            cached = load_calibration(self.folder) if signature is not None else None
+            cached = load_calibration(self._own) if signature is not None else None
             self._calibration = (signature, cached)
         return cached
 
@@ -401,7 +420,7 @@ class LocalStore:
                         vectors, categories, rng, counts)
         cal = Calibration(image=image, text=text, head=self._head, index_built_at=live.info.built_at,
                           generation=live.generation, method=method, pairs=counts, fitted_at=now_iso())
-        save_calibration(self.folder, cal)
+        save_calibration(self._own, cal)
         logger.info("%s: calibration fitted (%s pairs, image midpoint %.3f%s)", self.name, method,
                     image.midpoint, f", text midpoint {text.midpoint:.3f}" if text else "")
         return cal
@@ -416,7 +435,7 @@ class LocalStore:
     def save_index(self) -> None:
         with self._index_lock:
             if self._index is not None:
-                self._index.save(self.folder)
+                self._index.save(self._own)
 
     def scan_vectors(self, batch: int = 50_000, *, clip: bool = False) -> Iterator[tuple[list[str], Embeddings]]:
         """Every product's (ids, vectors), ``batch`` at a time, over one consistent snapshot."""
@@ -431,6 +450,21 @@ class LocalStore:
 
     def close(self) -> None:
         self.db.close()
+
+
+def _pinned(folder: Path) -> tuple[Path, int | None]:
+    """A path that names ``folder``'s directory itself, whatever is renamed over its name later (Linux:
+    /proc/self/fd/<a descriptor of it>, with that descriptor, to keep open while the path is used);
+    elsewhere the folder itself."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except (OSError, AttributeError):
+        return folder, None
+    pinned = Path(f"/proc/self/fd/{fd}")
+    if not pinned.is_dir():
+        os.close(fd)
+        return folder, None
+    return pinned, fd
 
 
 def _first_seen(vids: np.ndarray) -> np.ndarray:

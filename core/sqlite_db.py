@@ -3,14 +3,19 @@ WAL, a connection per thread for readers, one serialised writer, and disk-full a
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import TypeVar
 
-from core.errors import StorageFullError, StoreError
+from core.errors import CatalogueReplacedError, StorageFullError, StoreError
+
+T = TypeVar("T")
+_BACKUP_PAGES = 4096  # pages per backup step (32 MB at 8 KiB pages)
 
 _BUSY_TIMEOUT_MS = 60_000  # a pipeline batch may hold the write lock for a while; edits wait, not fail
 
@@ -20,10 +25,22 @@ def _is_full(exc: sqlite3.Error) -> bool:
     return "full" in text or "no space" in text or getattr(exc, "sqlite_errorcode", 0) == 13
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
 class Database:
     """One SQLite file. Readers get a connection of their own thread (WAL: they never wait for the
     writer); writes go through :meth:`write`, one transaction at a time in this process, and SQLite's
-    file lock (``BEGIN IMMEDIATE``) serialises them with other processes."""
+    file lock (``BEGIN IMMEDIATE``) serialises them with other processes.
+
+    The file it opened is remembered: once a restore has put another file at the path (a folder swapped
+    in), :meth:`replaced` says so and no new connection is opened onto the new file, so this process keeps
+    reading one catalogue - the old one, through its open connections - until it reloads the model."""
 
     def __init__(self, path: Path, schema: str, name: str = "") -> None:
         self.path = Path(path)
@@ -34,12 +51,24 @@ class Database:
         self._writer: sqlite3.Connection | None = None
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
+        self.identity: tuple[int, int] | None = None
         with self._write_lock:
-            self._writer = self._connect()
+            for _ in range(3):  # a restore swapping the file in while it opens: open the one now there
+                before = _identity(self.path)
+                writer = self._connect()
+                self.identity = _identity(self.path)
+                if before is None or before == self.identity:
+                    break
+                self._discard(writer)
+            self._writer = writer
             try:
-                self._writer.executescript(schema)  # CREATE ... IF NOT EXISTS: idempotent across processes
+                writer.executescript(schema)  # CREATE ... IF NOT EXISTS: idempotent across processes
             except sqlite3.Error as exc:
                 raise self._error(exc, "set-up") from None
+
+    def replaced(self) -> bool:
+        """True when the file at the path is no longer the one this database opened (a restore swapped it)."""
+        return self.identity is not None and _identity(self.path) != self.identity
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -54,6 +83,9 @@ class Database:
             conn.execute("PRAGMA cache_size=-65536")  # 64 MB page cache per connection
         except sqlite3.Error as exc:
             raise self._error(exc, "open") from None
+        if self.identity is not None and _identity(self.path) != self.identity:
+            conn.close()  # a connection onto the restored file beside the old one's index: serve neither half
+            raise CatalogueReplacedError(self.name)
         with self._connections_lock:
             self._connections.append(conn)
         return conn
@@ -76,6 +108,28 @@ class Database:
         finally:
             conn.rollback()
             self._discard(conn)
+
+    def backup(self, target: Path, read: Callable[[sqlite3.Connection], T],
+               progress: Callable[[int, int], None] | None = None) -> T:
+        """Copy the database to ``target`` (a new file) with SQLite's online backup API, a few thousand pages a
+        step, while other connections and processes go on reading and writing. The copy is of one
+        generation: it runs inside one read transaction (WAL: writers never wait for it, and it never
+        restarts), and ``read`` runs in that same transaction, so what it returns (the generation, counts)
+        describes the copy exactly."""
+        source = self._connect()
+        dest = sqlite3.connect(target, isolation_level=None)
+        try:
+            source.execute("BEGIN")
+            found = read(source)  # the read transaction's snapshot starts here; the backup steps share it
+            source.backup(dest, pages=_BACKUP_PAGES, sleep=0,
+                          progress=(lambda _s, left, total: progress(total - left, total)) if progress else None)
+            source.rollback()
+        except sqlite3.Error as exc:
+            raise self._error(exc, "backup") from None
+        finally:
+            dest.close()
+            self._discard(source)
+        return found
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:

@@ -103,8 +103,9 @@ class ProductTable:
         return gen
 
     def upsert(self, conn: sqlite3.Connection, gen: int, items: Sequence[ProductVector], *,
-               keep_api: bool) -> int:
-        """Write ``items``; returns how many rows changed. Unchanged digests are skipped."""
+               keep_api: bool, keep_time: bool = False) -> int:
+        """Write ``items``; returns how many rows changed. Unchanged digests are skipped. ``keep_time`` keeps
+        each product's own ``updated_at`` (a copy of another store), else it is now."""
         ids = [it.product.id for it in items]
         current: dict[str, tuple[int, str, str]] = {}
         for chunk in _chunks(ids):
@@ -122,7 +123,8 @@ class ProductTable:
             if old is not None and old[2] == digest and old[1] == it.product.source.value:
                 continue
             changed += 1
-            self._write_row(conn, gen, stamp, it, old[0] if old else None, digest)
+            when = it.product.updated_at if keep_time and it.product.updated_at else stamp
+            self._write_row(conn, gen, when, it, old[0] if old else None, digest)
         return changed
 
     @staticmethod

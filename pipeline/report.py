@@ -177,12 +177,12 @@ def _milvus_count(spec: ModelSpec, settings: Settings) -> str:
     from pymilvus.exceptions import MilvusException
 
     from core.errors import ImageSearchError
-    from core.milvus_store import client, collection_name, milvus_uri
+    from core.milvus_store import client, milvus_uri, resolve_collection
 
-    name = collection_name(settings.milvus_prefix, spec.name)
     if not re.match(r"^[a-z]+://", milvus_uri(settings)) and not Path(milvus_uri(settings)).exists():
         return "-"  # no milvus-lite file yet: nothing to count, and opening it would create one
     try:
+        name = resolve_collection(settings, spec.name)
         found = client(settings)
         if not found.has_collection(name):
             return "-"

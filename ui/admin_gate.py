@@ -36,8 +36,8 @@ def lock_button() -> None:
 
 def _form(client: ApiClient) -> None:
     with st.form("admin-key-form", border=True):
-        st.write("This page is for the shop's operators. Enter the admin key; it is kept in this browser tab "
-                 "until you lock it or close the tab.")
+        st.write("This page is for the shop's operators. Enter an admin or analytics key; it is kept in this "
+                 "browser tab until you lock it or close the tab.")
         entered = st.text_input("Admin key", type="password", key="admin-key-input")
         submitted = st.form_submit_button("Unlock")
     if not (submitted and entered):
@@ -51,9 +51,10 @@ def _form(client: ApiClient) -> None:
 
 
 def _verify(client: ApiClient, key: str) -> str | None:
-    """None when the API accepts ``key`` for admin reads, else what to tell the visitor."""
+    """None when the API accepts ``key`` for the analytics reads (scope admin or read:analytics; a merchant's
+    write:<model> key is refused), else what to tell the visitor."""
     try:
-        client.admin_json("/jobs", key, limit=1)
+        client.admin_json("/analytics/queries", key, days=1)
     except ApiUnavailable:
         return "The search service is not answering; try again shortly."
     except ApiError as exc:

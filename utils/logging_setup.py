@@ -57,3 +57,21 @@ def setup_logging(logs_dir: Path, *filenames: str, level: int = logging.INFO,
         root.addHandler(handler)
     for noisy in ("urllib3", "PIL", "httpx", "httpcore", "filelock", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def add_log_file(logs_dir: Path, filename: str, logger_name: str, level: int = logging.INFO) -> None:
+    """Also send ``logger_name``'s records to ``logs_dir/<filename>`` (rotating, 10 x 5 MB), e.g. the audit log."""
+    logs_dir = Path(logs_dir)
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    target = logging.getLogger(logger_name)
+    for handler in list(target.handlers):
+        if getattr(handler, "_imagesearch", False):
+            target.removeHandler(handler)
+            handler.close()
+    fh = logging.handlers.RotatingFileHandler(logs_dir / filename, maxBytes=5_000_000, backupCount=10,
+                                              encoding="utf-8")
+    fh.setLevel(level)
+    fh.setFormatter(SafeFormatter(_FORMAT))
+    fh._imagesearch = True  # type: ignore[attr-defined]
+    target.addHandler(fh)
+    target.setLevel(level)
