@@ -25,6 +25,7 @@ from core.config import Settings
 from core.errors import MissingInputError
 from core.model_config import ModelPaths
 from core.types import Executor, PhaseName
+from pipeline import progress
 from pipeline.base import PhaseResult, PipelineContext, write_report
 from pipeline.image_cache import CachedImage, ImageCache, cache_key
 from pipeline.preprocess import process_pool, worker_count
@@ -109,7 +110,7 @@ class DownloadPhase:
         cache = ImageCache(ctx.paths.image_cache, ctx.settings)
         key = json.dumps(cache_key(ctx.settings), sort_keys=True)
         tally = _Tally()
-        bar = tqdm(desc=f"{ctx.model} images", unit="img", disable=not ctx.progress)
+        bar = progress.bar(ctx, f"{ctx.model} images")
         details: dict[str, Any] = {}
         with Fetcher(fetch_policy(ctx.settings)) as fetcher, _logs_above_bars():
             for refs in state.refs(_CHUNK):
