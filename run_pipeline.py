@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     failures = 0
     for spec in specs:
         outcomes: list[PhaseOutcome] = []
+        error: ImageSearchError | None = None
         try:
             run_model(settings, spec, mode=args.mode, force=args.force, progress=not args.no_progress,
                       outcomes=outcomes)
@@ -53,9 +54,11 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             failures += 1
             logger.error("%s", error.message)
-            print(f"error: {error.message}", file=sys.stderr)
-        if outcomes:
-            print(format_summary(spec, settings, outcomes) + "\n", flush=True)
+        if outcomes:  # each model's summary, then (once) why it stopped
+            print(format_summary(spec, settings, outcomes), flush=True)
+        if error is not None:
+            print(f"error: {error.message}", file=sys.stderr, flush=True)
+        print(flush=True)
     return 1 if failures else 0
 
 

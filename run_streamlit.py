@@ -1,4 +1,5 @@
-"""Start the Streamlit shopper UI (ui/app.py); it finds the API through IMAGESEARCH_API_URL."""
+"""Start the Streamlit shopper UI (ui/app.py); it finds the API through IMAGESEARCH_API_URL and opens on the
+catalogue IMAGESEARCH_UI_DEFAULT_MODEL names (general by default)."""
 
 from __future__ import annotations
 

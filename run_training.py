@@ -38,13 +38,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _get_model(registry: ModelRegistry, settings: Settings, name: str) -> ModelSpec:
-    """The model's spec; an unknown name's error says where its CSV should go when one lies nearby."""
+    """The model's spec; an unknown name's error says either what it was likely a typo of, or where its CSV
+    should go when one lies nearby - never both (a folder or CSV named after it means a new model)."""
     try:
         return registry.get(name)
     except UnknownModelError as exc:
-        from pipeline.hints import csv_location_hint
+        from core.errors import close_model
+        from pipeline.hints import csv_location_hint, names_a_new_model
 
-        raise UnknownModelError(exc.name, exc.available, hint=csv_location_hint(settings, name)) from None
+        new = names_a_new_model(settings, name)
+        hint = csv_location_hint(settings, name) if new or not close_model(name, exc.available) else ""
+        raise UnknownModelError(exc.name, exc.available, hint=hint, guess=not new) from None
 
 
 def main(argv: list[str] | None = None) -> int:

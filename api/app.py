@@ -17,6 +17,7 @@ from core.query_log import QueryLog
 
 from api.analytics import AnalyticsCache
 from api.catalogue import Catalogue
+from api.docs import install_redoc
 from api.errors import install_error_handlers
 from api.guards import RequestGuard
 from api.metrics import Metrics, MetricsMiddleware
@@ -55,7 +56,9 @@ def create_app(settings: Settings, *, registry: ModelRegistry | None = None, wat
         ModelRegistry.discover(settings)  # a bad model.json fails here, before the server starts
     # /docs and /redoc serve Swagger UI and ReDoc from the installed package, not a CDN: they work offline
     app = FastAPIOffline(title="Multi-model image search", description=DESCRIPTION, version="1.0", lifespan=lifespan,
-                         default_response_class=RedactedJSONResponse)  # no URL credentials in any JSON body
+                         default_response_class=RedactedJSONResponse,  # no URL credentials in any JSON body
+                         redoc_url=None)
+    install_redoc(app)
     app.state.settings = settings
     app.state.keys = KeyRing()  # the key table, re-read when the keys file changes (rotation without a restart)
     app.state.metrics = Metrics()

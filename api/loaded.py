@@ -55,6 +55,7 @@ class ServedModel:
     error: str | None = None
     head_signature: Signature = None
     index_signature: Signature = None
+    built: bool = True  # False: no catalogue was ever built (not a fault: nothing to serve yet)
     loaded_at: float = field(default_factory=time.time)
     _stats: _StatsCache = field(default_factory=_StatsCache, compare=False, repr=False)
 
@@ -69,6 +70,22 @@ class ServedModel:
     @property
     def searchable(self) -> bool:
         return self.error is None and self.store is not None and self.store.live_index is not None
+
+    @property
+    def state(self) -> str:
+        """``ready``, ``not built`` (never built: not a fault) or ``failed`` (built, but cannot serve now)."""
+        if self.searchable:
+            return "ready"
+        return "not built" if not self.built else "failed"
+
+    @property
+    def query_dim(self) -> int | None:
+        """Length of the raw CLIP vectors this model takes as queries (its head's input, else the index's); read
+        from memory, so it answers while a remote store cannot."""
+        if self.head is not None:
+            return self.head.input_dim
+        live = self.store.live_index if self.store is not None else None
+        return live.info.dim if live is not None else None
 
     @property
     def num_products(self) -> int:
@@ -137,10 +154,13 @@ def load_model(settings: Settings, spec: ModelSpec, *, encoder_dim: int | None,
     index_signature = file_signature(paths.models / "index.json")
     store = None
     try:
+        if not store_exists(settings, spec):  # nothing to serve yet: not a fault, whatever the backbone
+            logger.info("model %s is not built yet", spec.name)
+            return ServedModel(spec=spec, backbone=backbone, built=False, head_signature=signature,
+                               index_signature=index_signature,
+                               error=f"no catalogue built yet (run: python run_training.py {spec.name})")
         if encoder_error:
             raise IndexNotReadyError(spec.name, encoder_error)
-        if not store_exists(settings, spec):
-            raise IndexNotReadyError(spec.name, f"no catalogue built yet (run: python run_training.py {spec.name})")
         store = open_store(settings, spec)
         if store.live_index is None:
             raise IndexNotReadyError(spec.name, f"the catalogue is empty (run: python run_training.py {spec.name})")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -53,8 +53,10 @@ class SearchHit(BaseModel):
                                   description="ids of near-duplicates collapsed into this hit (dedupe=true)")
     preview_image: str | None = Field(None, description="the image reference from the catalogue")
     image_url: str | None = Field(None, description="the cached preview, served by this API")
-    model: str | None = Field(None, description="the model this hit comes from (merged rankings)")
-    extra: dict[str, Any] = Field(default_factory=dict, description="the product's extra CSV columns")
+    model: str | None = Field(None, description="the model this hit comes from")
+    extra: dict[str, Any] = Field(default_factory=dict,
+                                  description="the product's extra CSV columns; those the model's filters list as "
+                                              "number come as JSON numbers")
 
 
 class SearchResponse(BaseModel):
@@ -83,20 +85,28 @@ class AllSearchResponse(BaseModel):
     per_model: dict[str, ModelResults]
 
 
+ModelState = Literal["ready", "not built", "failed"]
+_STATE = "ready: searchable; not built: no catalogue yet (not a fault); failed: built, but it cannot serve now"
+
+
 class ModelHealth(BaseModel):
     name: str
+    state: ModelState = Field(description=_STATE)
     searchable: bool
     products: int
     backbone: str
     index_type: str | None = None
     built_at: str | None = None
-    error: str | None = None
+    error: str | None = Field(None, description="why a failed model cannot serve (null unless state is failed)")
 
 
 class HealthResponse(BaseModel):
-    status: str = Field(description="healthy: every model serves; degraded: some do not")
-    available_models: list[str]
-    total_products: int
+    status: Literal["healthy", "degraded"] = Field(
+        description="healthy: every built model serves (models not built yet do not count); degraded: a built "
+                    "model cannot serve")
+    available_models: int = Field(description="how many models are searchable")
+    available_model_names: list[str] = Field(description="the searchable models, by name")
+    total_products: int = Field(description="products in the searchable models")
     models: dict[str, ModelHealth]
 
 
@@ -107,12 +117,14 @@ class ModelInfo(BaseModel):
     categories: list[str]
     category_counts: dict[str, int]
     num_products: int
+    state: ModelState = Field(description=_STATE)
     searchable: bool
     search_path: str
     text_search_path: str
     backbone: str
     has_head: bool
-    currency: str = Field("", description="ISO code of the catalogue's prices, from model.json (blank: unknown)")
+    currency: str = Field("", description="ISO code of the catalogue's prices: model.json's currency, else "
+                                          "IMAGESEARCH_CURRENCY (blank: none)")
     url_template: str = Field("", description="product page link with {id}, from model.json (blank: none)")
     index_type: str | None = None
     built_at: str | None = None
@@ -120,6 +132,8 @@ class ModelInfo(BaseModel):
     filters: dict[str, str] = Field(default_factory=dict,
                                     description="filterable extra columns: name -> text (filter=) or number (range=)")
     recall_at_10: float | None = Field(None, description="the index's measured recall@10 against exact search")
+    vector_dim: int | None = Field(None, description="length of the CLIP vectors /<model>/search/vector takes "
+                                                     "(null until the model is built)")
 
 
 class ModelsResponse(BaseModel):

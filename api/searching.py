@@ -3,8 +3,9 @@ turned into SearchHit rows."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 from urllib.parse import quote
 
 import numpy as np
@@ -14,10 +15,13 @@ from core.errors import BadRequestError
 from fastapi import Request
 
 from core.query_log import QueryRecord
-from core.store import Filter, Hit, Product
+from core.store import Filter, Hit, Product, typed_extra
 
 from api.loaded import ServedModel
 from api.schemas import SearchHit
+
+_T = TypeVar("_T")
+SORT_POOL = 100  # a sorted search orders this many best matches (after filters, min_match and dedupe)
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,11 @@ class Filters:
     min_match: float | None = None
     dedupe: bool = True  # collapse near-duplicates (cosine >= the model's threshold) into one hit
     kind: str = IMAGE  # what the query was: image or text (a client vector counts as image)
+    sort: str | None = None  # None: by relevance; "price": the best matches by price, "-price": descending
+
+    @property
+    def sort_column(self) -> str | None:
+        return self.sort.removeprefix("-") if self.sort else None
 
     def for_store(self) -> Filter:
         return Filter(category=self.category, equals=self.equals, ranges=self.ranges,
@@ -42,12 +51,14 @@ class Filters:
         return set(self.equals) | set(self.ranges)
 
 
-def check_columns(model: ServedModel, filters: Filters) -> None:
-    """A filter on a column the model does not have is a client mistake (400), named with the choices."""
-    if not filters.columns:
+def check_columns(model: ServedModel, filters: Filters, *, sort: bool = True) -> None:
+    """A filter (or, with ``sort``, a sort) on a column the model does not have is a client mistake (400),
+    named with the choices."""
+    wanted = filters.columns | ({filters.sort_column} if sort and filters.sort_column else set())
+    if not wanted:
         return
     known = model.require().columns()
-    unknown = sorted(filters.columns - set(known))
+    unknown = sorted(wanted - set(known))
     if unknown:
         listed = ", ".join(sorted(known)) or "none"
         raise BadRequestError(f"model {model.name!r} has no filterable column {unknown[0]!r}; filterable: {listed}")
@@ -92,18 +103,18 @@ _DEDUPE_FETCH = 3  # with dedupe, fetch this many times the page (plus a few) so
 
 
 def duplicate_threshold(model: ServedModel) -> float:
-    """The model's near-duplicate threshold: model.json's ``duplicate_threshold``, else the setting."""
-    own = model.spec.duplicate_threshold
-    return own if own is not None else model.require().settings.duplicate_threshold
+    """The model's near-duplicate threshold (``ModelSpec.duplicate_threshold_for``)."""
+    return model.spec.duplicate_threshold_for(model.require().settings)
 
 
 def nearest(model: ServedModel, vector: np.ndarray, filters: Filters) -> list[Found]:
-    """Hits, best first, after filters (and near-duplicates collapsed): the page from ``offset``.
-    ``vector`` is already in index space."""
+    """Hits, best first, after filters (and near-duplicates collapsed): the page from ``offset``. With a
+    sort, the best ``SORT_POOL`` hits ordered by that column. ``vector`` is already in index space."""
     store = model.require()
     _one_faiss_thread()
     want = filters.offset + filters.top_k  # a page further down: search that deep, then slice
-    fetch = want * _DEDUPE_FETCH + 8 if filters.dedupe else want
+    depth = SORT_POOL if filters.sort else want  # a sorted search pages through one fixed pool
+    fetch = depth * _DEDUPE_FETCH + 8 if filters.dedupe else depth
     hits = store.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), fetch, filters.for_store())[0]
     if filters.min_score is not None:
         hits = [h for h in hits if h.score >= filters.min_score]
@@ -112,7 +123,30 @@ def nearest(model: ServedModel, vector: np.ndarray, filters: Filters) -> list[Fo
         found = [f for f in found if f.match is None or f.match >= filters.min_match]
     if filters.dedupe and len(found) > 1:
         found = collapse(found, store.hit_vectors([f.hit for f in found]), duplicate_threshold(model))
+    if filters.sort:
+        columns = store.columns()
+        found = ordered(found[:depth], lambda f: typed_extra(f.product.extra, columns).get(filters.sort_column or ""),
+                        descending=filters.sort.startswith("-"))
     return found[filters.offset:want]
+
+
+def ordered(items: list[_T], value: Callable[[_T], object], *, descending: bool = False) -> list[_T]:
+    """``items`` ordered by a column's value: numbers, then text (case-blind), then those without one; equal
+    values keep their order (relevance)."""
+    numbers: list[tuple[float, _T]] = []
+    texts: list[tuple[str, _T]] = []
+    missing: list[_T] = []
+    for item in items:
+        v = value(item)
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            numbers.append((v, item))
+        elif v is None or v == "":
+            missing.append(item)
+        else:
+            texts.append((str(v).casefold(), item))
+    # sorted(reverse=True) is stable too: equal values stay in relevance order
+    return ([i for _, i in sorted(numbers, key=lambda p: p[0], reverse=descending)]
+            + [i for _, i in sorted(texts, key=lambda p: p[0], reverse=descending)] + missing)
 
 
 def calibrated(model: ServedModel, hits: list[Hit], kind: str) -> list[Found]:
@@ -149,16 +183,16 @@ def image_url(base_url: str, model: str, product: Product) -> str | None:
     return preview if preview.startswith(("http://", "https://")) else None
 
 
-def to_hits(model: ServedModel, found: list[Found], base_url: str, *, tag_model: bool = False,
-            first_rank: int = 1) -> list[SearchHit]:
+def to_hits(model: ServedModel, found: list[Found], base_url: str, *, first_rank: int = 1) -> list[SearchHit]:
+    columns = model.require().columns() if found else {}
     hits = []
     for rank, item in enumerate(found, start=first_rank):
         p = item.product
         hits.append(SearchHit(rank=rank, id=p.id, title=p.title, category=p.category or None,
                               score=round(float(item.score), 6), match=item.match,
                               duplicates=list(item.duplicates), preview_image=p.preview_image or None,
-                              image_url=image_url(base_url, model.name, p), model=model.name if tag_model else None,
-                              extra=dict(p.extra)))
+                              image_url=image_url(base_url, model.name, p), model=model.name,
+                              extra=typed_extra(p.extra, columns)))
     return hits
 
 
@@ -166,10 +200,12 @@ MergeMethod = Literal["match", "score", "rrf"]
 RRF_K = 60  # the usual reciprocal-rank-fusion constant
 
 
-def merge_rankings(per_model: list[list[SearchHit]], top_k: int, method: MergeMethod = "match") -> list[SearchHit]:
+def merge_rankings(per_model: list[list[SearchHit]], top_k: int, method: MergeMethod = "match",
+                   sort: str | None = None) -> list[SearchHit]:
     """One ranking across models: by calibrated ``match`` (default; a hit without one sorts after
     those with one, by score), by raw ``score``, or by reciprocal-rank fusion (``rrf``: each model's
-    rank r counts 1/(60 + r); equal ranks are ordered by match)."""
+    rank r counts 1/(60 + r); equal ranks are ordered by match). With ``sort``, the merged ranking is
+    then ordered by that column, as each model's own was."""
     hits = [h for model_hits in per_model for h in model_hits]
 
     def by_match(h: SearchHit) -> tuple[float, float]:
@@ -181,6 +217,8 @@ def merge_rankings(per_model: list[list[SearchHit]], top_k: int, method: MergeMe
         merged = sorted(hits, key=lambda h: (-1.0 / (RRF_K + h.rank), *by_match(h)))
     else:
         merged = sorted(hits, key=by_match)
+    if sort:
+        merged = ordered(merged, lambda h: h.extra.get(sort.removeprefix("-")), descending=sort.startswith("-"))
     return [h.model_copy(update={"rank": i}) for i, h in enumerate(merged[:top_k], start=1)]
 
 

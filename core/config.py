@@ -97,9 +97,9 @@ class Settings(BaseSettings):
                                         "GPU, or one per 4 CPUs on a cluster without GPUs)")
 
     # relevance: near-duplicates collapsed in search results (model.json's duplicate_threshold wins)
-    duplicate_threshold: float = Field(0.94, ge=-1, le=1,
-                                       description="cosine at or above which two hits are near-duplicates, "
-                                                   "collapsed into one (dedupe=true)")
+    duplicate_threshold: float | None = Field(
+        None, ge=-1, le=1, description="cosine at or above which two hits are near-duplicates, collapsed into one "
+                                       "(dedupe=true); unset: what the backbone's folder asks for, else 0.98")
 
     # quality: evaluation and fine-tuning (run_training.py --evaluate / --finetune)
     eval_max_queries: int = Field(
@@ -129,6 +129,8 @@ class Settings(BaseSettings):
     backup_dir: Path | None = Field(None, description="where backups go by default (default: backups/ under the root)")
     max_upload_bytes: int = Field(10_000_000, ge=1024, description="largest upload accepted by the API, bytes")
     api_url: str = Field("http://127.0.0.1:8000", description="where the UI finds the API")
+    currency: str = Field("USD", pattern=r"^([A-Za-z]{3})?$",
+                          description="ISO code of prices in catalogues whose model.json names none (blank: none)")
 
     # API: hostile and slow clients
     header_timeout: float = Field(10.0, gt=0, le=600,

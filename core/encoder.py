@@ -55,6 +55,19 @@ def _offline_message(backbone: str, detail: str) -> str:
     return f"could not load CLIP weights {backbone!r} ({detail}). Without network access, {OFFLINE_HINT}"
 
 
+def _names_a_folder(backbone: str) -> bool:
+    """A path no hub id can be (hub ids are ``name`` or ``org/name``): absolute, ``./``, ``~``, deeper."""
+    return backbone.startswith(("/", ".", "~", "\\")) or backbone.rstrip("/").count("/") > 1 or backbone.endswith("/")
+
+
+def check_backbone_folder(backbone: str) -> None:
+    """A backbone that can only be a folder, and is not there: BackboneLoadError saying so (no torch import)."""
+    if _names_a_folder(backbone) and not Path(backbone).expanduser().exists():
+        raise BackboneLoadError(f"the CLIP folder {backbone!r} does not exist (IMAGESEARCH_CLIP_MODEL, or the "
+                                "model's backbone in model.json): point it at a folder holding a CLIP checkpoint "
+                                "(config.json, model.safetensors, tokenizer files, preprocessor_config.json)")
+
+
 def _load_pretrained(backbone: str) -> tuple[Any, Any, Any]:
     """(model, tokenizer, image_processor) from a local folder, the hub cache, or the hub."""
     import transformers
@@ -68,6 +81,7 @@ def _load_pretrained(backbone: str) -> tuple[Any, Any, Any]:
         return (CLIPModel.from_pretrained(backbone, **kw), AutoTokenizer.from_pretrained(backbone, **kw),
                 CLIPImageProcessor.from_pretrained(backbone, **kw))
 
+    check_backbone_folder(backbone)
     if Path(backbone).expanduser().exists():
         backbone = str(Path(backbone).expanduser())
         try:

@@ -37,15 +37,21 @@ class UnknownModelError(ImageSearchError):
 
     status_code = 404
 
-    def __init__(self, name: str, available: list[str], hint: str = "") -> None:
-        import difflib
-
+    def __init__(self, name: str, available: list[str], hint: str = "", *, guess: bool = True) -> None:
         listed = ", ".join(available) or "none"
-        close = difflib.get_close_matches(name, available, n=1, cutoff=0.6)
-        guess = f"; did you mean {close[0]!r}?" if close else ""
-        super().__init__(f"unknown model {name!r}{guess}; available models: {listed}" + (f"; {hint}" if hint else ""))
+        close = close_model(name, available) if guess else None
+        said = f"; did you mean {close!r}?" if close else ""
+        super().__init__(f"unknown model {name!r}{said}; available models: {listed}" + (f"; {hint}" if hint else ""))
         self.name = name
         self.available = available
+
+
+def close_model(name: str, available: list[str]) -> str | None:
+    """The available model a typo most likely meant, if any."""
+    import difflib
+
+    close = difflib.get_close_matches(name, available, n=1, cutoff=0.6)
+    return close[0] if close else None
 
 
 class MissingInputError(ImageSearchError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterator
@@ -103,6 +104,38 @@ class ModelSpec:
 
     def store_for(self, settings: Settings) -> StoreKind:
         return self.store or settings.store
+
+    def currency_for(self, settings: Settings) -> str:
+        """The ISO code of the catalogue's prices: model.json's ``currency``, else the currency setting."""
+        return (self.currency or settings.currency).upper()
+
+    def duplicate_threshold_for(self, settings: Settings) -> float:
+        """The cosine at or above which two hits are near-duplicates: model.json's ``duplicate_threshold``,
+        else IMAGESEARCH_DUPLICATE_THRESHOLD, else what the backbone's own folder asks for (``imagesearch.json``:
+        the tiny random CLIP, whose every image lies within 0.9999 of every other), else the default."""
+        if self.duplicate_threshold is not None:
+            return self.duplicate_threshold
+        if settings.duplicate_threshold is not None:
+            return settings.duplicate_threshold
+        hinted = backbone_hints(self.backbone_for(settings)).get("duplicate_threshold")
+        return float(hinted) if isinstance(hinted, int | float) and -1 <= hinted <= 1 else DEFAULT_DUPLICATE_THRESHOLD
+
+
+# Near-duplicates are the same product photo under several ids (re-encoded, resized): see the README's
+# "Near-duplicates" for the figures behind this default.
+DEFAULT_DUPLICATE_THRESHOLD = 0.98
+BACKBONE_HINTS_FILE = "imagesearch.json"  # written by utils.tiny_clip next to its weights
+
+
+@functools.lru_cache(maxsize=32)
+def backbone_hints(backbone: str) -> dict[str, Any]:
+    """Serving hints a local checkpoint folder carries in ``imagesearch.json`` ({} for a hub id, or none)."""
+    path = Path(backbone).expanduser() / BACKBONE_HINTS_FILE
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return {}
+    return raw if isinstance(raw, dict) else {}
 
 
 BUILTIN_MODELS: tuple[ModelSpec, ...] = (

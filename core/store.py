@@ -138,6 +138,30 @@ def is_number(value: ExtraValue) -> bool:
     return True
 
 
+def number_value(value: ExtraValue) -> int | float | None:
+    """A number-like extra value as a JSON number (``"58.40"`` -> 58.4, ``"1,200"`` -> 1200), as the range
+    filters read it; None when it is not one."""
+    if not is_number(value):
+        return None
+    if isinstance(value, int | float):
+        return value
+    text = str(value).strip().replace(",", "")
+    number = float(text)
+    integral = number.is_integer() and not any(c in text for c in ".eE") and abs(number) < 2**53
+    return int(number) if integral else number
+
+
+def typed_extra(extra: Mapping[str, ExtraValue], columns: Mapping[str, str]) -> dict[str, ExtraValue]:
+    """A product's extra columns for a client: the values of number columns as numbers, the rest as stored."""
+    typed = dict(extra)
+    for key, value in extra.items():
+        if columns.get(key) == "number":
+            number = number_value(value)
+            if number is not None:
+                typed[key] = number
+    return typed
+
+
 def product_digest(it: ProductVector) -> str:
     """What makes a write a change: the metadata and both vectors (an equal digest: an unchanged product)."""
     p = it.product

@@ -80,12 +80,13 @@ def _accepted(column: str) -> str:
     return f"{column}: " + " / ".join(names)
 
 
-DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab"}
+DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
 
 
 def detect_delimiter(text: str) -> str:
-    """The header line's delimiter: whichever of comma, semicolon and tab it holds most of outside
-    quotes (Excel in many European locales writes semicolons; some exports use tabs). Comma on a tie."""
+    """The header line's delimiter: whichever of comma, semicolon, tab and pipe it holds most of outside
+    quotes (Excel in many European locales writes semicolons; some exports use tabs or pipes). Comma on a
+    tie."""
     header = re.sub(r'"[^"]*"', "", text.split("\n", 1)[0])
     counts = {d: header.count(d) for d in DELIMITERS}
     best = max(counts, key=lambda d: counts[d])

@@ -25,6 +25,7 @@ from core.config import Settings
 from core.errors import MissingInputError
 from core.model_config import ModelPaths
 from core.types import Executor, PhaseName
+from pipeline import progress
 from pipeline.base import PhaseResult, PipelineContext, write_report
 from pipeline.image_cache import CachedImage, ImageCache, cache_key
 from pipeline.preprocess import process_pool, worker_count
@@ -92,10 +93,12 @@ class DownloadPhase:
     def fingerprint(self, ctx: PipelineContext) -> dict[str, Any]:
         """The staged rows, the cache settings, and what failed: each failed ref, with its local file's
         size and mtime (or its absence). Copying a missing image in, or fixing a broken one, changes
-        it, so a rerun retries the refs that failed (transient failures leave the phase unfinished)."""
+        it, so a rerun retries the refs that failed (transient failures leave the phase unfinished); so does
+        letting private addresses through (IMAGESEARCH_ALLOW_PRIVATE_URLS, IMAGESEARCH_FETCH_ALLOWLIST)."""
         return {"staged": ctx.state().get_meta("staged"), **cache_key(ctx.settings),
                 "max_aspect_ratio": ctx.settings.max_aspect_ratio,
-                "failed": failed_digest(ctx.state(), ctx.paths.data)}
+                "failed": failed_digest(ctx.state(), ctx.paths.data),
+                "guard": [ctx.settings.allow_private_urls, ctx.settings.fetch_allowlist]}
 
     def outputs(self, ctx: PipelineContext) -> list[Path]:
         return [download_report_path(ctx.paths)]
@@ -107,7 +110,7 @@ class DownloadPhase:
         cache = ImageCache(ctx.paths.image_cache, ctx.settings)
         key = json.dumps(cache_key(ctx.settings), sort_keys=True)
         tally = _Tally()
-        bar = tqdm(desc=f"{ctx.model} images", unit="img", disable=not ctx.progress)
+        bar = progress.bar(ctx, f"{ctx.model} images")
         details: dict[str, Any] = {}
         with Fetcher(fetch_policy(ctx.settings)) as fetcher, _logs_above_bars():
             for refs in state.refs(_CHUNK):

@@ -24,6 +24,7 @@ from core.encoder import l2_normalize
 from core.head import ProjectionHead
 from core.store import Product, ProductVector, Source
 from core.types import Executor, PhaseName
+from pipeline import progress
 from pipeline.base import NothingUsableError, PhaseResult, PipelineContext, digest
 from pipeline.preprocess import Item, Preprocessor, worker_count
 from pipeline.state import BuildState, StagedProduct
@@ -65,8 +66,9 @@ class ExtractionPhase:
         state, key = ctx.state(), model_key(ctx)
         failed: Counter[str] = Counter()
         upserter = _Upserter(ctx, key)
-        bar = tqdm(desc=f"{ctx.model}: embedding", unit="img", disable=not ctx.progress)
-        if ctx.settings.executor == Executor.RAY:
+        ray = ctx.settings.executor == Executor.RAY  # the Ray executor sets its own total
+        bar = progress.bar(ctx, f"{ctx.model}: embedding", total=None if ray else state.count_views_todo(key))
+        if ray:
             from pipeline import ray_executor
 
             embedded = ray_executor.embed(ctx, state, key, failed, bar, upserter.result.details)
@@ -94,7 +96,8 @@ class _Embedder:
             for chunk in self.state.staged(_PRODUCTS):
                 upserter.write(chunk)
             return 0
-        encoder = self.ctx.encoder()
+        with progress.loading_model(self.bar):  # seconds with nothing to count: the bar says why
+            encoder = self.ctx.encoder()
         settings = self.ctx.settings
         done = 0
         pending: Future[None] | None = None

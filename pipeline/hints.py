@@ -25,6 +25,11 @@ def csv_location_hint(settings: Settings, model: str) -> str:
     return ""
 
 
+def names_a_new_model(settings: Settings, model: str) -> bool:
+    """The merchant made a folder or a CSV named ``model``: a new model is meant, not a typo of another."""
+    return (settings.data_dir / model).is_dir() or (settings.data_dir / f"{model}.csv").is_file()
+
+
 def _shown(path: Path) -> str:
     """``path`` relative to the working directory when it lies inside it (data/x/products.csv)."""
     try:

@@ -10,6 +10,7 @@ from core.config import Settings
 from core.model_config import ModelSpec
 from core.types import PhaseName, StoreKind
 from pipeline.runner import PhaseOutcome
+from utils.address_guard import REFUSED_REASON
 from utils.atomic import read_json
 
 
@@ -36,8 +37,7 @@ def format_summary(spec: ModelSpec, settings: Settings, outcomes: list[PhaseOutc
                for o in outcomes if o.result.details]
     if details:
         lines += ["details:", *details]
-    lines.append(f"executor: {_executor(settings, outcomes)}")
-    lines += [f"stopped: {o.error}" for o in outcomes if o.status.value == "failed" and o.error]
+    lines.append(f"executor: {_executor(settings, outcomes)}")  # why a run stopped: the CLI's one error line
     lines += _next_steps(spec, settings, outcomes)
     paths = spec.paths(settings)
     reports = [p for p in (paths.models / "validation_report.json", paths.models / "download_report.json")
@@ -92,6 +92,10 @@ def _next_steps(spec: ModelSpec, settings: Settings, outcomes: list[PhaseOutcome
     if download is None or not download.result.failed:
         return lines
     d, failed = download.result.details, download.result.failed
+    if failed.get(REFUSED_REASON):
+        lines.append("images on loopback or private addresses (127.0.0.1, an intranet) are refused: name their hosts "
+                     "or networks in IMAGESEARCH_FETCH_ALLOWLIST (e.g. images.internal,10.8.0.0/16), or set "
+                     "IMAGESEARCH_ALLOW_PRIVATE_URLS=1 on a development machine, then run the same command again")
     if d.get("failed_local", 0) and any(failed[r] for r in _PATH_REASONS):
         lines.append(f"local image paths are relative to {spec.paths(settings).data}: fix the paths or copy the "
                      "images there, then run the same command again (only the images that failed are retried)")
@@ -114,7 +118,7 @@ def model_row(spec: ModelSpec, settings: Settings) -> list[str]:
     from its collection."""
     paths = spec.paths(settings)
     products = images = failed_images = "-"
-    indexed, built, kind = "no", "-", "-"
+    indexed, built, kind = "not built", "-", "-"
     milvus = spec.store_for(settings) == StoreKind.MILVUS
     db = paths.models / ("build.db" if milvus else "catalogue.db")
     if db.is_file():
@@ -212,12 +216,35 @@ def _db_counts(db: Path, *, products: bool = True) -> tuple[str, str, str]:
     return str(count), str(images), str(failed)
 
 
+CSV_LEGEND = ("csv: yes = built from the current products.csv, changed = edited since the last build, "
+              "new = never built, no = no products.csv")
+
+
 def format_model_list(specs: Iterable[ModelSpec], settings: Settings) -> str:
-    """One row per model, then a line per model whose CSV changed since its last build."""
+    """One row per model, what the csv column means, then a line per model that needs something: why its
+    last build stopped (and, while the CSV is the same, to fix that first), or that its CSV is new or changed."""
     specs = list(specs)
     rows = [model_row(s, settings) for s in specs]
     table = _table(list(MODEL_LIST_COLUMNS), rows)
-    notes = [f"{row[0]}: CSV changed since the last build; run `python run_training.py {row[0]}`"
-             for row in rows if row[2] == "changed"]
-    notes += [f"{row[0]}: not built yet; run `python run_training.py {row[0]}`" for row in rows if row[2] == "new"]
-    return "\n".join([table, *notes])
+    notes = [_note(spec, settings, row[2]) for spec, row in zip(specs, rows, strict=True)]
+    return "\n".join([table, CSV_LEGEND, *(n for n in notes if n)])
+
+
+def _note(spec: ModelSpec, settings: Settings, csv: str) -> str:
+    from pipeline.base import file_digest, read_checkpoint
+    from pipeline.runner import failure_path
+
+    rerun = f"`python run_training.py {spec.name}`"
+    paths = spec.paths(settings)
+    failure = read_checkpoint(failure_path(paths.checkpoints))
+    if failure and failure.get("error"):
+        where = f" in {failure['phase']}" if failure.get("phase") else ""
+        stopped = f"{spec.name}: the last build stopped{where}: {failure['error']}"
+        if failure.get("csv") == file_digest(paths.csv):  # the same input: the same run would stop the same way
+            return f"{stopped}; fix that, then run {rerun}"
+        return f"{stopped}; products.csv changed since: run {rerun}"
+    if csv == "changed":
+        return f"{spec.name}: CSV changed since the last build; run {rerun}"
+    if csv == "new":
+        return f"{spec.name}: not built yet; run {rerun}"
+    return ""

@@ -15,8 +15,9 @@ from core.config import Settings
 from core.errors import BuildInProgressError, ImageSearchError
 from core.model_config import ModelSpec
 from core.types import Executor, PhaseName
+from pipeline.progress import phase_bars
 from pipeline.base import (PIPELINE_VERSION, NothingUsableError, Phase, PhaseResult, PipelineContext, digest,
-                           read_checkpoint, write_checkpoint)
+                           file_digest, read_checkpoint, write_checkpoint)
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +80,8 @@ def run_phases(ctx: PipelineContext, phases: list[Phase], *, force: bool = False
         logger.info("%s/%s: running", ctx.model, phase.name)
         start = time.perf_counter()
         try:
-            result = phase.run(ctx)
+            with phase_bars():  # closed before anything else prints, also when the phase raises
+                result = phase.run(ctx)
         except ImageSearchError as exc:
             partial = exc.partial if isinstance(exc, NothingUsableError) else PhaseResult()
             outcomes.append(PhaseOutcome(phase.name, PhaseStatus.FAILED, partial, time.perf_counter() - start,
@@ -106,12 +108,38 @@ def run_model(settings: Settings, spec: ModelSpec, *, mode: str = "all", force: 
         from pipeline.ray_executor import check_available
 
         check_available()
+    if mode != "data":  # a CLIP folder that is not there: said at once, not after the downloads
+        from core.encoder import check_backbone_folder
+
+        check_backbone_folder(spec.backbone_for(settings))
     ctx = PipelineContext(settings=settings, spec=spec, progress=progress, drop_api_edits=drop_api_edits)
     with model_lock(ctx.paths.models, spec.name):
         try:
-            return run_phases(ctx, default_phases(mode), force=force, outcomes=outcomes)
+            done = run_phases(ctx, default_phases(mode), force=force, outcomes=outcomes)
+        except ImageSearchError as exc:
+            _record_failure(ctx, outcomes, exc.message)
+            raise
         finally:
             ctx.close()
+    failure_path(ctx.paths.checkpoints).unlink(missing_ok=True)
+    return done
+
+
+def failure_path(checkpoints: Path) -> Path:
+    """Why the model's last build stopped (``--list`` shows it); removed by the next build that ends."""
+    return checkpoints / "last_failure.json"
+
+
+def _record_failure(ctx: PipelineContext, outcomes: list[PhaseOutcome] | None, message: str) -> None:
+    from utils.atomic import write_json_atomic
+
+    failed = [o.phase.value for o in outcomes or [] if o.status == PhaseStatus.FAILED]
+    try:
+        write_json_atomic(failure_path(ctx.paths.checkpoints), {
+            "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "phase": failed[-1] if failed else None,
+            "error": message.splitlines()[-1] if message else "", "csv": file_digest(ctx.paths.csv)})
+    except OSError as exc:  # a full disk must not hide the build's own error
+        logger.warning("%s: could not record the failure: %s", ctx.model, exc)
 
 
 @contextmanager

@@ -128,7 +128,7 @@ def check_model(settings: Settings, spec: ModelSpec, *, skip_milvus: bool = Fals
         return Check(name, Status.WARN, "build state not read: its Milvus store is not usable",
                      "fix the store milvus line first")
     row = dict(zip(MODEL_LIST_COLUMNS, model_row(spec, settings), strict=True))
-    built = row["indexed"] != "no"
+    built = row["indexed"].startswith("yes")
     state = (f"built {row['built at']}: {row['products']} products, {row['images cached']} images cached, failed "
              f"{row['failed']}, index {row['index']} {row['indexed'].removeprefix('yes ')}, backbone {row['backbone']}"
              if built else "not built yet")

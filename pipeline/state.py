@@ -167,6 +167,16 @@ class BuildState:
         while rows := cursor.fetchmany(batch):
             yield [r[0] for r in rows]
 
+    def count_views_todo(self, model_key: str) -> int:
+        """How many distinct cached images of the staged products (views and previews) have no vector for
+        ``model_key`` yet: the embedding's total (one scan, once per build)."""
+        row = self.db.reader().execute(
+            "SELECT count(DISTINCT images.cache) FROM images JOIN (SELECT j.value AS ref FROM csv_products, "
+            "json_each(csv_products.images) AS j UNION SELECT preview_image FROM csv_products) AS staged "
+            "ON images.ref = staged.ref WHERE images.status='ok' AND images.cache IS NOT NULL AND NOT EXISTS "
+            "(SELECT 1 FROM views WHERE views.cache = images.cache AND views.model_key = ?)", (model_key,)).fetchone()
+        return int(row[0]) if row else 0
+
     def views_missing(self, refs: Sequence[str], model_key: str) -> list[str]:
         """The distinct cache files of ``refs`` (downloaded ones) that have no vector for ``model_key`` yet."""
         out: dict[str, None] = {}

@@ -72,8 +72,7 @@ def find_duplicates(settings: Settings, spec: ModelSpec, *, threshold: float | N
     """Group the model's near-duplicates and write ``duplicates.json`` (largest group first)."""
     from core.catalogue_store import open_store
 
-    limit = threshold if threshold is not None else (
-        spec.duplicate_threshold if spec.duplicate_threshold is not None else settings.duplicate_threshold)
+    limit = threshold if threshold is not None else spec.duplicate_threshold_for(settings)
     store = open_store(settings, spec)
     try:
         if store.open_index() is None:

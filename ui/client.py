@@ -11,6 +11,8 @@ import requests
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 API_URL_ENV = "IMAGESEARCH_API_URL"
 UPLOAD_LIMIT_ENV = "IMAGESEARCH_MAX_UPLOAD_BYTES"
+DEFAULT_MODEL_ENV = "IMAGESEARCH_UI_DEFAULT_MODEL"
+DEFAULT_MODEL = "general"
 DEFAULT_UPLOAD_LIMIT = 10_000_000
 
 
@@ -39,6 +41,11 @@ class ApiError(Exception):
     @property
     def not_found(self) -> bool:
         return self.status == 404
+
+
+def default_model_from_env() -> str:
+    """The catalogue the shop opens on (IMAGESEARCH_UI_DEFAULT_MODEL: a catalogue name or ``all``)."""
+    return (os.environ.get(DEFAULT_MODEL_ENV) or DEFAULT_MODEL).strip().lower()
 
 
 def api_url_from_env() -> str:
@@ -123,35 +130,28 @@ class ApiClient:
         """GET an admin route (analytics, jobs) with the merchant's key."""
         return self._json("GET", path, params=_params(**params), headers={"X-API-Key": api_key})
 
-    def search(self, model: str, image: bytes, filename: str = "query.jpg", *, top_k: int = 10,
-               category: str | None = None, min_score: float | None = None, offset: int = 0,
-               min_match: float | None = None) -> dict:
-        """Image search in one model (``POST /<model>/search``); ``offset`` skips earlier pages."""
+    def search(self, model: str, image: bytes, filename: str = "query.jpg", *, top_k: int = 10, offset: int = 0,
+               **filters: Any) -> dict:
+        """Image search in one model (``POST /<model>/search``); ``offset`` skips earlier pages; ``filters``:
+        category, min_score, min_match, sort, price_min, price_max (None: not sent)."""
         return self._json("POST", f"/{quote(model)}/search",
-                          params=_params(top_k=top_k, category=category, min_score=min_score,
-                                         offset=offset or None, min_match=min_match),
+                          params=_params(top_k=top_k, offset=offset or None, **filters),
                           files={"file": (filename or "query.jpg", image)})
 
-    def search_all(self, image: bytes, filename: str = "query.jpg", *, top_k: int = 10,
-                   category: str | None = None, min_score: float | None = None, offset: int = 0,
-                   min_match: float | None = None) -> dict:
+    def search_all(self, image: bytes, filename: str = "query.jpg", *, top_k: int = 10, offset: int = 0,
+                   **filters: Any) -> dict:
         """Image search in every built model plus a merged ranking (``POST /all/search``)."""
-        return self.search("all", image, filename, top_k=top_k, category=category, min_score=min_score,
-                           offset=offset, min_match=min_match)
+        return self.search("all", image, filename, top_k=top_k, offset=offset, **filters)
 
-    def search_text(self, model: str, query: str, *, top_k: int = 10, category: str | None = None,
-                    min_score: float | None = None, offset: int = 0, min_match: float | None = None) -> dict:
+    def search_text(self, model: str, query: str, *, top_k: int = 10, offset: int = 0, **filters: Any) -> dict:
         """Text-to-image search (``GET /<model>/search/text?q=``); ``model="all"`` searches every model."""
         return self._json("GET", f"/{quote(model)}/search/text",
-                          params=_params(q=query, top_k=top_k, category=category, min_score=min_score,
-                                         offset=offset or None, min_match=min_match))
+                          params=_params(q=query, top_k=top_k, offset=offset or None, **filters))
 
-    def similar(self, model: str, product_id: str, *, top_k: int = 10, category: str | None = None,
-                min_score: float | None = None, offset: int = 0, min_match: float | None = None) -> dict:
+    def similar(self, model: str, product_id: str, *, top_k: int = 10, offset: int = 0, **filters: Any) -> dict:
         """Products that look like a catalogue product, itself left out (``/<model>/products/<id>/similar``)."""
         return self._json("GET", f"/{quote(model)}/products/{quote(str(product_id), safe='')}/similar",
-                          params=_params(top_k=top_k, category=category, min_score=min_score, offset=offset or None,
-                                         min_match=min_match))
+                          params=_params(top_k=top_k, offset=offset or None, **filters))
 
     def product(self, model: str, product_id: str) -> dict:
         return self._json("GET", f"/{quote(model)}/products/{quote(str(product_id), safe='')}")

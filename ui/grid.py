@@ -60,8 +60,9 @@ def img_src(client: ApiClient, hit: dict[str, Any]) -> str:
         return render.PLACEHOLDER_SRC
 
 
-def _more_like_this(model: str, product_id: str) -> None:
+def _more_like_this(model: str, product_id: str, title: str = "") -> None:
     st.query_params["similar"] = f"{model}/{product_id}"
+    st.session_state["similar_title"] = (f"{model}/{product_id}", title)  # the strip's name, even while offline
     st.session_state["scroll_to_query"] = True
 
 
@@ -88,26 +89,55 @@ def _details(client: ApiClient, hit: dict[str, Any], spec: dict[str, Any]) -> No
         if link:
             st.link_button("Open product page", link, type="primary")
         if st.button("More like this", key="dialog-more"):
-            _more_like_this(hit["model"], str(hit.get("id")))
+            _more_like_this(hit["model"], str(hit.get("id")), str(hit.get("title") or ""))
             st.rerun()
+
+
+SIMILAR_SHOWN = 24  # near-duplicates listed in the "+N similar" dialog
+
+
+@st.dialog("Almost the same", width="large")
+def _duplicates(client: ApiClient, hit: dict[str, Any], spec: dict[str, Any]) -> None:
+    """The products folded into this one because they look almost the same (the API's near-duplicates)."""
+    ids = [str(i) for i in hit.get("duplicates") or []]
+    st.caption(f"{len(ids)} more product{'' if len(ids) == 1 else 's'} look almost the same as "
+               f"“{hit.get('title', '')}”")
+    currency, template = str(spec.get("currency") or ""), str(spec.get("url_template") or "")
+    with st.container(horizontal=True, gap="small", key="grid-dups"):
+        for product_id in ids[:SIMILAR_SHOWN]:
+            try:
+                info = {**client.product(hit["model"], product_id), "model": hit["model"]}
+            except (ApiError, ApiUnavailable):
+                continue
+            with st.container(key=f"card-dup-{product_id}", gap=None):
+                _html(render.product_card(info, img_src(client, info), price=price_text(hit_price(info), currency),
+                                          link=product_link(info, template), testid="similar-card"))
+    if len(ids) > SIMILAR_SHOWN:
+        st.caption(f"and {len(ids) - SIMILAR_SHOWN} more")
 
 
 def _card(client: ApiClient, catalogues: list[dict[str, Any]], hit: dict[str, Any], *, group: str,
           top_score: float | None, show_model: bool) -> None:
     spec = _spec(catalogues, hit["model"])
     ident = f"{group}-{hit['model']}-{hit.get('id')}"
+    heat, note = _heat_map(client, hit, ident)  # "Why this match?" takes the picture's place: the card keeps its size
     with st.container(key=f"card-{ident}", gap=None):
         _html(render.product_card(
-            hit, img_src(client, hit), label=match_label(hit, top_score),
+            hit, heat or img_src(client, hit), label=match_label(hit, top_score),
             price=price_text(hit_price(hit), str(spec.get("currency") or "")),
             link=product_link(hit, str(spec.get("url_template") or "")),
-            show_model=display_name(catalogues, hit["model"]) if show_model else None))
+            show_model=display_name(catalogues, hit["model"]) if show_model else None, note=note))
         with st.container(horizontal=True, gap="small", wrap=False):
-            if st.button("", key=f"views-{ident}", icon=":material/photo_library:", help="All photos"):
+            if st.button("All photos", key=f"views-{ident}", icon=":material/photo_library:", help="All photos"):
                 _details(client, hit, spec)
             st.button("More like this", key=f"more-{ident}", on_click=_more_like_this,
-                      args=(hit["model"], str(hit.get("id"))), width="stretch")
-        _why(client, hit, ident)
+                      args=(hit["model"], str(hit.get("id")), str(hit.get("title") or "")), width="stretch")
+        folded = len(hit.get("duplicates") or [])
+        if folded and st.button(f"+{folded} similar", key=f"dups-{ident}", type="tertiary",
+                                help="Products that look almost the same"):
+            _duplicates(client, hit, spec)
+        if st.session_state.get("explain_image"):
+            st.toggle("Why this match?", key=f"why-{ident}")
 
 
 @st.cache_data(ttl=900, max_entries=500, show_spinner=False)
@@ -115,17 +145,17 @@ def _explanation(api_url: str, model: str, product_id: str, image: bytes) -> byt
     return ApiClient(api_url).explain(model, product_id, image, view="hit")
 
 
-def _why(client: ApiClient, hit: dict[str, Any], ident: str) -> None:
-    """"Why this match?": a heat-map over the product of what in it resembles the photo (photo searches)."""
+def _heat_map(client: ApiClient, hit: dict[str, Any], ident: str) -> tuple[str | None, str]:
+    """"Why this match?" (photo searches): the product's picture with a heat-map of what in it resembles
+    the photo (a data URI) and its caption; (None, "") while the toggle is off."""
     image = st.session_state.get("explain_image")
-    if not image or not st.toggle("Why this match?", key=f"why-{ident}"):
-        return
+    if not image or not st.session_state.get(f"why-{ident}"):
+        return None, ""
     try:
         png = _explanation(client.base_url, hit["model"], str(hit.get("id")), image)
     except (ApiError, ApiUnavailable):
-        st.caption("No explanation for this product right now.")
-        return
-    st.image(png, caption="Warm areas look most like your photo", width="stretch")
+        return None, "No explanation for this product right now"
+    return render.image_src(png, "image/png"), "Warm areas look most like your photo"
 
 
 def _grid(client: ApiClient, catalogues: list[dict[str, Any]], hits: list[dict[str, Any]], *, group: str,
@@ -156,12 +186,11 @@ def _tabs(client: ApiClient, catalogues: list[dict[str, Any]], results: Results)
 
 
 def show_results(client: ApiClient, catalogues: list[dict[str, Any]], model: str, pages: list[dict[str, Any]],
-                 page_size: int) -> None:
+                 page_size: int) -> bool:
+    """The grid (or the merged ranking and a tab per catalogue); False when there is nothing to show."""
     results = results_from_pages(pages, query_model=model, page_size=page_size)
     if not results.ranking:
-        _html(render.alert("info", "No products matched",
-                           "Try another photo, other words or a different category.", testid="no-results"))
-        return
+        return False
     if model == ALL and results.per_model:
         _tabs(client, catalogues, results)
     else:
@@ -169,3 +198,4 @@ def show_results(client: ApiClient, catalogues: list[dict[str, Any]], model: str
         _grid(client, catalogues, results.ranking, group=model)
     if results.has_more:
         st.button("Load more", key="load-more", on_click=_load_more, type="primary")
+    return True

@@ -33,6 +33,14 @@ div[class*="st-key-grid-"] > div:has(> div[class*="st-key-card-"]) {flex: 0 0 ca
 .shop-card__match {position:absolute; top:6px; left:6px; background:#e8f6ee; color:#137a3d;
   font-size:.7rem; font-weight:700; padding:2px 7px; border-radius:10px;}
 .shop-card__match.best {background:#1f2a44; color:#fff;}
+.shop-card__note {position:absolute; bottom:6px; left:6px; right:6px; background:rgba(255,255,255,.88);
+  color:#1d2433; font-size:.68rem; padding:2px 6px; border-radius:8px; text-align:center;}
+/* the photos button is an icon; its words stay for screen readers (its accessible name) */
+div[class*="st-key-views-"] button [data-testid="stMarkdownContainer"] {position:absolute !important;
+  width:1px; height:1px; overflow:hidden; clip-path:inset(50%); white-space:nowrap;}
+div[class*="st-key-dups-"] button {min-height:0; padding:0 .4rem; color:#35508a;}
+/* the camera: small enough on a desktop that "Take Photo" and the first results fit the screen */
+[data-testid="stCameraInput"] {max-width: 480px;}
 .shop-card__body {padding:.45rem .6rem .5rem;}
 .shop-card__cat {color:#6b7380; font-size:.68rem; text-transform:uppercase; letter-spacing:.04em;}
 .shop-card__title {color:#1d2433; font-weight:600; font-size:.88rem; line-height:1.25; min-height:2.5em;
@@ -62,6 +70,11 @@ div[class*="st-key-grid-"] > div:has(> div[class*="st-key-card-"]) {flex: 0 0 ca
   div[class*="st-key-grid-"] > div:has(> div[class*="st-key-card-"]) {flex-basis: calc((100% - .5rem) / 2) !important;
     width: calc((100% - .5rem) / 2) !important;}
   [data-testid="stFileUploaderDropzone"] {padding: .5rem;}
+  /* the refinements share two rows beside the query, so the first results still show without scrolling */
+  .st-key-filters {gap: .4rem !important;}
+  .st-key-filters > .st-key-category {flex: 1 1 150px !important; width: auto !important;}
+  .st-key-filters > .st-key-quality {flex: 1 1 100px !important; width: auto !important;}
+  .st-key-filters > .st-key-sort {flex: 1 1 120px !important; width: auto !important;}
 }
 </style>
 """
@@ -78,25 +91,37 @@ def image_src(data: bytes | None, content_type: str = "image/jpeg") -> str:
     return f"data:{content_type};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-def product_card(hit: dict, img_src: str, *, label: str, price: str = "", link: str = "",
-                 show_model: str | None = None) -> str:
-    """One result card; ``data-*`` attributes carry id, rank and model for tests and scripts."""
+def product_card(hit: dict, img_src: str, *, label: str = "", price: str = "", link: str = "",
+                 show_model: str | None = None, note: str = "", testid: str = "result-card") -> str:
+    """One product card; ``data-*`` attributes carry id, rank and model for tests and scripts. ``note``
+    captions the picture (e.g. what a heat-map shows); no ``label``, no match badge."""
     title = _e(hit.get("title"))
     if link:
         title = f'<a href="{_e(link)}" target="_blank" rel="noopener" data-testid="product-link">{title}</a>'
+    badge = (f'<span class="shop-card__match{" best" if hit.get("rank") == 1 else ""}" data-testid="match-label">'
+             f"{_e(label)}</span>") if label else ""
+    caption = f'<span class="shop-card__note" data-testid="card-note">{_e(note)}</span>' if note else ""
     return (
-        f'<div class="shop-card" data-testid="result-card" data-product-id="{_e(hit.get("id"))}" '
-        f'data-rank="{_e(hit.get("rank"))}" data-model="{_e(hit.get("model") or "")}" '
+        f'<div class="shop-card" data-testid="{_e(testid)}" data-product-id="{_e(hit.get("id"))}" '
+        f'data-rank="{_e(hit.get("rank") or "")}" data-model="{_e(hit.get("model") or "")}" '
         f'data-category="{_e(hit.get("category") or "")}">'
         f'<div class="shop-card__img"><img src="{_e(img_src)}" alt="{_e(hit.get("title"))}" loading="lazy"/>'
-        f'<span class="shop-card__match{" best" if hit.get("rank") == 1 else ""}" data-testid="match-label">'
-        f"{_e(label)}</span></div>"
+        f"{badge}{caption}</div>"
         f'<div class="shop-card__body"><div class="shop-card__cat">{_e(hit.get("category") or "")}</div>'
         f'<div class="shop-card__title" title="{_e(hit.get("title"))}">{title}</div>'
         + (f'<div class="shop-card__price" data-testid="price">{_e(price)}</div>' if price else "")
         + (f'<div class="shop-card__model">in {_e(show_model)}</div>' if show_model else "")
         + "</div></div>"
     )
+
+
+def category_tile(category: str, count: int | None, img_src: str, *, model: str) -> str:
+    """A landing tile: a catalogue's category with one of its products' pictures."""
+    counted = f'<div class="shop-card__cat">{count} product{"" if count == 1 else "s"}</div>' if count else ""
+    return (f'<div class="shop-card" data-testid="category-tile" data-model="{_e(model)}" '
+            f'data-category="{_e(category)}"><div class="shop-card__img"><img src="{_e(img_src)}" '
+            f'alt="{_e(category)}" loading="lazy"/></div><div class="shop-card__body">'
+            f'<div class="shop-card__title">{_e(category.capitalize())}</div>{counted}</div></div>')
 
 
 def alert(kind: str, title: str, message: str, *, testid: str) -> str:

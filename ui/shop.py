@@ -10,9 +10,12 @@ from typing import Any
 
 import streamlit as st
 
+from ui import catalogues as catalogue_choice
 from ui import render
 from ui.client import ApiClient, ApiError, ApiUnavailable, api_url_from_env, upload_limit_from_env
-from ui.grid import ALL, display_name, img_src, show_results
+from ui.filters import ANY_CATEGORY, Refinements, nothing_found, refinements
+from ui.grid import ALL, img_src, show_results
+from ui.landing import landing
 from ui.query import Query, QueryError, fetch_image, similar_query, text_query
 from utils.image_shape import ShapePolicy
 
@@ -21,7 +24,6 @@ logger = logging.getLogger(__name__)
 PAGE_SIZE = 12
 RETRY_SECONDS = 3.0
 MODES = {"photo": "Photo", "camera": "Camera", "link": "Image link", "text": "Describe it"}
-ANY_CATEGORY = "All categories"
 
 
 @st.cache_resource
@@ -34,18 +36,6 @@ def _html(markup: str) -> None:
 
 
 # --- catalogues and outages ----------------------------------------------------------------------
-
-def _catalogues(client: ApiClient) -> list[dict[str, Any]] | None:
-    """The searchable catalogues; while the API is down, the last ones seen (None before any)."""
-    try:
-        models = client.models()
-    except (ApiUnavailable, ApiError) as exc:
-        logger.warning("catalogue list unavailable from %s: %s", client.base_url, exc)
-        return st.session_state.get("catalogues")
-    ready = [m for m in models if m.get("searchable", True) and m.get("name")]
-    st.session_state["catalogues"] = ready
-    return ready
-
 
 def _unavailable(client: ApiClient) -> None:
     _html(render.alert("error", "Search is unavailable, retrying",
@@ -73,16 +63,14 @@ def _new_search() -> None:
 
 def _model_changed() -> None:
     _new_search()
+    catalogue_choice.forget_link_notice()
     st.session_state["category"] = ANY_CATEGORY  # categories differ between catalogues
 
 
-def _model_selector(catalogues: list[dict[str, Any]]) -> str:
-    names = [str(m["name"]) for m in catalogues]
-    options = [*names, ALL] if len(names) > 1 else names
-    chosen = st.segmented_control("Search in", options, default=options[0], required=True, key="model",
-                                  bind="query-params", on_change=_model_changed, label_visibility="collapsed",
-                                  format_func=lambda n: display_name(catalogues, n))
-    return str(chosen or options[0])
+def _shot() -> None:
+    """A camera shot is a new search, brought into view as an upload's results are."""
+    _new_search()
+    st.session_state["scroll_to_query"] = True
 
 
 def _limit_mb(limit: int) -> int:
@@ -159,7 +147,7 @@ def _query_input() -> Query | None:
                                 format_func=lambda m: MODES.get(m, m))
     try:
         if mode == "camera":
-            shot = st.camera_input("Take a photo of a product", key="camera", on_change=_new_search)
+            shot = st.camera_input("Take a photo of a product", key="camera", on_change=_shot)
             return _photo_query(shot.getvalue(), "camera.jpg") if shot else None
         if mode == "link":
             return _link()
@@ -178,21 +166,19 @@ def _similar_from_url(client: ApiClient, catalogues: list[dict[str, Any]]) -> Qu
     if not product_id or model not in {m["name"] for m in catalogues}:
         return None
     cached = st.session_state.get("similar_title")
-    if not cached or cached[0] != raw:
+    if not cached or cached[0] != raw or not cached[1]:  # a link, or a name the API could not give before
         try:
-            title = str(client.product(model, product_id).get("title") or "")
+            cached = (raw, str(client.product(model, product_id).get("title") or ""))
         except (ApiUnavailable, ApiError):
-            title = ""
-        cached = (raw, title)
+            cached = (raw, "")  # asked again on the next run, once the API is back
         st.session_state["similar_title"] = cached
     return similar_query(model, product_id, cached[1])
 
 
 # --- searching -----------------------------------------------------------------------------------
 
-def _search(client: ApiClient, model: str, query: Query, category: str | None, offset: int,
-            min_match: float | None = None) -> dict[str, Any]:
-    opts: dict[str, Any] = {"top_k": PAGE_SIZE, "category": category, "offset": offset, "min_match": min_match}
+def _search(client: ApiClient, model: str, query: Query, refined: Refinements, offset: int) -> dict[str, Any]:
+    opts: dict[str, Any] = {"top_k": PAGE_SIZE, "offset": offset, **refined.params()}
     if query.kind == "similar":
         return client.similar(query.product_model, query.product_id, **opts)
     if query.kind == "text":
@@ -202,20 +188,36 @@ def _search(client: ApiClient, model: str, query: Query, category: str | None, o
     return client.search(model, query.image or b"", query.filename, **opts)
 
 
-def _pages(client: ApiClient, model: str, query: Query, category: str | None,
-           min_match: float | None = None) -> list[dict[str, Any]]:
+def _pages(client: ApiClient, model: str, query: Query, refined: Refinements) -> list[dict[str, Any]]:
     """The pages fetched so far for this search: the first on a new search, one more per "Load more"."""
-    key = (client.base_url, model, query.signature, category, min_match)
+    key = (client.base_url, model, query.signature, refined)
     state = st.session_state.get("pages")
     if not state or state[0] != key:
         with st.spinner("Searching…"):
-            state = (key, [_search(client, model, query, category, 0, min_match)])
+            state = (key, [_search(client, model, query, refined, 0)])
         st.session_state["pages"] = state
     if st.session_state.pop("load_more", False) and len(state[1][-1].get("results") or []) >= PAGE_SIZE:
         offset = sum(len(p.get("results") or []) for p in state[1])
         with st.spinner("Loading more…"):
-            state[1].append(_search(client, model, query, category, offset, min_match))
+            state[1].append(_search(client, model, query, refined, offset))
     return list(state[1])
+
+
+_NARROW_WORDS = ("aspect", "elongated", "narrow")
+
+
+def _bad_image(message: str) -> tuple[str, str]:
+    """What the shopper reads when the API could not use the photo, in its words where they say what is wrong
+    (the API's reason: "extreme aspect ratio (4000x150 is more elongated than 20:1)")."""
+    reason = message.split(": ", 1)[-1].strip()
+    detail = reason[reason.find("(") + 1:reason.rfind(")")] if "(" in reason and reason.endswith(")") else reason
+    lowered = reason.lower()
+    if any(word in lowered for word in _NARROW_WORDS):
+        return "That photo is too long and narrow", f"{detail[:1].upper()}{detail[1:]}. Please crop it closer " \
+                                                    "to the product, or use another photo."
+    if "pixel" in lowered or "too large" in lowered or "side" in lowered:
+        return "That photo is too large", f"{detail[:1].upper()}{detail[1:]}. Please use a smaller photo."
+    return "We couldn't read that image", "Please try another photo (JPEG, PNG, WebP, GIF or BMP)."
 
 
 def _search_failed(client: ApiClient, exc: ApiError | ApiUnavailable) -> None:
@@ -228,34 +230,11 @@ def _search_failed(client: ApiClient, exc: ApiError | ApiUnavailable) -> None:
         413: ("That photo is too large", f"Please use a photo under {limit} MB.", "bad-query"),
         404: ("That product is no longer available", "Please start a new search.", "gone"),
         422: ("That search isn't valid", "Please change your search and try again.", "bad-query"),
-    }.get(exc.status, ("We couldn't read that image",
-                       "Please try another photo (JPEG, PNG, WebP, GIF or BMP).", "bad-query"))
+    }.get(exc.status, (*_bad_image(exc.message), "bad-query"))
     _html(render.alert("warning", title, message, testid=testid))
 
 
 # --- page ----------------------------------------------------------------------------------------
-
-def _category_filter(catalogues: list[dict[str, Any]], model: str) -> str | None:
-    chosen = [m for m in catalogues if model in (ALL, m.get("name"))]
-    categories = sorted({str(c) for m in chosen for c in (m.get("categories") or []) if c})
-    if st.session_state.get("category") not in (None, ANY_CATEGORY, *categories):
-        st.session_state["category"] = ANY_CATEGORY
-    value = st.selectbox("Category", [ANY_CATEGORY, *categories], key="category", bind="query-params",
-                         label_visibility="collapsed", width=260)
-    return None if value in (None, ANY_CATEGORY) else str(value)
-
-
-# the minimum-match control: the API's calibrated ``match`` (the labels' "Good" and "Great" floors)
-MATCH_FLOORS = {"Any match": None, "Good matches": 0.4, "Great matches": 0.65}
-
-
-def _match_filter() -> float | None:
-    if st.session_state.get("quality") not in MATCH_FLOORS:
-        st.session_state["quality"] = next(iter(MATCH_FLOORS))
-    value = st.selectbox("Match", list(MATCH_FLOORS), key="quality", bind="query-params",
-                         label_visibility="collapsed", width=180)
-    return MATCH_FLOORS.get(str(value))
-
 
 def _query_strip(client: ApiClient, query: Query) -> None:
     if query.kind == "similar":
@@ -270,17 +249,18 @@ def _query_strip(client: ApiClient, query: Query) -> None:
 
 
 def _scroll_to_query() -> None:
-    """After "More like this" the new query comes into view (Streamlit keeps the scroll position)."""
+    """After "More like this" or a camera shot the new query and its results come into view (Streamlit keeps
+    the scroll position). Drawn after the results, so the page is long enough to scroll that far."""
     if st.session_state.pop("scroll_to_query", False):
-        st.html("<script>setTimeout(() => document.querySelector('[data-testid=query-panel]')"
-                "?.scrollIntoView({block: 'start'}), 50)</script>", unsafe_allow_javascript=True)
+        st.html("<script>setTimeout(() => window.parent.document.querySelector('[data-testid=query-panel]')"
+                "?.scrollIntoView({block: 'start'}), 150)</script>", unsafe_allow_javascript=True)
 
 
 def shop_page() -> None:
     _html(render.CSS)
     _html(render.banner("Visual Product Search", "Snap it, upload it or describe it — find it in our catalogue."))
     client = _client(api_url_from_env())
-    catalogues = _catalogues(client)
+    catalogues = catalogue_choice.catalogues(client)
     if catalogues is None:
         _unavailable(client)
         return
@@ -288,21 +268,23 @@ def shop_page() -> None:
         _html(render.alert("info", "Our catalogue is coming soon",
                            "Products are being added. Please check back shortly.", testid="no-models"))
         return
-    model = _model_selector(catalogues)
+    model = catalogue_choice.selector(catalogues, _model_changed)
     typed = _query_input()  # always drawn, so an upload survives a "more like this" detour and outages
     query = _similar_from_url(client, catalogues) or typed
     if query is None:
         st.caption("Upload a photo, take one, paste a link or describe a product to start shopping.")
+        landing(client, catalogues, model)
         return
     with st.container(horizontal=True, vertical_alignment="center", gap="small", key="filters"):
         _query_strip(client, query)
-        category = _category_filter(catalogues, model)
-        min_match = _match_filter()
-    _scroll_to_query()
+        refined = refinements(catalogues, model)
     try:
-        pages = _pages(client, query.product_model or model, query, category, min_match)
+        pages = _pages(client, query.product_model or model, query, refined)
     except (ApiUnavailable, ApiError) as exc:
         _search_failed(client, exc)
         return
     st.session_state["explain_image"] = query.image if query.kind == "image" else None  # "Why this match?"
-    show_results(client, catalogues, model if query.kind != "similar" else query.product_model, pages, PAGE_SIZE)
+    if not show_results(client, catalogues, model if query.kind != "similar" else query.product_model, pages,
+                        PAGE_SIZE):
+        nothing_found(refined)
+    _scroll_to_query()

@@ -17,7 +17,7 @@ def _rows(health: dict[str, Any], *, operator: bool) -> list[dict[str, Any]]:
     for name, m in sorted((health.get("models") or {}).items()):
         if not isinstance(m, dict):
             continue
-        row = {"catalogue": name, "searchable": bool(m.get("searchable")), "products": m.get("products"),
+        row = {"catalogue": name, "state": m.get("state") or "", "products": m.get("products"),
                "built at": m.get("built_at") or ""}
         if operator:
             row.update({"index": m.get("index_type") or "", "backbone": m.get("backbone") or "",
@@ -37,7 +37,7 @@ def status_page() -> None:
     key = admin_key(client, ask=False)
     st.metric("Status", str(health.get("status", "?")), border=True)
     st.write(f"{health.get('total_products', 0):,} searchable products in "
-             f"{len(health.get('available_models') or [])} catalogue(s)")
+             f"{health.get('available_models', 0)} catalogue(s)")
     st.dataframe(_rows(health, operator=key is not None), hide_index=True)
     if key is None:
         with st.expander("Operator details"):

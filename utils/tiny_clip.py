@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 _SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
+TINY_DUPLICATE_THRESHOLD = 0.99995  # folds exact copies only (distinct demo products stay below 0.9999)
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -63,6 +64,10 @@ def write_tiny_clip(out_dir: Path, *, embed_dim: int = 32, image_size: int = 64,
     tokenizer.save_pretrained(out_dir)
     CLIPImageProcessor(size={"shortest_edge": image_size},
                        crop_size={"height": image_size, "width": image_size}).save_pretrained(out_dir)
+    # Random weights put every image within cosine 0.9999 of every other, so the real near-duplicate default
+    # would fold a whole catalogue into one hit: the folder says what it needs (core.model_config reads it).
+    (out_dir / "imagesearch.json").write_text(json.dumps({"duplicate_threshold": TINY_DUPLICATE_THRESHOLD}) + "\n",
+                                              encoding="utf-8")
     return out_dir
 
 

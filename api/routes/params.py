@@ -7,6 +7,8 @@ from typing import Annotated, Literal
 from fastapi import Query
 from pydantic import Field
 
+from api.searching import SORT_POOL
+
 
 TopK = Annotated[int, Query(ge=1, le=100, description="how many results (1-100)")]
 Offset = Annotated[int, Query(ge=0, le=10_000, description="skip this many results first (pagination)")]
@@ -63,6 +65,13 @@ def _bound(text: str) -> float | None:
     return float(text) if text else None
 
 
+SortParam = Annotated[str, Query(
+    pattern=f"^(relevance|-?{_COLUMN})$", max_length=65,
+    description=f"relevance (default: best match first), or an extra column to order the best {SORT_POOL} matches "
+                "by (after filters, min_match and dedupe): price for ascending, -price for descending; products "
+                "without a value come last. GET /models lists each model's columns under filters")]
+
+
 class RelevanceParams:
     """Calibrated-match floor and near-duplicate collapsing, taken by every search route."""
 
@@ -72,7 +81,9 @@ class RelevanceParams:
             ge=0.0, le=1.0, description="drop results whose calibrated match is below this (0-1)")] = None,
         dedupe: Annotated[bool, Query(
             description="collapse near-duplicates (cosine at or above the model's duplicate_threshold, default "
-                        "0.94) into one hit listing their ids in duplicates")] = True,
+                        "0.98) into one hit listing their ids in duplicates")] = True,
+        sort: SortParam = "relevance",
     ) -> None:
         self.min_match = min_match
         self.dedupe = dedupe
+        self.sort = None if sort == "relevance" else sort

@@ -14,6 +14,7 @@ from fastapi.responses import FileResponse
 
 from core.config import Settings
 from core.errors import ImageNotAvailableError, ProductNotFoundError
+from core.store import typed_extra
 from pipeline.state import cached_refs
 
 from api.catalogue import Catalogue
@@ -36,7 +37,7 @@ async def get_product(model: str, product_id: str, request: Request,
     views = f"{base_url(request)}/{model}/products/{quote(p.id, safe='')}/views"
     return ProductInfo(model=model, id=p.id, title=p.title, category=p.category or None,
                        preview_image=p.preview_image or None, image_url=image_url(base_url(request), model, p),
-                       images=list(p.images), extra=dict(p.extra),
+                       images=list(p.images), extra=typed_extra(p.extra, loaded.require().columns()),
                        view_urls=[f"{views}/{n}" if ref in cached else None for n, ref in enumerate(p.images)])
 
 

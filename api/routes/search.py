@@ -39,15 +39,15 @@ def filters_from(top_k: int, min_score: float | None, flt: FilterParams, offset:
              rel: RelevanceParams | None = None, kind: str = IMAGE) -> Filters:
     rel = rel or RelevanceParams()
     return Filters(top_k=top_k, min_score=min_score, category=flt.category, equals=flt.equals, ranges=flt.ranges,
-                   offset=offset, min_match=rel.min_match, dedupe=rel.dedupe, kind=kind)
+                   offset=offset, min_match=rel.min_match, dedupe=rel.dedupe, kind=kind, sort=rel.sort)
 
 
 async def search_loaded(model: ServedModel, clip_vector: np.ndarray, filters: Filters, base: str, *,
-                        tag_model: bool = False, projected: bool = False) -> list[SearchHit]:
+                        projected: bool = False) -> list[SearchHit]:
     """Search one model with a raw CLIP query vector (or one already in index space), off the event loop."""
     def _work() -> list[SearchHit]:
         vector = clip_vector if projected else query_vector(model, clip_vector)
-        return to_hits(model, nearest(model, vector, filters), base, tag_model=tag_model, first_rank=filters.offset + 1)
+        return to_hits(model, nearest(model, vector, filters), base, first_rank=filters.offset + 1)
 
     return await to_thread.run_sync(_work)
 
@@ -90,7 +90,7 @@ async def _search_every_model(models: list[ServedModel], vectors: dict[str, np.n
         reason = _skip_reason(model, vectors, filters)
         if not reason:
             try:
-                found[model.name] = await search_loaded(model, vectors[model.backbone], deep, base, tag_model=True)
+                found[model.name] = await search_loaded(model, vectors[model.backbone], deep, base)
             except StoreError as exc:
                 failed.append(exc)
                 reason = exc.message
@@ -101,7 +101,7 @@ async def _search_every_model(models: list[ServedModel], vectors: dict[str, np.n
         per_model[model.name] = ModelResults(model=model.name, num_results=len(page), results=page)
     if failed and not found:
         raise failed[0]
-    return merge_rankings(list(found.values()), deep.top_k, merge)[filters.offset:], per_model
+    return merge_rankings(list(found.values()), deep.top_k, merge, filters.sort)[filters.offset:], per_model
 
 
 def _skip_reason(model: ServedModel, vectors: dict[str, np.ndarray], filters: Filters) -> str | None:
@@ -110,7 +110,7 @@ def _skip_reason(model: ServedModel, vectors: dict[str, np.ndarray], filters: Fi
     if model.backbone not in vectors:
         return "the query vector's dimension does not match this model"
     try:
-        check_columns(model, filters)
+        check_columns(model, filters, sort=False)  # a model without the sort column still serves, its hits last
     except BadRequestError as exc:
         return exc.message
     return None
@@ -199,13 +199,6 @@ def _clip_query(body: VectorQuery, dim: int | None, name: str) -> np.ndarray:
     return (vector / max(float(np.linalg.norm(vector)), 1e-12)).astype(np.float32)
 
 
-def _clip_dim(model: ServedModel) -> int | None:
-    store = model.store
-    if model.head is not None:
-        return model.head.input_dim
-    return store.dim if store is not None else None
-
-
 @router.post("/all/search/vector", response_model=AllSearchResponse, responses=_TEXT_ERRORS,
              summary="Search every model whose CLIP dimension matches with your own query embedding")
 async def search_all_vector(request: Request, body: VectorQuery, top_k: TopK = 10, min_score: MinScore = None,
@@ -215,7 +208,7 @@ async def search_all_vector(request: Request, body: VectorQuery, top_k: TopK = 1
     models, ready = _ready_models(catalogue)
     start = time.perf_counter()
     query = _clip_query(body, None, "all")  # normalised once, shared by every model of this dimension
-    vectors = {m.backbone: query for m in ready if _clip_dim(m) == len(body.vector)}
+    vectors = {m.backbone: query for m in ready if m.query_dim == len(body.vector)}
     if not vectors:
         raise BadRequestError(f"no model takes {len(body.vector)}-dim vectors")
     filters = filters_from(top_k, min_score, flt, offset, rel)
@@ -236,7 +229,7 @@ async def search_vector(model: str, request: Request, body: VectorQuery, top_k: 
     filters = filters_from(top_k, min_score, flt, offset, rel)
     check_columns(loaded, filters)
     start = time.perf_counter()
-    hits = await search_loaded(loaded, _clip_query(body, _clip_dim(loaded), model), filters, base_url(request))
+    hits = await search_loaded(loaded, _clip_query(body, loaded.query_dim, model), filters, base_url(request))
     log_search(request, model, "vector", filters, elapsed_ms(start), hits)
     return SearchResponse(model=model, query="vector", num_results=len(hits), search_time_ms=elapsed_ms(start),
                           results=hits)

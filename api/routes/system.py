@@ -7,6 +7,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from core.config import Settings
 from core.errors import ImageSearchError
 
 from api.catalogue import Catalogue
@@ -20,11 +21,12 @@ router = APIRouter(tags=["system"])
 
 def _health(m: ServedModel) -> ModelHealth:
     info = m.index_info
-    return ModelHealth(name=m.name, searchable=m.searchable, products=m.num_products, backbone=m.backbone,
-                       index_type=info.get("kind"), built_at=info.get("built_at"), error=m.error)
+    return ModelHealth(name=m.name, state=m.state, searchable=m.searchable, products=m.num_products,
+                       backbone=m.backbone, index_type=info.get("kind"), built_at=info.get("built_at"),
+                       error=m.error if m.state == "failed" else None)
 
 
-def _info(m: ServedModel) -> ModelInfo:
+def _info(m: ServedModel, settings: Settings) -> ModelInfo:
     try:
         stats = m.stats() if m.searchable else None
     except ImageSearchError:  # the store cannot count now (Milvus unreachable): listed without its counts
@@ -33,20 +35,22 @@ def _info(m: ServedModel) -> ModelInfo:
     info = m.index_info
     return ModelInfo(name=m.name, display_name=m.spec.display_name or m.name, description=m.spec.description,
                      categories=list(m.spec.categories) or list(counts), category_counts=counts,
-                     num_products=m.num_products, searchable=m.searchable, search_path=f"/{m.name}/search",
-                     text_search_path=f"/{m.name}/search/text", backbone=m.backbone, has_head=m.head is not None,
+                     num_products=m.num_products, state=m.state, searchable=m.searchable,
+                     search_path=f"/{m.name}/search", text_search_path=f"/{m.name}/search/text",
+                     backbone=m.backbone, has_head=m.head is not None,
                      index_type=info.get("kind"), built_at=info.get("built_at"), error=m.error,
-                     currency=m.spec.currency, url_template=m.spec.url_template,
+                     currency=m.spec.currency_for(settings), url_template=m.spec.url_template,
                      filters=dict(stats.columns) if stats else {},
-                     recall_at_10=(info.get("tuning") or {}).get("recall_at_10"))
+                     recall_at_10=(info.get("tuning") or {}).get("recall_at_10"),
+                     vector_dim=m.query_dim if m.searchable else None)
 
 
 @router.get("/health", response_model=HealthResponse, summary="Overall status and per-model readiness")
 async def health(catalogue: Catalogue = Depends(get_catalogue)) -> HealthResponse:
     models = catalogue.models()
     ready = [m for m in models if m.searchable]
-    status = "healthy" if models and len(ready) == len(models) else "degraded"
-    return HealthResponse(status=status, available_models=[m.name for m in ready],
+    status = "degraded" if any(m.state == "failed" for m in models) else "healthy"
+    return HealthResponse(status=status, available_models=len(ready), available_model_names=[m.name for m in ready],
                           total_products=sum(m.num_products for m in ready),
                           models={m.name: _health(m) for m in models})
 
@@ -54,7 +58,7 @@ async def health(catalogue: Catalogue = Depends(get_catalogue)) -> HealthRespons
 @router.get("/models", response_model=ModelsResponse, summary="Every model, searchable or not")
 async def list_models(catalogue: Catalogue = Depends(get_catalogue)) -> ModelsResponse:
     # off the event loop: a model's first counts scan its store
-    infos = await to_thread.run_sync(lambda: [_info(m) for m in catalogue.models()])
+    infos = await to_thread.run_sync(lambda: [_info(m, catalogue.settings) for m in catalogue.models()])
     return ModelsResponse(count=len(infos), models=infos)
 
 

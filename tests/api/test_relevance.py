@@ -76,8 +76,7 @@ def _merged(models: list[ServedModel], query: np.ndarray, method: str, k: int) -
     per_model = []
     for model in models:
         vector = model.head.apply(query[None]) if model.head is not None else query[None]
-        per_model.append(to_hits(model, nearest(model, vector[0], Filters(top_k=k, dedupe=False)), "",
-                                 tag_model=True))
+        per_model.append(to_hits(model, nearest(model, vector[0], Filters(top_k=k, dedupe=False)), ""))
     return [(h.model or "", h.category or "") for h in merge_rankings(per_model, k, method)]  # type: ignore[arg-type]
 
 

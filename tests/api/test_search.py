@@ -51,7 +51,9 @@ def test_search_response_shape(client, built_root):
     assert [h["rank"] for h in body["results"]] == [1, 2, 3, 4, 5]
     assert -1.0 <= hit["score"] <= 1.0 and hit["score"] > 0.9
     assert hit["category"] == row["category"] and hit["preview_image"] == row["preview_image"]
-    assert hit["extra"] == {"price": row["price"], "vendor": row["vendor"]}
+    assert hit["model"] == "general"  # single-model hits name their model too
+    assert hit["extra"] == {"price": float(row["price"]), "vendor": row["vendor"]}  # a number column as numbers
+    assert client.get(f"/general/products/{hit['id']}").json()["extra"]["price"] == float(row["price"])
     scores = [h["score"] for h in body["results"]]
     assert scores == sorted(scores, reverse=True)
     image = client.get(hit["image_url"])
@@ -97,6 +99,31 @@ def test_extra_column_filters_equality_and_ranges(client, built_root):
     assert ids(category="mugs", price_min=20) == mugs
     r = client.post("/general/search", params={"filter": "colour:red"}, files={"file": ("q.jpg", data)})
     assert r.status_code == 400 and "price" in r.json()["detail"]
+
+
+@both_stores
+def test_sort_orders_the_best_matches_by_a_column(client, built_root):
+    """sort=price / -price orders the best matches (after the filters) by price, pages continue within
+    them, /all sorts its merged ranking the same way, and a column the model lacks is a 400."""
+    data = _own_image(built_root, "general", _products(built_root, "general")[0])
+
+    def prices(path="/general/search", **params) -> list[float]:
+        r = client.post(path, params={"top_k": 12, **params}, files={"file": ("q.jpg", data)})
+        assert r.status_code == 200, r.text
+        return [h["extra"]["price"] for h in r.json()["results"]]
+
+    cheapest, page2 = prices(sort="price"), prices(sort="price", offset=12)
+    assert cheapest == sorted(cheapest) and page2 == sorted(page2) and cheapest[-1] <= page2[0]
+    dearest = prices(sort="-price", category="lamps", top_k=20)
+    lamps = sorted((float(r["price"]) for r in _products(built_root, "general") if r["category"] == "lamps"),
+                   reverse=True)
+    assert dearest == lamps  # the whole category, dearest first
+    merged = prices("/all/search", sort="price")
+    assert merged == sorted(merged) and len(merged) == 12
+    r = client.post("/general/search", params={"sort": "colour"}, files={"file": ("q.jpg", data)})
+    assert r.status_code == 400 and "price" in r.json()["detail"]
+    assert client.post("/general/search", params={"sort": "price;drop"}, files={"file": ("q.jpg", data)}
+                       ).status_code == 422
 
 
 def _queries_embedded(live) -> int:
@@ -175,3 +202,22 @@ def test_top_k_bounds_are_served(client):
     for top_k, expected in ((1, 1), (100, 66)):
         r = client.post("/general/search", params={"top_k": top_k}, files={"file": ("q.jpg", images.jpeg())})
         assert r.status_code == 200 and r.json()["num_results"] == expected
+
+
+def test_the_tiny_demo_model_shows_a_full_page_out_of_the_box(built_root, tiny_clip, monkeypatch):
+    """The README's demo (the tiny random CLIP, no threshold set anywhere) answers a photo with a full page
+    of distinct products, not one hit with everything folded into it."""
+    from core.config import load_settings
+    from tests.api.conftest import start_server, stop_server
+
+    monkeypatch.delenv("IMAGESEARCH_DUPLICATE_THRESHOLD")
+    server = start_server(load_settings(root=built_root, clip_model=str(tiny_clip), device="cpu"))
+    row = _products(built_root, "general")[0]
+    try:
+        with server.client() as c:
+            body = c.post("/general/search", params={"top_k": 12},
+                          files={"file": ("q.jpg", _own_image(built_root, "general", row))}).json()
+    finally:
+        stop_server(server)
+    assert body["num_results"] == 12 and len({h["id"] for h in body["results"]}) == 12
+    assert body["results"][0]["id"] == row["shopify_product_id"]

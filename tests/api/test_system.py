@@ -14,7 +14,8 @@ from tests.stores import both_stores
 @both_stores
 def test_health(client):
     body = client.get("/health").json()
-    assert body["status"] == "healthy" and body["available_models"] == ["general", "shirts"]
+    assert body["status"] == "healthy" and body["available_models"] == 2  # a count, as the seed design has it
+    assert body["available_model_names"] == ["general", "shirts"]
     assert body["total_products"] == 66 + 35
     general = body["models"]["general"]
     assert general["products"] == 66 and general["index_type"] == "flat" and general["built_at"]
@@ -28,6 +29,8 @@ def test_models(client):
     general = {m["name"]: m for m in body["models"]}["general"]
     assert general["searchable"] and general["search_path"] == "/general/search"
     assert general["num_products"] == 66 and general["description"]
+    assert general["state"] == "ready" and general["vector_dim"] == 32  # the tiny CLIP's width, for /search/vector
+    assert general["currency"] == "USD"
     assert set(general["categories"]) == set(general["category_counts"])
     assert sum(general["category_counts"].values()) == 66
 
@@ -79,10 +82,11 @@ def degraded(built_root, tiny_clip, tmp_path_factory):
 def test_a_damaged_index_is_repaired_and_only_unusable_models_are_reported(degraded):
     with degraded.client() as c:
         health = c.get("/health").json()
-        assert health["status"] == "degraded" and health["available_models"] == ["general", "shirts"]
+        assert health["status"] == "degraded" and health["available_model_names"] == ["general", "shirts"]
         assert health["total_products"] == 66 + 35  # shirts' index was rebuilt from its store
+        assert health["models"]["broken"]["state"] == "failed"
         assert "catalogue database" in health["models"]["broken"]["error"]
-        assert "no catalogue built yet" in health["models"]["pending"]["error"]
+        assert health["models"]["pending"]["state"] == "not built" and health["models"]["pending"]["error"] is None
         models = {m["name"]: m for m in c.get("/models").json()["models"]}
         assert not models["broken"]["searchable"] and models["shirts"]["searchable"]
         r = c.post("/broken/search", files={"file": ("q.jpg", images.jpeg())})
@@ -92,6 +96,43 @@ def test_a_damaged_index_is_repaired_and_only_unusable_models_are_reported(degra
         r = c.post("/all/search", files={"file": ("q.jpg", images.jpeg())})
         assert r.status_code == 200 and r.json()["per_model"]["broken"]["error"]
         assert {h["model"] for h in r.json()["results"]} <= {"general", "shirts"}
+
+
+def test_a_model_never_built_is_not_a_fault(built_root, tiny_clip, tmp_path):
+    """Only general built: the built-in shirts (no CSV, no build) and a dropped-in CSV never built are "not
+    built", and health stays healthy."""
+    from core.config import load_settings
+
+    shutil.copytree(built_root / "data" / "general", tmp_path / "data" / "general")
+    shutil.copytree(built_root / "models" / "general", tmp_path / "models" / "general")
+    (tmp_path / "data" / "toys").mkdir()
+    (tmp_path / "data" / "toys" / "products.csv").write_text("id,title,images\nT1,Robot,robot.jpg\n")
+    server = start_server(load_settings(root=tmp_path, clip_model=str(tiny_clip), device="cpu"))
+    try:
+        with server.client() as c:
+            health = c.get("/health").json()
+            models = {m["name"]: m for m in c.get("/models").json()["models"]}
+    finally:
+        stop_server(server)
+    assert health["status"] == "healthy" and health["available_models"] == 1
+    assert {n: m["state"] for n, m in health["models"].items()} == {
+        "general": "ready", "shirts": "not built", "toys": "not built"}
+    assert health["models"]["shirts"]["error"] is None
+    assert models["toys"]["state"] == "not built" and not models["toys"]["searchable"]
+
+
+def test_redoc_needs_nothing_from_outside(client):
+    """/redoc and every asset it loads come from this server: no CDN logo (a console error offline)."""
+    import re
+
+    page = client.get("/redoc")
+    assert page.status_code == 200
+    sources = re.findall(r'(?:src|href|spec-url)="([^"]+)"', page.text)
+    assert sources and all(s.startswith("/") for s in sources), sources
+    bundle = client.get(next(s for s in sources if s.endswith(".js")))
+    assert bundle.status_code == 200 and len(bundle.content) > 100_000
+    assert b"cdn.redoc.ly" not in bundle.content
+    assert not re.findall(rb'src:"https?://', bundle.content)  # no image from another host
 
 
 def test_model_counts_are_a_snapshot_retaken_in_the_background(tmp_path, make_settings, monkeypatch):

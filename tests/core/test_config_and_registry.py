@@ -102,3 +102,23 @@ def test_model_json_currency_and_url_template(make_settings):
     (folder / "model.json").write_text('{"url_template": "https://toys.example/p/"}')
     with pytest.raises(ConfigError, match="url_template"):
         ModelRegistry.discover(settings)
+
+
+def test_currency_and_duplicate_threshold_fall_back_in_order(make_settings, tiny_clip, monkeypatch):
+    """model.json wins; then the setting; for the near-duplicate threshold then what the backbone's folder asks
+    for (the tiny random CLIP, whose distinct images all lie within 0.9999), else 0.98; a catalogue without a
+    currency is priced in IMAGESEARCH_CURRENCY (USD by default), never bare."""
+    from core.model_config import ModelSpec
+
+    monkeypatch.delenv("IMAGESEARCH_DUPLICATE_THRESHOLD")
+    settings = make_settings()
+    assert settings.duplicate_threshold is None and settings.currency == "USD"
+    assert ModelSpec(name="m").duplicate_threshold_for(settings) == 0.99995  # the tiny CLIP's own imagesearch.json
+    assert ModelSpec(name="m").duplicate_threshold_for(make_settings(clip_model="openai/clip-vit-base-patch32")) == 0.98
+    assert ModelSpec(name="m").duplicate_threshold_for(make_settings(duplicate_threshold=0.9)) == 0.9
+    assert ModelSpec(name="m", duplicate_threshold=0.95).duplicate_threshold_for(settings) == 0.95
+    assert ModelSpec(name="m").currency_for(settings) == "USD"
+    assert ModelSpec(name="m", currency="eur").currency_for(make_settings(currency="GBP")) == "EUR"
+    assert ModelSpec(name="m").currency_for(make_settings(currency="GBP")) == "GBP"
+    with pytest.raises(ConfigError, match="IMAGESEARCH_CURRENCY"):
+        load_settings(currency="dollars")

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from core.config import PROJECT_ROOT
+from tests import terminal
 from tests.fake_images import jpeg_bytes
+from tests.http_server import Reply
 
 pytestmark = pytest.mark.slow
 
@@ -28,6 +30,14 @@ def _cli(root: Path, tiny_clip: Path, *args: str) -> subprocess.CompletedProcess
            "IMAGESEARCH_TORCH_THREADS": "1"}
     return subprocess.run([sys.executable, str(PROJECT_ROOT / "run_training.py"), *args, "--no-progress"], env=env,
                           capture_output=True, text=True, timeout=240, cwd=root)
+
+
+def _tty(root: Path, tiny_clip: Path, *args: str, **env: str) -> terminal.Terminal:
+    """run_training.py in a pseudo-terminal, progress bars and all, as a merchant runs it."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("IMAGESEARCH_")}
+    base.update({"IMAGESEARCH_ROOT": str(root), "IMAGESEARCH_CLIP_MODEL": str(tiny_clip),
+                 "IMAGESEARCH_TORCH_THREADS": "1", "TERM": "xterm", **env})
+    return terminal.run([str(PROJECT_ROOT / "run_training.py"), *args], env=base, cwd=root)
 
 
 def _errors(proc: subprocess.CompletedProcess) -> list[str]:
@@ -61,10 +71,18 @@ def test_summary_prints_when_nothing_is_usable_and_fixing_the_images_fixes_the_b
     assert "images/t4.jpg" not in out
     assert "feature_extraction: no usable image x4" in out and "e.g. row 2: T1" in out
     assert "data_validation: empty title x1" in out and "e.g. row 6: T5" in out
-    assert "stopped: model 'textiles': no product has a usable image" in out
+    assert "no product has a usable image" not in out  # said once, by the error line
     assert "local image paths are relative to" in out and "run the same command again" in out
     models = root / "models" / "textiles"
     assert f"reports: {models / 'validation_report.json'}, {models / 'download_report.json'}" in out
+
+    listing = _tty(root, tiny_clip, "--list")  # why it failed, and no advice to rerun as is
+    assert "csv: yes = built from the current products.csv" in listing.text  # the csv column explained
+    note = next(line for line in listing.lines if line.startswith("textiles:"))
+    assert "stopped in feature_extraction: model 'textiles': no product has a usable image" in note
+    assert note.endswith("fix that, then run `python run_training.py textiles`")
+    assert "not built yet" not in listing.text  # shirts (built in, no CSV here) is not built, and not a fault
+    assert "not built" in next(line for line in listing.lines if line.startswith("shirts"))
 
     _copy_images(root, "t1", "t2", "t3", "t4")  # the merchant copies the images in and runs the same command
     fixed = _cli(root, tiny_clip, "textiles")
@@ -74,7 +92,9 @@ def test_summary_prints_when_nothing_is_usable_and_fixing_the_images_fixes_the_b
     assert lines == {"data_validation": "skipped", "image_download": "ran", "feature_extraction": "ran",
                      "index_building": "ran"}
     assert "image_download: file not found x1" in fixed.stdout and "e.g. row 4: images/t3b.jpg" in fixed.stdout
-    assert "index ready" in fixed.stdout and "yes (4)" in _cli(root, tiny_clip, "--list").stdout
+    listing = _cli(root, tiny_clip, "--list").stdout
+    assert "yes (4)" in listing and "stopped" not in listing  # a build that ends clears the failure
+    assert "index ready" in fixed.stdout
 
     again = _cli(root, tiny_clip, "textiles")
     assert again.returncode == 0 and again.stdout.count("skipped") == 4
@@ -125,10 +145,72 @@ def test_list_shows_failures_backbone_and_a_changed_csv(tmp_path, tiny_clip):
     assert header[:6] == ["model", "name", "csv", "products", "images", "cached"] and "backbone" in header
     row = next(line for line in listing if line.startswith("textiles"))
     assert "1 row, 2 images" in row and tiny_clip.name in row and " yes " in row and "yes (3)" in row
-    assert not any("changed" in line for line in listing)
+    assert not any("changed" in line for line in listing if not line.startswith("csv: "))  # all but the legend
 
     csv = root / "data" / "textiles" / "products.csv"
     csv.write_text(csv.read_text().replace("Red scarf", "Crimson scarf"))
     listing = _cli(root, tiny_clip, "--list").stdout
     assert "textiles: CSV changed since the last build; run `python run_training.py textiles`" in listing
     assert " changed " in next(line for line in listing.splitlines() if line.startswith("textiles"))
+
+
+def test_wrong_folder_pipe_csv_private_images_and_typos_read_right_in_a_terminal(tmp_path, tiny_clip, http_server):
+    """A CLIP folder that does not exist is named as such (not "the hub cannot be reached"); a pipe-delimited
+    CSV builds; images on 127.0.0.1 refused by the address guard come with the two settings that let them
+    through, and setting one makes the same command fetch them; a did-you-mean never also says where to put
+    the mistyped model's CSV."""
+    root = tmp_path / "root"
+    (root / "data" / "textiles").mkdir(parents=True)
+    http_server.routes["/t1.jpg"] = Reply(jpeg_bytes(200, 150, seed=1))
+    http_server.routes["/t2.jpg"] = Reply(jpeg_bytes(200, 150, seed=2))
+    (root / "data" / "textiles" / "products.csv").write_text(
+        "id|title|images|category\n"
+        f"T1|Red scarf|{http_server.url('/t1.jpg')}|scarves\n"
+        f"T2|Blue rug|{http_server.url('/t2.jpg')},{http_server.url('/t1.jpg')}|rugs\n")
+
+    refused = _tty(root, tiny_clip, "textiles", IMAGESEARCH_ALLOW_PRIVATE_URLS="0")
+    assert refused.returncode == 1 and "delimiter=pipe" in refused.text
+    assert "image_download: address not allowed x2" in refused.text
+    assert "IMAGESEARCH_FETCH_ALLOWLIST" in refused.text and "IMAGESEARCH_ALLOW_PRIVATE_URLS=1" in refused.text
+    assert http_server.count("/t1.jpg") == 0
+
+    fixed = _tty(root, tiny_clip, "textiles", IMAGESEARCH_FETCH_ALLOWLIST="127.0.0.1")
+    assert fixed.returncode == 0, fixed.text
+    assert "index ready" in fixed.text and http_server.count("/t1.jpg") == 1  # the allowlist let them through
+
+    missing = _tty(root, tiny_clip, "textiles", "--force", IMAGESEARCH_CLIP_MODEL="/no/such/dir")
+    assert missing.returncode == 1 and missing.lines == [  # said at once, before any phase, in one line
+        "error: the CLIP folder '/no/such/dir' does not exist (IMAGESEARCH_CLIP_MODEL, or the model's backbone in "
+        "model.json): point it at a folder holding a CLIP checkpoint (config.json, model.safetensors, tokenizer "
+        "files, preprocessor_config.json)"]
+
+    (root / "data" / "products.csv").write_text("id,title,images\n")  # a stray CSV: a hint for new models
+    typo = _tty(root, tiny_clip, "textile")
+    assert typo.returncode == 1 and "did you mean 'textiles'?" in typo.text
+    assert "data/textile/" not in typo.text  # not also "put the CSV at data/textile/products.csv"
+    (root / "data" / "rugs").mkdir()  # a folder named after it: a new model is meant, not a typo of another
+    new = _tty(root, tiny_clip, "rugs")
+    assert "put the CSV at data/rugs/products.csv" in new.text and "did you mean" not in new.text
+
+
+def test_a_build_in_a_terminal_counts_against_a_total_and_ends_cleanly(tmp_path, tiny_clip):
+    """The embedding bar counts against its total (percentage, time left) and says "loading model" while the
+    encoder loads; the summary starts on its own line; a run that stops prints its error once, last, with no
+    bar drawn again after it."""
+    root = _textiles(tmp_path)
+    _copy_images(root, "t1", "t2", "t3", "t3b", "t4")  # T1-T4 have 5 distinct views (T5 has no title)
+    built = _tty(root, tiny_clip, "textiles")
+    assert built.returncode == 0, built.text
+    embedding = next(line for line in built.lines if line.startswith("textiles: embedding"))
+    assert "100%" in embedding and "5/5" in embedding
+    assert "loading model" in built.raw  # shown while the encoder loads, then replaced
+    assert "model textiles (Textiles)" in built.lines  # a line of its own, not glued to the last bar
+
+    broken = tmp_path / "broken-clip"
+    broken.mkdir()  # a folder, but no checkpoint in it: the encoder fails while the embedding bar is up
+    stopped = _tty(root, tiny_clip, "textiles", "--force", IMAGESEARCH_CLIP_MODEL=str(broken))
+    assert stopped.returncode == 1
+    assert "model textiles (Textiles)" in stopped.lines
+    errors = [n for n, line in enumerate(stopped.lines) if "is not a loadable CLIP checkpoint" in line]
+    assert len(errors) == 1 and stopped.lines[errors[0]].startswith("error: ")  # once, as the error line
+    assert errors[0] == len(stopped.lines) - 1  # and last: no bar drawn again after it

@@ -31,8 +31,8 @@ class FakeCatalogue:
         rows.sort(key=lambda r: r["shopify_product_id"] != first)
         return [{"rank": n + 1, "id": r["shopify_product_id"], "title": r["title"], "category": r["category"],
                  "score": round(0.95 - 0.03 * n, 4), "preview_image": r["preview_image"],
-                 "image_url": f"{self.base_url}/{model}/products/{r['shopify_product_id']}/image", "model": None,
-                 "extra": {"price": r["price"], "vendor": r["vendor"]}}
+                 "image_url": f"{self.base_url}/{model}/products/{r['shopify_product_id']}/image", "model": model,
+                 "duplicates": [], "extra": {"price": float(r["price"]), "vendor": r["vendor"]}}
                 for n, r in enumerate(rows[:top_k])]
 
 
@@ -70,7 +70,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str, parts: list[str], query: dict, body: bytes) -> tuple[int, dict | bytes]:
         cat = self.catalogue
         if parts == ["health"]:
-            return 200, {"status": "healthy", "available_models": sorted(cat.products),
+            return 200, {"status": "healthy", "available_models": len(cat.products),
+                         "available_model_names": sorted(cat.products),
                          "total_products": sum(map(len, cat.products.values())),
                          "models": {m: {"products": len(p), "name": m, "built_at": "2025-01-01T00:00:00Z"}
                                     for m, p in cat.products.items()}}

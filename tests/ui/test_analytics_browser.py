@@ -108,12 +108,13 @@ def test_status_shows_operator_details_only_with_the_key(app, page):
     grid = page.locator("[data-testid=stDataFrame]").first
     grid.get_by_text("shirts").first.wait_for(state="attached")  # the grid's cells: in its accessible table
     text = page.content()
-    for detail in (app.api_url, str(app.root), "run_training", "backbone"):  # shirts is not built: its error
-        assert detail not in text, detail                                     # names a folder and a command
+    for detail in (app.api_url, str(app.root), "run_training", "backbone"):  # the backbone column names a
+        assert detail not in text, detail                                     # folder
+    grid.get_by_text("not built").first.wait_for(state="attached")  # shirts' state: anyone may see it
     page.get_by_text("Operator details").click()
     _unlock(page, KEY)
     page.get_by_text(f"Search API: {app.api_url}").wait_for()
-    grid.get_by_text("run_training").first.wait_for(state="attached")
+    grid.get_by_text("backbone").first.wait_for(state="attached")
     page.get_by_role("button", name="Lock").click()
     page.get_by_text("Operator details").wait_for()
     assert app.api_url not in page.content()

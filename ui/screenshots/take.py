@@ -62,7 +62,8 @@ def _results(page, count: int, grid: str = "") -> None:
 
 
 def _shoot(ui_url: str, root: Path, out: Path, chromium: str) -> None:
-    """single.png and all.png at desktop size, phone.png at 390x844 (what a phone shows after a search)."""
+    """landing.png, single.png and all.png at desktop size, phone.png at 390x844 (what a phone shows after a
+    search)."""
     from playwright.sync_api import sync_playwright
 
     photo = root / "data" / "general" / "images" / "G1002_0.jpg"
@@ -71,6 +72,9 @@ def _shoot(ui_url: str, root: Path, out: Path, chromium: str) -> None:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(60_000)
         page.goto(ui_url)
+        page.wait_for_function("() => document.querySelectorAll('[data-testid=category-tile] img').length >= 6")
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(out / "landing.png"))
         page.locator("[data-testid=stFileUploader] input[type=file]").set_input_files(str(photo))
         _results(page, 12)
         page.screenshot(path=str(out / "single.png"))
@@ -115,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             for proc in procs:
                 proc.terminate()
                 proc.wait(timeout=15)
-    sys.stdout.write(f"wrote single.png, all.png and phone.png in {args.out}\n")
+    sys.stdout.write(f"wrote landing.png, single.png, all.png and phone.png in {args.out}\n")
     return 0
 
 
