@@ -135,13 +135,16 @@ class _Upserter:
     def run(self, state: BuildState) -> PhaseResult:
         store = self.ctx.store()
         api_before = store.stats().by_source.get(Source.API.value, 0)
+        keep_api, deletes_kept = not self.ctx.drop_api_edits, 0
         for chunk in state.staged():
             refs = list(dict.fromkeys(r for p in chunk for r in [*p.images, p.preview_image] if r))
             found = state.view_vectors(refs, self.key)
             items = [it for it in (self._item(p, found) for p in chunk) if it is not None]
             if items:
-                self.written += store.upsert(self._project(items), keep_api=not self.ctx.drop_api_edits)
-                state.mark_usable([it.product.id for it in items])
+                self.written += store.upsert(self._project(items), keep_api=keep_api)
+                ids = [it.product.id for it in items]
+                state.mark_usable(ids)
+                deletes_kept += len(store.deleted_ids(ids)) if keep_api else 0
         sources = [Source.CSV, Source.API] if self.ctx.drop_api_edits else [Source.CSV]
         removed = store.delete_missing(state.usable_ids(), sources=sources)
         stats = store.stats()
@@ -150,7 +153,8 @@ class _Upserter:
         api_after = stats.by_source.get(Source.API.value, 0)
         self.result.ok = self.written
         self.result.details.update({"products": stats.products, "removed": removed, "api_kept": api_after,
-                                    "api_dropped": max(0, api_before - api_after)})
+                                    "api_dropped": max(0, api_before - api_after),
+                                    "api_deletes_kept": deletes_kept})
         return self.result
 
 

@@ -66,12 +66,47 @@ def test_rebuild_evaluate_and_embed_jobs_run_the_real_code(own):
         ids = [h["id"] for h in c.get("/general/search/text", params={"q": "mug"}).json()["results"][:3]]
         em = _wait(c, c.post("/general/jobs/embed", json={"ids": [*ids, "nope"]}, headers=KEY).json()["task_id"],
                    _done)
-        assert em["status"] == "succeeded" and em["counts"] == {"embedded": 3, "failed": 1}
+        assert em["status"] == "succeeded" and em["counts"] == {"embedded": 3, "failed": 1, "superseded": 0}
         assert em["errors"] == ["nope: unknown product"]
         listed = c.get("/jobs", headers=KEY).json()
         assert [j["kind"] for j in listed[:3]] == ["embed", "evaluate", "rebuild"]
         assert c.get("/jobs/none", headers=KEY).status_code == 404
         assert c.get("/jobs").status_code == 401
+
+
+@pytest.mark.slow
+@both_stores
+def test_an_embed_job_never_reverts_edits_or_deletes_made_while_it_runs(copy_built, tmp_path):
+    """The job is frozen (SIGSTOP) mid-run, most likely between reading a product and writing it back; the
+    product its progress names (the one in flight) and the next are edited through the API and the two after
+    deleted. When it resumes and ends, every acknowledged edit and delete stands."""
+    settings = copy_built(tmp_path / "embed", ("general",), api_key=API_KEY)
+    server = start_server(settings)
+    ids = [f"G{1001 + i}" for i in range(66)]
+    try:
+        with server.client() as c:
+            task = c.post("/general/jobs/embed", json={"ids": ids}, headers=KEY).json()["task_id"]
+            job = _wait(c, task, lambda j: j["status"] == "running" and j["pid"] and j["progress"] > 0)
+            os.killpg(job["pid"], signal.SIGSTOP)
+            try:
+                at = min(round(c.get(f"/jobs/{task}", headers=KEY).json()["progress"] * 66), 62)
+                edited, gone = ids[at:at + 2], ids[at + 2:at + 4]
+                for pid in edited:
+                    body = {"id": pid, "title": f"Edited {pid}", "images": c.get(f"/general/products/{pid}").json()
+                            ["images"]}
+                    assert c.post("/general/products", json=body, headers=KEY).status_code == 200
+                assert all(c.delete(f"/general/products/{pid}", headers=KEY).status_code == 200 for pid in gone)
+            finally:
+                os.killpg(job["pid"], signal.SIGCONT)
+            done = _wait(c, task, _done)
+            assert done["status"] == "succeeded", done
+            assert [c.get(f"/general/products/{pid}").json()["title"] for pid in edited] == \
+                [f"Edited {pid}" for pid in edited]
+            assert [c.get(f"/general/products/{pid}").status_code for pid in gone] == [404, 404]
+            counts = done["counts"]
+            assert counts["embedded"] + counts["superseded"] + counts["failed"] == 66  # failed: deleted before read
+    finally:
+        stop_server(server)
 
 
 @pytest.mark.slow

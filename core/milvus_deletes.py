@@ -1,0 +1,106 @@
+"""What the Milvus store keeps beside a model's collection so that no write undoes a newer one: the API's
+deletes (``<collection>__deleted``: id, the deleted CSV row's digest, when; created on the first delete) and
+a write lock shared by every process of this machine.
+
+Milvus has no transactions and no conditional writes. The lock makes a write's check (is the product still
+the version read? was it deleted?) and the write one step for every process on this machine (an API, its job
+workers, the pipeline). A delete writes its tombstone before it removes the row, and a CSV write checks the
+tombstones again after it wrote, removing what a delete on another machine took meanwhile; only an update
+made on another machine between a conditional write's check and its write (milliseconds) can still be lost.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from core.milvus_expr import id_list
+
+_ID_BATCH = 1000
+_SCAN_BATCH = 16_384
+
+
+@contextmanager
+def machine_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock on ``folder/.milvus-write.lock`` (released by the OS if the process dies)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".milvus-write.lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class Tombstones:
+    """The ``<collection>__deleted`` collection, through the store's client and its error-mapping ``call``."""
+
+    def __init__(self, client: Any, collection: str, call: Callable[..., Any]) -> None:
+        self.client, self.name, self._call = client, collection + "__deleted", call
+        self._known = False
+
+    def _exists(self) -> bool:
+        if not self._known:
+            self._known = bool(self._call(self.client.has_collection, self.name))
+        return self._known
+
+    def _create(self) -> None:
+        from pymilvus import DataType, MilvusClient
+
+        if self.client.has_collection(self.name):
+            self.client.load_collection(self.name)
+            return
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=1024)
+        schema.add_field("row", DataType.VARCHAR, max_length=64)
+        schema.add_field("at", DataType.DOUBLE)
+        schema.add_field("v", DataType.FLOAT_VECTOR, dim=2)  # a collection needs one vector field
+        params = self.client.prepare_index_params()
+        params.add_index(field_name="v", index_type="FLAT", metric_type="L2")
+        self.client.create_collection(self.name, schema=schema, index_params=params)
+        self.client.load_collection(self.name)
+
+    def get(self, ids: Sequence[str]) -> dict[str, str]:
+        """id -> the deleted row's digest ('' unknown), for those of ``ids`` that have a tombstone."""
+        if not ids or not self._exists():
+            return {}
+        found: dict[str, str] = {}
+        unique = list(dict.fromkeys(ids))
+        for start in range(0, len(unique), _ID_BATCH):
+            rows = self._call(self.client.query, self.name, filter=f"id in {id_list(unique[start:start + _ID_BATCH])}",
+                              output_fields=["id", "row"], consistency_level="Strong")
+            found.update((str(r["id"]), str(r["row"])) for r in rows)
+        return found
+
+    def put(self, rows: Mapping[str, str]) -> None:
+        if not rows:
+            return
+        if not self._exists():
+            self._call(self._create)
+            self._known = True
+        at = time.time()
+        data = [{"id": pid, "row": row, "at": at, "v": [0.0, 0.0]} for pid, row in rows.items()]
+        for start in range(0, len(data), _ID_BATCH):
+            self._call(self.client.upsert, self.name, data[start:start + _ID_BATCH])
+
+    def drop(self, ids: Sequence[str]) -> None:
+        if not ids or not self._exists():
+            return
+        for start in range(0, len(ids), _ID_BATCH):
+            self._call(self.client.delete, self.name, filter=f"id in {id_list(list(ids[start:start + _ID_BATCH]))}")
+
+    def ids(self) -> Iterator[list[str]]:
+        """Every tombstone's id, a batch at a time."""
+        if not self._exists():
+            return
+        it = self._call(self.client.query_iterator, self.name, batch_size=_SCAN_BATCH, filter="",
+                        output_fields=["id"])
+        try:
+            while rows := self._call(it.next):
+                yield [str(r["id"]) for r in rows]
+        finally:
+            it.close()
