@@ -209,6 +209,10 @@ class StoreUnavailableError(StoreError):
         self.model = ""
 
 
+class CorruptStoreError(StoreError):
+    """The catalogue's database file is damaged: nothing is served from it until it is restored or rebuilt."""
+
+
 class StorageFullError(StoreError):
     """The disk holding the catalogue is full: the write was rolled back, nothing else changed."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -79,7 +80,7 @@ def run_phases(ctx: PipelineContext, phases: list[Phase], *, force: bool = False
         logger.info("%s/%s: running", ctx.model, phase.name)
         start = time.perf_counter()
         try:
-            result = phase.run(ctx)
+            result = _run_phase(phase, ctx)
         except ImageSearchError as exc:
             partial = exc.partial if isinstance(exc, NothingUsableError) else PhaseResult()
             outcomes.append(PhaseOutcome(phase.name, PhaseStatus.FAILED, partial, time.perf_counter() - start,
@@ -95,6 +96,13 @@ def run_phases(ctx: PipelineContext, phases: list[Phase], *, force: bool = False
                     result.ok, dict(result.failed))
         outcomes.append(PhaseOutcome(phase.name, status, result, seconds))
     return outcomes
+
+
+def _run_phase(phase: Phase, ctx: PipelineContext) -> PhaseResult:
+    try:
+        return phase.run(ctx)
+    except sqlite3.DatabaseError as exc:  # the build state's reads meet a damaged file as one typed error
+        raise ctx.store().db.failure(exc, "read") from None
 
 
 def run_model(settings: Settings, spec: ModelSpec, *, mode: str = "all", force: bool = False,

@@ -21,7 +21,7 @@ router = APIRouter(tags=["system"])
 def _health(m: ServedModel) -> ModelHealth:
     info = m.index_info
     return ModelHealth(name=m.name, searchable=m.searchable, products=m.num_products, backbone=m.backbone,
-                       index_type=info.get("kind"), built_at=info.get("built_at"), error=m.error)
+                       index_type=info.get("kind"), built_at=info.get("built_at"), error=m.problem)
 
 
 def _info(m: ServedModel) -> ModelInfo:
@@ -35,7 +35,7 @@ def _info(m: ServedModel) -> ModelInfo:
                      categories=list(m.spec.categories) or list(counts), category_counts=counts,
                      num_products=m.num_products, searchable=m.searchable, search_path=f"/{m.name}/search",
                      text_search_path=f"/{m.name}/search/text", backbone=m.backbone, has_head=m.head is not None,
-                     index_type=info.get("kind"), built_at=info.get("built_at"), error=m.error,
+                     index_type=info.get("kind"), built_at=info.get("built_at"), error=m.problem,
                      currency=m.spec.currency, url_template=m.spec.url_template,
                      filters=dict(stats.columns) if stats else {},
                      recall_at_10=(info.get("tuning") or {}).get("recall_at_10"))
