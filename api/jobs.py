@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 
 from core.config import PROJECT_ROOT, Settings
-from core.errors import BuildInProgressError, JobNotFoundError
+from core.errors import BuildInProgressError, ImageSearchError, JobNotFoundError
 from core.jobs import Job, JobKind, JobStatus, JobStore
 
 from api.job_worker import SETTINGS_ENV
@@ -50,7 +50,10 @@ class JobManager:
 
     # lifecycle
     def start(self) -> None:
-        self._recover()
+        try:
+            self._recover()
+        except ImageSearchError as exc:  # the jobs database cannot be opened now (a full disk): retried later
+            logger.warning("jobs not recovered at start: %s", exc.message)
         self._thread = threading.Thread(target=self._run, name="jobs", daemon=True)
         self._thread.start()
 
@@ -91,6 +94,8 @@ class JobManager:
                 with self._lock:
                     self._reap()
                     self._launch()
+            except ImageSearchError as exc:  # e.g. the jobs database on a full disk: quiet until it is back
+                logger.debug("job manager: %s", exc.message)
             except Exception:
                 logger.exception("job manager: loop error")
 

@@ -192,12 +192,13 @@ class RequestTimeoutError(ImageSearchError):
 
 
 class StoreError(ImageSearchError):
-    """The catalogue store cannot be read or written (locked too long, damaged file)."""
+    """The catalogue store cannot be read or written (locked too long, damaged file); ``model`` is empty for
+    a store of no model (the jobs database)."""
 
     status_code = 503
 
     def __init__(self, model: str, message: str) -> None:
-        super().__init__(f"model {model!r}: {message}")
+        super().__init__(f"model {model!r}: {message}" if model else message)
         self.model = model
 
 

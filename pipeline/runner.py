@@ -60,6 +60,9 @@ def _can_skip(phase: Phase, ctx: PipelineContext, fingerprint: str) -> PhaseResu
         return None
     if not all(p.exists() for p in phase.outputs(ctx)):
         return None
+    intact = getattr(phase, "intact", None)  # a phase whose outputs can be checked beyond their existence
+    if intact is not None and not intact(ctx):
+        return None
     return PhaseResult(ok=checkpoint.get("ok", 0), failed=Counter(checkpoint.get("failed", {})),
                        details=checkpoint.get("details", {}), examples=checkpoint.get("examples", {}))
 
