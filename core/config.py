@@ -67,6 +67,10 @@ class Settings(BaseSettings):
                                    description="auto-tuning: per-query latency budget while raising nprobe / efSearch")
     filter_exact_max: int = Field(10_000, ge=0, le=1_000_000,
                                   description="filters admitting at most this many products are searched exactly")
+    max_filter_columns: int = Field(64, ge=0, le=2000,
+                                    description="extra columns per model that become filterable (each is indexed, "
+                                                "which every write pays for); later new ones are kept as plain "
+                                                "metadata")
     hnsw_m: int = Field(32, ge=4, le=256, description="HNSW graph degree")
     hnsw_ef_search: int = Field(64, ge=1, le=4096, description="HNSW search breadth")
     ivf_nprobe: int = Field(16, ge=1, le=65536, description="IVF lists probed per query")

@@ -63,7 +63,7 @@ class LocalStore:
         self.settings = settings
         self._index_type = index_type or settings.index_type
         self.db = Database(store_path(self.folder), SCHEMA, self.name)
-        self.table = ProductTable(self.db)
+        self.table = ProductTable(self.db, settings.max_filter_columns)
         self._index: LiveIndex | None = None
         self._index_lock = threading.RLock()  # serialises index maintenance (apply, rebuild), not searches
         self.head = head

@@ -515,12 +515,15 @@ class MilvusStore:
         return len(rows) - len(late)
 
     def _note(self, rows: list[dict[str, Any]]) -> None:
-        """Record new filterable columns (and whether each holds only numbers)."""
+        """Record new filterable columns (and whether each holds only numbers), up to the setting's number;
+        later new ones stay plain metadata, as in the local store."""
         known = self._meta("columns", {})
         kinds = dict(known)
         for row in rows:
             for key, value in row["extra"].items():
                 if value in (None, "") or not FILTER_COLUMN.fullmatch(key):
+                    continue
+                if key not in kinds and len(kinds) >= self.settings.max_filter_columns:
                     continue
                 kind = "number" if kinds.get(key, "number") == "number" and is_number(value) else "text"
                 kinds[key] = "text" if known.get(key) == "text" else kind

@@ -218,6 +218,7 @@ class Database:
         return StoreError(self.name, f"catalogue database {action} failed: {exc}")
 
     def _corrupt(self, detail: str) -> CorruptStoreError:
+        detail = " ".join(detail.replace("*", " ").split())  # quick_check's report spans lines
         self.damaged = (f"{self.path} is damaged (SQLite: {detail}): restore it from a backup, or move it away and "
                         f"rebuild with python run_training.py {self.name} (products added through the API since the "
                         "last build are then lost)")

@@ -9,6 +9,7 @@ so an index tagged with a generation can replay exactly the rest.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -17,9 +18,11 @@ from typing import Any
 import numpy as np
 
 from core.sqlite_db import Database, now, stage_ids
-from core.store import (FILTER_COLUMN, Changes, Filter, Product, ProductVector, Source, StoreStats, is_number,
+from core.store import (FILTER_COLUMN, Changes, Filter, Product, ProductVector, Source, StoreStats, column_kinds,
                         next_stamp, outlasting_delete, product_digest, row_digest)
 from core.types import Embeddings
+
+logger = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -93,8 +96,9 @@ def _chunks(items: Sequence[Any], size: int = MAX_SQL_VARS) -> Iterator[Sequence
 class ProductTable:
     """SQL over the products table; writes run inside a transaction the caller holds."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, max_columns: int = 64) -> None:
         self.db = db
+        self.max_columns = max_columns
 
     # --- writes (called with the write connection, inside one transaction) ---------------------
     @staticmethod
@@ -165,25 +169,29 @@ class ProductTable:
                      " source, updated_at, gen, digest, clip, vector) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                      (p.id, *meta, clip, vector))
 
-    @staticmethod
-    def _note_columns(conn: sqlite3.Connection, items: Sequence[ProductVector]) -> None:
-        """Track each filterable extra column and whether all its values are numbers; index it."""
-        kinds: dict[str, str] = {}
-        for it in items:
-            for key, value in it.product.extra.items():
-                if value in (None, "") or not FILTER_COLUMN.fullmatch(key):
-                    continue
-                kinds[key] = "number" if kinds.get(key, "number") == "number" and is_number(value) else "text"
+    def _note_columns(self, conn: sqlite3.Connection, items: Sequence[ProductVector]) -> None:
+        """Track each filterable extra column and whether all its values are numbers; index it. Past
+        ``max_columns`` a new column stays plain metadata (an index each would slow every write)."""
+        kinds = column_kinds(items)
         if not kinds:
             return
         known = dict(conn.execute("SELECT name, kind FROM columns").fetchall())
+        refused = []
         for key, kind in kinds.items():
             old = known.get(key)
             if old == kind or old == "text":
                 continue
+            if old is None and len(known) >= self.max_columns:
+                refused.append(key)
+                continue
+            known[key] = kind
             conn.execute("INSERT OR REPLACE INTO columns VALUES (?, ?)", (key, kind))
             name = "x_" + "".join(c if c.isalnum() else "_" for c in key) + ("_n" if kind == "number" else "_t")
             conn.execute(f'CREATE INDEX IF NOT EXISTS "{name}" ON products({_extra_expr(key, kind)})')
+        if refused:
+            logger.warning("%s: %d new extra columns (%s) kept but not filterable: %d columns are "
+                           "(IMAGESEARCH_MAX_FILTER_COLUMNS)", self.db.name, len(refused), ", ".join(refused[:5]),
+                           self.max_columns)
 
     @staticmethod
     def delete(conn: sqlite3.Connection, gen: int, ids: Sequence[str], *, remember: bool = True) -> int:

@@ -142,6 +142,18 @@ def is_number(value: ExtraValue) -> bool:
     return True
 
 
+def column_kinds(items: Sequence[ProductVector]) -> dict[str, str]:
+    """The filterable extra columns these products bring, in order: "number" where every value is one, else
+    "text" (empty values say nothing)."""
+    kinds: dict[str, str] = {}
+    for it in items:
+        for key, value in it.product.extra.items():
+            if value in (None, "") or not FILTER_COLUMN.fullmatch(key):
+                continue
+            kinds[key] = "number" if kinds.get(key, "number") == "number" and is_number(value) else "text"
+    return kinds
+
+
 def product_digest(it: ProductVector) -> str:
     """What makes a write a change: the metadata and both vectors (an equal digest: an unchanged product)."""
     p = it.product

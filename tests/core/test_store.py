@@ -321,3 +321,42 @@ def test_an_api_delete_outlasts_csv_writes_until_its_row_changes(make_store):
     assert store.get(["p2"])[0].title == "Re-added" and store.deleted_ids(["p2"]) == []  # an API write ends it
     assert store.delete_missing(iter([f"p{i}" for i in range(5)]), sources=[Source.CSV, Source.API]) == 0
     assert store.deleted_ids(["p5"]) == []  # --drop-api-edits: the CSV is the whole truth again
+
+
+def test_extra_columns_past_the_setting_stay_plain_metadata(make_store, tmp_path):
+    """60 writes of 50 new extra keys each: only IMAGESEARCH_MAX_FILTER_COLUMNS become filterable (and, in
+    SQLite, indexed); every value is still stored and served."""
+    x = _vectors(60, seed=35)
+    store = make_store()
+    for n in range(60):
+        extra = {"vendor": "v1", **{f"k{n}_{j}": f"{j}" for j in range(50)}}
+        store.upsert([ProductVector(Product(id=f"p{n}", title="t", extra=extra), clip=x[n])])
+    columns = store.columns()
+    assert len(columns) == 64 and columns["vendor"] == "text" and "k59_0" not in columns
+    assert store.get(["p59"])[0].extra["k59_49"] == "49"
+    if isinstance(store, LocalStore):
+        indexes = store.db.reader().execute("SELECT count(*) FROM sqlite_master WHERE type='index' AND "
+                                            "name LIKE 'x_%'").fetchone()[0]
+        assert indexes == 64
+
+
+def test_hnsw_counts_stay_true_through_edits_and_a_restart(tmp_path, settings):
+    """Products added and deleted after the index was saved never reached it: they are no tombstones (the
+    count /health and /models show drifted 5 below the database after 5 add/delete pairs and a restart)."""
+    x = _vectors(600, seed=37)
+    store = _store(tmp_path, settings)
+    store.upsert(_items(x[:590]))
+    assert store.open_index().kind == IndexType.HNSW
+    for i in range(590, 595):  # through the serving store
+        store.upsert(_items(x[i:i + 1], start=i))
+        store.delete([f"p{i}"])
+    other = _store(tmp_path, settings, open_index=False)  # and through another process's
+    for i in range(595, 600):
+        other.upsert(_items(x[i:i + 1], start=i))
+        other.delete([f"p{i}"])
+    other.delete(["p0"])
+    store.refresh()
+    assert store.live_index.info.count == store.count() == 589
+    store.close()
+    reopened = _store(tmp_path, settings)
+    assert reopened.live_index.kind == IndexType.HNSW and reopened.live_index.info.count == reopened.count() == 589
