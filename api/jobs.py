@@ -13,10 +13,11 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from core.config import PROJECT_ROOT, Settings
-from core.errors import BuildInProgressError, ImageSearchError, JobNotFoundError
+from core.errors import BuildInProgressError, ImageSearchError, JobNotFoundError, JobQueueFullError
 from core.jobs import Job, JobKind, JobStatus, JobStore
 
 from api.job_worker import SETTINGS_ENV
@@ -24,6 +25,14 @@ from api.job_worker import SETTINGS_ENV
 logger = logging.getLogger(__name__)
 
 _ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELLING)
+_RETRY_AFTER_S = 30  # a full queue: about the time an evaluation takes on a small catalogue
+_SHORT_EMBED = 1000  # products an embed job may name and still pass long jobs
+_AGED_S = 600.0  # a long job waiting this long starts before short ones that came later
+
+
+def _short(job: Job) -> bool:
+    """Embedding a few products takes seconds; a rebuild or an evaluation takes minutes."""
+    return job.kind == JobKind.EMBED and len(job.params.get("ids") or ()) <= _SHORT_EMBED
 
 
 def _alive_worker(pid: int | None, task_id: str) -> bool:
@@ -69,7 +78,17 @@ class JobManager:
             busy = [j for j in self.store.recent(limit=1000, statuses=_ACTIVE) if j.model == model]
             if kind != JobKind.EVALUATE and any(j.kind != JobKind.EVALUATE for j in busy):
                 raise BuildInProgressError(model)  # one build (or embedding) per model, queued or running
+            waiting = sum(j.status == JobStatus.QUEUED for j in busy)
+            if waiting >= self.settings.job_queue_max:
+                raise JobQueueFullError(model, waiting, _RETRY_AFTER_S)
             return self.store.create(kind, model, params)
+
+    def waiting(self) -> list[Job]:
+        """Queued jobs in the order they start: short ones (embedding a few products) before long ones
+        (rebuilds, evaluations), oldest first within each; a job waiting over _AGED_S counts as short."""
+        now = time.time()
+        queued = self.store.recent(limit=1000, statuses=(JobStatus.QUEUED,))
+        return sorted(queued, key=lambda j: (not (_short(j) or now - j.created_at > _AGED_S), j.created_at))
 
     def get(self, task_id: str) -> Job:
         job = self.store.get(task_id)
@@ -140,7 +159,7 @@ class JobManager:
 
     def _launch(self) -> None:
         running = {j.model for j in self.store.recent(limit=1000, statuses=(JobStatus.RUNNING, JobStatus.CANCELLING))}
-        for job in reversed(self.store.recent(limit=1000, statuses=(JobStatus.QUEUED,))):  # oldest first
+        for job in self.waiting():
             if len(self._procs) + len(self._adopted) >= self.max_running:
                 return
             if job.model in running:

@@ -239,6 +239,20 @@ def disk_full(exc: OSError, where: str = "") -> StorageFullError | None:
     place = where or str(exc.filename or "the data folder")
     return StorageFullError(place, f"the disk is full ({exc.strerror}); free some space and run again: "
                                    "finished work is kept")
+
+
+class JobQueueFullError(ImageSearchError):
+    """A model already has as many background jobs waiting as the queue holds; retry after ``retry_after``."""
+
+    status_code = 429
+
+    def __init__(self, model: str, waiting: int, retry_after: int) -> None:
+        super().__init__(f"model {model!r} already has {waiting} background jobs waiting (IMAGESEARCH_JOB_QUEUE_MAX); "
+                         f"retry in about {retry_after} s")
+        self.model = model
+        self.retry_after = retry_after
+
+
 class JobNotFoundError(ImageSearchError):
     """No background job has this task id."""
 

@@ -109,6 +109,29 @@ def test_an_embed_job_never_reverts_edits_or_deletes_made_while_it_runs(copy_bui
         stop_server(server)
 
 
+def test_the_job_queue_is_bounded_per_model_and_short_jobs_pass_long_ones(copy_built, tmp_path):
+    """With the manager paused (nothing starts), a model holds IMAGESEARCH_JOB_QUEUE_MAX waiting jobs: one more
+    is a 429 with Retry-After while another model still queues; the embedding of a few products starts
+    before the evaluations queued ahead of it."""
+    settings = copy_built(tmp_path / "queue", api_key=API_KEY, job_queue_max=3)
+    server = start_server(settings)
+    jobs = server.app.state.jobs
+    jobs.stop()  # the loop that starts jobs: paused for the test, the queue is what it is
+    try:
+        with server.client() as c:
+            first = [c.post("/general/jobs/evaluate", headers=KEY) for _ in range(2)]
+            embed = c.post("/general/jobs/embed", json={"ids": ["G1001"]}, headers=KEY)
+            assert [r.status_code for r in [*first, embed]] == [202, 202, 202]
+            full = c.post("/general/jobs/evaluate", headers=KEY)
+            assert full.status_code == 429 and full.headers["Retry-After"] == "30", full.text
+            assert full.json()["error"] == "JobQueueFullError" and "3 background jobs waiting" in full.json()["detail"]
+            assert c.post("/shirts/jobs/evaluate", headers=KEY).status_code == 202
+            order = [j.task_id for j in jobs.waiting() if j.model == "general"]
+            assert order == [embed.json()["task_id"], *(r.json()["task_id"] for r in first)]
+    finally:
+        stop_server(server)
+
+
 @pytest.mark.slow
 def test_a_job_killed_mid_run_is_resumed_after_an_api_restart(own):
     with own.client() as c:
