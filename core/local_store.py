@@ -292,7 +292,7 @@ class LocalStore:
                 try:
                     self.save(live)
                     self.calibrate(live)
-                except StorageFullError as exc:  # serve from memory; the next start (or build) saves it
+                except StoreError as exc:  # a full disk, say: serve from memory; the next start (or build) saves it
                     logger.warning("%s: index rebuilt in memory but not saved: %s", self.name, exc.message)
             self._index = live
             return live

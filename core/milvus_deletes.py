@@ -36,6 +36,24 @@ def machine_lock(folder: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def side_collection(client: Any, name: str, **fields: tuple[str, dict[str, Any]]) -> None:
+    """Create (unless it exists) and load a small collection of scalar ``fields`` (name -> (DataType name,
+    options)) beside a model's, with the one vector field Milvus requires (2-d, unused)."""
+    if client.has_collection(name):
+        client.load_collection(name)
+        return
+    from pymilvus import DataType, MilvusClient
+
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+    for field, (kind, options) in fields.items():
+        schema.add_field(field, getattr(DataType, kind), **options)
+    schema.add_field("v", DataType.FLOAT_VECTOR, dim=2)
+    params = client.prepare_index_params()
+    params.add_index(field_name="v", index_type="FLAT", metric_type="L2")
+    client.create_collection(name, schema=schema, index_params=params)
+    client.load_collection(name)
+
+
 class Tombstones:
     """The ``<collection>__deleted`` collection, through the store's client and its error-mapping ``call``."""
 
@@ -49,20 +67,8 @@ class Tombstones:
         return self._known
 
     def _create(self) -> None:
-        from pymilvus import DataType, MilvusClient
-
-        if self.client.has_collection(self.name):
-            self.client.load_collection(self.name)
-            return
-        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=1024)
-        schema.add_field("row", DataType.VARCHAR, max_length=64)
-        schema.add_field("at", DataType.DOUBLE)
-        schema.add_field("v", DataType.FLOAT_VECTOR, dim=2)  # a collection needs one vector field
-        params = self.client.prepare_index_params()
-        params.add_index(field_name="v", index_type="FLAT", metric_type="L2")
-        self.client.create_collection(self.name, schema=schema, index_params=params)
-        self.client.load_collection(self.name)
+        side_collection(self.client, self.name, id=("VARCHAR", {"is_primary": True, "max_length": 1024}),
+                        row=("VARCHAR", {"max_length": 64}), at=("DOUBLE", {}))
 
     def get(self, ids: Sequence[str]) -> dict[str, str]:
         """id -> the deleted row's digest ('' unknown), for those of ``ids`` that have a tombstone."""

@@ -41,7 +41,7 @@ from core.config import Settings
 from core.errors import StoreError, StoreUnavailableError, require_module
 from core.head import ProjectionHead
 from core.milvus_expr import expression, id_list, literal
-from core.milvus_deletes import Tombstones, machine_lock
+from core.milvus_deletes import Tombstones, machine_lock, side_collection
 from core.sqlite_db import Database, stage_ids
 from core.store import (FILTER_COLUMN, Filter, Hit, Product, ProductVector, ServedIndex, Source, StoreStats,
                         is_number, next_stamp, outlasting_delete, product_digest, row_digest)
@@ -252,19 +252,8 @@ class MilvusStore:
         return self._known
 
     def _ensure_meta(self) -> None:
-        if self.client.has_collection(self.meta_collection):
-            self.client.load_collection(self.meta_collection)
-            return
-        from pymilvus import DataType, MilvusClient
-
-        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-        schema.add_field("key", DataType.VARCHAR, is_primary=True, max_length=64)
-        schema.add_field("value", DataType.VARCHAR, max_length=65_535)
-        schema.add_field("v", DataType.FLOAT_VECTOR, dim=2)  # a collection needs one vector field
-        params = self.client.prepare_index_params()
-        params.add_index(field_name="v", index_type="FLAT", metric_type="L2")
-        self.client.create_collection(self.meta_collection, schema=schema, index_params=params)
-        self.client.load_collection(self.meta_collection)
+        side_collection(self.client, self.meta_collection, key=("VARCHAR", {"is_primary": True, "max_length": 64}),
+                        value=("VARCHAR", {"max_length": 65_535}))
 
     def _meta(self, key: str, default: Any = "") -> Any:
         rows = self._call(self.client.query, self.meta_collection, filter=f"key == {literal(key)}",

@@ -99,6 +99,7 @@ class ProductTable:
     def __init__(self, db: Database, max_columns: int = 64) -> None:
         self.db = db
         self.max_columns = max_columns
+        self._told = False
 
     # --- writes (called with the write connection, inside one transaction) ---------------------
     @staticmethod
@@ -188,10 +189,11 @@ class ProductTable:
             conn.execute("INSERT OR REPLACE INTO columns VALUES (?, ?)", (key, kind))
             name = "x_" + "".join(c if c.isalnum() else "_" for c in key) + ("_n" if kind == "number" else "_t")
             conn.execute(f'CREATE INDEX IF NOT EXISTS "{name}" ON products({_extra_expr(key, kind)})')
-        if refused:
-            logger.warning("%s: %d new extra columns (%s) kept but not filterable: %d columns are "
-                           "(IMAGESEARCH_MAX_FILTER_COLUMNS)", self.db.name, len(refused), ", ".join(refused[:5]),
-                           self.max_columns)
+        if refused:  # said once per process (an API client sending ever new keys would flood the log)
+            logger.log(logging.DEBUG if self._told else logging.WARNING, "%s: new extra columns (%s) kept but not "
+                       "filterable: %d columns already are (IMAGESEARCH_MAX_FILTER_COLUMNS)", self.db.name,
+                       ", ".join(refused[:5]), self.max_columns)
+            self._told = True
 
     @staticmethod
     def delete(conn: sqlite3.Connection, gen: int, ids: Sequence[str], *, remember: bool = True) -> int:
