@@ -176,7 +176,9 @@ class ProductUpsert(BaseModel):
 
     id: str = Field(min_length=1, max_length=256, pattern=r"^[^/\\\x00-\x1f]+$")
     title: str = Field(min_length=1, max_length=1000)
-    images: list[Annotated[str, Field(min_length=1, max_length=2048, pattern=r"\S")]] = Field(
+    # "a character strip() keeps": the schema's \s (Unicode White_Space, as clients' regex engines read it) lacks
+    # the separators \x1c-\x1f that Python's str.strip() also removes, so they are named here too.
+    images: list[Annotated[str, Field(min_length=1, max_length=2048, pattern=r"[^\s\x1c-\x1f]")]] = Field(
         min_length=1, max_length=10, description="1-10 references, each with a non-blank character")
     category: str | None = Field(None, max_length=200)
     extra: dict[str, ExtraValue] = Field(default_factory=dict, max_length=50)

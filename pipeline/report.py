@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -97,9 +98,14 @@ def _next_steps(spec: ModelSpec, settings: Settings, outcomes: list[PhaseOutcome
     return lines
 
 
-def _model_row(spec: ModelSpec, settings: Settings) -> list[str]:
-    """Counts straight from the model's catalogue database, opened read-only (no store created); for a
-    model in Milvus, the images from the build state and the products from its collection."""
+MODEL_LIST_COLUMNS = ("model", "name", "csv", "products", "images cached", "failed", "indexed", "index", "backbone",
+                      "built at")
+
+
+def model_row(spec: ModelSpec, settings: Settings) -> list[str]:
+    """The model's ``--list`` row (``MODEL_LIST_COLUMNS``): counts straight from the model's catalogue database,
+    opened read-only (no store created); for a model in Milvus, the images from the build state and the products
+    from its collection."""
     paths = spec.paths(settings)
     products = images = failed_images = "-"
     indexed, built, kind = "no", "-", "-"
@@ -165,9 +171,11 @@ def _milvus_count(spec: ModelSpec, settings: Settings) -> str:
     from pymilvus.exceptions import MilvusException
 
     from core.errors import ImageSearchError
-    from core.milvus_store import client, collection_name
+    from core.milvus_store import client, collection_name, milvus_uri
 
     name = collection_name(settings.milvus_prefix, spec.name)
+    if not re.match(r"^[a-z]+://", milvus_uri(settings)) and not Path(milvus_uri(settings)).exists():
+        return "-"  # no milvus-lite file yet: nothing to count, and opening it would create one
     try:
         found = client(settings)
         if not found.has_collection(name):
@@ -201,9 +209,8 @@ def _db_counts(db: Path, *, products: bool = True) -> tuple[str, str, str]:
 def format_model_list(specs: Iterable[ModelSpec], settings: Settings) -> str:
     """One row per model, then a line per model whose CSV changed since its last build."""
     specs = list(specs)
-    rows = [_model_row(s, settings) for s in specs]
-    table = _table(["model", "name", "csv", "products", "images cached", "failed", "indexed", "index", "backbone",
-                    "built at"], rows)
+    rows = [model_row(s, settings) for s in specs]
+    table = _table(list(MODEL_LIST_COLUMNS), rows)
     notes = [f"{row[0]}: CSV changed since the last build; run `python run_training.py {row[0]}`"
              for row in rows if row[2] == "changed"]
     notes += [f"{row[0]}: not built yet; run `python run_training.py {row[0]}`" for row in rows if row[2] == "new"]
