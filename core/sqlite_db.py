@@ -128,7 +128,8 @@ class Database:
         try:
             return self._connect(self._ro_mode if self.read_only else "")
         except sqlite3.Error as exc:
-            raise self.failure(exc, "open") from None
+            # not remembered as damage: the connections already open may still read a file replaced under them
+            raise self._error(exc, "open", remember=False) from None
 
     def _check(self) -> None:
         """PRAGMA quick_check on a file small enough to check in about a second; larger ones are found
@@ -210,19 +211,21 @@ class Database:
         """The typed error for an SQLite error met while reading or writing (damage, a full disk, the rest)."""
         return self._error(exc, action)
 
-    def _error(self, exc: sqlite3.Error, action: str) -> StoreError:
+    def _error(self, exc: sqlite3.Error, action: str, *, remember: bool = True) -> StoreError:
         if is_corrupt(exc):
-            return self._corrupt(str(exc))
+            return self._corrupt(str(exc), remember=remember)
         if _is_full(exc):
             return StorageFullError(self.name, f"the disk holding {self.path.parent} is full ({exc})")
         return StoreError(self.name, f"catalogue database {action} failed: {exc}")
 
-    def _corrupt(self, detail: str) -> CorruptStoreError:
+    def _corrupt(self, detail: str, *, remember: bool = True) -> CorruptStoreError:
         detail = " ".join(detail.replace("*", " ").split())  # quick_check's report spans lines
-        self.damaged = (f"{self.path} is damaged (SQLite: {detail}): restore it from a backup, or move it away and "
-                        f"rebuild with python run_training.py {self.name} (products added through the API since the "
-                        "last build are then lost)")
-        return CorruptStoreError(self.name, self.damaged)
+        message = (f"{self.path} is damaged (SQLite: {detail}): restore it from a backup, or move it away and "
+                   f"rebuild with python run_training.py {self.name} (products added through the API since the last "
+                   "build are then lost)")
+        if remember:
+            self.damaged = message
+        return CorruptStoreError(self.name, message)
 
     def _discard(self, conn: sqlite3.Connection) -> None:
         with self._connections_lock:
