@@ -18,18 +18,31 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from core.errors import StoreError
 from core.milvus_expr import id_list
 
 _ID_BATCH = 1000
 _SCAN_BATCH = 16_384
+WRITE_LOCK = ".milvus-write.lock"
+LOCK_TIMEOUT_S = 60.0  # as long as SQLite waits for its write lock in the local store
 
 
 @contextmanager
-def machine_lock(folder: Path) -> Iterator[None]:
-    """An exclusive lock on ``folder/.milvus-write.lock`` (released by the OS if the process dies)."""
+def machine_lock(folder: Path, name: str, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    """An exclusive lock on ``folder/.milvus-write.lock`` (released by the OS if the process dies); StoreError
+    when another process has held it for ``timeout`` seconds (a hung writer must not hang every other)."""
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".milvus-write.lock", "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+    deadline = time.monotonic() + timeout
+    with open(folder / WRITE_LOCK, "a+") as fh:
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise StoreError(name, f"another process has held {folder / WRITE_LOCK} for {timeout:g} s; "
+                                           "retry shortly") from None
+                time.sleep(0.005)
         try:
             yield
         finally:

@@ -453,7 +453,7 @@ class MilvusStore:
     @contextlib.contextmanager
     def _writing(self) -> Iterator[None]:
         """One writer at a time in this process and on this machine (see ``core.milvus_deletes``)."""
-        with self._lock, machine_lock(self.folder):
+        with self._lock, machine_lock(self.folder, self.name):
             yield
 
     def upsert(self, items: Sequence[ProductVector], *, keep_api: bool = False) -> int:
