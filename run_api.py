@@ -16,11 +16,12 @@ def main(argv: list[str] | None = None) -> int:
     from api.server import serve
     from core.config import load_settings
     from core.errors import ImageSearchError
-    from utils.logging_setup import setup_logging
+    from utils.logging_setup import add_log_file, setup_logging
 
     try:
         settings = load_settings()
         setup_logging(settings.logs_dir, "api.log")
+        add_log_file(settings.logs_dir, "audit.log", "audit")  # who wrote what: key names, never keys
         app = create_app(settings)
         # uvicorn's records go to our handlers (logs/api.log); we write the access log
         serve(app, settings, args.host, args.port)
@@ -31,4 +32,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from utils.redact import redact_console
+
+    redact_console()  # whatever it prints, no URL credentials (utils/redact.py)
     sys.exit(main())

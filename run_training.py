@@ -10,6 +10,7 @@ from core.config import Settings, load_settings
 from core.errors import ImageSearchError, UnknownModelError, disk_full
 from core.model_config import ModelRegistry, ModelSpec
 from core.types import StoreKind
+from pipeline.backup_cli import add_backup_arguments, needs_model, run_backup_command, wants_backup_command
 from training.cli import add_quality_arguments, run_quality_command, wants_quality_command
 from utils.logging_setup import setup_logging
 
@@ -33,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="copy the built model into the other store (build state included) and check it: "
                              "counts and the same top-10 for sampled queries")
     add_quality_arguments(parser)
+    add_backup_arguments(parser)
     return parser
 
 
@@ -49,7 +51,7 @@ def _get_model(registry: ModelRegistry, settings: Settings, name: str) -> ModelS
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    if not args.list and not args.model:
+    if not args.list and not args.model and needs_model(args):
         parser.error("give a model name, or --list")
     try:
         settings = load_settings()
@@ -64,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.list:
             print(format_model_list(registry, settings))
             return 0
+        if wants_backup_command(args):
+            if args.model and args.restore is None:
+                _get_model(registry, settings, args.model)  # an unknown name gets its hint before anything runs
+            return run_backup_command(args, settings, registry)
         spec = _get_model(registry, settings, args.model)
         if wants_quality_command(args):
             return run_quality_command(args, settings, spec)
@@ -100,4 +106,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from utils.redact import redact_console
+
+    redact_console()  # whatever it prints, no URL credentials (utils/redact.py)
     sys.exit(main())

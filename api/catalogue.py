@@ -20,6 +20,7 @@ from pathlib import Path
 from core.config import Settings
 from core.errors import BackboneLoadError, ImageSearchError, IndexNotReadyError, UnknownModelError
 from core.model_config import ModelRegistry, ModelSpec, validate_model_name
+from core.store import ModelStore
 from core.types import StoreKind
 
 from api.embedder import Embedder
@@ -109,13 +110,22 @@ class Catalogue:
         """Reload one model from disk. A failed reload keeps the old snapshot serving and raises."""
         with self.admin_lock(name):
             current = self.model(name)
-            fresh = self._load(current.spec)
+            fresh = self._load(self._spec_now(current.spec))
             if fresh.searchable or not current.searchable:
                 self._install(fresh)
         if not fresh.searchable:
             kept = "still serving the previous index; " if current.searchable else ""
             raise IndexNotReadyError(name, f"reload failed, {kept}{fresh.error}")
         return fresh
+
+    def _spec_now(self, spec: ModelSpec) -> ModelSpec:
+        """The model's spec as data/<m>/model.json says now (a restore may have replaced it)."""
+        if self._registry is not None:
+            return spec
+        try:
+            return ModelRegistry.discover(self.settings).get(spec.name)
+        except ImageSearchError:
+            return spec
 
     def _install(self, loaded: ServedModel) -> None:
         with self._lock:
@@ -191,9 +201,12 @@ class Catalogue:
             logger.info("model %s is servable again", current.name)
 
     def _stale(self, current: ServedModel) -> bool:
-        """A reload is due: the head file changed, the model got built, or its index changed type."""
+        """A reload is due: the head file changed, the model got built, its catalogue was restored from a
+        backup, or its index changed type."""
         paths = current.spec.paths(self.settings)
         if file_signature(paths.head) != current.head_signature:
+            return True
+        if current.store is not None and _replaced(current.store):
             return True
         if not current.searchable:
             return file_signature(paths.models / "index.json") != current.index_signature
@@ -219,6 +232,13 @@ class Catalogue:
             logger.warning("model discovery failed: %s", exc.message)
             return []
         return [spec for spec in registry if spec.name not in self._models]
+
+
+def _replaced(store: ModelStore) -> bool:
+    try:
+        return store.replaced()
+    except ImageSearchError:  # Milvus unreachable: the next tick asks again
+        return False
 
 
 def _saved_kind(path: Path) -> str | None:

@@ -7,9 +7,11 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 
 from core.config import Settings
+from core.keys import Action, ApiKey, KeyRing
 
+from api.auth import AdminRoute, admin_route, admit
 from api.catalogue import Catalogue
-from api.guards import check_admin_key
+from api.guards import CALLER
 from api.metrics import Metrics
 
 
@@ -33,8 +35,19 @@ def base_url(request: Request) -> str:
     return str(request.base_url).rstrip("/")
 
 
-def require_admin(settings: Annotated[Settings, Depends(get_settings)],
-                  x_api_key: Annotated[str | None, Header(description="equal to IMAGESEARCH_API_KEY")] = None) -> None:
-    """Admin routes: 403 while no key is configured, 401 without a key, 403 with a wrong one. RequestGuard
-    has already checked this before the body was read; kept here so the route stays safe on its own."""
-    check_admin_key(settings, x_api_key)
+def require_admin(request: Request, settings: Annotated[Settings, Depends(get_settings)],
+                  x_api_key: Annotated[str | None, Header(description="an API key whose scopes cover this route "
+                                                                     "(admin, write:<model> or read:analytics)")]
+                  = None) -> ApiKey:
+    """The admin route's key: 403 while no key is configured, 401 without a valid key, 403 when its scopes do
+    not cover the route. RequestGuard has decided this before the body was read; it is decided again here so
+    a route stays safe on its own (a route missing from api.auth's table needs the admin scope)."""
+    found: ApiKey | None = getattr(request.state, CALLER, None)
+    if found is not None:
+        return found
+    keys: KeyRing = getattr(request.app.state, "keys", None) or KeyRing()
+    route = admin_route(request.method, request.scope["path"]) or AdminRoute(Action.WRITE)
+    return admit(keys, settings, x_api_key, route)
+
+
+Caller = Annotated[ApiKey, Depends(require_admin)]

@@ -73,10 +73,10 @@ def _record(product: ProductUpsert, preview_cache: str, clip: np.ndarray, head: 
 
 
 def upsert_product(catalogue: Catalogue, model: str,
-                   product: ProductUpsert) -> tuple[ServedModel, dict[str, str], float]:
+                   product: ProductUpsert) -> tuple[ServedModel, dict[str, str], float, int]:
     """Add or replace one product: fetch and embed its images (no lock held), then one store transaction.
-    Returns the model, the images that failed and the milliseconds from the store write until the
-    product was searchable. Blocking: call it from a worker thread."""
+    Returns the model, the images that failed, the milliseconds from the store write until the product was
+    searchable and the catalogue's generation after it. Blocking: call it from a worker thread."""
     settings = catalogue.settings
     current = catalogue.model(model)
     current.require()
@@ -91,22 +91,25 @@ def upsert_product(catalogue: Catalogue, model: str,
         start = time.perf_counter()
         store.upsert([_record(product, fetched.cached[0], clip, store.head)])
         commit_ms = (time.perf_counter() - start) * 1000
+        generation = store.generation()  # this edit's: writers of the model take turns under the admin lock
         BuildState(store.db).record(fetched.records, json.dumps(cache_key(settings), sort_keys=True))
     logger.info("admin: %s product %s in %s (%d images, %d failed)", "updated" if existed else "added",
                 product.id, model, len(fetched.images), len(fetched.failed))
-    return current, fetched.failed, commit_ms
+    return current, fetched.failed, commit_ms, generation
 
 
-def delete_product(catalogue: Catalogue, model: str, product_id: str) -> tuple[ServedModel, float]:
-    """Remove one product; returns the model and the milliseconds the store write took until the product
-    was gone from searches. Blocking: run it in a worker thread."""
+def delete_product(catalogue: Catalogue, model: str, product_id: str) -> tuple[ServedModel, float, int]:
+    """Remove one product; returns the model, the milliseconds the store write took until the product was
+    gone from searches and the catalogue's generation after it. Blocking: run it in a worker thread."""
     with catalogue.admin_lock(model):
         current = catalogue.model(model)
         current.product(product_id)  # 404 when absent
         if current.num_products <= 1:
             raise BadRequestError(f"cannot delete the last product of {model!r}; rebuild the model instead")
         start = time.perf_counter()
-        current.require().delete([product_id])
+        store = current.require()
+        store.delete([product_id])
         commit_ms = (time.perf_counter() - start) * 1000
+        generation = store.generation()
     logger.info("admin: deleted product %s from %s", product_id, model)
-    return current, commit_ms
+    return current, commit_ms, generation

@@ -1,10 +1,10 @@
-"""ASGI guards that act before any route reads a body: the admin key (with a per-client limit on failed
-attempts), a bound on in-flight searches, the admin body size, and the deadline for a whole body."""
+"""ASGI guards that act before any route reads a body: the admin key and its scopes (with a per-client limit
+on failed attempts, and an audit line per admin write), a bound on in-flight searches, the admin body size,
+and the deadline for a whole body."""
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import math
 import re
 import threading
@@ -17,31 +17,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from core.config import Settings
 from core.errors import (AuthError, ImageSearchError, OverloadedError, PayloadTooLargeError, RateLimitedError,
                          RequestTimeoutError)
+from core.keys import ApiKey, KeyRing
 
+from api.auth import admin_route, audit, authenticate, check
 from api.errors import error_response
 
-_ADMIN_ROUTES = (("POST", re.compile(r"^/[^/]+/products/?$")), ("DELETE", re.compile(r"^/[^/]+/products/[^/]+$")),
-                 ("POST", re.compile(r"^/[^/]+/reload/?$")), ("POST", re.compile(r"^/[^/]+/jobs/[^/]+/?$")),
-                 ("GET", re.compile(r"^/jobs(/[^/]+)?/?$")), ("DELETE", re.compile(r"^/jobs/[^/]+/?$")),
-                 ("GET", re.compile(r"^/([^/]+/)?analytics/[^/]+/?$")))
 _SEARCH_ROUTE = re.compile(r"^/(search_products/?|[^/]+/search(/text)?/?|[^/]+/products/[^/]+/similar/?"
                            r"|[^/]+/explain/?)$")
 _WINDOW = 60.0
 _MAX_TRACKED_CLIENTS = 10_000
-
-
-def is_admin_route(method: str, path: str) -> bool:
-    return any(method == m and pattern.match(path) for m, pattern in _ADMIN_ROUTES)
-
-
-def check_admin_key(settings: Settings, key: str | None) -> None:
-    """403 while no key is configured, 401 without a key, 403 with a wrong one."""
-    if not settings.api_key:
-        raise AuthError("admin routes are disabled: set IMAGESEARCH_API_KEY on the server to enable them", 403)
-    if not key:
-        raise AuthError("admin route: send the key in header X-API-Key", 401)
-    if not hmac.compare_digest(key.encode("utf-8", "surrogateescape"), settings.api_key.encode("utf-8")):
-        raise AuthError("admin route: wrong X-API-Key", 403)
+CALLER = "caller"  # request.state: the admin route's ApiKey
+AUDIT_PRODUCT = "audit_product"  # request.state: the product an admin write concerns, for the audit line
 
 
 class FailureLimiter:
@@ -92,6 +78,7 @@ class RequestGuard:
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
         self._settings = settings
+        self._keys = KeyRing()
         self.failures = FailureLimiter(settings.admin_failures_per_minute)
         self._searches = 0
 
@@ -99,36 +86,56 @@ class RequestGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        # the app's current Settings (what get_settings gives the routes), else those we were built with
-        settings: Settings = getattr(getattr(scope.get("app"), "state", None), "settings", None) or self._settings
+        # the app's current Settings and keys (what the routes see), else those we were built with
+        state = getattr(scope.get("app"), "state", None)
+        settings: Settings = getattr(state, "settings", None) or self._settings
         method, path = scope["method"], scope["path"]
-        admin = is_admin_route(method, path)
+        admin = admin_route(method, path)
+        caller: ApiKey | None = None
         try:
-            if admin:
-                self._admit(scope, settings)
+            if admin is not None:
+                caller = self._authenticate(scope, settings, getattr(state, "keys", None) or self._keys)
+                check(caller, admin.action, admin.model)
+                self._check_length(scope, settings)
             search = _SEARCH_ROUTE.match(path) is not None
             if search and self._searches >= settings.max_inflight_searches:
                 raise OverloadedError(f"{self._searches} searches in flight; retry shortly")
         except ImageSearchError as exc:
+            if isinstance(exc, AuthError) and admin is not None:
+                audit(caller, method, path, exc.status_code, None)
             await error_response(exc)(scope, receive, send)
             return
+        if caller is not None:
+            scope.setdefault("state", {})[CALLER] = caller
         self._searches += search
+        status = [0]
+
+        async def _send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = int(message["status"])
+            await send(message)
+
         try:
-            await self._bounded(scope, receive, send, settings.body_timeout,
-                                settings.max_admin_body_bytes if admin else None)
+            await self._bounded(scope, receive, _send, settings.body_timeout,
+                                settings.max_admin_body_bytes if admin is not None else None)
         finally:
             self._searches -= search
+            if admin is not None and method != "GET":
+                audit(caller, method, path, status[0] or 500, scope.get("state", {}).get(AUDIT_PRODUCT))
 
-    def _admit(self, scope: Scope, settings: Settings) -> None:
-        """The admin key, checked on the headers alone; a client that keeps guessing is cut off."""
+    def _authenticate(self, scope: Scope, settings: Settings, keys: KeyRing) -> ApiKey:
+        """The key, checked on the headers alone; a client that keeps guessing is cut off."""
         client = (scope.get("client") or ("-", 0))[0]
         self.failures.check(client)
         try:
-            check_admin_key(settings, _header(scope, b"x-api-key"))
-        except AuthError:
-            if settings.api_key:
+            return authenticate(keys, settings, _header(scope, b"x-api-key"))
+        except AuthError as exc:
+            if exc.status_code == 401:
                 self.failures.failed(client)
             raise
+
+    @staticmethod
+    def _check_length(scope: Scope, settings: Settings) -> None:
         declared = _header(scope, b"content-length")
         if declared and declared.isdigit() and int(declared) > settings.max_admin_body_bytes:
             raise PayloadTooLargeError(f"body too large: the limit is {settings.max_admin_body_bytes} bytes")

@@ -98,7 +98,19 @@ def _embed(job: Job, settings: Settings, spec: ModelSpec, jobs: JobStore) -> lis
     return errors
 
 
-_KINDS = {JobKind.REBUILD: _rebuild, JobKind.EVALUATE: _evaluate, JobKind.EMBED: _embed}
+def _backup(job: Job, settings: Settings, spec: ModelSpec, jobs: JobStore) -> list[str]:
+    from pipeline.backup import backup_model
+
+    jobs.progress(job.task_id, 0.0, "backup", {})
+    report = backup_model(settings, spec, say=lambda line: jobs.progress(job.task_id, 0.5, line, {}))
+    jobs.progress(job.task_id, 1.0, "done", {"backup": report.path.name, "generation": report.generation,
+                                               "products": report.products, "bytes": report.bytes,
+                                               "seconds": round(report.seconds, 2), "consistent": report.consistent})
+    return [] if report.consistent else ["writes kept landing while Milvus was read: each product is as of some "
+                                         "moment during the backup"]
+
+
+_KINDS = {JobKind.REBUILD: _rebuild, JobKind.EVALUATE: _evaluate, JobKind.EMBED: _embed, JobKind.BACKUP: _backup}
 
 
 def run(db: Path, task_id: str, settings: Settings) -> int:

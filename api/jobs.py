@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 from core.config import PROJECT_ROOT, Settings
-from core.errors import BuildInProgressError, ImageSearchError, JobNotFoundError, JobQueueFullError
+from core.errors import (BackupInProgressError, BuildInProgressError, ImageSearchError, JobNotFoundError,
+                         JobQueueFullError)
 from core.jobs import Job, JobKind, JobStatus, JobStore
 
 from api.job_worker import SETTINGS_ENV
@@ -25,13 +26,14 @@ from api.job_worker import SETTINGS_ENV
 logger = logging.getLogger(__name__)
 
 _ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELLING)
+_EXCLUSIVE = (JobKind.REBUILD, JobKind.EMBED)  # jobs that write the catalogue: one per model at a time
 _RETRY_AFTER_S = 30  # a full queue: about the time an evaluation takes on a small catalogue
 _SHORT_EMBED = 1000  # products an embed job may name and still pass long jobs
 _AGED_S = 600.0  # a long job waiting this long starts before short ones that came later
 
 
 def _short(job: Job) -> bool:
-    """Embedding a few products takes seconds; a rebuild or an evaluation takes minutes."""
+    """Embedding a few products takes seconds; a rebuild, an evaluation or a backup takes minutes."""
     return job.kind == JobKind.EMBED and len(job.params.get("ids") or ()) <= _SHORT_EMBED
 
 
@@ -76,7 +78,9 @@ class JobManager:
     def submit(self, kind: JobKind, model: str, params: dict[str, object]) -> Job:
         with self._lock:
             busy = [j for j in self.store.recent(limit=1000, statuses=_ACTIVE) if j.model == model]
-            if kind != JobKind.EVALUATE and any(j.kind != JobKind.EVALUATE for j in busy):
+            if kind == JobKind.BACKUP and any(j.kind == JobKind.BACKUP for j in busy):
+                raise BackupInProgressError(model)  # a backup reads while others write: only one at a time
+            if kind in _EXCLUSIVE and any(j.kind in _EXCLUSIVE for j in busy):
                 raise BuildInProgressError(model)  # one build (or embedding) per model, queued or running
             waiting = sum(j.status == JobStatus.QUEUED for j in busy)
             if waiting >= self.settings.job_queue_max:
@@ -85,7 +89,7 @@ class JobManager:
 
     def waiting(self) -> list[Job]:
         """Queued jobs in the order they start: short ones (embedding a few products) before long ones
-        (rebuilds, evaluations), oldest first within each; a job waiting over _AGED_S counts as short."""
+        (rebuilds, evaluations, backups), oldest first within each; a job waiting over _AGED_S counts as short."""
         now = time.time()
         queued = self.store.recent(limit=1000, statuses=(JobStatus.QUEUED,))
         return sorted(queued, key=lambda j: (not (_short(j) or now - j.created_at > _AGED_S), j.created_at))
@@ -168,7 +172,7 @@ class JobManager:
             running.add(job.model)
 
     def _spawn(self, job: Job) -> None:
-        env = {**os.environ, SETTINGS_ENV: self.settings.model_dump_json(exclude={"api_key"})}
+        env = {**os.environ, SETTINGS_ENV: self.settings.model_dump_json(exclude={"api_key", "api_keys"})}
         proc = subprocess.Popen([sys.executable, "-m", "api.job_worker", str(self.store.path), job.task_id],
                                 cwd=PROJECT_ROOT, env=env, start_new_session=True,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -7,13 +7,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, field_validator
 
-from utils.redact import redact_optional, redact_text, redact_url
-
 ExtraValue = str | int | float | bool | None
-
-
-def _redacted_extra(extra: dict[str, Any]) -> dict[str, Any]:
-    return {k: redact_text(v) if isinstance(v, str) else v for k, v in extra.items()}
 
 
 class ValidationProblem(BaseModel):
@@ -32,10 +26,11 @@ class ErrorResponse(BaseModel):
 
 
 _STATUS_TEXT = {400: "bad request (undecodable image, bad content type, bad filter)",
-                401: "no X-API-Key header", 403: "wrong X-API-Key, or admin routes disabled",
+                401: "no X-API-Key header, or a key that is not (or no longer) valid",
+                403: "the key's scopes do not cover this route, or admin routes are disabled (no key configured)",
                 404: "unknown or invalid model, unknown product, or no cached image",
                 408: "the request body did not arrive within the deadline",
-                409: "a build or embedding of this model is already queued or running",
+                409: "a build, embedding or backup of this model is already queued or running",
                 413: "the body or the image is over its limit", 422: "a parameter or field is invalid",
                 429: "too many failed X-API-Key attempts from this address (see Retry-After)",
                 503: "the model is not ready, or the server is busy (see Retry-After)"}
@@ -60,17 +55,6 @@ class SearchHit(BaseModel):
     image_url: str | None = Field(None, description="the cached preview, served by this API")
     model: str | None = Field(None, description="the model this hit comes from (merged rankings)")
     extra: dict[str, Any] = Field(default_factory=dict, description="the product's extra CSV columns")
-
-    # display copies: credentials in a catalogue URL never reach a shopper (the fetch used the original)
-    @field_validator("preview_image", "image_url")
-    @classmethod
-    def _redact_urls(cls, url: str | None) -> str | None:
-        return redact_optional(url)
-
-    @field_validator("extra")
-    @classmethod
-    def _redact_extra(cls, extra: dict[str, Any]) -> dict[str, Any]:
-        return _redacted_extra(extra)
 
 
 class SearchResponse(BaseModel):
@@ -155,21 +139,6 @@ class ProductInfo(BaseModel):
                                         description="per image: its cached copy served by this API, or null")
     extra: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("preview_image", "image_url")
-    @classmethod
-    def _redact_urls(cls, url: str | None) -> str | None:
-        return redact_optional(url)
-
-    @field_validator("images")
-    @classmethod
-    def _redact_images(cls, refs: list[str]) -> list[str]:
-        return [redact_url(r) for r in refs]
-
-    @field_validator("extra")
-    @classmethod
-    def _redact_extra(cls, extra: dict[str, Any]) -> dict[str, Any]:
-        return _redacted_extra(extra)
-
 
 class ProductUpsert(BaseModel):
     """A product to add or update; its images are fetched (http(s) URL or a path inside data/<model>/)."""
@@ -212,12 +181,9 @@ class AdminResponse(BaseModel):
     num_products: int
     took_ms: float = Field(description="the whole edit: fetching and embedding the images, then the store write")
     commit_ms: float | None = Field(None, description="the store write alone, until the edit is searchable")
+    generation: int | None = Field(None, description="the catalogue's generation after this edit (a backup "
+                                                     "records the generation it holds)")
     failed_images: dict[str, str] = Field(default_factory=dict, description="image reference -> reason")
-
-    @field_validator("failed_images")
-    @classmethod
-    def _redact_refs(cls, failed: dict[str, str]) -> dict[str, str]:
-        return {redact_url(ref): reason for ref, reason in failed.items()}
 
 
 class ReloadResponse(BaseModel):
@@ -246,6 +212,17 @@ class RebuildJobRequest(BaseModel):
 
 class EmbedJobRequest(BaseModel):
     ids: list[Annotated[str, Field(min_length=1, max_length=512)]] = Field(min_length=1, max_length=10_000)
+
+
+class BackupInfo(BaseModel):
+    name: str = Field(description="the backup's folder in the server's backups folder (IMAGESEARCH_BACKUP_DIR)")
+    model: str
+    store: str = Field(description="the store it was taken from: local or milvus (it restores into either)")
+    created_at: str
+    generation: int = Field(description="the catalogue generation it holds")
+    products: int
+    bytes: int
+    consistent: bool = Field(description="false only for a Milvus backup during which writes kept landing")
 
 
 class JobAccepted(BaseModel):

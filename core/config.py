@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.errors import ConfigError
 from core.types import Device, Executor, IndexType, Metric, Precision, StoreKind
+from utils.image_shape import ShapePolicy
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
@@ -118,7 +119,14 @@ class Settings(BaseSettings):
     seed: int = Field(0, ge=0, description="seed for sampling, splits and training")
 
     # API / UI
-    api_key: str | None = Field(None, description="key for admin routes (header X-API-Key); unset disables them")
+    api_key: str | None = Field(None, description="an admin key for every admin route (header X-API-Key); with "
+                                                  "no key configured at all, admin routes are disabled")
+    api_keys: list[dict[str, Any]] = Field(
+        default_factory=list, description="more keys, as JSON: [{\"name\": ..., \"scopes\": [\"write:shoes\"], "
+                                          "\"sha256\": <the key's SHA-256>}] (never the key itself)")
+    api_keys_file: Path | None = Field(None, description="the keys file run_keys.py manages, re-read when it changes "
+                                                         "(default: checkpoints/api_keys.json)")
+    backup_dir: Path | None = Field(None, description="where backups go by default (default: backups/ under the root)")
     max_upload_bytes: int = Field(10_000_000, ge=1024, description="largest upload accepted by the API, bytes")
     api_url: str = Field("http://127.0.0.1:8000", description="where the UI finds the API")
 
@@ -134,7 +142,8 @@ class Settings(BaseSettings):
     admin_failures_per_minute: int = Field(
         10, ge=1, le=10_000, description="failed X-API-Key attempts per client address per minute before 429")
     max_aspect_ratio: float = Field(20.0, ge=1, le=1000,
-                                    description="query images more elongated than this get 400")
+                                    description="images more elongated than this are refused wherever they enter "
+                                                "(search, explain, admin upsert: 400; a build: a reported failure)")
 
     # explanations, query log, background jobs
     explain_cache_max_files: int = Field(5000, ge=10, le=10_000_000,
@@ -149,6 +158,11 @@ class Settings(BaseSettings):
                                            "Retry-After")
     job_max_attempts: int = Field(3, ge=1, le=20,
                                   description="runs of a background job interrupted by an API restart before it fails")
+
+    @property
+    def image_policy(self) -> ShapePolicy:
+        """The one image-shape policy every image entry point applies (from the header, before decoding)."""
+        return ShapePolicy(max_pixels=self.max_image_pixels, max_aspect=self.max_aspect_ratio)
 
     @property
     def data_dir(self) -> Path:
@@ -173,6 +187,28 @@ class Settings(BaseSettings):
     @property
     def jobs_path(self) -> Path:
         return self.checkpoints_dir / "jobs.db"
+
+    @property
+    def keys_path(self) -> Path:
+        return self._under_root(self.api_keys_file) or self.checkpoints_dir / "api_keys.json"
+
+    @property
+    def backups_dir(self) -> Path:
+        return self._under_root(self.backup_dir) or self.root / "backups"
+
+    def _under_root(self, path: Path | None) -> Path | None:
+        return None if path is None else path if path.is_absolute() else self.root / path
+
+    @field_validator("api_keys")
+    @classmethod
+    def _check_keys(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        from core.keys import parse_keys
+
+        try:
+            parse_keys(value, "keys")
+        except ConfigError as exc:
+            raise ValueError(exc.message) from None
+        return value
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -152,12 +152,14 @@ class TrainingError(ImageSearchError):
 
 
 class ImageNotAvailableError(ImageSearchError):
-    """A known product whose preview image is not cached (or has gone from disk)."""
+    """A known product whose preview image is not cached (or has gone from disk, or is refused by the
+    image-shape policy: ``reason``)."""
 
     status_code = 404
 
-    def __init__(self, model: str, product_id: str) -> None:
-        super().__init__(f"product {product_id!r} in model {model!r} has no cached preview image")
+    def __init__(self, model: str, product_id: str, reason: str = "") -> None:
+        what = f"no usable preview image ({reason})" if reason else "no cached preview image"
+        super().__init__(f"product {product_id!r} in model {model!r} has {what}")
         self.model = model
         self.product_id = product_id
 
@@ -214,6 +216,28 @@ class CorruptStoreError(StoreError):
     """The catalogue's database file is damaged: nothing is served from it until it is restored or rebuilt."""
 
 
+class CatalogueReplacedError(StoreError):
+    """The model's catalogue was replaced (restored from a backup) under this process: what it holds is the
+    old one, which it serves until it reloads the new one (within a second); a write to it is refused."""
+
+    retry_after = 1
+
+    def __init__(self, model: str) -> None:
+        super().__init__(model, "the catalogue was just restored from a backup and is being reloaded; "
+                                "nothing was changed: retry in a moment")
+
+
+class BackupError(ImageSearchError):
+    """A backup cannot be used (missing, incomplete, corrupt or truncated file), named in the message."""
+
+    status_code = 400
+
+    def __init__(self, path: object, reason: str) -> None:
+        super().__init__(f"backup refused: {path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
 class StorageFullError(StoreError):
     """The disk holding the catalogue is full: the write was rolled back, nothing else changed."""
 
@@ -227,6 +251,16 @@ class BuildInProgressError(ImageSearchError):
 
     def __init__(self, model: str) -> None:
         super().__init__(f"model {model!r}: another build of this model is running; wait for it to finish")
+        self.model = model
+
+
+class BackupInProgressError(ImageSearchError):
+    """A backup of the model is already queued or running."""
+
+    status_code = 409
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"model {model!r}: a backup of this model is already queued or running; see GET /jobs")
         self.model = model
 
 

@@ -24,6 +24,7 @@ class JobKind(StrEnum):
     REBUILD = "rebuild"
     EVALUATE = "evaluate"
     EMBED = "embed"
+    BACKUP = "backup"
 
 
 class JobStatus(StrEnum):

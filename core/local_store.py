@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sqlite3
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -22,7 +24,7 @@ from core.ann import (INDEX_JSON, RERANK_FACTOR, LiveIndex, build, choose_index_
                       train_size, tune)
 from core.calibration import CALIBRATION_JSON, Calibration, TextEncoder, stale
 from core.config import Settings
-from core.errors import StorageFullError, StoreError, disk_full
+from core.errors import CatalogueReplacedError, StorageFullError, StoreError, disk_full
 from core.head import ProjectionHead
 from core.sqlite_db import Database
 from core.sqlite_store import SCHEMA, ProductTable, store_path
@@ -63,6 +65,12 @@ class LocalStore:
         self.settings = settings
         self._index_type = index_type or settings.index_type
         self.db = Database(store_path(self.folder), SCHEMA, self.name)
+        # the folder this store opened, by a file descriptor: if a restore swaps another folder in under the
+        # name, what this store still writes (a compaction's index, a calibration) lands in its own folder,
+        # never in the restored model's
+        self._own, fd = _pinned(self.folder)
+        if fd is not None:
+            weakref.finalize(self, os.close, fd)  # the descriptor lives as long as this store
         self.table = ProductTable(self.db, settings.max_filter_columns)
         self._index: LiveIndex | None = None
         self._index_lock = threading.RLock()  # serialises index maintenance (apply, rebuild), not searches
@@ -128,19 +136,30 @@ class LocalStore:
     def changes_since(self, generation: int) -> Changes:
         return self.table.changes_since(generation)
 
+    def replaced(self) -> bool:
+        """True once a restore has put another catalogue in this store's folder (reload the model)."""
+        return self.db.replaced()
+
+    def _written(self) -> None:
+        """After a commit: a write that landed in a catalogue a restore has just replaced is lost with it, so
+        it must not be acknowledged."""
+        if self.db.replaced():
+            raise CatalogueReplacedError(self.name)
+        self.refresh()
+
     # --- protocol: writes ------------------------------------------------------------------------
     def upsert(self, items: Sequence[ProductVector], *, keep_api: bool = False) -> int:
         with self.db.write() as conn:
             gen = self.table.bump(conn)
             written = self.table.upsert(conn, gen, items, keep_api=keep_api)
-        self.refresh()
+        self._written()
         return written
 
     def delete(self, ids: Sequence[str]) -> int:
         with self.db.write() as conn:
             gen = self.table.bump(conn)
             removed = self.table.delete(conn, gen, ids)
-        self.refresh()
+        self._written()
         return removed
 
     @_guarded
@@ -155,7 +174,7 @@ class LocalStore:
                 gen = self.table.bump(conn)
                 self.table.delete(conn, gen, doomed, remember=False)
         if doomed:
-            self.refresh()
+            self._written()
         return len(doomed)
 
     def reproject(self, head: ProjectionHead | None) -> int:
@@ -182,7 +201,7 @@ class LocalStore:
             if changed:
                 # a saved index of an earlier head (head A -> B -> A) would pass the head check and then
                 # "catch up" by adding every re-projected row again: duplicates. It is stale either way.
-                (self.folder / INDEX_JSON).unlink(missing_ok=True)
+                (self._own / INDEX_JSON).unlink(missing_ok=True)
         return gen
 
     # --- protocol: search ------------------------------------------------------------------------
@@ -298,10 +317,10 @@ class LocalStore:
             return live
 
     def _load_saved(self) -> LiveIndex | None:
-        if not (self.folder / INDEX_JSON).is_file():
+        if not (self._own / INDEX_JSON).is_file():
             return None
         try:
-            live = LiveIndex.load(self.folder)
+            live = LiveIndex.load(self._own)
         except Exception as exc:  # FAISS raises RuntimeError on a torn file; JSON ValueError
             logger.warning("%s: saved index unreadable (%s): rebuilding it from the store", self.name, exc)
             return None
@@ -389,7 +408,7 @@ class LocalStore:
         """Write ``live``'s files, checked against what was written; a failed write is a typed error (a full
         disk: StorageFullError) and leaves the previous index.json and its file as they were."""
         try:
-            live.save(self.folder)
+            live.save(self._own)
         except OSError as exc:
             raise self._write_error(exc, "index") from None
         except ValueError as exc:
@@ -411,13 +430,13 @@ class LocalStore:
         signature = self._calibration_signature()
         seen, cached = self._calibration
         if signature != seen:
-            cached = load_calibration(self.folder) if signature is not None else None
+            cached = load_calibration(self._own) if signature is not None else None
             self._calibration = (signature, cached)
         return cached
 
     def _calibration_signature(self) -> object:
         try:
-            st = (self.folder / CALIBRATION_JSON).stat()
+            st = (self._own / CALIBRATION_JSON).stat()
         except OSError:
             return None
         return (st.st_ino, st.st_mtime_ns, st.st_size)
@@ -467,7 +486,7 @@ class LocalStore:
         cal = Calibration(image=image, text=text, head=self._head, index_built_at=live.info.built_at,
                           generation=live.generation, method=method, pairs=counts, fitted_at=now_iso())
         try:
-            save_calibration(self.folder, cal)
+            save_calibration(self._own, cal)
         except OSError as exc:
             self._calibration = (self._calibration_signature(), cal)  # served from memory meanwhile
             raise self._write_error(exc, "calibration") from None
@@ -500,6 +519,21 @@ class LocalStore:
 
     def close(self) -> None:
         self.db.close()
+
+
+def _pinned(folder: Path) -> tuple[Path, int | None]:
+    """A path that names ``folder``'s directory itself, whatever is renamed over its name later (Linux:
+    /proc/self/fd/<a descriptor of it>, with that descriptor, to keep open while the path is used);
+    elsewhere the folder itself."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except (OSError, AttributeError):
+        return folder, None
+    pinned = Path(f"/proc/self/fd/{fd}")
+    if not pinned.is_dir():
+        os.close(fd)
+        return folder, None
+    return pinned, fd
 
 
 def _first_seen(vids: np.ndarray) -> np.ndarray:

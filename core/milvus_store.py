@@ -38,10 +38,10 @@ import numpy as np
 from core.ann import INDEX_JSON, IndexInfo, choose_index_type, ivf_nlist
 from core.calibration import CALIBRATION_JSON, Calibration, TextEncoder, now_iso, stale
 from core.config import Settings
-from core.errors import StoreError, StoreUnavailableError, require_module
+from core.errors import CatalogueReplacedError, StoreError, StoreUnavailableError, require_module
 from core.head import ProjectionHead
-from core.milvus_expr import expression, id_list, literal
 from core.milvus_deletes import Tombstones, machine_lock, side_collection
+from core.milvus_expr import expression, id_list, literal
 from core.sqlite_db import Database, stage_ids
 from core.store import (FILTER_COLUMN, Filter, Hit, Product, ProductVector, ServedIndex, Source, StoreStats,
                         is_number, next_stamp, outlasting_delete, product_digest, row_digest)
@@ -141,6 +141,68 @@ def close_clients(*, embedded_only: bool = False) -> None:
             del _clients[key]
 
 
+POINTER_KEY = "collection"  # in <collection>__meta: the collection holding the model's rows since a restore
+RESTORED_INFIX = "__r"  # <collection>__r<stamp>: a collection a restore filled
+
+
+def _ensure_meta_collection(cl: Any, name: str) -> None:
+    side_collection(cl, name, key=("VARCHAR", {"is_primary": True, "max_length": 64}),
+                    value=("VARCHAR", {"max_length": 65_535}))
+
+
+def _pointed(cl: Any, base: str, *, load: bool = True) -> str:
+    """The collection holding a model's rows: the one ``<base>__meta`` points to after a restore, else ``base``."""
+    meta = base + "__meta"
+    if load:
+        if not cl.has_collection(meta):
+            return base
+        cl.load_collection(meta)
+    rows = cl.query(meta, filter=f"key == {literal(POINTER_KEY)}", output_fields=["value"], consistency_level="Strong")
+    return str(json.loads(rows[0]["value"])) if rows else base
+
+
+def resolve_collection(settings: Settings, model: str) -> str:
+    """The collection that holds ``model``'s catalogue now (its own name, or the one a restore filled)."""
+    base = collection_name(settings.milvus_prefix, model)
+    try:
+        return _pointed(client(settings), base)
+    except StoreUnavailableError:
+        raise
+    except Exception as exc:
+        raise StoreError(model, f"the Milvus store failed ({type(exc).__name__}); see the server log") from None
+
+
+def switch_collection(settings: Settings, model: str, physical: str) -> str:
+    """Point ``model`` at the collection ``physical`` (one upsert of one row: every process opening or
+    refreshing the model sees the old collection or the new one, never a mix). Returns the previous one."""
+    cl = client(settings)
+    base = collection_name(settings.milvus_prefix, model)
+    _ensure_meta_collection(cl, base + "__meta")
+    before = _pointed(cl, base)
+    cl.upsert(base + "__meta", [{"key": POINTER_KEY, "value": json.dumps(physical), "v": [0.0, 0.0]}])
+    return before
+
+
+def drop_collection(settings: Settings, model: str, physical: str) -> None:
+    """Drop a collection a model no longer uses, with its meta collection (the model's own ``__meta`` stays:
+    it holds the pointer)."""
+    cl = client(settings)
+    base = collection_name(settings.milvus_prefix, model)
+    for name in (physical,) if physical == base else (physical, physical + "__meta"):
+        if cl.has_collection(name):
+            cl.drop_collection(name)
+
+
+def stray_collections(settings: Settings, model: str) -> list[str]:
+    """Collections restores of ``model`` filled that the model does not use (a restore killed half-way)."""
+    cl = client(settings)
+    base = collection_name(settings.milvus_prefix, model)
+    current = _pointed(cl, base)
+    prefix = base + RESTORED_INFIX
+    return sorted(n for n in cl.list_collections()
+                  if n.startswith(prefix) and not n.endswith("__meta") and n != current)
+
+
 def _connect_hint(settings: Settings, exc: Exception) -> str:
     text = f"{type(exc).__name__}: {exc}"
     where = redacted_uri(settings)
@@ -186,13 +248,17 @@ class MilvusStore:
     damaged: str | None = None  # Milvus guards its own files: a failing call is a StoreError, not damage here
 
     def __init__(self, folder: Path, settings: Settings, *, name: str = "", index_type: IndexType | None = None,
-                 head: ProjectionHead | None = None, open_index: bool = True) -> None:
+                 head: ProjectionHead | None = None, open_index: bool = True, collection: str | None = None) -> None:
         self.folder = Path(folder)
         self.name = name or self.folder.name
         self.settings = settings
         self._index_type = index_type or settings.index_type
         self.client = client(settings)
-        self.collection = collection_name(settings.milvus_prefix, self.name)
+        self.base = collection_name(settings.milvus_prefix, self.name)
+        # the collection holding the rows: the model's own, or the one a restore filled and pointed it to; a
+        # restore names the one it fills (``collection``) before the model points there
+        self._pinned = collection is not None
+        self.collection = collection or self._call(_pointed, self.client, self.base)
         self.meta_collection = self.collection + "__meta"
         self.head = head
         self._head = head.sha256 if head is not None else None
@@ -252,8 +318,26 @@ class MilvusStore:
         return self._known
 
     def _ensure_meta(self) -> None:
-        side_collection(self.client, self.meta_collection, key=("VARCHAR", {"is_primary": True, "max_length": 64}),
-                        value=("VARCHAR", {"max_length": 65_535}))
+        _ensure_meta_collection(self.client, self.meta_collection)
+
+    def replaced(self) -> bool:
+        """True once a restore has pointed the model at another collection than the one this store reads."""
+        if self._pinned:
+            return False
+        try:
+            now = _pointed(self.client, self.base, load=False)
+        except Exception:  # released by a server restart: load it and ask again
+            now = self._call(_pointed, self.client, self.base)
+        return bool(now != self.collection)
+
+    def restored(self, generation: int, calibration: Calibration | None) -> None:
+        """A restore's last touch to the collection it filled: the backup's generation, and its calibration
+        (whose text map a rebuild keeps when no text encoder is at hand)."""
+        values: dict[str, Any] = {"generation": generation}
+        if calibration is not None:
+            values["calibration"] = calibration.to_json()
+        self._set_meta(values)
+        self._meta_cache.clear()
 
     def _meta(self, key: str, default: Any = "") -> Any:
         rows = self._call(self.client.query, self.meta_collection, filter=f"key == {literal(key)}",
@@ -501,6 +585,8 @@ class MilvusStore:
                 # a delete made on another machine after the check above has its tombstone there by now
                 late = list(self._deleted.get([r["id"] for r in rows]))
                 self._remove(late, remember=False)
+        if self.replaced():  # written to a collection a restore has just replaced: lost with it, not acknowledged
+            raise CatalogueReplacedError(self.name)
         return len(rows) - len(late)
 
     def _note(self, rows: list[dict[str, Any]]) -> None:
@@ -539,6 +625,8 @@ class MilvusStore:
         if present:
             self._add_counts([(r["source"], r["category"]) for r in rows], [])
             self._wrote(self._bump(), -len(present))
+            if self.replaced():  # removed from a collection a restore has just replaced: not acknowledged
+                raise CatalogueReplacedError(self.name)
         return len(present)
 
     def deleted_ids(self, ids: Sequence[str]) -> list[str]:
@@ -759,6 +847,8 @@ class MilvusStore:
         catalogue's is left alone while a rebuild holds it released on purpose: a rebuild raises its flag
         before it releases, and the flag is read only after a call saw the collection released."""
         self._call(self.client.load_collection, self.meta_collection)
+        if self.base + "__meta" != self.meta_collection:  # the one holding the pointer to this collection
+            self._call(self.client.load_collection, self.base + "__meta")
         if not self._meta("rebuilding", False) and self._exists():
             self._call(self.client.load_collection, self.collection)
         self._released = False

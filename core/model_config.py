@@ -116,11 +116,17 @@ _MODEL_JSON_KEYS = {"display_name", "description", "categories", "backbone", "in
                     "url_template", "duplicate_threshold"}
 
 
-def _read_model_json(path: Path, base: ModelSpec) -> ModelSpec:
+def read_model_json(path: Path, base: ModelSpec) -> ModelSpec:
+    """``base`` with what the model.json at ``path`` says (ConfigError naming the file when it is bad)."""
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    return spec_from_json(raw, path, base)
+
+
+def spec_from_json(raw: Any, path: Path, base: ModelSpec) -> ModelSpec:
+    """``base`` with the keys of a model.json's content ``raw`` (``path`` names it in errors)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a JSON object")
     unknown = set(raw) - _MODEL_JSON_KEYS
@@ -178,7 +184,7 @@ class ModelRegistry:
             spec = specs.get(folder.name) or ModelSpec(name=folder.name,
                                                       display_name=folder.name.replace("_", " ").title())
             if (folder / "model.json").is_file():
-                spec = _read_model_json(folder / "model.json", spec)
+                spec = read_model_json(folder / "model.json", spec)
             specs[folder.name] = spec
         return cls(list(specs.values()))
 

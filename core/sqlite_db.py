@@ -4,17 +4,21 @@ WAL, a connection per thread for readers, one serialised writer, and disk-full a
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import quote
 
-from core.errors import CorruptStoreError, StorageFullError, StoreError
+from core.errors import CatalogueReplacedError, CorruptStoreError, StorageFullError, StoreError
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
+_BACKUP_PAGES = 4096  # pages per backup step (32 MB at 8 KiB pages)
 
 _BUSY_TIMEOUT_MS = 60_000  # a pipeline batch may hold the write lock for a while; edits wait, not fail
 QUICK_CHECK_MAX_BYTES = 1 << 30  # files up to this size get PRAGMA quick_check on open (about a second per GB)
@@ -40,6 +44,14 @@ def is_corrupt(exc: BaseException) -> bool:
         (code is not None and code & 0xFF in _CORRUPT_CODES) or "malformed" in text or "not a database" in text)
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
 class Database:
     """One SQLite file. Readers get a connection of their own thread (WAL: they never wait for the
     writer); writes go through :meth:`write`, one transaction at a time in this process, and SQLite's
@@ -49,7 +61,11 @@ class Database:
     is there keeps being served: ``read_only`` is then True and each write first tries to open it for
     writing again, raising StorageFullError while it still cannot. A damaged file raises CorruptStoreError
     (on open, from ``PRAGMA quick_check`` for files up to QUICK_CHECK_MAX_BYTES, or from the first read
-    that meets the damage; ``damaged`` then says so)."""
+    that meets the damage; ``damaged`` then says so).
+
+    The file it opened is remembered: once a restore has put another file at the path (a folder swapped
+    in), :meth:`replaced` says so and no new connection is opened onto the new file, so this process keeps
+    reading one catalogue - the old one, through its open connections - until it reloads the model."""
 
     def __init__(self, path: Path, schema: str, name: str = "") -> None:
         self.path = Path(path)
@@ -65,17 +81,37 @@ class Database:
         self._writer: sqlite3.Connection | None = None
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
+        self.identity: tuple[int, int] | None = None
         with self._write_lock:
             try:
-                self._writer = self._writable()
+                self._writer = self._open_writer()
             except sqlite3.Error as exc:
                 if not (_cannot_write(exc) and self.path.is_file() and self.path.stat().st_size):
                     raise self._error(exc, "open") from None
                 self._open_read_only(exc)
         self._check()
 
+    def _open_writer(self) -> sqlite3.Connection:
+        for _ in range(3):  # a restore swapping the file in while it opens: open the one now there
+            before = _identity(self.path)
+            writer = self._connect()  # a full disk fails here already: WAL mode needs its shared-memory file
+            self.identity = _identity(self.path)
+            if before is None or before == self.identity:
+                break
+            self._discard(writer)
+        try:
+            writer.executescript(self._schema)  # CREATE ... IF NOT EXISTS: idempotent across processes
+        except sqlite3.Error:
+            self._discard(writer)
+            raise
+        return writer
+
+    def replaced(self) -> bool:
+        """True when the file at the path is no longer the one this database opened (a restore swapped it)."""
+        return self.identity is not None and _identity(self.path) != self.identity
+
     def _writable(self) -> sqlite3.Connection:
-        conn = self._connect()  # a full disk fails here already: WAL mode needs its shared-memory file
+        conn = self._connect()
         try:
             conn.executescript(self._schema)  # CREATE ... IF NOT EXISTS: idempotent across processes
         except sqlite3.Error:
@@ -86,6 +122,7 @@ class Database:
     def _open_read_only(self, cause: sqlite3.Error) -> None:
         """Serve the file as it is: ``mode=ro`` reads the WAL too; where even that fails (no shared-memory file
         can be made), ``immutable=1`` reads the main file alone, which holds everything once the WAL is empty."""
+        self.identity = self.identity or _identity(self.path)
         wal = self.path.with_name(self.path.name + "-wal")
         modes = ["mode=ro"] + (["immutable=1"] if not wal.is_file() or not wal.stat().st_size else [])
         for mode in modes:
@@ -120,6 +157,9 @@ class Database:
         except sqlite3.Error:
             conn.close()
             raise
+        if self.identity is not None and _identity(self.path) != self.identity:
+            conn.close()  # a connection onto the restored file beside the old one's index: serve neither half
+            raise CatalogueReplacedError(self.name)
         with self._connections_lock:
             self._connections.append(conn)
         return conn
@@ -163,6 +203,28 @@ class Database:
         finally:
             conn.rollback()
             self._discard(conn)
+
+    def backup(self, target: Path, read: Callable[[sqlite3.Connection], T],
+               progress: Callable[[int, int], None] | None = None) -> T:
+        """Copy the database to ``target`` (a new file) with SQLite's online backup API, a few thousand pages a
+        step, while other connections and processes go on reading and writing. The copy is of one
+        generation: it runs inside one read transaction (WAL: writers never wait for it, and it never
+        restarts), and ``read`` runs in that same transaction, so what it returns (the generation, counts)
+        describes the copy exactly."""
+        source = self._reader_connect()
+        dest = sqlite3.connect(target, isolation_level=None)
+        try:
+            source.execute("BEGIN")
+            found = read(source)  # the read transaction's snapshot starts here; the backup steps share it
+            source.backup(dest, pages=_BACKUP_PAGES, sleep=0,
+                          progress=(lambda _s, left, total: progress(total - left, total)) if progress else None)
+            source.rollback()
+        except sqlite3.Error as exc:
+            raise self._error(exc, "backup") from None
+        finally:
+            dest.close()
+            self._discard(source)
+        return found
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:

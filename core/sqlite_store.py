@@ -109,10 +109,12 @@ class ProductTable:
         return gen
 
     def upsert(self, conn: sqlite3.Connection, gen: int, items: Sequence[ProductVector], *,
-               keep_api: bool) -> int:
+               keep_api: bool, keep_time: bool = False) -> int:
         """Write ``items``; returns how many rows changed. Unchanged digests are skipped, and so are what
         ``CatalogueStore.upsert`` keeps (API products and API deletes under ``keep_api``, a superseded
-        ``if_version``): the checks read the rows inside this transaction, so no write slips in between."""
+        ``if_version``): the checks read the rows inside this transaction, so no write slips in between.
+        ``keep_time`` keeps each product's own ``updated_at`` (a copy of another store), else it is now (and
+        later than the version it replaces)."""
         ids = [it.product.id for it in items]
         current: dict[str, tuple[int, str, str, float]] = {}
         deleted: dict[str, str] = {}
@@ -136,7 +138,9 @@ class ProductTable:
             if old is not None and old[2] == digest and old[1] == it.product.source.value:
                 continue
             changed += 1
-            self._write_row(conn, gen, next_stamp(old[3] if old else None), it, old[0] if old else None, digest)
+            when = it.product.updated_at if keep_time and it.product.updated_at else \
+                next_stamp(old[3] if old else None)
+            self._write_row(conn, gen, when, it, old[0] if old else None, digest)
         return changed
 
     @staticmethod

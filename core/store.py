@@ -243,6 +243,10 @@ class CatalogueStore(Protocol):
     def refresh(self) -> bool:
         """Catch up with writes made elsewhere (another process); True when anything changed."""
 
+    def replaced(self) -> bool:
+        """True once a restore has replaced the catalogue this store opened (the model must be reloaded; until
+        then it keeps serving the old one whole, and refuses writes with CatalogueReplacedError)."""
+
     def close(self) -> None: ...
 
 

@@ -9,10 +9,13 @@ same top-10 for a seeded sample of the catalogue's own vectors.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -21,6 +24,7 @@ from core.errors import ConfigError, MissingInputError
 from core.model_config import ModelSpec
 from core.store import ModelStore, ProductVector, Source
 from core.types import StoreKind
+from pipeline.state import BuildState
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +78,9 @@ def copy_store(settings: Settings, spec: ModelSpec, target: StoreKind) -> CopyRe
         try:
             if not source.count():
                 raise MissingInputError(spec.name, "the catalogue holds no product; nothing to copy")
-            copied = _copy_products(source, dest)
-            _copy_build_state(source, dest)
+            copied = copy_products(source, dest)
+            BuildState(source.db)
+            copy_build_state(source.db.path, dest)
             dest.rebuild(save=True)
             identical, overlap, queries = _compare(source, dest, settings.seed)
             report = CopyReport(spec.name, source_kind, target, copied, dest.count(), queries, identical, overlap,
@@ -87,16 +92,35 @@ def copy_store(settings: Settings, spec: ModelSpec, target: StoreKind) -> CopyRe
     return report
 
 
-def _copy_products(source: ModelStore, dest: ModelStore) -> int:
+def product_batches(source: ModelStore, batch: int = BATCH) -> Iterator[list[ProductVector]]:
+    """Every product of ``source`` - metadata, source, updated time, raw CLIP and indexed vectors - a batch at a
+    time, through the store protocol (either store). A product deleted meanwhile is left out."""
+    for ids, clips in source.scan_vectors(batch, clip=True):
+        products = {p.id: p for p in source.get(ids)}
+        present = [(i, pid) for i, pid in enumerate(ids) if pid in products]
+        vectors = _indexed(source, [pid for _, pid in present])
+        yield [ProductVector(products[pid], clip=clips[i], vector=vectors.get(pid)) for i, pid in present]
+
+
+def _indexed(source: ModelStore, ids: list[str]) -> dict[str, np.ndarray]:
+    """The indexed vectors of ``ids`` where a head makes them differ from the CLIP ones (else none)."""
+    if source.head is None or not ids:
+        return {}
+    try:
+        return dict(zip(ids, source.vectors(ids), strict=True))
+    except KeyError:  # one was deleted since it was listed: read the survivors one by one
+        found: dict[str, np.ndarray] = {}
+        for pid in ids:
+            with contextlib.suppress(KeyError):
+                found[pid] = source.vectors([pid])[0]
+        return found
+
+
+def copy_products(source: ModelStore, dest: ModelStore) -> int:
     """Stream every product across (unchanged ones are skipped by the target), then drop what the target
     holds beyond the source."""
-    has_head = source.head is not None
     total = 0
-    for ids, clips in source.scan_vectors(BATCH, clip=True):
-        products = {p.id: p for p in source.get(ids)}
-        vectors = source.vectors(ids) if has_head else None
-        items = [ProductVector(products[pid], clip=clips[i], vector=vectors[i] if vectors is not None else None)
-                 for i, pid in enumerate(ids) if pid in products]
+    for items in product_batches(source):
         dest.upsert(items)
         total += len(items)
     kept = (pid for ids, _ in source.scan_vectors(BATCH) for pid in ids)
@@ -104,20 +128,22 @@ def _copy_products(source: ModelStore, dest: ModelStore) -> int:
     return total
 
 
-def _copy_build_state(source: ModelStore, dest: ModelStore) -> None:
-    """The build machine's state, table by table (the pipeline's own schema is created first)."""
-    from pipeline.state import BuildState
+def copy_build_state(source: Path, dest: ModelStore) -> None:
+    """The build machine's state (staged rows, fetched images, view vectors) from the SQLite file ``source``
+    into ``dest``'s, table by table (the pipeline's own schema is created first)."""
 
     BuildState(dest.db)
-    BuildState(source.db)
-    if source.db.path.resolve() == dest.db.path.resolve():
+    if source.resolve() == dest.db.path.resolve():
         return
     conn = sqlite3.connect(dest.db.path, timeout=60, isolation_level=None)  # ATTACH needs no open transaction
     try:
-        conn.execute("ATTACH DATABASE ? AS src", (str(source.db.path),))
+        conn.execute("ATTACH DATABASE ? AS src", (str(source),))
+        present = {r[0] for r in conn.execute("SELECT name FROM src.sqlite_master WHERE type = 'table'")}
         conn.execute("BEGIN IMMEDIATE")
         for table in BUILD_TABLES:
             conn.execute(f"DELETE FROM main.{table}")
+            if table not in present:  # a catalogue never built by the pipeline (written by a tool) has none
+                continue
             conn.execute(f"INSERT INTO main.{table} SELECT * FROM src.{table}")
         conn.execute("COMMIT")
         conn.execute("DETACH DATABASE src")

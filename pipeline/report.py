@@ -81,6 +81,10 @@ def _failures(outcomes: list[PhaseOutcome]) -> list[str]:
     return ["failed by reason (with up to 3 examples each):", *lines] if lines else []
 
 
+_PATH_REASONS = ("file not found", "not a file", "unreadable file", "bad path", "path escapes model folder")
+_SHAPE_REASONS = ("too many pixels", "extreme aspect ratio", "side too long")
+
+
 def _next_steps(spec: ModelSpec, settings: Settings, outcomes: list[PhaseOutcome]) -> list[str]:
     download = next((o for o in outcomes if o.phase.value == "image_download"), None)
     lines: list[str] = []
@@ -88,10 +92,13 @@ def _next_steps(spec: ModelSpec, settings: Settings, outcomes: list[PhaseOutcome
         lines.append("some downloads failed for transient reasons (timeouts, 5xx): run again to retry them")
     if download is None or not download.result.failed:
         return lines
-    d = download.result.details
-    if d.get("failed_local", 0):
+    d, failed = download.result.details, download.result.failed
+    if d.get("failed_local", 0) and any(failed[r] for r in _PATH_REASONS):
         lines.append(f"local image paths are relative to {spec.paths(settings).data}: fix the paths or copy the "
                      "images there, then run the same command again (only the images that failed are retried)")
+    if any(failed[r] for r in _SHAPE_REASONS):
+        lines.append("images refused for their shape (pixels, aspect ratio or side length): replace them, or raise "
+                     "IMAGESEARCH_MAX_IMAGE_PIXELS / IMAGESEARCH_MAX_ASPECT_RATIO and run again")
     if d.get("failed_remote", 0) > d.get("transient", 0):
         lines.append("remote images that failed for good (e.g. http 404) are fetched again when products.csv "
                      "changes, or with --force")
@@ -171,12 +178,12 @@ def _milvus_count(spec: ModelSpec, settings: Settings) -> str:
     from pymilvus.exceptions import MilvusException
 
     from core.errors import ImageSearchError
-    from core.milvus_store import client, collection_name, milvus_uri
+    from core.milvus_store import client, milvus_uri, resolve_collection
 
-    name = collection_name(settings.milvus_prefix, spec.name)
     if not re.match(r"^[a-z]+://", milvus_uri(settings)) and not Path(milvus_uri(settings)).exists():
         return "-"  # no milvus-lite file yet: nothing to count, and opening it would create one
     try:
+        name = resolve_collection(settings, spec.name)
         found = client(settings)
         if not found.has_collection(name):
             return "-"

@@ -69,3 +69,48 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two folders (or files) in one step, so that at every instant each name holds one of the two (Linux
+    renameat2 RENAME_EXCHANGE). Where the platform or filesystem cannot, falls back to three renames, which
+    leave a moment where ``b`` does not exist; returns False then."""
+    import ctypes
+    import errno
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        renameat2 = None
+    if renameat2 is not None:
+        if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+            fsync_dir(Path(b).parent)
+            return True
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise OSError(err, os.strerror(err), str(a))
+    aside = Path(f"{a}.exchange")
+    os.rename(b, aside)
+    os.rename(a, b)
+    os.rename(aside, a)
+    fsync_dir(Path(b).parent)
+    return False
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a folder's entries (files created, renamed into it) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import logging.handlers
 from pathlib import Path
+from typing import Any
 
 from utils.redact import escape_control, redact_text
 
@@ -13,11 +14,18 @@ _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 class SafeFormatter(logging.Formatter):
     """One record, one line: control characters and undecodable bytes in the message are escaped and URL
-    credentials replaced, whatever a client or a CSV put there (a traceback below it stays multi-line)."""
+    credentials replaced, whatever a client or a CSV put there (a traceback below it stays multi-line, its
+    credentials replaced too)."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
         record.message = escape_control(redact_text(record.message))
         return super().formatMessage(record)
+
+    def formatException(self, ei: Any) -> str:  # noqa: N802 - logging's name
+        return redact_text(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:  # noqa: N802 - logging's name
+        return redact_text(super().formatStack(stack_info))
 
 
 def setup_logging(logs_dir: Path, *filenames: str, level: int = logging.INFO,
@@ -49,3 +57,21 @@ def setup_logging(logs_dir: Path, *filenames: str, level: int = logging.INFO,
         root.addHandler(handler)
     for noisy in ("urllib3", "PIL", "httpx", "httpcore", "filelock", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def add_log_file(logs_dir: Path, filename: str, logger_name: str, level: int = logging.INFO) -> None:
+    """Also send ``logger_name``'s records to ``logs_dir/<filename>`` (rotating, 10 x 5 MB), e.g. the audit log."""
+    logs_dir = Path(logs_dir)
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    target = logging.getLogger(logger_name)
+    for handler in list(target.handlers):
+        if getattr(handler, "_imagesearch", False):
+            target.removeHandler(handler)
+            handler.close()
+    fh = logging.handlers.RotatingFileHandler(logs_dir / filename, maxBytes=5_000_000, backupCount=10,
+                                              encoding="utf-8")
+    fh.setLevel(level)
+    fh.setFormatter(SafeFormatter(_FORMAT))
+    fh._imagesearch = True  # type: ignore[attr-defined]
+    target.addHandler(fh)
+    target.setLevel(level)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 
 from anyio import to_thread
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 
 from api.catalogue import Catalogue
 from api.deps import get_catalogue, require_admin
+from api.guards import AUDIT_PRODUCT
 from api.editing import delete_product, upsert_product
 from api.schemas import AdminResponse, ProductUpsert, ReloadResponse, error_responses
 
@@ -22,22 +23,26 @@ def _ms(start: float) -> float:
 
 @router.post("/{model}/products", response_model=AdminResponse,
              summary="Add or update one product: its images are fetched, embedded and indexed")
-async def add_product(model: str, product: ProductUpsert,
+async def add_product(model: str, product: ProductUpsert, request: Request,
                       catalogue: Catalogue = Depends(get_catalogue)) -> AdminResponse:
+    setattr(request.state, AUDIT_PRODUCT, product.id)
     catalogue.model(model).require()
     start = time.perf_counter()
-    fresh, failed, commit_ms = await to_thread.run_sync(upsert_product, catalogue, model, product)
+    fresh, failed, commit_ms, generation = await to_thread.run_sync(upsert_product, catalogue, model, product)
     return AdminResponse(model=model, action="upserted", id=product.id, num_products=fresh.num_products,
-                         took_ms=_ms(start), commit_ms=round(commit_ms, 3), failed_images=failed)
+                         took_ms=_ms(start), commit_ms=round(commit_ms, 3), generation=generation,
+                         failed_images=failed)
 
 
 @router.delete("/{model}/products/{product_id}", response_model=AdminResponse, summary="Delete one product")
-async def remove_product(model: str, product_id: str, catalogue: Catalogue = Depends(get_catalogue)) -> AdminResponse:
+async def remove_product(model: str, product_id: str, request: Request,
+                         catalogue: Catalogue = Depends(get_catalogue)) -> AdminResponse:
+    setattr(request.state, AUDIT_PRODUCT, product_id)
     catalogue.model(model).require()
     start = time.perf_counter()
-    fresh, commit_ms = await to_thread.run_sync(delete_product, catalogue, model, product_id)
+    fresh, commit_ms, generation = await to_thread.run_sync(delete_product, catalogue, model, product_id)
     return AdminResponse(model=model, action="deleted", id=product_id, num_products=fresh.num_products,
-                         took_ms=_ms(start), commit_ms=round(commit_ms, 3))
+                         took_ms=_ms(start), commit_ms=round(commit_ms, 3), generation=generation)
 
 
 @router.post("/{model}/reload", response_model=ReloadResponse,

@@ -1,5 +1,4 @@
-"""Admin: background jobs (rebuild, evaluate, embed) and the merchant's analytics (catalogue map, clusters,
-search log). Jobs run as worker processes; see api/jobs.py."""
+"""Admin: background jobs (rebuild, evaluate, embed). Jobs run as worker processes; see api/jobs.py."""
 
 from __future__ import annotations
 
@@ -8,12 +7,13 @@ from typing import Annotated, Any
 from anyio import to_thread
 from fastapi import APIRouter, Depends, Query, Request
 
-from core.config import Settings
 from core.jobs import JobKind
-from core.query_log import summarize
+from core.keys import Action
 
+from api.auth import check
+from api.guards import AUDIT_PRODUCT
 from api.catalogue import Catalogue
-from api.deps import base_url, get_catalogue, get_settings, require_admin
+from api.deps import Caller, get_catalogue, require_admin
 from api.jobs import JobManager, job_json
 from api.schemas import EmbedJobRequest, JobAccepted, RebuildJobRequest, error_responses
 
@@ -26,7 +26,7 @@ def get_jobs(request: Request) -> JobManager:
     return jobs
 
 
-def _accepted(jobs: JobManager, kind: JobKind, model: str, params: dict[str, Any]) -> JobAccepted:
+def accepted(jobs: JobManager, kind: JobKind, model: str, params: dict[str, Any]) -> JobAccepted:
     job = jobs.submit(kind, model, params)
     return JobAccepted(task_id=job.task_id, status=job.status.value, kind=kind.value, model=model)
 
@@ -40,7 +40,7 @@ async def job_rebuild(model: str, body: RebuildJobRequest | None = None, catalog
                       jobs: JobManager = Depends(get_jobs)) -> JobAccepted:
     catalogue.model(model)
     params = (body or RebuildJobRequest()).model_dump()
-    return await to_thread.run_sync(_accepted, jobs, JobKind.REBUILD, model, params)
+    return await to_thread.run_sync(accepted, jobs, JobKind.REBUILD, model, params)
 
 
 @router.post("/{model}/jobs/evaluate", response_model=JobAccepted, status_code=202,
@@ -48,70 +48,34 @@ async def job_rebuild(model: str, body: RebuildJobRequest | None = None, catalog
 async def job_evaluate(model: str, catalogue: Catalogue = Depends(get_catalogue),
                        jobs: JobManager = Depends(get_jobs)) -> JobAccepted:
     catalogue.model(model).require()
-    return await to_thread.run_sync(_accepted, jobs, JobKind.EVALUATE, model, {})
+    return await to_thread.run_sync(accepted, jobs, JobKind.EVALUATE, model, {})
 
 
 @router.post("/{model}/jobs/embed", response_model=JobAccepted, status_code=202, responses=_CONFLICT,
              summary="Queue re-embedding these products from their cached images")
-async def job_embed(model: str, body: EmbedJobRequest, catalogue: Catalogue = Depends(get_catalogue),
-                    jobs: JobManager = Depends(get_jobs)) -> JobAccepted:
+async def job_embed(model: str, body: EmbedJobRequest, request: Request,
+                    catalogue: Catalogue = Depends(get_catalogue), jobs: JobManager = Depends(get_jobs)) -> JobAccepted:
+    setattr(request.state, AUDIT_PRODUCT, ",".join(body.ids[:5]) + (f",... ({len(body.ids)} ids)"
+                                                                     if len(body.ids) > 5 else ""))
     catalogue.model(model).require()
-    return await to_thread.run_sync(_accepted, jobs, JobKind.EMBED, model, {"ids": body.ids})
+    return await to_thread.run_sync(accepted, jobs, JobKind.EMBED, model, {"ids": body.ids})
 
 
-@router.get("/jobs", summary="Recent jobs, newest first")
-async def list_jobs(limit: Annotated[int, Query(ge=1, le=500)] = 50,
+@router.get("/jobs", summary="Recent jobs, newest first (a write:<model> key sees its models' jobs)")
+async def list_jobs(caller: Caller, limit: Annotated[int, Query(ge=1, le=500)] = 50,
                     jobs: JobManager = Depends(get_jobs)) -> list[dict[str, Any]]:
-    return [job_json(j) for j in await to_thread.run_sync(lambda: jobs.store.recent(limit=limit))]
+    recent = await to_thread.run_sync(lambda: jobs.store.recent(limit=limit))
+    return [job_json(j) for j in recent if caller.may(Action.JOBS, j.model)]
 
 
 @router.get("/jobs/{task_id}", summary="A job's status, progress, counts and errors")
-async def get_job(task_id: str, jobs: JobManager = Depends(get_jobs)) -> dict[str, Any]:
-    return job_json(await to_thread.run_sync(jobs.get, task_id))
+async def get_job(task_id: str, caller: Caller, jobs: JobManager = Depends(get_jobs)) -> dict[str, Any]:
+    job = await to_thread.run_sync(jobs.get, task_id)
+    check(caller, Action.JOBS, job.model)
+    return job_json(job)
 
 
 @router.delete("/jobs/{task_id}", summary="Cancel a job (a running worker is stopped)")
-async def cancel_job(task_id: str, jobs: JobManager = Depends(get_jobs)) -> dict[str, Any]:
+async def cancel_job(task_id: str, caller: Caller, jobs: JobManager = Depends(get_jobs)) -> dict[str, Any]:
+    check(caller, Action.WRITE, (await to_thread.run_sync(jobs.get, task_id)).model)
     return job_json(await to_thread.run_sync(jobs.cancel, task_id))
-
-
-@router.get("/{model}/analytics/map", summary="2-D map of the catalogue (PCA then t-SNE on a sample)")
-async def catalogue_map(model: str, request: Request, sample: Annotated[int, Query(ge=2, le=5000)] = 1500,
-                        catalogue: Catalogue = Depends(get_catalogue),
-                        settings: Settings = Depends(get_settings)) -> dict[str, Any]:
-    from training.catalogue_map import map_points, sample as take
-
-    store = catalogue.model(model).require()
-    points = await to_thread.run_sync(lambda: map_points(take(store, sample, settings.seed), settings.seed))
-    base = base_url(request)
-    for p in points:
-        p["image_url"] = f"{base}/{model}/products/{p['id']}/image"
-    return {"model": model, "method": "pca+tsne", "points": points, "products": store.count()}
-
-
-@router.get("/{model}/analytics/clusters", summary="k-means clusters: representatives and category purity")
-async def catalogue_clusters(model: str, k: Annotated[int, Query(ge=1, le=100)] = 8,
-                             sample: Annotated[int, Query(ge=2, le=20000)] = 5000,
-                             catalogue: Catalogue = Depends(get_catalogue),
-                             settings: Settings = Depends(get_settings)) -> dict[str, Any]:
-    from training.catalogue_map import clusters, sample as take
-
-    store = catalogue.model(model).require()
-    found = await to_thread.run_sync(lambda: clusters(take(store, sample, settings.seed), k, settings.seed))
-    return {"model": model, "k": k, "clusters": found}
-
-
-@router.get("/analytics/queries", summary="Search analytics from the query log, per model and day")
-async def query_analytics(days: Annotated[int, Query(ge=1, le=3650)] = 30,
-                          catalogue: Catalogue = Depends(get_catalogue),
-                          settings: Settings = Depends(get_settings)) -> dict[str, Any]:
-    def categories(model: str, ids: list[str]) -> dict[str, str]:
-        try:
-            store = catalogue.model(model).require()
-        except Exception:
-            return {}
-        return {p.id: p.category for p in store.get(ids) if p.category}
-
-    rows = await to_thread.run_sync(lambda: summarize(settings.query_log_path, days=days, categories=categories))
-    return {"enabled": settings.query_log_enabled, "retention_days": settings.query_log_retention_days,
-            "days": rows}

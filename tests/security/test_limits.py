@@ -156,7 +156,7 @@ def test_failed_admin_keys_are_rate_limited_per_client(sec_root, tiny_clip):
     try:
         with server.client() as client:
             for _ in range(3):
-                assert client.post("/general/reload", headers={"X-API-Key": "guess"}).status_code == 403
+                assert client.post("/general/reload", headers={"X-API-Key": "guess"}).status_code == 401
             r = client.post("/general/reload", headers={"X-API-Key": "guess"})
             assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0
             assert client.post("/general/reload", headers=KEY).status_code == 429  # even the right key waits
