@@ -99,19 +99,16 @@ class Database:
             if before is None or before == self.identity:
                 break
             self._discard(writer)
-        try:
-            writer.executescript(self._schema)  # CREATE ... IF NOT EXISTS: idempotent across processes
-        except sqlite3.Error:
-            self._discard(writer)
-            raise
-        return writer
+        return self._with_schema(writer)
 
     def replaced(self) -> bool:
         """True when the file at the path is no longer the one this database opened (a restore swapped it)."""
         return self.identity is not None and _identity(self.path) != self.identity
 
     def _writable(self) -> sqlite3.Connection:
-        conn = self._connect()
+        return self._with_schema(self._connect())
+
+    def _with_schema(self, conn: sqlite3.Connection) -> sqlite3.Connection:
         try:
             conn.executescript(self._schema)  # CREATE ... IF NOT EXISTS: idempotent across processes
         except sqlite3.Error:
