@@ -32,7 +32,7 @@ def _occlusion(encoder, query, hit, cells: int = 7) -> np.ndarray:
     for i in range(cells):
         for j in range(cells):
             copy = h.copy()
-            copy[i * side:(i + 1) * side, j * side:(j + 1) * side] = 0.0  # 0 = the dataset mean after normalising
+            copy[i * side:(i + 1) * side, j * side:(j + 1) * side] = 123  # grey, about the dataset mean
             masked.append(copy)
     vectors = encoder.encode_pixels(np.stack([q, h, *masked]))
     base = float(vectors[0] @ vectors[1])

@@ -32,7 +32,11 @@ class Settings(BaseSettings):
     device: Device = Field(Device.AUTO, description="auto | cpu | cuda")
     precision: Precision = Field(Precision.AUTO, description="auto (bf16 where fast, else fp32) | fp32 | bf16 | fp16")
     torch_threads: int = Field(0, ge=0, le=256, description="torch intra-op threads (0 = all cores)")
-    batch_size: int = Field(32, ge=1, le=1024, description="images per forward pass in extraction")
+    batch_size: int = Field(0, ge=0, le=4096, description="images per forward pass in extraction "
+                                                          "(0 = by device: 32 on a CPU, 256 on a GPU)")
+    preprocess_workers: int = Field(0, ge=0, le=256, description="worker processes decoding and resizing images "
+                                                                 "in the download and extraction phases "
+                                                                 "(0 = one per core)")
 
     # download
     download_workers: int = Field(8, ge=1, le=128, description="concurrent image downloads")
@@ -90,8 +94,8 @@ class Settings(BaseSettings):
                                                            "phases run")
     ray_address: str = Field("", max_length=2000,
                              description="Ray cluster to join (ray://host:10001 or auto); empty starts a local one")
-    ray_batch_size: int = Field(64, ge=1, le=4096, description="executor=ray: images per forward pass on each "
-                                                               "embedding actor")
+    ray_batch_size: int = Field(0, ge=0, le=4096, description="executor=ray: images per forward pass on each "
+                                                              "embedding actor (0 = 64 on CPU actors, 256 on GPU ones)")
     ray_actors: int = Field(0, ge=0, le=1024,
                             description="executor=ray: embedding actors, each loading the encoder once (0 = one per "
                                         "GPU, or one per 4 CPUs on a cluster without GPUs)")

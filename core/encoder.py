@@ -11,7 +11,7 @@ import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 from collections.abc import Sequence
 from urllib.parse import urlparse
 
@@ -20,6 +20,8 @@ import numpy as np
 from core.config import Settings
 from core.errors import BackboneLoadError
 from core.types import Device, Embeddings, Precision
+from utils.image_shape import ShapePolicy
+from utils.images import model_view, read_model_view
 
 if TYPE_CHECKING:
     import torch
@@ -118,19 +120,81 @@ def cpu_runs_bf16() -> bool:
 
 @dataclass(frozen=True)
 class _Preprocess:
-    size: int
-    crop: int
-    mean: np.ndarray
-    std: np.ndarray
+    size: int  # the shorter side the reference resizes to
+    crop: int  # the square the model sees
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def _side(spec: Any, *keys: str) -> int | None:
+    """The first of ``keys`` set in a processor's size spec (a dict, transformers' SizeDict, or an int)."""
+    if isinstance(spec, int):
+        return spec
+    for key in keys:
+        value = spec.get(key) if isinstance(spec, dict) else getattr(spec, key, None)
+        if value:
+            return int(value)
+    return None
 
 
 def _preprocess_spec(processor: Any) -> _Preprocess:
-    size = processor.size.get("shortest_edge") or min(processor.size.get("height", 224),
-                                                      processor.size.get("width", 224))
-    crop = processor.crop_size or {"height": size, "width": size}
-    return _Preprocess(size=int(size), crop=int(min(crop["height"], crop["width"])),
-                       mean=np.asarray(processor.image_mean, dtype=np.float32).reshape(1, 1, 3),
-                       std=np.asarray(processor.image_std, dtype=np.float32).reshape(1, 1, 3))
+    size = _side(processor.size, "shortest_edge") or min(_side(processor.size, "height") or 224,
+                                                         _side(processor.size, "width") or 224)
+    crop = min(_side(processor.crop_size, "height") or size, _side(processor.crop_size, "width") or size)
+    mean, std = (tuple(float(v) for v in processor.image_mean), tuple(float(v) for v in processor.image_std))
+    return _Preprocess(size=size, crop=crop, mean=mean, std=std)
+
+
+DEFAULT_BATCH = {"cpu": 32, "cuda": 256}  # images per forward pass when IMAGESEARCH_BATCH_SIZE is 0
+
+
+@dataclass(frozen=True)
+class View:
+    """How a backbone sees an image file: CLIP's centre view for a ``size`` shorter side and a ``crop`` square,
+    resized to the crop on the host (``resize``) or left at its decoded size for the device to resize. Small and
+    picklable: preprocessing processes get this, never the model."""
+
+    size: int
+    crop: int
+    resize: bool
+
+    def load(self, source: str | Path | IO[bytes], policy: ShapePolicy | None = None) -> np.ndarray:
+        """uint8 HWC pixels of an image file of ours (e.g. a cached image); see ``ClipEncoder.load_pixels``."""
+        return read_model_view(source, self.size, self.crop, resize=self.resize, policy=policy)
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A batch of uint8 HWC images ready to cross to the device: one tensor per image shape (pinned on CUDA), with
+    the batch positions it holds."""
+
+    size: int
+    groups: list[tuple[list[int], torch.Tensor]]
+
+
+def _check_uint8(pixels: np.ndarray) -> None:
+    if pixels.dtype != np.uint8 or pixels.shape[-1] != 3:
+        raise ValueError(f"expected uint8 RGB images (HWC), got {pixels.dtype} of shape {pixels.shape}")
+
+
+def stack(pixels: Sequence[np.ndarray] | np.ndarray, *, pin: bool = False) -> Staged:
+    """uint8 HWC images stacked for the device, one tensor per shape (in pinned memory with ``pin``, so that the
+    copy to a GPU is asynchronous)."""
+    import torch
+
+    if isinstance(pixels, np.ndarray) and pixels.ndim == 4 and not pin:
+        _check_uint8(pixels)
+        return Staged(len(pixels), [(list(range(len(pixels))), torch.from_numpy(np.ascontiguousarray(pixels)))])
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, image in enumerate(pixels):
+        _check_uint8(image)
+        by_shape.setdefault(image.shape, []).append(i)
+    groups = []
+    for shape, idx in by_shape.items():
+        host = torch.empty((len(idx), *shape), dtype=torch.uint8, pin_memory=pin)
+        np.stack([pixels[i] for i in idx], out=host.numpy())
+        groups.append((idx, host))
+    return Staged(len(pixels), groups)
 
 
 def l2_normalize(x: np.ndarray) -> Embeddings:
@@ -155,6 +219,11 @@ class ClipEncoder:
         model, self.tokenizer, processor = _load_pretrained(backbone)
         self.model = model.eval().to(device=self.device, dtype=self.dtype)
         self._pre = _preprocess_spec(processor)
+        self._mean = torch.tensor(self._pre.mean, device=self.device).reshape(1, 3, 1, 1)
+        self._std = torch.tensor(self._pre.std, device=self.device).reshape(1, 3, 1, 1)
+        self.pin = self.device == "cuda"  # uint8 batches cross from pinned memory, asynchronously
+        self.resize_on_device = self.device != "cpu"  # a GPU resizes for free; a CPU host resizes once, in PIL
+        self.default_batch = DEFAULT_BATCH.get(self.device, DEFAULT_BATCH["cpu"])
         self.dim = int(model.config.projection_dim)
         self._lock = threading.Lock()  # one forward at a time; torch already uses every core
         logger.info("loaded %s on %s (%s), dim %d, input %dpx", backbone, self.device,
@@ -179,32 +248,60 @@ class ClipEncoder:
         return str(self.dtype).removeprefix("torch.")
 
     def pixels(self, image: Image.Image) -> np.ndarray:
-        """CLIP preprocessing (bicubic resize of the shorter side, centre crop, normalise) -> HWC float32."""
-        from PIL import Image as PILImage
+        """The model's input for one decoded image: uint8 HWC, ``input_size`` square (CLIP's bicubic resize of
+        the shorter side and centre crop, done as one resize). Normalisation happens on the device."""
+        return model_view(image, self._pre.size, self._pre.crop)
 
-        img = image if image.mode == "RGB" else image.convert("RGB")
-        w, h = img.size
-        ratio = self._pre.size / min(w, h)
-        size = (max(self._pre.crop, round(w * ratio)), max(self._pre.crop, round(h * ratio)))
-        if size != (w, h):
-            img = img.resize(size, PILImage.Resampling.BICUBIC, reducing_gap=3.0)
-        left, top = (size[0] - self._pre.crop) // 2, (size[1] - self._pre.crop) // 2
-        img = img.crop((left, top, left + self._pre.crop, top + self._pre.crop))
-        arr = np.asarray(img, dtype=np.float32) * np.float32(1 / 255)
-        out: np.ndarray = (arr - self._pre.mean) / self._pre.std
+    @property
+    def view(self) -> View:
+        """This backbone's ``View`` of an image file: resized on the host on a CPU, on the device on a GPU."""
+        return View(self._pre.size, self._pre.crop, resize=not self.resize_on_device)
+
+    def load_pixels(self, source: str | Path | IO[bytes]) -> np.ndarray:
+        """``pixels`` of an image file of ours (a cached image), a JPEG decoded at the smallest DCT scale that
+        covers the model's input. On a GPU the centre square comes back at its decoded size instead: the
+        device resizes it (``encode_staged``), so the host only decodes and crops."""
+        return self.view.load(source)
+
+    def stage(self, pixels: Sequence[np.ndarray] | np.ndarray) -> Staged:
+        """Stack uint8 HWC images for the trip to the device (pinned memory on CUDA, so the copy is
+        asynchronous). Thread-safe: a preprocessing thread stages the next batch while the model runs."""
+        return stack(pixels, pin=self.pin)
+
+    def model_input(self, staged: Staged) -> torch.Tensor:
+        """The staged batch on the device as the model takes it: (n, 3, crop, crop) in the model's dtype, each
+        image resized there if it came as a larger square (bicubic, antialiased like PIL), then normalised."""
+        import torch
+        import torch.nn.functional as F
+
+        crop = self._pre.crop
+        out = torch.empty((staged.size, 3, crop, crop), dtype=self.dtype, device=self.device)
+        for idx, host in staged.groups:
+            x = host.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+            if tuple(x.shape[-2:]) != (crop, crop):
+                x = F.interpolate(x, size=(crop, crop), mode="bicubic", antialias=True, align_corners=False)
+                x = x.clamp_(0, 255)
+            x = x.mul_(1 / 255).sub_(self._mean).div_(self._std).to(self.dtype)
+            if len(idx) == staged.size:
+                return x
+            out[idx] = x
         return out
 
-    def encode_pixels(self, pixels: np.ndarray) -> Embeddings:
-        """Embed a batch of preprocessed images, shape (n, H, W, 3)."""
+    def encode_staged(self, staged: Staged) -> Embeddings:
         import torch
 
-        if len(pixels) == 0:
+        if staged.size == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        batch = torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)))
         with self._lock, torch.inference_mode():
-            out = self.model.get_image_features(pixel_values=batch.to(self.device, self.dtype))
+            out = self.model.get_image_features(pixel_values=self.model_input(staged))
             feats = out if isinstance(out, torch.Tensor) else out.pooler_output
             return l2_normalize(feats.float().cpu().numpy())
+
+    def encode_pixels(self, pixels: Sequence[np.ndarray] | np.ndarray) -> Embeddings:
+        """Embed a batch of uint8 HWC images (``pixels`` / ``load_pixels`` output; shapes may differ)."""
+        if len(pixels) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self.encode_staged(self.stage(pixels))
 
     def encode_images(self, images: Sequence[Image.Image]) -> Embeddings:
         if not images:

@@ -77,7 +77,7 @@ def _last_block(model: Any) -> torch.nn.Module:
 
 
 def explain_pixels(encoder: ClipEncoder, query: np.ndarray, hit: np.ndarray) -> Explanation:
-    """Heat-maps for a pair of preprocessed images (HWC float32, as ``encoder.pixels`` returns).
+    """Heat-maps for a pair of preprocessed images (uint8 HWC, as ``encoder.pixels`` returns).
     Runs torch: call it on the thread that owns the encoder."""
     import torch
 
@@ -92,11 +92,11 @@ def explain_pixels(encoder: ClipEncoder, query: np.ndarray, hit: np.ndarray) -> 
         captured.append(kwargs["hidden_states"].detach().requires_grad_())
         return args, {**kwargs, "hidden_states": captured[-1]}
 
-    batch = torch.from_numpy(np.ascontiguousarray(np.stack([query, hit]).transpose(0, 3, 1, 2)))
+    batch = encoder.model_input(encoder.stage([query, hit]))  # normalised on the device, in its dtype
     hook = _last_block(model).register_forward_pre_hook(_leaf, with_kwargs=True)
     try:
         with encoder.lock, torch.enable_grad():
-            out = model.vision_model(pixel_values=batch.to(encoder.device, encoder.dtype))
+            out = model.vision_model(pixel_values=batch)
             feats = torch.nn.functional.normalize(model.visual_projection(out.pooler_output).float(), dim=-1)
             score = (feats[0] * feats[1]).sum()
             (grads,) = torch.autograd.grad(score, captured[-1])

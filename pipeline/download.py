@@ -9,6 +9,7 @@ import sys
 import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterator
+from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from core.model_config import ModelPaths
 from core.types import Executor, PhaseName
 from pipeline.base import PhaseResult, PipelineContext, write_report
 from pipeline.image_cache import CachedImage, ImageCache, cache_key
+from pipeline.preprocess import process_pool, worker_count
 from pipeline.state import BuildState, ImageRecord
 from utils.address_guard import AddressGuard
 from utils.http_fetch import FetchError, Fetcher, FetchPolicy, check_url
@@ -261,22 +263,44 @@ def _fetch(ctx: PipelineContext, todo: list[Target], fetcher: Fetcher, cache: Im
 
 def _fetch_all(ctx: PipelineContext, todo: list[Target], fetcher: Fetcher, cache: ImageCache,
                bar: tqdm) -> Iterator[Outcome]:
-    """Process ``todo`` on a thread pool, yielding outcomes as they finish."""
+    """Process ``todo``, yielding outcomes as they finish: ``download_workers`` threads fetch URLs, and every
+    image is verified, downscaled and written by a pool of processes, one per core (``preprocess_workers``)."""
     if not todo:
         return
-    pool = ThreadPoolExecutor(max_workers=ctx.settings.download_workers, thread_name_prefix="download")
+    settings = ctx.settings
+    cpu = process_pool(worker_count(settings.preprocess_workers))
+    net = ThreadPoolExecutor(max_workers=settings.download_workers, thread_name_prefix="download")
     try:
-        futures = [pool.submit(_process, t, fetcher, cache, ctx.settings.max_image_bytes) for t in todo]
+        futures = [cpu.submit(_process_local, t, cache, settings.max_image_bytes) if t.url is None
+                   else net.submit(_process_remote, t, fetcher, cache, cpu) for t in todo]
         for future in as_completed(futures):
             bar.update(1)
             yield future.result()  # an unexpected error (disk full, a bug) fails the run
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        net.shutdown(wait=True, cancel_futures=True)
+        cpu.shutdown(wait=True, cancel_futures=True)
 
 
-def _process(target: Target, fetcher: Fetcher, cache: ImageCache, max_bytes: int) -> Outcome:
-    """Fetch, verify and cache one ref. Runs on a worker thread."""
-    outcome, image = prepare(target, lambda: _read_target(target, fetcher, max_bytes), cache)
+def _process_local(target: Target, cache: ImageCache, max_bytes: int) -> Outcome:
+    """Read, verify and cache one local file. Runs in a worker process."""
+    return _cached(target, lambda: read_local(target, max_bytes), cache)
+
+
+def _process_remote(target: Target, fetcher: Fetcher, cache: ImageCache, cpu: futures.Executor) -> Outcome:
+    """Fetch one URL on a download thread, then verify and cache it in a worker process."""
+    try:
+        data = fetcher.fetch(target.url or "")
+    except FetchError as err:
+        return failed_outcome(target.ref, err)
+    return cpu.submit(_process_bytes, target, data, cache).result()
+
+
+def _process_bytes(target: Target, data: bytes, cache: ImageCache) -> Outcome:
+    return _cached(target, lambda: data, cache)
+
+
+def _cached(target: Target, read: Callable[[], bytes], cache: ImageCache) -> Outcome:
+    outcome, image = prepare(target, read, cache)
     if image is not None:
         cache.write(image)
     return outcome

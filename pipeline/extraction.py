@@ -1,8 +1,9 @@
 """Phase 3: CLIP features for every cached view, averaged per product and written into the store.
 
-Decoding runs at most ``_AHEAD`` batches ahead of the model, so memory does not grow with the
-catalogue; each embedded batch is committed to the build state, so a crash only redoes the batch
-in flight. Products are then upserted into the catalogue store by id, in chunks.
+Cached images are decoded and cropped on every core (pipeline/preprocess.py), at most ``_AHEAD``
+batches ahead of the model, so memory does not grow with the catalogue; each embedded batch is
+committed to the build state, so a crash only redoes the batch in flight. Products are then
+upserted into the catalogue store by id, in chunks.
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -24,15 +25,14 @@ from core.head import ProjectionHead
 from core.store import Product, ProductVector, Source
 from core.types import Executor, PhaseName
 from pipeline.base import NothingUsableError, PhaseResult, PipelineContext, digest
+from pipeline.preprocess import Item, Preprocessor, worker_count
 from pipeline.state import BuildState, StagedProduct
-from utils.images import ImageDecodeError, check_shape
-
-if TYPE_CHECKING:
-    from core.encoder import ClipEncoder
 
 logger = logging.getLogger(__name__)
 
-_AHEAD = 2  # batches decoded ahead of the model
+_AHEAD = 2  # batches preprocessed ahead of the model
+_PRODUCTS = 512  # staged products upserted together (while the next ones embed)
+_WAITING = 4  # product chunks held back for their views at most (bounded memory on a mostly embedded rerun)
 
 
 def backbone_identity(backbone: str) -> dict[str, Any]:
@@ -47,18 +47,6 @@ def backbone_identity(backbone: str) -> dict[str, Any]:
 
 def model_key(ctx: PipelineContext) -> str:
     return digest({**backbone_identity(ctx.backbone), "precision": ctx.settings.precision.value})[:16]
-
-
-def bounded_map(fn: Any, items: Iterator[Any], ahead: int) -> Iterator[Any]:
-    """``map(fn, items)`` on one worker thread, never more than ``ahead`` results ahead of the consumer."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool:
-        pending: deque[Future[Any]] = deque()
-        for item in items:
-            pending.append(pool.submit(fn, item))
-            if len(pending) > ahead:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
 
 
 class ExtractionPhase:
@@ -82,45 +70,80 @@ class ExtractionPhase:
             from pipeline import ray_executor
 
             embedded = ray_executor.embed(ctx, state, key, failed, bar, upserter.result.details)
+            for chunk in state.staged(_PRODUCTS):
+                upserter.write(chunk)
         else:
-            embedded = self._embed(ctx, state, key, failed, bar)
+            embedded = _Embedder(ctx, state, key, failed, bar).run(upserter)
         bar.close()
         upserter.result.failed.update(failed)
         upserter.result.details["embedded"] = embedded
-        return upserter.run(state)
+        return upserter.finish(state)
 
-    def _embed(self, ctx: PipelineContext, state: BuildState, key: str, failed: Counter[str], bar: tqdm) -> int:
-        encoder: ClipEncoder | None = None
+
+class _Embedder:
+    """The local executor's embedding: the staged products' views without a vector, in batches, preprocessed on
+    every core; each batch committed as it is embedded, and each chunk of products upserted on a writer thread
+    as soon as its last view is committed, while the next batches embed."""
+
+    def __init__(self, ctx: PipelineContext, state: BuildState, key: str, failed: Counter[str], bar: tqdm) -> None:
+        self.ctx, self.state, self.key, self.failed, self.bar = ctx, state, key, failed, bar
+        self.queued: set[str] = set()  # views handed to the preprocessor and not yet committed (or failed)
+
+    def run(self, upserter: _Upserter) -> int:
+        if next(self.state.views_todo(self.key, 1), None) is None:  # nothing to embed: no encoder is loaded
+            for chunk in self.state.staged(_PRODUCTS):
+                upserter.write(chunk)
+            return 0
+        encoder = self.ctx.encoder()
+        settings = self.ctx.settings
         done = 0
-        batches = state.views_todo(key, ctx.settings.batch_size)
-        for caches, pixels in bounded_map(lambda b: _pixels(ctx, b, failed), batches, _AHEAD):
-            if caches:
-                encoder = encoder or ctx.encoder()
-                state.save_views(key, caches, encoder.encode_pixels(np.stack(pixels)))
-                done += len(caches)
-            bar.update(len(caches))
+        pending: Future[None] | None = None
+        with Preprocessor[list[list[StagedProduct]]](encoder, worker_count(settings.preprocess_workers),
+                                                     policy=settings.image_policy, ahead=_AHEAD) as pre, \
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="upsert") as writer:
+            for batch, chunks in pre.map(self._batches(settings.batch_size or encoder.default_batch)):
+                for rel, reason, why in batch.failed:
+                    logger.warning("%s: cached image %s left out: %s", self.ctx.model, rel, why)
+                    self.failed[reason] += 1
+                if batch.staged is not None:  # committed batch by batch: a kill redoes only the batch in flight
+                    self.state.save_views(self.key, batch.keys, encoder.encode_staged(batch.staged))
+                    done += len(batch.keys)
+                self.queued.difference_update([*batch.keys, *(rel for rel, _, _ in batch.failed)])
+                self.bar.update(len(batch.keys) + len(batch.failed))
+                if chunks:  # every view of these products is committed: upsert them beside the next batches
+                    if pending is not None:
+                        pending.result()  # one chunk at a time (and its errors raised here)
+                    pending = writer.submit(upserter.write_all, chunks)
+            if pending is not None:
+                pending.result()
         return done
 
+    def _batches(self, size: int) -> Iterator[tuple[list[Item], list[list[StagedProduct]]]]:
+        """Batches of ``size`` views in product order, each with the product chunks whose last missing view it
+        holds (so they can be upserted once it is committed)."""
+        todo: list[str] = []
+        waiting: list[tuple[int, list[StagedProduct]]] = []  # (position of its last view, chunk)
+        emitted = 0
+        for chunk in self.state.staged(_PRODUCTS):
+            missing = [c for c in self.state.views_missing(_refs(chunk), self.key) if c not in self.queued]
+            self.queued.update(missing)
+            todo += missing
+            waiting.append((emitted + len(todo), chunk))
+            while len(todo) >= size or (waiting and (not todo or len(waiting) > _WAITING)):
+                head = todo[:size]  # a full batch; a short one only to keep few chunks waiting
+                emitted += len(head)
+                yield self._items(head), [c for last, c in waiting if last <= emitted]
+                todo, waiting = todo[len(head):], [(last, c) for last, c in waiting if last > emitted]
+        if todo or waiting:
+            yield self._items(todo), [c for _, c in waiting]
 
-def _pixels(ctx: PipelineContext, batch: list[str], failed: Counter[str]) -> tuple[list[str], list[np.ndarray]]:
-    from PIL import Image
+    def _items(self, caches: list[str]) -> list[Item]:
+        return [(rel, self.ctx.paths.image_cache / rel) for rel in caches]
 
-    encoder = ctx.encoder()
-    policy = ctx.settings.image_policy
-    caches, pixels = [], []
-    for rel in batch:
-        try:
-            with Image.open(ctx.paths.image_cache / rel) as img:
-                check_shape(img, policy, copy=True)  # a copy cached before the policy is never scaled up
-                pixels.append(encoder.pixels(img.convert("RGB")))
-            caches.append(rel)
-        except ImageDecodeError as exc:
-            logger.warning("%s: cached image %s left out: %s", ctx.model, rel, exc)
-            failed[exc.reason] += 1
-        except Exception as exc:  # a damaged cache file is reported and left out; the rest goes on
-            logger.warning("%s: cached image %s unreadable: %s", ctx.model, rel, exc)
-            failed["unreadable cached image"] += 1
-    return caches, pixels
+
+def _refs(chunk: list[StagedProduct]) -> list[str]:
+    """A chunk's distinct image references (views and previews)."""
+    return list(dict.fromkeys(r for p in chunk for r in [*p.images, p.preview_image] if r))
 
 
 def head_sha(ctx: PipelineContext) -> str | None:
@@ -134,35 +157,41 @@ class _Upserter:
 
     def __init__(self, ctx: PipelineContext, key: str) -> None:
         self.ctx, self.key = ctx, key
-        self.head: ProjectionHead | None = ctx.store().head
+        self.store, self.state = ctx.store(), ctx.state()
+        self.head: ProjectionHead | None = self.store.head
+        self.api_before = self.store.stats().by_source.get(Source.API.value, 0)
         self.result = PhaseResult()
-        self.written = 0
+        self.written = self.deletes_kept = 0
 
-    def run(self, state: BuildState) -> PhaseResult:
-        store = self.ctx.store()
-        api_before = store.stats().by_source.get(Source.API.value, 0)
-        keep_api, deletes_kept = not self.ctx.drop_api_edits, 0
-        for chunk in state.staged():
-            refs = list(dict.fromkeys(r for p in chunk for r in [*p.images, p.preview_image] if r))
-            found = state.view_vectors(refs, self.key)
-            items = [it for it in (self._item(p, found) for p in chunk) if it is not None]
-            if items:
-                self.written += store.upsert(self._project(items), keep_api=keep_api)
-                ids = [it.product.id for it in items]
-                state.mark_usable(ids)
-                deletes_kept += len(store.deleted_ids(ids)) if keep_api else 0
+    def write_all(self, chunks: list[list[StagedProduct]]) -> None:
+        for chunk in chunks:
+            self.write(chunk)
+
+    def write(self, chunk: list[StagedProduct]) -> None:
+        """Upsert one chunk of staged products (those with at least one embedded view)."""
+        found = self.state.view_vectors(_refs(chunk), self.key)
+        items = [it for it in (self._item(p, found) for p in chunk) if it is not None]
+        if items:
+            keep_api = not self.ctx.drop_api_edits
+            self.written += self.store.upsert(self._project(items), keep_api=keep_api)
+            ids = [it.product.id for it in items]
+            self.state.mark_usable(ids)
+            # CSV products an API delete keeps out (their rows unchanged since): counted for the summary
+            self.deletes_kept += len(self.store.deleted_ids(ids)) if keep_api else 0
+
+    def finish(self, state: BuildState) -> PhaseResult:
+        """Drop what is no longer staged and report."""
         sources = [Source.CSV, Source.API] if self.ctx.drop_api_edits else [Source.CSV]
-        removed = store.delete_missing(state.usable_ids(), sources=sources)
-        stats = store.stats()
+        removed = self.store.delete_missing(state.usable_ids(), sources=sources)
+        stats = self.store.stats()
         if not stats.products:
             raise NothingUsableError(self.ctx.model, "no product has a usable image; nothing to index", self.result)
         api_after = stats.by_source.get(Source.API.value, 0)
         self.result.ok = self.written
         self.result.details.update({"products": stats.products, "removed": removed, "api_kept": api_after,
-                                    "api_dropped": max(0, api_before - api_after),
-                                    "api_deletes_kept": deletes_kept})
+                                    "api_dropped": max(0, self.api_before - api_after),
+                                    "api_deletes_kept": self.deletes_kept})
         return self.result
-
 
     def _item(self, p: StagedProduct, found: dict[str, tuple[str, np.ndarray]]) -> ProductVector | None:
         views = [found[r] for r in p.images if r in found]

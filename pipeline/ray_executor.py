@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 FEATURE = "IMAGESEARCH_EXECUTOR=ray"
 _CPUS_PER_ACTOR = 4  # auto without GPUs: one embedding actor per this many CPUs, its torch threads within
+_CPU_BATCH, _GPU_BATCH = 64, 256  # images per actor batch when IMAGESEARCH_RAY_BATCH_SIZE is 0
 _READERS = 2  # file-reading tasks at once on the driver's node; I/O only, so they reserve no CPU
 _FETCHES_PER_THREAD = 4  # refs per download task = its threads x this
 _CODE = ("core", "pipeline", "utils")  # shipped to a cluster's workers (runtime_env py_modules)
@@ -85,7 +86,10 @@ class RaySession:
         ray.data.DataContext.get_current().enable_progress_bars = False  # ours are enough
         resources = ray.cluster_resources()
         self.cpus, self.gpus = int(resources.get("CPU", 0)), int(resources.get("GPU", 0))
-        self.node_cpus = max((int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n["Alive"]), default=1)
+        nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+        self.node_cpus = max((int(r.get("CPU", 0)) for r in nodes), default=1)
+        # CPUs beside each GPU on the leanest GPU node: what one GPU actor may reserve for its preprocessing
+        self.cpus_per_gpu = min((int(r.get("CPU", 0) // r["GPU"]) for r in nodes if r.get("GPU")), default=1)
         self.here = {"ray.io/node-id": ray.get_runtime_context().get_node_id()}
         logger.info("executor: %s", self.describe())
 
@@ -94,8 +98,10 @@ class RaySession:
         return f"ray ({self.where}: {self.cpus} CPUs, {gpus})"
 
     def actor_plan(self, settings: Settings) -> ActorPlan:
-        if self.gpus and settings.device != Device.CPU:
-            return ActorPlan(min(settings.ray_actors or self.gpus, self.gpus), 1, 1, settings.torch_threads or 1)
+        if self.gpus and settings.device != Device.CPU:  # a GPU actor's CPUs decode and crop its batches
+            count = min(settings.ray_actors or self.gpus, self.gpus)
+            cpus = max(1, min(self.cpus_per_gpu, self.cpus // count) - 1)  # one core left for Ray's own work
+            return ActorPlan(count, cpus, 1, settings.torch_threads or 1)
         count = min(settings.ray_actors or max(1, self.cpus // _CPUS_PER_ACTOR), max(1, self.cpus))
         cpus = max(1, min(self.node_cpus, self.cpus // count))
         return ActorPlan(count, cpus, 0, settings.torch_threads or cpus)
@@ -242,7 +248,7 @@ def _embedding_dataset(ctx: PipelineContext, session: RaySession, plan: ActorPla
     """Cached images read on the driver's node, then embedded by ``plan.count`` actors."""
     import ray.data
 
-    batch = ctx.settings.ray_batch_size
+    batch = ctx.settings.ray_batch_size or (_GPU_BATCH if plan.gpus else _CPU_BATCH)
     ds = _items("cache", todo, batch).map_batches(
         partial(read_cached_files, cache_dir=str(ctx.paths.image_cache)), batch_size=batch,
         num_cpus=0, label_selector=session.here, compute=ray.data.TaskPoolStrategy(size=_READERS))
@@ -251,7 +257,8 @@ def _embedding_dataset(ctx: PipelineContext, session: RaySession, plan: ActorPla
         # No actor restarts: a lost actor fails the run and the rerun resumes. (Restarting actors whose
         # constructor arguments live in the object store also makes Ray print a warning on the console.)
         return ds.map_batches(Embedder, fn_constructor_kwargs={
-            "settings": _for_workers(ctx.settings), "backbone": ctx.backbone, "threads": plan.threads},
+            "settings": _for_workers(ctx.settings), "backbone": ctx.backbone, "threads": plan.threads,
+            "workers": ctx.settings.preprocess_workers or plan.cpus},
             batch_size=batch, num_cpus=plan.cpus, num_gpus=plan.gpus,
             compute=ray.data.ActorPoolStrategy(size=plan.count), max_restarts=0)
 

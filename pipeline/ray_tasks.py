@@ -8,7 +8,6 @@ Batches are Ray Data numpy batches (a dict of column arrays); a row's outcome cr
 
 from __future__ import annotations
 
-import io
 import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
@@ -23,7 +22,6 @@ from core.errors import ImageSearchError
 from pipeline.download import Outcome, Target, classify, failed_outcome, fetch_policy, prepare, read_local
 from pipeline.image_cache import ImageCache
 from utils.http_fetch import FetchError, Fetcher
-from utils.images import check_shape
 
 Batch = dict[str, np.ndarray]
 FATAL = "fatal:"  # an embedding error row starting so stops the run: the actor could not load its encoder
@@ -102,12 +100,13 @@ def read_cached_files(batch: Batch, *, cache_dir: str) -> Batch:
 
 class Embedder:
     """Extraction stage 2, one Ray actor: loads the encoder once, then embeds batch after batch exactly as
-    the local executor does (same decoding, preprocessing and model). A cached image that does not decode
-    gets an error message and a zero vector, which the driver leaves out and counts; an encoder that does not
-    load fails every row with ``FATAL``, which stops the run."""
+    the local executor does (the same Preprocessor: decoding and cropping on the actor's CPUs, the same
+    model). A cached image that does not decode gets an error message and a zero vector, which the driver
+    leaves out and counts; an encoder that does not load fails every row with ``FATAL``, which stops the run."""
 
-    def __init__(self, settings: Settings, backbone: str, threads: int) -> None:
+    def __init__(self, settings: Settings, backbone: str, threads: int, workers: int) -> None:
         from core.encoder import ClipEncoder
+        from pipeline.preprocess import Preprocessor
 
         self.encoder: ClipEncoder | None = None
         self.policy = settings.image_policy
@@ -117,26 +116,19 @@ class Embedder:
         except ImageSearchError as exc:  # Ray hands the driver an error raised here only as text: every
             # batch carries it instead, and the driver raises it as itself (e.g. the backbone did not load)
             self.fatal = FATAL + json.dumps({"type": type(exc).__name__, "message": exc.message})
+        else:
+            # the local executor's preprocessing (on threads: Ray's workers must not fork)
+            self.pre = Preprocessor[None](self.encoder, workers, policy=self.policy, processes=False)
 
     def __call__(self, batch: Batch) -> Batch:
-        from PIL import Image
-
+        n = len(batch["cache"])
         if self.encoder is None:
-            n = len(batch["cache"])
             return {"cache": batch["cache"], "vector": np.zeros((n, 1), np.float32), "error": _column([self.fatal] * n)}
         errors = [str(e) for e in batch["error"]]
-        pixels, keep = [], []
-        for i, jpeg in enumerate(batch["jpeg"]):
-            if errors[i]:
-                continue
-            try:
-                with Image.open(io.BytesIO(jpeg)) as img:
-                    check_shape(img, self.policy, copy=True)  # a copy cached before the policy is never scaled up
-                    pixels.append(self.encoder.pixels(img.convert("RGB")))
-                keep.append(i)
-            except Exception as exc:  # a damaged cache file is reported and left out; the rest goes on
-                errors[i] = str(exc) or type(exc).__name__
-        vectors = np.zeros((len(errors), self.encoder.dim), dtype=np.float32)
-        if keep:
-            vectors[keep] = self.encoder.encode_pixels(np.stack(pixels))
+        prepared = self.pre.batch([(str(i), bytes(jpeg)) for i, jpeg in enumerate(batch["jpeg"]) if not errors[i]])
+        for key, _, why in prepared.failed:
+            errors[int(key)] = why
+        vectors = np.zeros((n, self.encoder.dim), dtype=np.float32)
+        if prepared.staged is not None:
+            vectors[[int(k) for k in prepared.keys]] = self.encoder.encode_staged(prepared.staged)
         return {"cache": batch["cache"], "vector": vectors, "error": _column(errors)}

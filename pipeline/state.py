@@ -167,6 +167,19 @@ class BuildState:
         while rows := cursor.fetchmany(batch):
             yield [r[0] for r in rows]
 
+    def views_missing(self, refs: Sequence[str], model_key: str) -> list[str]:
+        """The distinct cache files of ``refs`` (downloaded ones) that have no vector for ``model_key`` yet."""
+        out: dict[str, None] = {}
+        conn = self.db.reader()
+        for start in range(0, len(refs), MAX_SQL_VARS - 1):
+            chunk = list(refs[start:start + MAX_SQL_VARS - 1])
+            for (cache,) in conn.execute(
+                    "SELECT cache FROM images WHERE status='ok' AND cache IS NOT NULL "
+                    f"AND ref IN ({_marks(len(chunk))}) AND NOT EXISTS (SELECT 1 FROM views "
+                    "WHERE views.cache = images.cache AND views.model_key = ?)", [*chunk, model_key]):
+                out[cache] = None
+        return list(out)
+
     def save_views(self, model_key: str, caches: Sequence[str], vectors: np.ndarray) -> None:
         with self.db.write() as conn:
             conn.executemany("INSERT OR REPLACE INTO views VALUES (?,?,?)", [

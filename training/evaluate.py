@@ -189,7 +189,8 @@ def _robustness(encoder: ClipEncoder, cat: Catalogue, rows: np.ndarray, clean: E
                               "original": metrics.hit_rate(clean @ cat.vectors.T, rows, ROBUSTNESS_K)}
     for name, transform in tqdm(PERTURBATIONS.items(), desc="robustness", unit="perturbation",
                                 disable=not progress):
-        queries = embed_previews(encoder, cat, rows, batch_size=settings.batch_size, transform=transform)
+        queries = embed_previews(encoder, cat, rows, batch_size=settings.batch_size or encoder.default_batch,
+                                 transform=transform)
         result[name] = metrics.hit_rate(queries @ cat.vectors.T, rows, ROBUSTNESS_K)
     return result
 
@@ -223,7 +224,8 @@ def run_evaluation(settings: Settings, spec: ModelSpec, *, progress: bool = True
         raise IndexNotReadyError(spec.name, f"the encoder gives {encoder.dim}-d vectors but the index (and head) "
                                             f"expect {expected}-d; rebuild with the current backbone")
     rows = _sample(with_preview, settings.eval_max_queries, settings.seed)
-    queries = embed_previews(encoder, cat, rows, batch_size=settings.batch_size, desc="queries", progress=progress)
+    queries = embed_previews(encoder, cat, rows, batch_size=settings.batch_size or encoder.default_batch,
+                             desc="queries", progress=progress)
     result = _base_result(settings, spec, cat, names, len(with_preview))
     note = _category_note(labels, names)
     if note:

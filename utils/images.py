@@ -5,7 +5,10 @@ from __future__ import annotations
 import io
 import math
 import warnings
+from pathlib import Path
+from typing import IO
 
+import numpy as np
 from PIL import Image, ImageOps
 
 from utils.image_shape import ShapePolicy
@@ -51,8 +54,6 @@ def to_rgb(img: Image.Image) -> Image.Image:
         return img
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16/32-bit greyscale: scale to 8 bits instead of clipping everything to white.
-        import numpy as np
-
         arr = np.asarray(img, dtype=np.float64)
         top = arr.max() if arr.size else 0
         scale = 255.0 / top if top > 255 else 1.0
@@ -78,11 +79,8 @@ def decode_image(data: bytes, *, policy: ShapePolicy, shorter_side: int | None =
     try:
         if getattr(img, "n_frames", 1) > 1:
             img.seek(0)  # animated GIF/WebP/PNG: the first frame stands for the product
-        if shorter_side and img.format == "JPEG":
-            w, h = img.size
-            scale = min(w, h) / shorter_side
-            if scale >= 2:
-                img.draft("RGB", (math.ceil(w / scale), math.ceil(h / scale)))
+        if shorter_side:
+            draft(img, shorter_side)
         img.load()
         img = ImageOps.exif_transpose(img) if img.format == "JPEG" else img
         img = to_rgb(img)
@@ -95,6 +93,47 @@ def decode_image(data: bytes, *, policy: ShapePolicy, shorter_side: int | None =
     if shorter_side:
         img = downscale(img, shorter_side)
     return img
+
+
+def draft(img: Image.Image, shorter_side: int) -> None:
+    """Let a JPEG decode at the smallest DCT scale (1/2, 1/4, 1/8) that keeps its shorter side at least
+    ``shorter_side``: the decoder then skips most of the work. Call before ``load``; other formats ignore it."""
+    if img.format != "JPEG":
+        return
+    w, h = img.size
+    scale = min(w, h) / shorter_side
+    if scale >= 2:
+        img.draft("RGB", (math.ceil(w / scale), math.ceil(h / scale)))
+
+
+def model_view(img: Image.Image, size: int, crop: int, *, resize: bool = True) -> np.ndarray:
+    """CLIP's view of ``img`` as uint8 HWC: the centre square that a resize of the shorter side to ``size``
+    followed by a ``crop`` x ``crop`` centre crop would keep, resized straight to ``crop`` x ``crop`` in one
+    bicubic pass (the reference resizes the whole image, then crops). ``resize=False`` returns that square at
+    the image's own resolution instead, for a caller that resizes on the GPU."""
+    img = img if img.mode == "RGB" else img.convert("RGB")
+    w, h = img.size
+    side = min(w, h) * crop / size  # the square's side in this image's pixels
+    left, top = (w - side) / 2, (h - side) / 2
+    if resize:
+        img = img.resize((crop, crop), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side))
+    else:
+        s = max(1, round(side))
+        x, y = max(0, round((w - s) / 2)), max(0, round((h - s) / 2))
+        img = img.crop((x, y, x + s, y + s))
+    return np.asarray(img)
+
+
+def read_model_view(source: str | Path | IO[bytes], size: int, crop: int, *, resize: bool = True,
+                    policy: ShapePolicy | None = None) -> np.ndarray:
+    """``model_view`` of an image file of ours (a cached copy: a path or a binary file object), a JPEG decoded
+    at the smallest DCT scale that still covers ``size``; a copy that breaks ``policy`` (cached before it) raises
+    ImageDecodeError before anything is decoded."""
+    with Image.open(source) as img:
+        if policy is not None:
+            check_shape(img, policy, copy=True)
+        draft(img, size)
+        return model_view(img, size, crop, resize=resize)
 
 
 def downscale(img: Image.Image, shorter_side: int) -> Image.Image:

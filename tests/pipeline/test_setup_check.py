@@ -200,7 +200,7 @@ def test_without_numpy_the_check_still_reports_and_exits_1(tmp_path):
 
 
 def test_a_bad_setting_fails_and_an_old_python_stops_first(tmp_path):
-    bad = _setup_check(tmp_path, IMAGESEARCH_BATCH_SIZE="0", IMAGESEARCH_API_KEY=KEY)
+    bad = _setup_check(tmp_path, IMAGESEARCH_BATCH_SIZE="-1", IMAGESEARCH_API_KEY=KEY)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert _lines(bad)["settings"].startswith("FAIL  settings: invalid setting IMAGESEARCH_BATCH_SIZE: ")
     _no_secrets(bad)

@@ -1,0 +1,43 @@
+"""The extraction phase's preprocessing pool: worker processes give the pixels the encoder gives in-process,
+batches come back in order with their tags, and a bad cached copy is left out with its reason."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from core.encoder import ClipEncoder
+from core.types import Precision
+from pipeline.preprocess import Preprocessor
+from tests.fake_images import jpeg_bytes
+from utils.image_shape import ShapePolicy
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_clip):
+    return ClipEncoder(str(tiny_clip), precision=Precision.FP32, threads=1)
+
+
+@pytest.mark.parametrize("processes", [True, False], ids=["processes", "threads"])
+def test_batches_come_back_in_order_and_a_bad_copy_is_left_out_with_its_reason(encoder, tmp_path, processes):
+    good = []
+    for i in range(7):
+        good.append(tmp_path / f"{i}.jpg")
+        good[-1].write_bytes(jpeg_bytes(seed=i))
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg at all")
+    strip = tmp_path / "strip.jpg"  # a copy cached before the shape policy: 30:1
+    strip.write_bytes(jpeg_bytes(600, 20, seed=9))
+    items = [(p.name, p) for p in good]
+    batches = [(items[:3] + [("broken.jpg", tmp_path / "broken.jpg")], "first"),
+               ([("strip.jpg", strip.read_bytes()), *items[3:]], "second"), ([], "empty")]
+    with Preprocessor[str](encoder, 2, policy=ShapePolicy(), processes=processes) as pre:
+        out = list(pre.map(batches))
+    assert [tag for _, tag in out] == ["first", "second", "empty"]
+    first, second, empty = (batch for batch, _ in out)
+    assert first.keys == ["0.jpg", "1.jpg", "2.jpg"] and second.keys == [f"{i}.jpg" for i in range(3, 7)]
+    assert [(k, reason) for k, reason, _ in first.failed] == [("broken.jpg", "unreadable cached image")]
+    assert [(k, reason) for k, reason, _ in second.failed] == [("strip.jpg", "extreme aspect ratio")]
+    assert empty.keys == [] and empty.staged is None
+    expected = encoder.encode_pixels([encoder.load_pixels(p) for p in good])
+    got = np.concatenate([encoder.encode_staged(b.staged) for b in (first, second) if b.staged is not None])
+    assert np.allclose(got, expected, atol=1e-6)
