@@ -25,7 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--list", action="store_true", help="list every model and its build state")
     parser.add_argument("--force", action="store_true", help="rerun every phase (the image cache is kept)")
     parser.add_argument("--drop-api-edits", action="store_true",
-                        help="make products.csv the whole truth: drop products added or changed through the API")
+                        help="make products.csv the whole truth: drop products added or changed through the API "
+                             "and bring back CSV products deleted through it")
     parser.add_argument("--mode", choices=["data", "ml", "all"], default="all",
                         help="data = validate + download, ml = embed + index, all = both (default)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")

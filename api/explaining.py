@@ -5,6 +5,7 @@ backbone is explained afresh). torch runs on the backbone's batcher thread, like
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -36,12 +37,13 @@ def cache_key(model: ServedModel, query: bytes, product_id: str, preview_cache: 
 
 
 class ExplainCache:
-    """``models/<m>/explain_cache/<key>.json`` (the grids) and ``<key>-<view>.png``; the oldest files go
-    once there are more than ``max_files``."""
+    """``models/<m>/explain_cache/<key>.json`` (the grids) and ``<key>-<view>.png``; once there are more than
+    ``max_files`` or they hold more than ``max_bytes``, the oldest go (down to nine tenths of either)."""
 
-    def __init__(self, folder: Path, max_files: int) -> None:
+    def __init__(self, folder: Path, max_files: int, max_bytes: int) -> None:
         self.folder = folder
         self.max_files = max_files
+        self.max_bytes = max_bytes
 
     def read(self, name: str) -> bytes | None:
         try:
@@ -55,12 +57,20 @@ class ExplainCache:
         self._prune()
 
     def _prune(self) -> None:
-        entries = list(os.scandir(self.folder))
-        if len(entries) <= self.max_files:
+        entries = []
+        for entry in os.scandir(self.folder):
+            with contextlib.suppress(OSError):  # another request's prune removed it meanwhile
+                st = entry.stat()
+                entries.append((st.st_mtime, st.st_size, entry.path))
+        count, total = len(entries), sum(size for _, size, _ in entries)
+        if count <= self.max_files and total <= self.max_bytes:
             return
-        entries.sort(key=lambda e: e.stat().st_mtime)
-        for entry in entries[:len(entries) - self.max_files + self.max_files // 10]:
-            Path(entry.path).unlink(missing_ok=True)
+        entries.sort()
+        for _, size, path in entries:
+            if count <= self.max_files * 9 // 10 and total <= self.max_bytes * 9 // 10:
+                return
+            Path(path).unlink(missing_ok=True)
+            count, total = count - 1, total - size
 
 
 def _hit_image(model: ServedModel, settings: Settings, product_id: str, preview_cache: str) -> Image.Image:
@@ -83,7 +93,8 @@ class Explainer:
 
     def __init__(self, model: ServedModel, embedder: Embedder, settings: Settings) -> None:
         self.model, self.embedder, self.settings = model, embedder, settings
-        self.cache = ExplainCache(model.spec.paths(settings).models / "explain_cache", settings.explain_cache_max_files)
+        self.cache = ExplainCache(model.spec.paths(settings).models / "explain_cache", settings.explain_cache_max_files,
+                                  settings.explain_cache_max_bytes)
 
     async def grids(self, query: bytes, product_id: str) -> tuple[str, Explanation]:
         preview = self.model.product(product_id).preview_cache or ""

@@ -66,11 +66,12 @@ def _embed(job: Job, settings: Settings, spec: ModelSpec, jobs: JobStore) -> lis
     store = open_store(settings, spec, open_index=False)
     cache_dir = spec.paths(settings).image_cache
     errors: list[str] = []
-    done = 0
+    done = superseded = 0
     with model_lock(spec.paths(settings).models, spec.name):
         try:
             for n, pid in enumerate(ids):
-                jobs.progress(job.task_id, n / max(1, len(ids)), "embed", {"embedded": done, "failed": len(errors)})
+                jobs.progress(job.task_id, n / max(1, len(ids)), "embed",
+                              {"embedded": done, "failed": len(errors) - superseded, "superseded": superseded})
                 found = store.get([pid])
                 cached = cached_refs(store.db, list(found[0].images)) if found else {}
                 if not cached:
@@ -82,11 +83,18 @@ def _embed(job: Job, settings: Settings, spec: ModelSpec, jobs: JobStore) -> lis
                         images.append(img.convert("RGB"))
                 clip = l2_normalize(encoder.encode_images(images).mean(axis=0, keepdims=True))[0]
                 vector = store.head.apply(clip[None])[0] if store.head is not None else None
-                store.upsert([ProductVector(found[0], clip=clip, vector=vector)])
-                done += 1
+                # written only if nobody edited or deleted the product since it was read above
+                if store.upsert([ProductVector(found[0], clip=clip, vector=vector, if_version=found[0].updated_at)]):
+                    done += 1
+                elif store.get([pid]) != found:
+                    superseded += 1
+                    errors.append(f"{pid}: edited or deleted while it was embedded; the newer write was kept")
+                else:
+                    done += 1  # embedded again to the very same vector: nothing to write
         finally:
             store.close()
-    jobs.progress(job.task_id, 1.0, "done", {"embedded": done, "failed": len(errors)})
+    jobs.progress(job.task_id, 1.0, "done",
+                  {"embedded": done, "failed": len(errors) - superseded, "superseded": superseded})
     return errors
 
 

@@ -13,10 +13,12 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from core.config import PROJECT_ROOT, Settings
-from core.errors import BackupInProgressError, BuildInProgressError, JobNotFoundError
+from core.errors import (BackupInProgressError, BuildInProgressError, ImageSearchError, JobNotFoundError,
+                         JobQueueFullError)
 from core.jobs import Job, JobKind, JobStatus, JobStore
 
 from api.job_worker import SETTINGS_ENV
@@ -25,6 +27,14 @@ logger = logging.getLogger(__name__)
 
 _ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELLING)
 _EXCLUSIVE = (JobKind.REBUILD, JobKind.EMBED)  # jobs that write the catalogue: one per model at a time
+_RETRY_AFTER_S = 30  # a full queue: about the time an evaluation takes on a small catalogue
+_SHORT_EMBED = 1000  # products an embed job may name and still pass long jobs
+_AGED_S = 600.0  # a long job waiting this long starts before short ones that came later
+
+
+def _short(job: Job) -> bool:
+    """Embedding a few products takes seconds; a rebuild, an evaluation or a backup takes minutes."""
+    return job.kind == JobKind.EMBED and len(job.params.get("ids") or ()) <= _SHORT_EMBED
 
 
 def _alive_worker(pid: int | None, task_id: str) -> bool:
@@ -51,7 +61,10 @@ class JobManager:
 
     # lifecycle
     def start(self) -> None:
-        self._recover()
+        try:
+            self._recover()
+        except ImageSearchError as exc:  # the jobs database cannot be opened now (a full disk): retried later
+            logger.warning("jobs not recovered at start: %s", exc.message)
         self._thread = threading.Thread(target=self._run, name="jobs", daemon=True)
         self._thread.start()
 
@@ -69,7 +82,17 @@ class JobManager:
                 raise BackupInProgressError(model)  # a backup reads while others write: only one at a time
             if kind in _EXCLUSIVE and any(j.kind in _EXCLUSIVE for j in busy):
                 raise BuildInProgressError(model)  # one build (or embedding) per model, queued or running
+            waiting = sum(j.status == JobStatus.QUEUED for j in busy)
+            if waiting >= self.settings.job_queue_max:
+                raise JobQueueFullError(model, waiting, _RETRY_AFTER_S)
             return self.store.create(kind, model, params)
+
+    def waiting(self) -> list[Job]:
+        """Queued jobs in the order they start: short ones (embedding a few products) before long ones
+        (rebuilds, evaluations, backups), oldest first within each; a job waiting over _AGED_S counts as short."""
+        now = time.time()
+        queued = self.store.recent(limit=1000, statuses=(JobStatus.QUEUED,))
+        return sorted(queued, key=lambda j: (not (_short(j) or now - j.created_at > _AGED_S), j.created_at))
 
     def get(self, task_id: str) -> Job:
         job = self.store.get(task_id)
@@ -94,6 +117,8 @@ class JobManager:
                 with self._lock:
                     self._reap()
                     self._launch()
+            except ImageSearchError as exc:  # e.g. the jobs database on a full disk: quiet until it is back
+                logger.debug("job manager: %s", exc.message)
             except Exception:
                 logger.exception("job manager: loop error")
 
@@ -138,7 +163,7 @@ class JobManager:
 
     def _launch(self) -> None:
         running = {j.model for j in self.store.recent(limit=1000, statuses=(JobStatus.RUNNING, JobStatus.CANCELLING))}
-        for job in reversed(self.store.recent(limit=1000, statuses=(JobStatus.QUEUED,))):  # oldest first
+        for job in self.waiting():
             if len(self._procs) + len(self._adopted) >= self.max_running:
                 return
             if job.model in running:

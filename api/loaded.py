@@ -68,8 +68,13 @@ class ServedModel:
         return self.store.head if self.store is not None else None
 
     @property
+    def problem(self) -> str | None:
+        """Why the model cannot serve: its load failed, or its store was found damaged since."""
+        return self.error or (self.store.damaged if self.store is not None else None)
+
+    @property
     def searchable(self) -> bool:
-        return self.error is None and self.store is not None and self.store.live_index is not None
+        return self.problem is None and self.store is not None and self.store.live_index is not None
 
     @property
     def state(self) -> str:
@@ -100,7 +105,7 @@ class ServedModel:
     def require(self) -> ModelStore:
         """The store when searchable, else IndexNotReadyError with the reason."""
         if not self.searchable or self.store is None:
-            raise IndexNotReadyError(self.name, self.error or "not loaded")
+            raise IndexNotReadyError(self.name, self.problem or "not loaded")
         return self.store
 
     def product(self, product_id: str) -> Product:

@@ -220,7 +220,8 @@ class ExplainResponse(BaseModel):
 
 class RebuildJobRequest(BaseModel):
     force: bool = Field(False, description="rerun every phase (the image cache is kept)")
-    drop_api_edits: bool = Field(False, description="also drop products added through the API")
+    drop_api_edits: bool = Field(False, description="make products.csv the whole truth: drop products added or "
+                                                    "changed through the API, bring back CSV products it deleted")
 
 
 class EmbedJobRequest(BaseModel):

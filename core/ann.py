@@ -8,6 +8,7 @@ reads the hits' rows) until the tombstones pass a share of the index and it is r
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -24,7 +25,7 @@ import numpy as np
 
 from core.config import Settings
 from core.types import Embeddings, IndexType, Metric
-from utils.atomic import read_json, write_json_atomic
+from utils.atomic import read_json, sha256_file, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -134,18 +135,21 @@ class IndexInfo:
     tuning: dict[str, Any] = field(default_factory=dict)
     built_at: str = ""
     file: str = ""
+    bytes: int = 0  # the file's size and sha256 as written (0 / "": an index saved before they were recorded)
+    sha256: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind.value, "dim": self.dim, "metric": self.metric.value, "generation": self.generation,
                 "count": self.count, "head": self.head, "params": self.params, "tuning": self.tuning,
-                "built_at": self.built_at, "file": self.file}
+                "built_at": self.built_at, "file": self.file, "bytes": self.bytes, "sha256": self.sha256}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> IndexInfo:
         return cls(kind=IndexType(data["kind"]), dim=int(data["dim"]), metric=Metric(data["metric"]),
                    generation=int(data["generation"]), count=int(data.get("count", 0)), head=data.get("head"),
                    params=dict(data.get("params") or {}), tuning=dict(data.get("tuning") or {}),
-                   built_at=str(data.get("built_at") or ""), file=str(data.get("file") or ""))
+                   built_at=str(data.get("built_at") or ""), file=str(data.get("file") or ""),
+                   bytes=int(data.get("bytes") or 0), sha256=str(data.get("sha256") or ""))
 
 
 class _RWLock:
@@ -259,10 +263,14 @@ class LiveIndex:
         with self._lock.write():
             if len(removed_keys):
                 if self.kind == IndexType.HNSW:
-                    self.dead += len(removed_keys)
+                    # only vids the graph holds become tombstones: a product added and deleted after this
+                    # index's generation never reached it (counting those made /health drift below the store)
+                    self.dead += int(self._held(removed_keys).sum())
                 else:
                     self._remove(np.ascontiguousarray(removed_keys, dtype=np.int64))
-            if len(added_keys) and self.kind != IndexType.HNSW:
+            if len(added_keys) and self.kind == IndexType.HNSW:
+                self.dead += int(self._held(added_keys).sum())  # a replayed add: the older copy is a tombstone
+            elif len(added_keys):
                 self._remove(np.ascontiguousarray(added_keys, dtype=np.int64))  # a replayed add replaces
             if len(added_keys):
                 self.index.add_with_ids(np.ascontiguousarray(added, dtype=np.float32),
@@ -279,6 +287,20 @@ class LiveIndex:
             return None
         return out
 
+    def _held(self, keys: np.ndarray) -> np.ndarray:
+        """Which of ``keys`` the index holds (IDMap2 indexes: flat and HNSW)."""
+        keys = np.asarray(keys, dtype=np.int64)
+        if len(keys) <= 64:  # an edit: a hash lookup each, no copy of the id map
+            return np.array([self._holds(int(k)) for k in keys], dtype=bool)
+        return np.isin(keys, faiss.vector_to_array(_faiss.downcast_index(self.index).id_map))
+
+    def _holds(self, key: int) -> bool:
+        try:
+            self.index.reconstruct(key)
+        except RuntimeError:
+            return False
+        return True
+
     def _remove(self, keys: np.ndarray) -> None:
         if self.kind == IndexType.FLAT:
             self.index.remove_ids(faiss.IDSelectorBatch(keys))
@@ -290,15 +312,20 @@ class LiveIndex:
 
     # --- files -----------------------------------------------------------------------------------
     def save(self, folder: Path) -> IndexInfo:
-        """Write ``index-<generation>.faiss`` then index.json (last, atomically) naming it; older files go."""
+        """Write ``index-<generation>.faiss``, read it back against what was written (size and sha256: FAISS
+        itself only prints a failed close), then index.json (last, atomically) naming it; older files go.
+        Raises OSError (a full disk: ENOSPC) or ValueError when the file on disk is not what was written."""
         folder.mkdir(parents=True, exist_ok=True)
         name = f"index-{self.generation:012d}.faiss"
         tmp = folder / f".{name}.tmp"
-        with self._lock.read():
-            faiss.write_index(self.index, str(tmp))
-            info = replace(self.info, file=name)
-        _fsync(tmp)
-        tmp.replace(folder / name)
+        try:
+            with self._lock.read():
+                size, sha = _write_verified(self.index, tmp)
+                info = replace(self.info, file=name, bytes=size, sha256=sha)
+            tmp.replace(folder / name)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         write_json_atomic(folder / INDEX_JSON, info.to_json())
         self.info = info
         for old in folder.glob("index-*.faiss"):
@@ -308,8 +335,9 @@ class LiveIndex:
 
     @classmethod
     def load(cls, folder: Path) -> LiveIndex:
-        """The saved index; raises ValueError/OSError/RuntimeError when it is missing or unreadable."""
+        """The saved index; raises ValueError/OSError/RuntimeError when it is missing, cut short or unreadable."""
         info = IndexInfo.from_json(read_json(folder / INDEX_JSON))
+        check_saved(folder, info)
         index = faiss.read_index(str(folder / info.file))
         if index.ntotal < info.count or index.d != info.dim:
             raise ValueError(f"{info.file} holds {index.ntotal} vectors of {index.d} dims, index.json says "
@@ -317,9 +345,37 @@ class LiveIndex:
         return cls(index, info, dead=int(index.ntotal) - info.count)
 
 
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as fh:
+def check_saved(folder: Path, info: IndexInfo) -> None:
+    """Raise ValueError unless the index file index.json names exists with the size it was written at (a
+    cheap check: the sha256 was compared when it was written)."""
+    path = folder / info.file
+    if not info.file or not path.is_file():
+        raise ValueError(f"index file {info.file or '(none)'} named by index.json is missing")
+    if info.bytes and path.stat().st_size != info.bytes:
+        raise ValueError(f"{info.file} has {path.stat().st_size} bytes, {info.bytes} were written: it is cut short "
+                         "or damaged")
+
+
+def _write_verified(index: faiss.Index, path: Path) -> tuple[int, str]:
+    """Serialise ``index`` to ``path`` through Python (so a failed write raises), fsync it and read it back:
+    (bytes, sha256). Raises OSError on a write error, ValueError when the file differs from what was sent."""
+    digest, written = hashlib.sha256(), 0
+    with open(path, "wb") as fh:
+        def chunk(data: bytes) -> int:
+            nonlocal written
+            fh.write(data)
+            digest.update(data)
+            written += len(data)
+            return len(data)
+
+        faiss.write_index(index, _faiss.PyCallbackIOWriter(chunk, 1 << 20))
+        fh.flush()
         os.fsync(fh.fileno())
+    on_disk = path.stat().st_size
+    if on_disk != written or sha256_file(path) != digest.hexdigest():
+        raise ValueError(f"{path.name}: {written} bytes written but the file reads back differently "
+                         f"({on_disk} bytes)")
+    return written, digest.hexdigest()
 
 
 def build(batches: Callable[[], Iterator[tuple[np.ndarray, Embeddings]]], sample: Embeddings, n: int, dim: int,

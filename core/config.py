@@ -72,6 +72,10 @@ class Settings(BaseSettings):
                                    description="auto-tuning: per-query latency budget while raising nprobe / efSearch")
     filter_exact_max: int = Field(10_000, ge=0, le=1_000_000,
                                   description="filters admitting at most this many products are searched exactly")
+    max_filter_columns: int = Field(64, ge=0, le=100_000,
+                                    description="extra columns per model that become filterable (each is indexed, "
+                                                "which every write pays for); later new ones are kept as plain "
+                                                "metadata")
     hnsw_m: int = Field(32, ge=4, le=256, description="HNSW graph degree")
     hnsw_ef_search: int = Field(64, ge=1, le=4096, description="HNSW search breadth")
     ivf_nprobe: int = Field(16, ge=1, le=65536, description="IVF lists probed per query")
@@ -150,8 +154,14 @@ class Settings(BaseSettings):
     # explanations, query log, background jobs
     explain_cache_max_files: int = Field(5000, ge=10, le=10_000_000,
                                          description="explanation files kept per model (the oldest go first)")
+    explain_cache_max_bytes: int = Field(64_000_000, ge=100_000,
+                                         description="bytes of explanation files kept per model (the oldest go "
+                                                     "first)")
     query_log_enabled: bool = Field(True, description="record searches (no images) in logs/queries.db")
     query_log_retention_days: int = Field(30, ge=1, le=3650, description="days of the query log kept")
+    job_queue_max: int = Field(4, ge=1, le=1000,
+                               description="background jobs waiting per model; beyond it a new one gets 429 + "
+                                           "Retry-After")
     job_max_attempts: int = Field(3, ge=1, le=20,
                                   description="runs of a background job interrupted by an API restart before it fails")
 

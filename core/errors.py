@@ -200,12 +200,13 @@ class RequestTimeoutError(ImageSearchError):
 
 
 class StoreError(ImageSearchError):
-    """The catalogue store cannot be read or written (locked too long, damaged file)."""
+    """The catalogue store cannot be read or written (locked too long, damaged file); ``model`` is empty for
+    a store of no model (the jobs database)."""
 
     status_code = 503
 
     def __init__(self, model: str, message: str) -> None:
-        super().__init__(f"model {model!r}: {message}")
+        super().__init__(f"model {model!r}: {message}" if model else message)
         self.model = model
 
 
@@ -215,6 +216,10 @@ class StoreUnavailableError(StoreError):
     def __init__(self, message: str) -> None:
         ImageSearchError.__init__(self, message)
         self.model = ""
+
+
+class CorruptStoreError(StoreError):
+    """The catalogue's database file is damaged: nothing is served from it until it is restored or rebuilt."""
 
 
 class CatalogueReplacedError(StoreError):
@@ -274,6 +279,20 @@ def disk_full(exc: OSError, where: str = "") -> StorageFullError | None:
     place = where or str(exc.filename or "the data folder")
     return StorageFullError(place, f"the disk is full ({exc.strerror}); free some space and run again: "
                                    "finished work is kept")
+
+
+class JobQueueFullError(ImageSearchError):
+    """A model already has as many background jobs waiting as the queue holds; retry after ``retry_after``."""
+
+    status_code = 429
+
+    def __init__(self, model: str, waiting: int, retry_after: int) -> None:
+        super().__init__(f"model {model!r} already has {waiting} background jobs waiting (IMAGESEARCH_JOB_QUEUE_MAX); "
+                         f"retry in about {retry_after} s")
+        self.model = model
+        self.retry_after = retry_after
+
+
 class JobNotFoundError(ImageSearchError):
     """No background job has this task id."""
 

@@ -4,13 +4,20 @@ kind, model, parameters, status, progress, counts and errors, its attempts and i
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+
+from core.errors import StorageFullError, StoreError
+
+logger = logging.getLogger(__name__)
 
 
 class JobKind(StrEnum):
@@ -71,26 +78,47 @@ def _job(row: tuple[Any, ...]) -> Job:
 
 
 class JobStore:
-    """Every method opens its own short connection: the API and job workers share the file."""
+    """Every method opens its own short connection: the API and job workers share the file. A file that
+    cannot be opened (a full disk) makes each call raise StorageFullError until it can; nothing else stops."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with self._conn() as conn:
-            conn.executescript(_SCHEMA)
+        self._ready = False
+        try:
+            with self._session():
+                pass
+        except StoreError as exc:
+            logger.warning("background jobs unavailable for now: %s", exc.message)
 
     def _conn(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, timeout=30)
-        conn.execute("PRAGMA journal_mode=WAL")
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            if not self._ready:
+                conn.executescript(_SCHEMA)
+                self._ready = True
+        except sqlite3.Error:
+            conn.close()
+            raise
         return conn
 
-    def _one(self, sql: str, params: tuple[Any, ...]) -> None:
-        conn = self._conn()
+    @contextmanager
+    def _session(self) -> Iterator[sqlite3.Connection]:
+        """A short connection; an SQLite or file failure (a full disk) becomes StorageFullError."""
         try:
-            with conn:
-                conn.execute(sql, params)
-        finally:
-            conn.close()
+            conn = self._conn()
+            try:
+                yield conn
+            finally:
+                conn.close()
+        except (sqlite3.Error, OSError) as exc:
+            raise StorageFullError("", f"the jobs database {self.path} cannot be written ({exc}); free some "
+                                       "space on its disk") from None
+
+    def _one(self, sql: str, params: tuple[Any, ...]) -> None:
+        with self._session() as conn, conn:
+            conn.execute(sql, params)
 
     def create(self, kind: JobKind, model: str, params: dict[str, Any]) -> Job:
         job = Job(task_id=uuid.uuid4().hex, kind=kind, model=model, params=params, status=JobStatus.QUEUED,
@@ -101,21 +129,15 @@ class JobStore:
         return job
 
     def get(self, task_id: str) -> Job | None:
-        conn = self._conn()
-        try:
+        with self._session() as conn:
             row = conn.execute(f"SELECT {_COLS} FROM jobs WHERE task_id = ?", (task_id,)).fetchone()
-        finally:
-            conn.close()
         return _job(row) if row else None
 
     def recent(self, *, limit: int = 50, statuses: tuple[JobStatus, ...] = ()) -> list[Job]:
         where = f"WHERE status IN ({','.join('?' * len(statuses))})" if statuses else ""
-        conn = self._conn()
-        try:
+        with self._session() as conn:
             rows = conn.execute(f"SELECT {_COLS} FROM jobs {where} ORDER BY created_at DESC LIMIT ?",
                                 (*[s.value for s in statuses], limit)).fetchall()
-        finally:
-            conn.close()
         return [_job(r) for r in rows]
 
     def started(self, task_id: str, pid: int) -> None:
@@ -137,12 +159,8 @@ class JobStore:
 
     def finish_if(self, task_id: str, expected: JobStatus, status: JobStatus, errors: list[str]) -> bool:
         """Move from ``expected`` to ``status`` only if nobody changed it meanwhile."""
-        conn = self._conn()
-        try:
-            with conn:
-                n = conn.execute("UPDATE jobs SET status = ?, finished_at = ?, errors = ? WHERE task_id = ? "
-                                 "AND status = ?", (status.value, time.time() if status.finished else None,
-                                                    json.dumps(errors[-50:]), task_id, expected.value)).rowcount
-        finally:
-            conn.close()
+        with self._session() as conn, conn:
+            n = conn.execute("UPDATE jobs SET status = ?, finished_at = ?, errors = ? WHERE task_id = ? "
+                             "AND status = ?", (status.value, time.time() if status.finished else None,
+                                                json.dumps(errors[-50:]), task_id, expected.value)).rowcount
         return bool(n)

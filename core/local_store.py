@@ -8,12 +8,15 @@ by :meth:`LocalStore.refresh`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import sqlite3
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
@@ -21,7 +24,7 @@ from core.ann import (INDEX_JSON, RERANK_FACTOR, LiveIndex, build, choose_index_
                       train_size, tune)
 from core.calibration import CALIBRATION_JSON, Calibration, TextEncoder, stale
 from core.config import Settings
-from core.errors import CatalogueReplacedError, StoreError
+from core.errors import CatalogueReplacedError, StorageFullError, StoreError, disk_full
 from core.head import ProjectionHead
 from core.sqlite_db import Database
 from core.sqlite_store import SCHEMA, ProductTable, store_path
@@ -29,12 +32,27 @@ from core.store import Changes, Filter, Hit, Product, ProductVector, ServedIndex
 from core.types import Embeddings, IndexType, Metric
 
 logger = logging.getLogger(__name__)
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 _MAX_FETCH = 8192  # widest candidate list an over-fetching (broad-filter) search asks the index for
 _TUNE_QUERIES = 200
 _IVFPQ_MIN_TRAIN = 5_000  # 6-bit codes: 64 centroids x 39 points; and more vectors than dimensions
 _IVF_MIN_TRAIN = 100
 _CALIBRATION_SAMPLE = 2000  # products whose pairs fit the image map (every pair among them)
+
+
+def _guarded(method: _F) -> _F:
+    """Reads that meet a damaged file (or another SQLite failure) raise the store's typed error, never a bare
+    sqlite3 exception (a 500): the database records the damage, which /health then reports."""
+
+    @functools.wraps(method)
+    def wrapper(self: LocalStore, *args: Any, **kw: Any) -> Any:
+        try:
+            return method(self, *args, **kw)
+        except sqlite3.DatabaseError as exc:
+            raise self.db.failure(exc, "read") from None
+
+    return cast(_F, wrapper)
 
 
 class LocalStore:
@@ -53,7 +71,7 @@ class LocalStore:
         self._own, fd = _pinned(self.folder)
         if fd is not None:
             weakref.finalize(self, os.close, fd)  # the descriptor lives as long as this store
-        self.table = ProductTable(self.db)
+        self.table = ProductTable(self.db, settings.max_filter_columns)
         self._index: LiveIndex | None = None
         self._index_lock = threading.RLock()  # serialises index maintenance (apply, rebuild), not searches
         self.head = head
@@ -78,30 +96,43 @@ class LocalStore:
     def live_index(self) -> LiveIndex | None:
         return self._index
 
+    @property
+    def damaged(self) -> str | None:
+        """What is wrong with the catalogue's file, once a check or a read found it damaged."""
+        return self.db.damaged
+
+    @_guarded
     def generation(self) -> int:
         return self.table.generation()
 
+    @_guarded
     def count(self) -> int:
         return self.table.count()
 
+    @_guarded
     def stats(self) -> StoreStats:
         return self.table.stats()
 
+    @_guarded
     def get(self, ids: Sequence[str]) -> list[Product]:
         return self.table.get(ids)
 
+    @_guarded
     def hit_vectors(self, hits: Sequence[Hit]) -> Embeddings:
         keys = np.array([h.key for h in hits], dtype=np.int64)
         if len(keys) and (keys >= 0).all():
             return self._subset_vectors(keys)
         return self.table.vectors([h.product.id for h in hits])
 
+    @_guarded
     def columns(self) -> dict[str, str]:
         return self.table.columns()
 
+    @_guarded
     def vectors(self, ids: Sequence[str], *, clip: bool = False) -> Embeddings:
         return self.table.vectors(ids, clip=clip)
 
+    @_guarded
     def changes_since(self, generation: int) -> Changes:
         return self.table.changes_since(generation)
 
@@ -131,13 +162,17 @@ class LocalStore:
         self._written()
         return removed
 
+    @_guarded
+    def deleted_ids(self, ids: Sequence[str]) -> list[str]:
+        return self.table.deleted_ids(ids)
+
     def delete_missing(self, keep: Iterator[str] | None, *, sources: Sequence[Source]) -> int:
         """Delete the products of ``sources`` whose id is not in ``keep`` (None keeps none)."""
         with self.db.write() as conn:
             doomed = self.table.missing(conn, keep, sources)
             if doomed:
                 gen = self.table.bump(conn)
-                self.table.delete(conn, gen, doomed)
+                self.table.delete(conn, gen, doomed, remember=False)
         if doomed:
             self._written()
         return len(doomed)
@@ -170,6 +205,7 @@ class LocalStore:
         return gen
 
     # --- protocol: search ------------------------------------------------------------------------
+    @_guarded
     def search(self, queries: Embeddings, k: int, flt: Filter | None = None) -> list[list[Hit]]:
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         if flt is not None and flt.empty:
@@ -260,6 +296,7 @@ class LocalStore:
             raise StoreError(self.name, "the catalogue is empty: nothing to search yet")
         return live
 
+    @_guarded
     def open_index(self) -> LiveIndex | None:
         """Load the saved index and catch it up, or rebuild it from the store when it is missing,
         damaged or of another kind than the catalogue's size calls for. None for an empty store."""
@@ -270,7 +307,12 @@ class LocalStore:
             if live is not None:
                 self._catch_up(live)
             elif self.count():
-                live = self.rebuild(save=True)
+                live = self.rebuild(save=False)
+                try:
+                    self.save(live)
+                    self.calibrate(live)
+                except StoreError as exc:  # a full disk, say: serve from memory; the next start (or build) saves it
+                    logger.warning("%s: index rebuilt in memory but not saved: %s", self.name, exc.message)
             self._index = live
             return live
 
@@ -313,8 +355,10 @@ class LocalStore:
                         len(changes.added_keys), len(changes.removed_keys))
         return True
 
+    @_guarded
     def refresh(self) -> bool:
         """Apply writes committed since the index's generation (ours or another process's)."""
+        self.db.refresh()  # a store opened read-only (a full disk) becomes writable once there is room
         with self._index_lock:
             live = self._index
             if live is None:
@@ -355,10 +399,27 @@ class LocalStore:
                 tune(live, queries, truth, own, self.settings,
                      rerank=(lambda q, v: self._rerank(q, v)) if live.lossy else None)
         if save:
-            live.save(self._own)
+            self.save(live)
             self.calibrate(live)
         logger.info("%s: %s index over %d products built at generation %d", self.name, kind, n, gen)
         return live
+
+    def save(self, live: LiveIndex) -> None:
+        """Write ``live``'s files, checked against what was written; a failed write is a typed error (a full
+        disk: StorageFullError) and leaves the previous index.json and its file as they were."""
+        try:
+            live.save(self._own)
+        except OSError as exc:
+            raise self._write_error(exc, "index") from None
+        except ValueError as exc:
+            raise StoreError(self.name, f"the index file did not read back as written ({exc}); check the disk "
+                                        "holding it and run again") from None
+
+    def _write_error(self, exc: OSError, what: str) -> StoreError:
+        if disk_full(exc) is not None:
+            return StorageFullError(self.name, f"the {what} could not be written: the disk holding {self.folder} "
+                                               "is full; free some space and run again")
+        return StoreError(self.name, f"the {what} could not be written to {self.folder} ({exc})")
 
     # --- calibration (core.calibration) ----------------------------------------------------------
     @property
@@ -366,17 +427,19 @@ class LocalStore:
         """The saved calibration, re-read when ``calibration.json`` is replaced (by another process too)."""
         from core.calibration import load_calibration
 
-        path = self._own / CALIBRATION_JSON
-        try:
-            st = path.stat()
-            signature: object = (st.st_ino, st.st_mtime_ns, st.st_size)
-        except OSError:
-            signature = None
+        signature = self._calibration_signature()
         seen, cached = self._calibration
         if signature != seen:
             cached = load_calibration(self._own) if signature is not None else None
             self._calibration = (signature, cached)
         return cached
+
+    def _calibration_signature(self) -> object:
+        try:
+            st = (self._own / CALIBRATION_JSON).stat()
+        except OSError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     def calibration_stale(self, live: LiveIndex) -> bool:
         """True when there is no calibration, or it was fitted for another head or index build, or it
@@ -407,6 +470,8 @@ class LocalStore:
 
         def neighbours(queries: np.ndarray, own: np.ndarray) -> np.ndarray:
             scores, found = live.search(queries, 2)
+            if found.shape[1] < 2:  # a one-product index answers one column: there is no other product
+                return np.full(len(queries), np.nan)
             other = np.where(found[:, 0] == own, scores[:, 1], scores[:, 0])
             return np.asarray(np.where((found >= 0).all(axis=1), other, np.nan))
 
@@ -420,7 +485,11 @@ class LocalStore:
                         vectors, categories, rng, counts)
         cal = Calibration(image=image, text=text, head=self._head, index_built_at=live.info.built_at,
                           generation=live.generation, method=method, pairs=counts, fitted_at=now_iso())
-        save_calibration(self._own, cal)
+        try:
+            save_calibration(self._own, cal)
+        except OSError as exc:
+            self._calibration = (self._calibration_signature(), cal)  # served from memory meanwhile
+            raise self._write_error(exc, "calibration") from None
         logger.info("%s: calibration fitted (%s pairs, image midpoint %.3f%s)", self.name, method,
                     image.midpoint, f", text midpoint {text.midpoint:.3f}" if text else "")
         return cal
@@ -435,7 +504,7 @@ class LocalStore:
     def save_index(self) -> None:
         with self._index_lock:
             if self._index is not None:
-                self._index.save(self._own)
+                self.save(self._index)
 
     def scan_vectors(self, batch: int = 50_000, *, clip: bool = False) -> Iterator[tuple[list[str], Embeddings]]:
         """Every product's (ids, vectors), ``batch`` at a time, over one consistent snapshot."""

@@ -40,10 +40,11 @@ from core.calibration import CALIBRATION_JSON, Calibration, TextEncoder, now_iso
 from core.config import Settings
 from core.errors import CatalogueReplacedError, StoreError, StoreUnavailableError, require_module
 from core.head import ProjectionHead
+from core.milvus_deletes import Tombstones, machine_lock, side_collection
 from core.milvus_expr import expression, id_list, literal
 from core.sqlite_db import Database, stage_ids
 from core.store import (FILTER_COLUMN, Filter, Hit, Product, ProductVector, ServedIndex, Source, StoreStats,
-                        is_number, product_digest)
+                        is_number, next_stamp, outlasting_delete, product_digest, row_digest)
 from core.types import Embeddings, IndexType, Metric
 from utils.atomic import write_json_atomic
 
@@ -145,19 +146,8 @@ RESTORED_INFIX = "__r"  # <collection>__r<stamp>: a collection a restore filled
 
 
 def _ensure_meta_collection(cl: Any, name: str) -> None:
-    if cl.has_collection(name):
-        cl.load_collection(name)
-        return
-    from pymilvus import DataType, MilvusClient
-
-    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-    schema.add_field("key", DataType.VARCHAR, is_primary=True, max_length=64)
-    schema.add_field("value", DataType.VARCHAR, max_length=65_535)
-    schema.add_field("v", DataType.FLOAT_VECTOR, dim=2)  # a collection needs one vector field
-    params = cl.prepare_index_params()
-    params.add_index(field_name="v", index_type="FLAT", metric_type="L2")
-    cl.create_collection(name, schema=schema, index_params=params)
-    cl.load_collection(name)
+    side_collection(cl, name, key=("VARCHAR", {"is_primary": True, "max_length": 64}),
+                    value=("VARCHAR", {"max_length": 65_535}))
 
 
 def _pointed(cl: Any, base: str, *, load: bool = True) -> str:
@@ -255,6 +245,8 @@ class MilvusIndex:
 class MilvusStore:
     """A model's catalogue in one Milvus collection. Thread-safe (one client per process)."""
 
+    damaged: str | None = None  # Milvus guards its own files: a failing call is a StoreError, not damage here
+
     def __init__(self, folder: Path, settings: Settings, *, name: str = "", index_type: IndexType | None = None,
                  head: ProjectionHead | None = None, open_index: bool = True, collection: str | None = None) -> None:
         self.folder = Path(folder)
@@ -278,6 +270,7 @@ class MilvusStore:
         self._known = False
         self._released = False  # a call found the collection not loaded: refresh() loads it again
         self._meta_cache: dict[str, tuple[int, Any]] = {}
+        self._deleted = Tombstones(self.client, self.collection, self._call)
         self._call(self._ensure_meta)
         if self._exists():
             self._call(self.client.load_collection, self.collection)  # a no-op where it is loaded already
@@ -541,45 +534,71 @@ class MilvusStore:
         return ids, self.vectors(ids)
 
     # --- protocol: writes ------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """One writer at a time in this process and on this machine (see ``core.milvus_deletes``)."""
+        with self._lock, machine_lock(self.folder, self.name):
+            yield
+
     def upsert(self, items: Sequence[ProductVector], *, keep_api: bool = False) -> int:
         if not items:
             return 0
-        with self._lock:
+        with self._writing():
             if not self._exists():
                 first = items[0]
                 self._call(self._create, np.asarray(first.indexed).shape[-1], np.asarray(first.clip).shape[-1])
             latest = {it.product.id: it for it in items}  # a batch naming an id twice: the last wins
-            current = {r["id"]: (r["source"], r["digest"], r["category"])
-                       for r in self._rows(list(latest), ["id", "source", "digest", "category"])}
-            stamp, rows, removed = time.time(), [], []
+            current = {r["id"]: r for r in self._rows(list(latest), ["id", "source", "digest", "category",
+                                                                     "updated_at"])}
+            deleted = self._deleted.get(list(latest))
+            rows, removed, ended, resolved = [], [], [], {}
             for pid, it in latest.items():
                 old = current.get(pid)
-                if old is not None and keep_api and old[0] == Source.API.value:
+                if it.if_version is not None and (old is None or old["updated_at"] != it.if_version):
+                    continue  # edited or deleted since it was read: the newer write stands
+                if old is not None and keep_api and old["source"] == Source.API.value:
                     continue
+                if pid in deleted:
+                    kept = outlasting_delete(deleted[pid], it, keep_api)
+                    if kept is not None:
+                        if kept != deleted[pid]:
+                            resolved[pid] = kept
+                        continue
+                    ended.append(pid)
                 digest = it.digest or product_digest(it)
-                if old is not None and old[:2] == (it.product.source.value, digest):
+                if old is not None and (old["source"], old["digest"]) == (it.product.source.value, digest):
                     continue
-                rows.append(_row(it, digest, stamp))
+                rows.append(_row(it, digest, next_stamp(old["updated_at"] if old else None)))
                 if old is not None:
-                    removed.append((old[0], old[2]))
+                    removed.append((old["source"], old["category"]))
+            self._deleted.put(resolved)
             if not rows:
                 return 0
             self._note(rows)
             for start in range(0, len(rows), _WRITE_BATCH):
                 self._call(self.client.upsert, self.collection, rows[start:start + _WRITE_BATCH])
+            self._deleted.drop(ended)
             self._add_counts(removed, [(r["source"], r["category"]) for r in rows])
             self._wrote(self._bump(), len(rows) - len(removed))
+            late: list[str] = []
+            if keep_api or any(it.if_version is not None for it in items):
+                # a delete made on another machine after the check above has its tombstone there by now
+                late = list(self._deleted.get([r["id"] for r in rows]))
+                self._remove(late, remember=False)
         if self.replaced():  # written to a collection a restore has just replaced: lost with it, not acknowledged
             raise CatalogueReplacedError(self.name)
-        return len(rows)
+        return len(rows) - len(late)
 
     def _note(self, rows: list[dict[str, Any]]) -> None:
-        """Record new filterable columns (and whether each holds only numbers)."""
+        """Record new filterable columns (and whether each holds only numbers), up to the setting's number;
+        later new ones stay plain metadata, as in the local store."""
         known = self._meta("columns", {})
         kinds = dict(known)
         for row in rows:
             for key, value in row["extra"].items():
                 if value in (None, "") or not FILTER_COLUMN.fullmatch(key):
+                    continue
+                if key not in kinds and len(kinds) >= self.settings.max_filter_columns:
                     continue
                 kind = "number" if kinds.get(key, "number") == "number" and is_number(value) else "text"
                 kinds[key] = "text" if known.get(key) == "text" else kind
@@ -588,18 +607,31 @@ class MilvusStore:
             self._meta_cache.pop("columns", None)
 
     def delete(self, ids: Sequence[str]) -> int:
-        with self._lock:
-            rows = self._rows(ids, ["id", "source", "category"])
-            present = [r["id"] for r in rows]
-            for start in range(0, len(present), _ID_BATCH):
-                chunk = present[start:start + _ID_BATCH]
-                self._call(self.client.delete, self.collection, filter=f"id in {id_list(chunk)}")
-            if present:
-                self._add_counts([(r["source"], r["category"]) for r in rows], [])
-                self._wrote(self._bump(), -len(present))
-        if present and self.replaced():
-            raise CatalogueReplacedError(self.name)
+        with self._writing():
+            return self._remove(ids, remember=True)
+
+    def _remove(self, ids: Sequence[str], *, remember: bool, sources: Sequence[Source] = ()) -> int:
+        """Delete ``ids`` (only those of ``sources`` when given, checked by Milvus as it deletes); with
+        ``remember`` each one's tombstone is written first, so a CSV write checking after its write sees it."""
+        rows = [r for r in self._rows(ids, _FIELDS) if not sources or r["source"] in {s.value for s in sources}]
+        if remember:
+            self._deleted.put({r["id"]: row_digest(_product(r)) if r["source"] == Source.CSV.value else ""
+                               for r in rows})
+        present = [r["id"] for r in rows]
+        only = " and (" + " or ".join(f"source == {literal(s.value)}" for s in sources) + ")" if sources else ""
+        for start in range(0, len(present), _ID_BATCH):
+            chunk = present[start:start + _ID_BATCH]
+            self._call(self.client.delete, self.collection, filter=f"id in {id_list(chunk)}{only}")
+        if present:
+            self._add_counts([(r["source"], r["category"]) for r in rows], [])
+            self._wrote(self._bump(), -len(present))
+            if self.replaced():  # removed from a collection a restore has just replaced: not acknowledged
+                raise CatalogueReplacedError(self.name)
         return len(present)
+
+    def deleted_ids(self, ids: Sequence[str]) -> list[str]:
+        found = self._deleted.get(ids)
+        return [i for i in ids if i in found]
 
     def _wrote(self, generation: int, added: int) -> None:
         """Our own write: the served description follows without a round trip (a count is a scan in
@@ -623,13 +655,16 @@ class MilvusStore:
             doomed: list[str] = []
             expr = " or ".join(f"source == {literal(s.value)}" for s in sources)
             for rows in self._scan(["id"], expr):
-                ids = [r["id"] for r in rows]
-                marks = ",".join("?" * len(ids))
-                kept = {i for (i,) in conn.execute(f"SELECT id FROM keep_ids WHERE id IN ({marks})", ids)}
-                doomed.extend(i for i in ids if i not in kept)
+                doomed.extend(_not_kept(conn, [r["id"] for r in rows]))
+            if Source.API in sources:  # the CSV is the whole truth: deletes of ids it does not hold are forgotten
+                forgotten = [i for ids in self._deleted.ids() for i in _not_kept(conn, ids)]
+                self._deleted.drop(forgotten)
         finally:
             conn.close()
-        return self.delete(doomed) if doomed else 0
+        if not doomed:
+            return 0
+        with self._writing():  # only rows still of ``sources``: an API edit made meanwhile stays
+            return self._remove(doomed, remember=False, sources=sources)
 
     def reproject(self, head: ProjectionHead | None) -> int:
         """Re-derive every indexed vector from its stored CLIP vector through ``head`` (None: the CLIP
@@ -879,6 +914,13 @@ class MilvusStore:
     def close(self) -> None:
         if self._db is not None:
             self._db.close()
+
+
+def _not_kept(conn: sqlite3.Connection, ids: list[str]) -> list[str]:
+    """Those of ``ids`` not in the temporary ``keep_ids`` table."""
+    marks = ",".join("?" * len(ids))
+    kept = {i for (i,) in conn.execute(f"SELECT id FROM keep_ids WHERE id IN ({marks})", ids)}
+    return [i for i in ids if i not in kept]
 
 
 def _row(it: ProductVector, digest: str, stamp: float) -> dict[str, Any]:

@@ -4,6 +4,7 @@ never waits on the disk. Rows older than the retention are deleted as the writer
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -97,7 +98,7 @@ class QueryLog:
             self._flushed.notify_all()
 
     def _run(self) -> None:
-        conn = _connect(self.path)
+        conn: sqlite3.Connection | None = None
         # prune after the first batch whatever the clock says: time.monotonic() counts from boot, so "0.0" read
         # as "an hour ago" only on a machine up for an hour (a fresh CI box kept rows past the retention)
         last_prune = -math.inf
@@ -107,15 +108,28 @@ class QueryLog:
                 while len(batch) < 500 and not self._queue.empty():
                     batch.append(self._queue.get_nowait())
                 rows = [r for r in batch if r is not None]
-                self._write(conn, rows)
-                if time.monotonic() - last_prune > _PRUNE_EVERY_S:
-                    prune(conn, time.time() - self.retention_s)
-                    last_prune = time.monotonic()
+                conn = conn or self._open(len(rows))
+                if conn is not None:
+                    self._write(conn, rows)
+                    if time.monotonic() - last_prune > _PRUNE_EVERY_S:
+                        with contextlib.suppress(sqlite3.Error):  # a failed prune is tried again next batch
+                            prune(conn, time.time() - self.retention_s)
+                            last_prune = time.monotonic()
                 self._done(len(rows))
                 if len(rows) < len(batch):
                     return
         finally:
-            conn.close()
+            if conn is not None:
+                conn.close()
+
+    def _open(self, pending: int) -> sqlite3.Connection | None:
+        """The log's connection, or None while it cannot be opened (a full disk): those rows are lost, the
+        next batch tries again, and searches never notice."""
+        try:
+            return _connect(self.path)
+        except (sqlite3.Error, OSError) as exc:
+            logger.warning("query log: %d rows lost: %s cannot be opened (%s)", pending, self.path, exc)
+            return None
 
     @staticmethod
     def _write(conn: sqlite3.Connection, rows: list[QueryRecord]) -> None:

@@ -9,6 +9,7 @@ so an index tagged with a generation can replay exactly the rest.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -17,9 +18,11 @@ from typing import Any
 import numpy as np
 
 from core.sqlite_db import Database, now, stage_ids
-from core.store import (FILTER_COLUMN, Changes, Filter, Product, ProductVector, Source, StoreStats, is_number,
-                        product_digest)
+from core.store import (FILTER_COLUMN, Changes, Filter, Product, ProductVector, Source, StoreStats, column_kinds,
+                        next_stamp, outlasting_delete, product_digest, row_digest)
 from core.types import Embeddings
+
+logger = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -46,6 +49,7 @@ CREATE INDEX IF NOT EXISTS products_source ON products(source);
 CREATE TABLE IF NOT EXISTS dead(vid INTEGER PRIMARY KEY, gen INTEGER NOT NULL, at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS dead_gen ON dead(gen);
 CREATE TABLE IF NOT EXISTS columns(name TEXT PRIMARY KEY, kind TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS api_deletes(id TEXT PRIMARY KEY, row TEXT NOT NULL, at REAL NOT NULL);
 """
 
 _PRODUCT_COLS = "id, title, category, images, preview_image, preview_cache, extra, source, updated_at"
@@ -92,8 +96,10 @@ def _chunks(items: Sequence[Any], size: int = MAX_SQL_VARS) -> Iterator[Sequence
 class ProductTable:
     """SQL over the products table; writes run inside a transaction the caller holds."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, max_columns: int = 64) -> None:
         self.db = db
+        self.max_columns = max_columns
+        self._told = False
 
     # --- writes (called with the write connection, inside one transaction) ---------------------
     @staticmethod
@@ -104,28 +110,48 @@ class ProductTable:
 
     def upsert(self, conn: sqlite3.Connection, gen: int, items: Sequence[ProductVector], *,
                keep_api: bool, keep_time: bool = False) -> int:
-        """Write ``items``; returns how many rows changed. Unchanged digests are skipped. ``keep_time`` keeps
-        each product's own ``updated_at`` (a copy of another store), else it is now."""
+        """Write ``items``; returns how many rows changed. Unchanged digests are skipped, and so are what
+        ``CatalogueStore.upsert`` keeps (API products and API deletes under ``keep_api``, a superseded
+        ``if_version``): the checks read the rows inside this transaction, so no write slips in between.
+        ``keep_time`` keeps each product's own ``updated_at`` (a copy of another store), else it is now (and
+        later than the version it replaces)."""
         ids = [it.product.id for it in items]
-        current: dict[str, tuple[int, str, str]] = {}
+        current: dict[str, tuple[int, str, str, float]] = {}
+        deleted: dict[str, str] = {}
         for chunk in _chunks(ids):
             marks = ",".join("?" * len(chunk))
-            for vid, pid, source, digest in conn.execute(
-                    f"SELECT vid, id, source, digest FROM products WHERE id IN ({marks})", list(chunk)):
-                current[pid] = (vid, source, digest)
-        stamp, changed = now(), 0
+            for vid, pid, source, digest, updated in conn.execute(
+                    f"SELECT vid, id, source, digest, updated_at FROM products WHERE id IN ({marks})", list(chunk)):
+                current[pid] = (vid, source, digest, updated)
+            deleted.update(conn.execute(f"SELECT id, row FROM api_deletes WHERE id IN ({marks})", list(chunk)))
+        changed = 0
         self._note_columns(conn, items)
         for it in items:
             old = current.get(it.product.id)
+            if it.if_version is not None and (old is None or old[3] != it.if_version):
+                continue  # edited or deleted since it was read: the newer write stands
             if old is not None and keep_api and old[1] == Source.API.value:
+                continue
+            if it.product.id in deleted and self._kept_deleted(conn, it, deleted[it.product.id], keep_api):
                 continue
             digest = it.digest or product_digest(it)
             if old is not None and old[2] == digest and old[1] == it.product.source.value:
                 continue
             changed += 1
-            when = it.product.updated_at if keep_time and it.product.updated_at else stamp
+            when = it.product.updated_at if keep_time and it.product.updated_at else \
+                next_stamp(old[3] if old else None)
             self._write_row(conn, gen, when, it, old[0] if old else None, digest)
         return changed
+
+    @staticmethod
+    def _kept_deleted(conn: sqlite3.Connection, it: ProductVector, row: str, keep_api: bool) -> bool:
+        """True when an API delete keeps ``it`` out (``outlasting_delete``); else its tombstone goes."""
+        kept = outlasting_delete(row, it, keep_api)
+        if kept is None:
+            conn.execute("DELETE FROM api_deletes WHERE id=?", (it.product.id,))
+        elif kept != row:
+            conn.execute("UPDATE api_deletes SET row=? WHERE id=?", (kept, it.product.id))
+        return kept is not None
 
     @staticmethod
     def _write_row(conn: sqlite3.Connection, gen: int, stamp: float, it: ProductVector, old_vid: int | None,
@@ -148,36 +174,56 @@ class ProductTable:
                      " source, updated_at, gen, digest, clip, vector) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                      (p.id, *meta, clip, vector))
 
-    @staticmethod
-    def _note_columns(conn: sqlite3.Connection, items: Sequence[ProductVector]) -> None:
-        """Track each filterable extra column and whether all its values are numbers; index it."""
-        kinds: dict[str, str] = {}
-        for it in items:
-            for key, value in it.product.extra.items():
-                if value in (None, "") or not FILTER_COLUMN.fullmatch(key):
-                    continue
-                kinds[key] = "number" if kinds.get(key, "number") == "number" and is_number(value) else "text"
+    def _note_columns(self, conn: sqlite3.Connection, items: Sequence[ProductVector]) -> None:
+        """Track each filterable extra column and whether all its values are numbers; index it. Past
+        ``max_columns`` a new column stays plain metadata (an index each would slow every write)."""
+        kinds = column_kinds(items)
         if not kinds:
             return
         known = dict(conn.execute("SELECT name, kind FROM columns").fetchall())
+        refused = []
         for key, kind in kinds.items():
             old = known.get(key)
             if old == kind or old == "text":
                 continue
+            if old is None and len(known) >= self.max_columns:
+                refused.append(key)
+                continue
+            known[key] = kind
             conn.execute("INSERT OR REPLACE INTO columns VALUES (?, ?)", (key, kind))
             name = "x_" + "".join(c if c.isalnum() else "_" for c in key) + ("_n" if kind == "number" else "_t")
             conn.execute(f'CREATE INDEX IF NOT EXISTS "{name}" ON products({_extra_expr(key, kind)})')
+        if refused:  # said once per process (an API client sending ever new keys would flood the log)
+            logger.log(logging.DEBUG if self._told else logging.WARNING, "%s: new extra columns (%s) kept but not "
+                       "filterable: %d columns already are (IMAGESEARCH_MAX_FILTER_COLUMNS)", self.db.name,
+                       ", ".join(refused[:5]), self.max_columns)
+            self._told = True
 
     @staticmethod
-    def delete(conn: sqlite3.Connection, gen: int, ids: Sequence[str]) -> int:
+    def delete(conn: sqlite3.Connection, gen: int, ids: Sequence[str], *, remember: bool = True) -> int:
+        """Remove ``ids``; with ``remember`` each removed product leaves a tombstone with its CSV row's digest
+        ('' for an API product: see ``CatalogueStore.delete``)."""
         removed, stamp = 0, now()
         for chunk in _chunks(list(ids)):
             marks = ",".join("?" * len(chunk))
-            vids = [v for (v,) in conn.execute(f"SELECT vid FROM products WHERE id IN ({marks})", list(chunk))]
-            conn.executemany("INSERT OR REPLACE INTO dead VALUES (?, ?, ?)", [(v, gen, stamp) for v in vids])
+            rows = conn.execute(f"SELECT vid, {_PRODUCT_COLS} FROM products WHERE id IN ({marks})",
+                                list(chunk)).fetchall()
+            conn.executemany("INSERT OR REPLACE INTO dead VALUES (?, ?, ?)", [(r[0], gen, stamp) for r in rows])
+            if remember:
+                products = [_row_to_product(r[1:]) for r in rows]
+                conn.executemany("INSERT OR REPLACE INTO api_deletes VALUES (?, ?, ?)", [
+                    (p.id, row_digest(p) if p.source == Source.CSV else "", stamp) for p in products])
             conn.execute(f"DELETE FROM products WHERE id IN ({marks})", list(chunk))
-            removed += len(vids)
+            removed += len(rows)
         return removed
+
+    def deleted_ids(self, ids: Sequence[str]) -> list[str]:
+        found: set[str] = set()
+        conn = self.db.reader()
+        for chunk in _chunks(list(ids)):
+            marks = ",".join("?" * len(chunk))
+            found.update(r[0] for r in conn.execute(f"SELECT id FROM api_deletes WHERE id IN ({marks})", list(chunk)))
+        return [i for i in ids if i in found]
 
     @staticmethod
     def set_vectors(conn: sqlite3.Connection, gen: int, rows: Sequence[tuple[bytes | None, int]]) -> None:
@@ -344,11 +390,13 @@ class ProductTable:
     @staticmethod
     def missing(conn: sqlite3.Connection, keep: Iterator[str] | None, sources: Sequence[Source]) -> list[str]:
         """Ids of ``sources`` not in ``keep``; the set difference runs in SQLite (a temporary table), so no
-        Python object per product is held."""
+        Python object per product is held. With ``Source.API`` the tombstones of ids not in ``keep`` go."""
         stage_ids(conn, keep or ())
         marks = ",".join("?" * len(sources))
         rows = conn.execute(f"SELECT id FROM products WHERE source IN ({marks}) AND id NOT IN "
                             "(SELECT id FROM keep_ids)", [s.value for s in sources]).fetchall()
+        if Source.API in sources:
+            conn.execute("DELETE FROM api_deletes WHERE id NOT IN (SELECT id FROM keep_ids)")
         conn.execute("DELETE FROM keep_ids")
         return [r[0] for r in rows]
 

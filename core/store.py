@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -67,6 +68,9 @@ class ProductVector:
     clip: np.ndarray
     vector: np.ndarray | None = None
     digest: str = ""
+    # write only while the stored product is still this version (its ``updated_at`` when it was read): a job
+    # that read a product, worked on it and writes it back never overwrites a newer edit or revives a delete
+    if_version: float | None = None
 
     @property
     def indexed(self) -> np.ndarray:
@@ -162,6 +166,18 @@ def typed_extra(extra: Mapping[str, ExtraValue], columns: Mapping[str, str]) -> 
     return typed
 
 
+def column_kinds(items: Sequence[ProductVector]) -> dict[str, str]:
+    """The filterable extra columns these products bring, in order: "number" where every value is one, else
+    "text" (empty values say nothing)."""
+    kinds: dict[str, str] = {}
+    for it in items:
+        for key, value in it.product.extra.items():
+            if value in (None, "") or not FILTER_COLUMN.fullmatch(key):
+                continue
+            kinds[key] = "number" if kinds.get(key, "number") == "number" and is_number(value) else "text"
+    return kinds
+
+
 def product_digest(it: ProductVector) -> str:
     """What makes a write a change: the metadata and both vectors (an equal digest: an unchanged product)."""
     p = it.product
@@ -173,6 +189,32 @@ def product_digest(it: ProductVector) -> str:
     return h.hexdigest()
 
 
+def row_digest(product: Product) -> str:
+    """What identifies a product's CSV row: the fields the CSV gives (an API delete of a CSV product lasts
+    until this changes)."""
+    return hashlib.sha256(json.dumps([product.id, product.title, product.category, list(product.images),
+                                      product.preview_image, dict(product.extra)], sort_keys=True,
+                                     default=str).encode()).hexdigest()
+
+
+def outlasting_delete(row: str, it: ProductVector, keep_api: bool) -> str | None:
+    """Whether an API delete (its tombstone's ``row``) keeps ``it`` out of a write: the tombstone's row to keep
+    when a CSV write (``keep_api``) brings the row the delete saw (an unknown row, '', becomes the first one
+    met); None when the write goes ahead and the delete is over (a changed row, an API write, --drop-api-edits)."""
+    if keep_api and it.product.source == Source.CSV:
+        digest = row_digest(it.product)
+        if row in ("", digest):
+            return digest
+    return None
+
+
+def next_stamp(previous: float | None) -> float:
+    """A write's ``updated_at``: now, and always later than the version it replaces (it is the version a
+    conditional write compares), in milliseconds."""
+    stamp = round(time.time(), 3)
+    return stamp if previous is None or stamp > previous else round(previous + 0.001, 3)
+
+
 class CatalogueStore(Protocol):
     """One model's catalogue. Implementations: ``core.sqlite_store.LocalStore`` (default)."""
 
@@ -182,14 +224,24 @@ class CatalogueStore(Protocol):
 
     def upsert(self, items: Sequence[ProductVector], *, keep_api: bool = False) -> int:
         """Insert or replace products by id in one transaction (the generation moves on); returns how
-        many were written (unchanged ones are skipped). With ``keep_api`` a product last written by the
-        API is left as it is."""
+        many were written (unchanged ones are skipped). Each write gives the product a later ``updated_at``
+        than the one it replaces. With ``keep_api`` (the pipeline writing the CSV) a product last written by
+        the API is left as it is, and so is one an API delete removed while its CSV row is unchanged (see
+        :meth:`delete`). An item with ``if_version`` is written only while the stored product still has that
+        ``updated_at``. Any other write of a deleted product's id ends its delete."""
 
     def delete(self, ids: Sequence[str]) -> int:
-        """Remove products by id (absent ids are ignored) in one transaction; returns how many went."""
+        """Remove products by id (absent ids are ignored) in one transaction; returns how many went. Each is
+        remembered (a tombstone with its CSV row's digest, or '' for a product the API wrote: then the first
+        CSV row a later write meets), so that CSV writes keep it out until its row changes."""
+
+    def deleted_ids(self, ids: Sequence[str]) -> list[str]:
+        """Those of ``ids`` that an API delete keeps out of CSV writes (their tombstones)."""
 
     def delete_missing(self, keep: Iterator[str] | None, *, sources: Sequence[Source]) -> int:
-        """Delete products of the given sources whose id is not in ``keep``; returns how many."""
+        """Delete products of the given sources whose id is not in ``keep``; returns how many. Nothing is
+        remembered; with ``Source.API`` among ``sources`` (the CSV becomes the whole truth) the tombstones of
+        ids not in ``keep`` go too."""
 
     def get(self, ids: Sequence[str]) -> list[Product]:
         """The products that exist among ``ids``, in the order asked."""
@@ -260,6 +312,10 @@ class ModelStore(CatalogueStore, Protocol):
 
     @property
     def live_index(self) -> ServedIndex | None: ...
+
+    @property
+    def damaged(self) -> str | None:
+        """What is wrong with the catalogue's files once a check or a read found them damaged (None: nothing)."""
 
     @property
     def calibration(self) -> Calibration | None: ...

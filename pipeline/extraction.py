@@ -164,7 +164,7 @@ class _Upserter:
         self.head: ProjectionHead | None = self.store.head
         self.api_before = self.store.stats().by_source.get(Source.API.value, 0)
         self.result = PhaseResult()
-        self.written = 0
+        self.written = self.deletes_kept = 0
 
     def write_all(self, chunks: list[list[StagedProduct]]) -> None:
         for chunk in chunks:
@@ -175,8 +175,12 @@ class _Upserter:
         found = self.state.view_vectors(_refs(chunk), self.key)
         items = [it for it in (self._item(p, found) for p in chunk) if it is not None]
         if items:
-            self.written += self.store.upsert(self._project(items), keep_api=not self.ctx.drop_api_edits)
-            self.state.mark_usable([it.product.id for it in items])
+            keep_api = not self.ctx.drop_api_edits
+            self.written += self.store.upsert(self._project(items), keep_api=keep_api)
+            ids = [it.product.id for it in items]
+            self.state.mark_usable(ids)
+            # CSV products an API delete keeps out (their rows unchanged since): counted for the summary
+            self.deletes_kept += len(self.store.deleted_ids(ids)) if keep_api else 0
 
     def finish(self, state: BuildState) -> PhaseResult:
         """Drop what is no longer staged and report."""
@@ -188,7 +192,8 @@ class _Upserter:
         api_after = stats.by_source.get(Source.API.value, 0)
         self.result.ok = self.written
         self.result.details.update({"products": stats.products, "removed": removed, "api_kept": api_after,
-                                    "api_dropped": max(0, self.api_before - api_after)})
+                                    "api_dropped": max(0, self.api_before - api_after),
+                                    "api_deletes_kept": self.deletes_kept})
         return self.result
 
     def _item(self, p: StagedProduct, found: dict[str, tuple[str, np.ndarray]]) -> ProductVector | None:

@@ -7,11 +7,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from core.ann import INDEX_JSON
+from core.ann import INDEX_JSON, IndexInfo, check_saved
 from core.calibration import CALIBRATION_JSON
-from core.types import PhaseName
+from core.types import PhaseName, StoreKind
 from pipeline.base import PhaseResult, PipelineContext
 from pipeline.extraction import head_sha
+from utils.atomic import read_json
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +31,17 @@ class IndexPhase:
     def outputs(self, ctx: PipelineContext) -> list[Path]:
         return [ctx.paths.models / INDEX_JSON, ctx.paths.models / CALIBRATION_JSON]
 
+    def intact(self, ctx: PipelineContext) -> bool:
+        """The index file index.json names is there at the size it was written (a cut-short file is rebuilt)."""
+        if ctx.spec.store_for(ctx.settings) == StoreKind.MILVUS:
+            return True  # the index lives in Milvus; index.json only describes it
+        try:
+            check_saved(ctx.paths.models, IndexInfo.from_json(read_json(ctx.paths.models / INDEX_JSON)))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            logger.warning("%s: saved index not intact (%s): the index phase runs again", ctx.model, exc)
+            return False
+        return True
+
     def run(self, ctx: PipelineContext) -> PhaseResult:
         store = ctx.store()
         live = store.open_index()
@@ -40,7 +52,7 @@ class IndexPhase:
         if live.needs_compaction():
             live = store.rebuild(save=False)
             store.install_index(live)
-        if _saved_generation(ctx) != live.generation:
+        if _saved(ctx) != (live.generation, live.info.file):  # behind, or built but not saved (a full disk)
             store.save_index()
         cal = store.ensure_calibration()  # refit when the index was rebuilt or the head changed
         info = live.info
@@ -55,10 +67,10 @@ class IndexPhase:
                                                       if "recall_at_10" in info.tuning else {})})
 
 
-def _saved_generation(ctx: PipelineContext) -> int | None:
-    from utils.atomic import read_json
-
+def _saved(ctx: PipelineContext) -> tuple[int, str] | None:
+    """The generation and file of the index index.json describes."""
     try:
-        return int(read_json(ctx.paths.models / INDEX_JSON)["generation"])
+        info = read_json(ctx.paths.models / INDEX_JSON)
+        return int(info["generation"]), str(info.get("file") or "")
     except (OSError, ValueError, KeyError, TypeError):
         return None

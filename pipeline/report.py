@@ -47,7 +47,8 @@ def format_summary(spec: ModelSpec, settings: Settings, outcomes: list[PhaseOutc
     extraction = next((o for o in outcomes if o.phase.value == "feature_extraction"), None)
     if extraction is not None and "api_kept" in extraction.result.details:
         d = extraction.result.details
-        lines.append(f"products added or changed through the API: {d['api_kept']} kept, {d['api_dropped']} dropped")
+        lines.append(f"products added or changed through the API: {d['api_kept']} kept, {d['api_dropped']} dropped; "
+                     f"CSV products deleted through the API: {d.get('api_deletes_kept', 0)} kept deleted")
     if (paths.models / "index.json").is_file() and outcomes and outcomes[-1].phase.value == "index_building" \
             and outcomes[-1].status.value != "failed":
         lines.append(f"index ready: {_where(spec, settings)}; serve it with `python run_api.py`")

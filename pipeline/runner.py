@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -60,6 +61,9 @@ def _can_skip(phase: Phase, ctx: PipelineContext, fingerprint: str) -> PhaseResu
         return None
     if not all(p.exists() for p in phase.outputs(ctx)):
         return None
+    intact = getattr(phase, "intact", None)  # a phase whose outputs can be checked beyond their existence
+    if intact is not None and not intact(ctx):
+        return None
     return PhaseResult(ok=checkpoint.get("ok", 0), failed=Counter(checkpoint.get("failed", {})),
                        details=checkpoint.get("details", {}), examples=checkpoint.get("examples", {}))
 
@@ -81,7 +85,7 @@ def run_phases(ctx: PipelineContext, phases: list[Phase], *, force: bool = False
         start = time.perf_counter()
         try:
             with phase_bars():  # closed before anything else prints, also when the phase raises
-                result = phase.run(ctx)
+                result = _run_phase(phase, ctx)
         except ImageSearchError as exc:
             partial = exc.partial if isinstance(exc, NothingUsableError) else PhaseResult()
             outcomes.append(PhaseOutcome(phase.name, PhaseStatus.FAILED, partial, time.perf_counter() - start,
@@ -97,6 +101,13 @@ def run_phases(ctx: PipelineContext, phases: list[Phase], *, force: bool = False
                     result.ok, dict(result.failed))
         outcomes.append(PhaseOutcome(phase.name, status, result, seconds))
     return outcomes
+
+
+def _run_phase(phase: Phase, ctx: PipelineContext) -> PhaseResult:
+    try:
+        return phase.run(ctx)
+    except sqlite3.DatabaseError as exc:  # the build state's reads meet a damaged file as one typed error
+        raise ctx.store().db.failure(exc, "read") from None
 
 
 def run_model(settings: Settings, spec: ModelSpec, *, mode: str = "all", force: bool = False,

@@ -106,7 +106,7 @@ async def _search_every_model(models: list[ServedModel], vectors: dict[str, np.n
 
 def _skip_reason(model: ServedModel, vectors: dict[str, np.ndarray], filters: Filters) -> str | None:
     if not model.searchable:
-        return model.error or "not searchable"
+        return model.problem or "not searchable"
     if model.backbone not in vectors:
         return "the query vector's dimension does not match this model"
     try:

@@ -23,7 +23,7 @@ def _health(m: ServedModel) -> ModelHealth:
     info = m.index_info
     return ModelHealth(name=m.name, state=m.state, searchable=m.searchable, products=m.num_products,
                        backbone=m.backbone, index_type=info.get("kind"), built_at=info.get("built_at"),
-                       error=m.error if m.state == "failed" else None)
+                       error=m.problem if m.state == "failed" else None)
 
 
 def _info(m: ServedModel, settings: Settings) -> ModelInfo:
@@ -38,7 +38,7 @@ def _info(m: ServedModel, settings: Settings) -> ModelInfo:
                      num_products=m.num_products, state=m.state, searchable=m.searchable,
                      search_path=f"/{m.name}/search", text_search_path=f"/{m.name}/search/text",
                      backbone=m.backbone, has_head=m.head is not None,
-                     index_type=info.get("kind"), built_at=info.get("built_at"), error=m.error,
+                     index_type=info.get("kind"), built_at=info.get("built_at"), error=m.problem,
                      currency=m.spec.currency_for(settings), url_template=m.spec.url_template,
                      filters=dict(stats.columns) if stats else {},
                      recall_at_10=(info.get("tuning") or {}).get("recall_at_10"),

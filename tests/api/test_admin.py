@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import shutil
+import threading
 import time
 
 import numpy as np
@@ -171,10 +172,11 @@ def _wait_for(check, timeout: float = 10.0):
 @both_stores
 def test_admin_edits_survive_reruns_force_and_csv_changes_until_dropped(copy_built, tmp_path):
     """An API product lasts through a plain rerun, --force and a changed CSV; --drop-api-edits removes it.
-    A CSV product deleted through the API stays deleted while the pipeline skips its products (a plain
-    rerun) and is back once the pipeline writes the CSV's products again (--force). The running API picks
-    up the pipeline's writes without a restart or a reload."""
+    A CSV product deleted through the API stays deleted through a plain rerun, --force, a change to another
+    row and a --force run racing more deletes, until its own CSV row changes; the summary counts the deletes
+    kept. The running API picks up the pipeline's writes without a restart or a reload."""
     from core.model_config import ModelRegistry
+    from pipeline.report import format_summary
     from pipeline.runner import run_model
 
     settings = copy_built(tmp_path / "overlay", ("general",), api_key=API_KEY)
@@ -188,19 +190,40 @@ def test_admin_edits_survive_reruns_force_and_csv_changes_until_dropped(copy_bui
             outcomes = run_model(settings, spec, progress=False)  # the CSV did not change: only the index phase runs
             assert [o.status.value for o in outcomes] == ["skipped", "skipped", "skipped", "ran"]
             assert c.get("/general/products/G1002").status_code == 404
-            run_model(settings, spec, force=True, progress=False)
-            _wait_for(lambda: c.get("/general/products/G1002").status_code == 200)
+
+            racing = [f"G10{i}" for i in range(10, 18)]  # deleted while a --force run writes every CSV product
+            done: list[object] = []
+            runner = threading.Thread(target=lambda: done.append(run_model(settings, spec, force=True,
+                                                                           progress=False)))
+            runner.start()
+            assert all(c.delete(f"/general/products/{pid}", headers=KEY).status_code == 200 for pid in racing)
+            runner.join(240)
+            outcomes = run_model(settings, spec, force=True, progress=False)
+            assert done and outcomes[2].result.details["api_deletes_kept"] == 9
+            assert "CSV products deleted through the API: 9 kept deleted" in format_summary(spec, settings, outcomes)
             csv = spec.paths(settings).csv
-            csv.write_text(csv.read_text().replace("Red Ceramic Mug", "Scarlet Ceramic Mug"))
+            csv.write_text(csv.read_text().replace("Red Ceramic Mug", "Scarlet Ceramic Mug"))  # G1001's row
             outcomes = run_model(settings, spec, progress=False)
             assert outcomes[2].result.details["api_kept"] == 1
             _wait_for(lambda: c.get("/general/products/G1001").json()["title"] == "Scarlet Ceramic Mug")
+            for pid in ["G1002", *racing]:
+                assert c.get(f"/general/products/{pid}").status_code == 404, pid
             assert c.get("/general/products/OVERLAY").status_code == 200
-            _wait_for(lambda: c.get("/health").json()["models"]["general"]["products"] == 67)
+            _wait_for(lambda: c.get("/health").json()["models"]["general"]["products"] == 58)
+
+            title = c.get("/general/products/G1003").json()["title"]
+            g1002 = next(line for line in csv.read_text().splitlines() if line.startswith("G1002,"))
+            csv.write_text(csv.read_text().replace(g1002, g1002.replace(",", ",Renamed ", 1)))  # its own row
+            outcomes = run_model(settings, spec, progress=False)
+            assert outcomes[2].result.details["api_deletes_kept"] == 8
+            _wait_for(lambda: c.get("/general/products/G1002").status_code == 200)
+            assert c.get("/general/products/G1002").json()["title"].startswith("Renamed ")
+            assert c.get("/general/products/G1003").json()["title"] == title
 
             outcomes = run_model(settings, spec, progress=False, drop_api_edits=True)
             assert outcomes[2].result.details["api_dropped"] == 1
             _wait_for(lambda: c.get("/general/products/OVERLAY").status_code == 404)
             _wait_for(lambda: c.get("/health").json()["models"]["general"]["products"] == 66)
+            assert c.get(f"/general/products/{racing[0]}").status_code == 200
     finally:
         stop_server(server)

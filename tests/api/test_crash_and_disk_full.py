@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 import subprocess
 import threading
@@ -107,11 +108,15 @@ def small_disk(tmp_path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def _fill(folder: Path) -> Path:
+def _fill(folder: Path, leave: int = 0) -> Path:
+    """Fill the disk holding ``folder``, but for about ``leave`` bytes."""
     filler = folder / "filler.bin"
     with open(filler, "wb") as fh:
         try:
-            while True:
+            if leave:
+                st = os.statvfs(folder)
+                fh.write(b"\0" * max(0, st.f_bavail * st.f_frsize - leave))
+            while not leave:
                 fh.write(b"\0" * (1 << 20))
                 fh.flush()
         except OSError:
@@ -157,3 +162,71 @@ def test_a_full_disk_is_a_clear_error_and_the_previous_state_keeps_serving(built
             assert c.get("/general/products/G9999").status_code == 200
     finally:
         stop_server(server)
+
+
+@pytest.mark.slow
+def test_an_api_started_on_a_full_disk_serves_read_only_until_there_is_room(built_root, tiny_clip, small_disk):
+    """Every file under the root sits on a full disk when the API starts: the intact catalogue is served
+    (SQLite opened read-only), an edit is a 507 saying so, and once there is room edits go through."""
+    from core.config import load_settings
+
+    root = small_disk / "root"
+    for sub in ("data", "models", "checkpoints"):
+        shutil.copytree(built_root / sub, root / sub, ignore=shutil.ignore_patterns("shirts"))
+    (root / "data" / "general" / "new").mkdir()
+    (root / "data" / "general" / "new" / "a.jpg").write_bytes(jpeg_bytes(seed=78))
+    filler = _fill(small_disk)
+    server = start_server(load_settings(root=root, clip_model=str(tiny_clip), device="cpu", api_key=API_KEY))
+    body = {"id": "ROOM-1", "title": "Written once there is room", "images": ["new/a.jpg"]}
+    try:
+        with server.client() as c:
+            health = c.get("/health").json()["models"]["general"]
+            assert health["searchable"] and health["products"] == 66 and health["error"] is None, health
+            assert c.post("/general/search", files={"file": ("q.jpg", images.jpeg())}).status_code == 200
+            assert c.get("/general/products/G1001").json()["title"] == "Red Ceramic Mug"
+            r = c.post("/general/products", json=body, headers=KEY)
+            assert r.status_code == 507 and "full" in r.json()["detail"], r.text
+            filler.unlink()
+            assert c.post("/general/products", json=body, headers=KEY).status_code == 200
+            assert c.get("/general/products/ROOM-1").status_code == 200
+    finally:
+        stop_server(server)
+
+
+@pytest.mark.slow
+def test_a_full_disk_during_the_index_write_fails_the_phase_and_the_next_run_repairs_it(built_root, tiny_clip,
+                                                                                          small_disk):
+    """The disk fills while the index file is written (FAISS itself only prints a close error): the build
+    stops with one line, the previous index stays named and loadable; after freeing space the same command
+    writes it. An index file cut short by an earlier release makes a plain rerun run the phase again."""
+    from core.ann import LiveIndex
+    from utils.atomic import read_json
+
+    root = small_disk / "root"
+    for sub in ("data", "models", "checkpoints"):
+        shutil.copytree(built_root / sub, root / sub, ignore=shutil.ignore_patterns("shirts"))
+    models = root / "models" / "general"
+    before = read_json(models / "index.json")
+    hnsw = {"IMAGESEARCH_INDEX_TYPE": "hnsw", "IMAGESEARCH_HNSW_M": "256"}  # an index file of about 145 KB
+    filler = _fill(small_disk, leave=112 * 1024)
+    build = training(root, tiny_clip, "general", **hnsw)
+    out, err = build.communicate(timeout=240)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert build.returncode == 1 and len(lines) == 1 and "full" in lines[0] and "index" in lines[0], err
+    assert "index ready" not in out
+    assert read_json(models / "index.json") == before and LiveIndex.load(models).ntotal == 66
+    assert not list(models.glob(".index-*.tmp"))
+
+    filler.unlink()
+    build = training(root, tiny_clip, "general", **hnsw)
+    out, _ = build.communicate(timeout=240)
+    info = read_json(models / "index.json")
+    assert build.returncode == 0 and "index ready" in out and info["kind"] == "hnsw"
+    assert (models / info["file"]).stat().st_size == info["bytes"] > 100_000
+
+    with open(models / info["file"], "r+b") as fh:  # what a close error used to leave behind
+        fh.truncate(info["bytes"] // 2)
+    build = training(root, tiny_clip, "general", **hnsw)
+    out, _ = build.communicate(timeout=240)
+    assert build.returncode == 0 and re.search(r"index_building\s+ran", out), out
+    assert LiveIndex.load(models).ntotal == 66

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from tests.api import images
+from tests.fake_images import jpeg_bytes
 
 
 def _first_product(root, model="general"):
@@ -76,3 +77,30 @@ def test_explain_grids_point_at_what_matches(tiny_clip):
     found = explain_images(encoder, a, a)
     assert abs(found.score - 1) < 1e-4
     assert found.hit.max() == 1.0 and np.isfinite(found.query).all()
+
+
+def test_the_explanation_cache_is_bounded_in_bytes_per_model(copy_built, tmp_path, built_root):
+    """Each anonymous request with a new picture adds about 170 KB of grids and PNGs: the model's cache stays
+    within IMAGESEARCH_EXPLAIN_CACHE_MAX_BYTES, the newest explanations kept."""
+    from tests.api.conftest import start_server, stop_server
+
+    settings = copy_built(tmp_path / "explain", ("general",), explain_cache_max_bytes=400_000)
+    server = start_server(settings)
+    pid, _ = _first_product(built_root)
+    cache = settings.models_dir / "general" / "explain_cache"
+    try:
+        with server.client() as c:
+            for seed in range(8):
+                query = jpeg_bytes(seed=400 + seed)
+                for view in ("both", "hit", "query"):
+                    r = c.post("/general/explain", params={"product_id": pid, "view": view}, content=query,
+                               headers={"content-type": "image/jpeg"})
+                    assert r.status_code == 200, r.text
+                assert sum(p.stat().st_size for p in cache.iterdir()) <= 400_000
+            kept = sorted(p.name for p in cache.iterdir())
+            assert 0 < len([n for n in kept if n.endswith(".json")]) < 8  # the oldest pictures' went
+            again = c.post("/general/explain", params={"product_id": pid, "format": "json"},
+                           content=jpeg_bytes(seed=407), headers={"content-type": "image/jpeg"})
+            assert again.status_code == 200 and sorted(p.name for p in cache.iterdir()) == kept  # the newest
+    finally:
+        stop_server(server)

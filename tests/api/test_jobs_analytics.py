@@ -66,12 +66,105 @@ def test_rebuild_evaluate_and_embed_jobs_run_the_real_code(own):
         ids = [h["id"] for h in c.get("/general/search/text", params={"q": "mug"}).json()["results"][:3]]
         em = _wait(c, c.post("/general/jobs/embed", json={"ids": [*ids, "nope"]}, headers=KEY).json()["task_id"],
                    _done)
-        assert em["status"] == "succeeded" and em["counts"] == {"embedded": 3, "failed": 1}
+        assert em["status"] == "succeeded" and em["counts"] == {"embedded": 3, "failed": 1, "superseded": 0}
         assert em["errors"] == ["nope: unknown product"]
         listed = c.get("/jobs", headers=KEY).json()
         assert [j["kind"] for j in listed[:3]] == ["embed", "evaluate", "rebuild"]
         assert c.get("/jobs/none", headers=KEY).status_code == 404
         assert c.get("/jobs").status_code == 401
+
+
+def _freeze_outside_writes(pid: int, folder) -> None:
+    """SIGSTOP the worker at a moment it holds no write lock (frozen inside one, it would hold up the API's edits
+    until they time out): stopped, released and stopped again until the store's locks are free."""
+    for _ in range(500):
+        os.killpg(pid, signal.SIGSTOP)
+        if _free(folder):
+            return
+        os.killpg(pid, signal.SIGCONT)
+        time.sleep(0.01)
+    raise AssertionError("the worker was always inside a write")
+
+
+def _free(folder) -> bool:
+    import fcntl
+
+    from core.milvus_deletes import WRITE_LOCK
+
+    with open(folder / WRITE_LOCK, "a+") as fh:  # the Milvus store's machine-wide write lock
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    if (folder / "catalogue.db").is_file():  # the local store's: SQLite's write lock
+        conn = sqlite3.connect(folder / "catalogue.db", timeout=0)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.rollback()
+        except sqlite3.OperationalError:
+            return False
+        finally:
+            conn.close()
+    return True
+
+
+@pytest.mark.slow
+@both_stores
+def test_an_embed_job_never_reverts_edits_or_deletes_made_while_it_runs(copy_built, tmp_path):
+    """The job is frozen (SIGSTOP) mid-run, most likely between reading a product and writing it back; the
+    product its progress names (the one in flight) and the next are edited through the API and the two after
+    deleted. When it resumes and ends, every acknowledged edit and delete stands."""
+    settings = copy_built(tmp_path / "embed", ("general",), api_key=API_KEY)
+    server = start_server(settings)
+    ids = [f"G{1001 + i}" for i in range(66)]
+    try:
+        with server.client() as c:
+            task = c.post("/general/jobs/embed", json={"ids": ids}, headers=KEY).json()["task_id"]
+            job = _wait(c, task, lambda j: j["status"] == "running" and j["pid"] and j["progress"] > 0)
+            _freeze_outside_writes(job["pid"], settings.models_dir / "general")
+            try:
+                at = min(round(c.get(f"/jobs/{task}", headers=KEY).json()["progress"] * 66), 62)
+                edited, gone = ids[at:at + 2], ids[at + 2:at + 4]
+                for pid in edited:
+                    body = {"id": pid, "title": f"Edited {pid}", "images": c.get(f"/general/products/{pid}").json()
+                            ["images"]}
+                    assert c.post("/general/products", json=body, headers=KEY).status_code == 200
+                assert all(c.delete(f"/general/products/{pid}", headers=KEY).status_code == 200 for pid in gone)
+            finally:
+                os.killpg(job["pid"], signal.SIGCONT)
+            done = _wait(c, task, _done)
+            assert done["status"] == "succeeded", done
+            assert [c.get(f"/general/products/{pid}").json()["title"] for pid in edited] == \
+                [f"Edited {pid}" for pid in edited]
+            assert [c.get(f"/general/products/{pid}").status_code for pid in gone] == [404, 404]
+            counts = done["counts"]
+            assert counts["embedded"] + counts["superseded"] + counts["failed"] == 66  # failed: deleted before read
+    finally:
+        stop_server(server)
+
+
+def test_the_job_queue_is_bounded_per_model_and_short_jobs_pass_long_ones(copy_built, tmp_path):
+    """With the manager paused (nothing starts), a model holds IMAGESEARCH_JOB_QUEUE_MAX waiting jobs: one more
+    is a 429 with Retry-After while another model still queues; the embedding of a few products starts
+    before the evaluations queued ahead of it."""
+    settings = copy_built(tmp_path / "queue", api_key=API_KEY, job_queue_max=3)
+    server = start_server(settings)
+    jobs = server.app.state.jobs
+    jobs.stop()  # the loop that starts jobs: paused for the test, the queue is what it is
+    try:
+        with server.client() as c:
+            first = [c.post("/general/jobs/evaluate", headers=KEY) for _ in range(2)]
+            embed = c.post("/general/jobs/embed", json={"ids": ["G1001"]}, headers=KEY)
+            assert [r.status_code for r in [*first, embed]] == [202, 202, 202]
+            full = c.post("/general/jobs/evaluate", headers=KEY)
+            assert full.status_code == 429 and full.headers["Retry-After"] == "30", full.text
+            assert full.json()["error"] == "JobQueueFullError" and "3 background jobs waiting" in full.json()["detail"]
+            assert c.post("/shirts/jobs/evaluate", headers=KEY).status_code == 202
+            order = [j.task_id for j in jobs.waiting() if j.model == "general"]
+            assert order == [embed.json()["task_id"], *(r.json()["task_id"] for r in first)]
+    finally:
+        stop_server(server)
 
 
 @pytest.mark.slow

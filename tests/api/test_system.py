@@ -85,12 +85,12 @@ def test_a_damaged_index_is_repaired_and_only_unusable_models_are_reported(degra
         assert health["status"] == "degraded" and health["available_model_names"] == ["general", "shirts"]
         assert health["total_products"] == 66 + 35  # shirts' index was rebuilt from its store
         assert health["models"]["broken"]["state"] == "failed"
-        assert "catalogue database" in health["models"]["broken"]["error"]
+        assert "catalogue.db is damaged" in health["models"]["broken"]["error"]
         assert health["models"]["pending"]["state"] == "not built" and health["models"]["pending"]["error"] is None
         models = {m["name"]: m for m in c.get("/models").json()["models"]}
         assert not models["broken"]["searchable"] and models["shirts"]["searchable"]
         r = c.post("/broken/search", files={"file": ("q.jpg", images.jpeg())})
-        assert r.status_code == 503 and "catalogue database" in r.json()["detail"]
+        assert r.status_code == 503 and "catalogue.db is damaged" in r.json()["detail"]
         assert c.get("/pending/search/text", params={"q": "shirt"}).status_code == 503
         assert c.post("/shirts/search", files={"file": ("q.jpg", images.jpeg())}).status_code == 200
         r = c.post("/all/search", files={"file": ("q.jpg", images.jpeg())})

@@ -285,3 +285,78 @@ def test_a_hostile_filter_value_is_only_ever_a_value(make_store):
         assert [h.product.id for h in store.search(x[:1], 20, Filter(equals={"vendor": value}))[0]] == [f"p{i}"]
     assert store.search(x[:1], 20, Filter(category='" or 1==1 or "'))[0] == []
     assert [p.id for p in store.get([HOSTILE[0], "p1"])] == ["p1"]
+
+
+def test_a_conditional_write_never_overwrites_a_newer_edit_or_brings_back_a_delete(make_store):
+    """A job reads a product, works on it and writes it back with ``if_version``: an edit or a delete made
+    meanwhile (here by another process's store) stands; an untouched product is written."""
+    x = _vectors(10, seed=31)
+    store = make_store()
+    store.upsert(_items(x))
+    edited, gone, untouched = store.get(["p0", "p1", "p2"])
+    other = make_store(open_index=False)
+    other.upsert([ProductVector(Product(**{**edited.__dict__, "title": "Edited meanwhile"}), clip=x[0])])
+    other.delete(["p1"])
+    late = [ProductVector(p, clip=x[9], if_version=p.updated_at) for p in (edited, gone, untouched)]
+    assert store.upsert(late) == 1
+    assert store.get(["p0"])[0].title == "Edited meanwhile" and np.allclose(store.vectors(["p0"])[0], x[0])
+    assert store.get(["p1"]) == [] and np.allclose(store.vectors(["p2"])[0], x[9])
+    assert store.get(["p2"])[0].updated_at > untouched.updated_at  # every write is a newer version
+
+
+def test_an_api_delete_outlasts_csv_writes_until_its_row_changes(make_store):
+    x = _vectors(6, seed=33)
+    store = make_store()
+    store.upsert(_items(x))
+    store.upsert([ProductVector(Product(id="p5", title="API edit", source=Source.API), clip=x[5])])
+    assert store.delete(["p1", "p2", "p5"]) == 3
+    assert store.upsert(_items(x), keep_api=True) == 0  # --force, or another row's change: the same rows
+    assert store.get(["p1", "p2", "p5"]) == [] and store.deleted_ids(["p0", "p1", "p2", "p5"]) == ["p1", "p2", "p5"]
+    changed = _items(x)
+    changed[1] = ProductVector(Product(**{**changed[1].product.__dict__, "title": "New row"}), clip=x[1])
+    assert store.upsert(changed, keep_api=True) == 1  # p1's CSV row changed after the delete: it is back
+    assert store.get(["p1"])[0].title == "New row" and store.deleted_ids(["p1", "p2"]) == ["p2"]
+    assert store.upsert(changed, keep_api=True) == 0 and store.get(["p2", "p5"]) == []  # p5's row as first met
+    store.upsert([ProductVector(Product(id="p2", title="Re-added", source=Source.API), clip=x[2])])
+    assert store.get(["p2"])[0].title == "Re-added" and store.deleted_ids(["p2"]) == []  # an API write ends it
+    assert store.delete_missing(iter([f"p{i}" for i in range(5)]), sources=[Source.CSV, Source.API]) == 0
+    assert store.deleted_ids(["p5"]) == []  # --drop-api-edits: the CSV is the whole truth again
+
+
+def test_extra_columns_past_the_setting_stay_plain_metadata(make_store, tmp_path):
+    """60 writes of 50 new extra keys each: only IMAGESEARCH_MAX_FILTER_COLUMNS become filterable (and, in
+    SQLite, indexed); every value is still stored and served."""
+    x = _vectors(60, seed=35)
+    store = make_store()
+    for n in range(60):
+        extra = {"vendor": "v1", **{f"k{n}_{j}": f"{j}" for j in range(50)}}
+        store.upsert([ProductVector(Product(id=f"p{n}", title="t", extra=extra), clip=x[n])])
+    columns = store.columns()
+    assert len(columns) == 64 and columns["vendor"] == "text" and "k59_0" not in columns
+    assert store.get(["p59"])[0].extra["k59_49"] == "49"
+    if isinstance(store, LocalStore):
+        indexes = store.db.reader().execute("SELECT count(*) FROM sqlite_master WHERE type='index' AND "
+                                            "name LIKE 'x_%'").fetchone()[0]
+        assert indexes == 64
+
+
+def test_hnsw_counts_stay_true_through_edits_and_a_restart(tmp_path, settings):
+    """Products added and deleted after the index was saved never reached it: they are no tombstones (the
+    count /health and /models show drifted 5 below the database after 5 add/delete pairs and a restart)."""
+    x = _vectors(600, seed=37)
+    store = _store(tmp_path, settings)
+    store.upsert(_items(x[:590]))
+    assert store.open_index().kind == IndexType.HNSW
+    for i in range(590, 595):  # through the serving store
+        store.upsert(_items(x[i:i + 1], start=i))
+        store.delete([f"p{i}"])
+    other = _store(tmp_path, settings, open_index=False)  # and through another process's
+    for i in range(595, 600):
+        other.upsert(_items(x[i:i + 1], start=i))
+        other.delete([f"p{i}"])
+    other.delete(["p0"])
+    store.refresh()
+    assert store.live_index.info.count == store.count() == 589
+    store.close()
+    reopened = _store(tmp_path, settings)
+    assert reopened.live_index.kind == IndexType.HNSW and reopened.live_index.info.count == reopened.count() == 589
