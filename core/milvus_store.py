@@ -689,6 +689,28 @@ class MilvusStore:
             self._install(self._describe(current, n))
             return self._index
 
+    def _index_fits(self, kind: IndexType, build: dict[str, int]) -> bool:
+        """True when the collection's vector index is of ``kind`` with these build parameters."""
+        try:
+            found = self.client.describe_index(self.collection, "vector") or {}
+        except Exception:  # no index yet
+            return False
+        return (_KIND_OF.get(str(found.get("index_type", "")).upper()) == kind
+                and all(str(found.get(k)) == str(v) for k, v in build.items()))
+
+    def _replace_index(self, params: Any) -> None:
+        """Milvus changes an index only on a released collection: readers get 503 until it is loaded again,
+        and must not load it themselves meanwhile (see _load_again)."""
+        self._set_meta({"rebuilding": True})
+        try:
+            self._call(self.client.release_collection, self.collection)
+            if self._current_kind() is not None:
+                self._call(self.client.drop_index, self.collection, "vector")
+            self._call(self.client.create_index, self.collection, params)
+            self._call(self.client.load_collection, self.collection)
+        finally:
+            self._set_meta({"rebuilding": False})
+
     def _current_kind(self) -> IndexType | None:
         try:
             found = self.client.describe_index(self.collection, "vector")
@@ -711,31 +733,28 @@ class MilvusStore:
         return MilvusIndex(info=info, wanted=wanted if wanted != kind else None)
 
     def rebuild(self, *, save: bool, tune_it: bool = True, progress: object = None) -> MilvusIndex:
-        """Replace the collection's vector index with one of the kind the catalogue's size calls for."""
+        """Give the collection a vector index of the kind the catalogue's size calls for, covering every row:
+        the rows written so far are flushed (sealed segments are what Milvus indexes), and an index of another
+        kind or other build parameters is replaced; one that already fits is kept (Milvus indexes the
+        segments sealed later itself), so no reader waits for nothing."""
         with self._lock:
             n = self.count()
             if not n:
                 raise StoreError(self.name, "the catalogue is empty: nothing to index")
             kind = self.wanted_kind(n)
-            # Milvus changes an index only on a released collection: readers get 503 until it is loaded again,
-            # and must not load it themselves meanwhile (see _load_again)
-            self._set_meta({"rebuilding": True})
-            try:
-                self._call(self.client.release_collection, self.collection)
-                if self._current_kind() is not None:
-                    self._call(self.client.drop_index, self.collection, "vector")
-                params = self.client.prepare_index_params()
-                build = self._add_vector_index(params, kind, n)
-                self._call(self.client.create_index, self.collection, params)
-                self._call(self.client.load_collection, self.collection)
-            finally:
-                self._set_meta({"rebuilding": False})
+            params = self.client.prepare_index_params()
+            build = self._add_vector_index(params, kind, n)
+            self._call(self.client.flush, self.collection)
+            kept = self._index_fits(kind, build)
+            if not kept:
+                self._replace_index(params)
             search = {"efSearch": self.settings.hnsw_ef_search} if kind == IndexType.HNSW else \
                 {"nprobe": self.settings.ivf_nprobe} if kind != IndexType.FLAT else {}
             self._set_meta({"index": {"kind": kind.value, "params": {**build, **search}, "built_at": now_iso()}})
             live = self._describe(kind, n)
             self._install(live)
-            logger.info("%s: Milvus %s index over %d products", self.name, _MILVUS_INDEX[kind], n)
+            logger.info("%s: Milvus %s index over %d products%s", self.name, _MILVUS_INDEX[kind], n,
+                        " (the one in place fits)" if kept else "")
         if save:
             self.save_index()
             self.calibrate(live)
