@@ -5,6 +5,7 @@ standalone)."""
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -86,7 +87,8 @@ def milvus_standalone(tmp_path_factory) -> Iterator[str]:
         if REQUIRE_SERVER:
             pytest.fail(f"IMAGESEARCH_TEST_REQUIRE_MILVUS_SERVER is set but {why}", pytrace=False)
         pytest.skip(why)
-    server = MilvusStandalone(tmp_path_factory.mktemp("milvus-standalone"))
+    kept = tmp_path_factory.getbasetemp().parent / "milvus-standalone-bin"  # beside pytest's numbered folders
+    server = MilvusStandalone(tmp_path_factory.mktemp("milvus-standalone"), binaries=kept)
     try:
         server.start()
     except RuntimeError as exc:
@@ -96,7 +98,12 @@ def milvus_standalone(tmp_path_factory) -> Iterator[str]:
     try:
         yield server.uri
     finally:
+        if "core.milvus_store" in sys.modules:  # a client left open on a stopped server keeps this process alive
+            from core.milvus_store import close_clients
+
+            close_clients()
         server.stop()
+        server.remove_data()
 
 
 @pytest.fixture

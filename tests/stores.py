@@ -20,6 +20,7 @@ import atexit
 import contextlib
 import importlib.util
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -142,16 +143,21 @@ class MilvusStandalone:
     its data and logs in ``data_dir``. Started in a process group of its own, stopped by SIGINT to the wrapper
     and then a SIGKILL to whatever is left of the group; never outlives this process."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, binaries: Path | None = None) -> None:
         self.data_dir = data_dir
+        self.binaries = binaries
         self.port = _free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.log = data_dir / "wrapper.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 300) -> MilvusStandalone:
-        """Start it and wait until it answers (the first start unpacks the binaries: minutes on a loaded box)."""
+        """Start it and wait until it answers. The wrapper unpacks its binaries (250 MB) into ``<data>/bin``
+        unless they are there already: ``binaries`` is a folder kept for that across sessions."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.binaries is not None and not (self.data_dir / "bin").exists():
+            self.binaries.mkdir(parents=True, exist_ok=True)
+            (self.data_dir / "bin").symlink_to(self.binaries, target_is_directory=True)
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen([sys.executable, "-c", _LAUNCH, str(os.getpid()), "--data", str(self.data_dir),
                                           "--proxy-port", str(self.port), *_QUICK_COORDINATOR],
@@ -196,3 +202,7 @@ class MilvusStandalone:
         deadline = time.monotonic() + 30  # the next start needs the etcd port back
         while standalone_unavailable() is not None and time.monotonic() < deadline:
             time.sleep(0.2)
+
+    def remove_data(self) -> None:
+        """Delete the server's data (its logs stay, for a failed run)."""
+        shutil.rmtree(self.data_dir / "data", ignore_errors=True)
