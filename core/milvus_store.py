@@ -214,6 +214,7 @@ class MilvusStore:
         self._layout: Layout | None = None
         self._released = False  # a call found the collection not loaded: refresh() loads it again
         self._meta_cache: dict[str, tuple[int, Any]] = {}
+        self._meta_loading = False
         self._call(self._ensure_meta)
         if self._exists():
             self._call(self.client.load_collection, self.collection)  # a no-op where it is loaded already
@@ -272,8 +273,12 @@ class MilvusStore:
         schema.add_field("v", DataType.FLOAT_VECTOR, dim=2)  # a collection needs one vector field
         params = self.client.prepare_index_params()
         params.add_index(field_name="v", index_type="FLAT", metric_type="L2")
-        self.client.create_collection(self.meta_collection, schema=schema, index_params=params)
-        self.client.load_collection(self.meta_collection)
+        self.client.create_collection(self.meta_collection, schema=schema)
+        self.client.create_index(self.meta_collection, params)
+        # loading takes seconds on a Milvus server and the catalogue's collection is created next: both load
+        # at once, and the first read of this one waits for the rest of its load (writes need none)
+        self.client.load_collection(self.meta_collection, _async=True)
+        self._meta_loading = True
 
     def _read(self, pending: Pending, fn: Any, *args: Any, strong: bool = False, **kw: Any) -> Any:
         """A read (search, count, query) that shows this process's writes: Strong when configured or asked,
@@ -293,6 +298,9 @@ class MilvusStore:
         """Several meta values in one query (absent keys are left out), this process's own writes included: the
         write state alone is read fast and merged with this process's last one; ``strong`` reads every
         process's writes."""
+        if self._meta_loading:
+            self._call(self.client.load_collection, self.meta_collection)
+            self._meta_loading = False
         query = (self.meta_collection,)
         kw = {"filter": f"key in {id_list(keys)}", "output_fields": ["key", "value"]}
         if strong or any(k not in _STATE for k in keys):
@@ -691,12 +699,16 @@ class MilvusStore:
 
     def _index_fits(self, kind: IndexType, build: dict[str, int]) -> bool:
         """True when the collection's vector index is of ``kind`` with these build parameters."""
-        try:
-            found = self.client.describe_index(self.collection, "vector") or {}
-        except Exception:  # no index yet
-            return False
-        return (_KIND_OF.get(str(found.get("index_type", "")).upper()) == kind
+        found = self._vector_index()
+        return (found is not None and _KIND_OF.get(str(found.get("index_type", "")).upper()) == kind
                 and all(str(found.get(k)) == str(v) for k, v in build.items()))
+
+    def _vector_index(self) -> dict[str, Any] | None:
+        """The vector field's index as Milvus describes it; None when it has none (a failed call raises: an
+        index that cannot be read is not one to build again)."""
+        if not self._call(self.client.list_indexes, self.collection, field_name="vector"):
+            return None
+        return dict(self._call(self.client.describe_index, self.collection, "vector") or {})
 
     def _replace_index(self, params: Any) -> None:
         """Milvus changes an index only on a released collection: readers get 503 until it is loaded again,
@@ -712,10 +724,7 @@ class MilvusStore:
             self._set_meta({"rebuilding": False})
 
     def _current_kind(self) -> IndexType | None:
-        try:
-            found = self.client.describe_index(self.collection, "vector")
-        except Exception:  # no index yet
-            return None
+        found = self._vector_index()
         return _KIND_OF.get(str(found.get("index_type", "")).upper()) if found else None
 
     def _describe(self, kind: IndexType, n: int) -> MilvusIndex:

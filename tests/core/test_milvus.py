@@ -111,9 +111,8 @@ def test_this_process_reads_each_of_its_writes_at_once(milvus_settings, tmp_path
     assert store.stats().categories == {"c": 19}
 
 
+@pytest.mark.parametrize("milvus_settings", ["milvus-server"], indirect=True)  # a milvus-lite file: one process
 def test_another_process_writes_are_seen_once_refresh_has_seen_them(milvus_settings, tmp_path):
-    if not milvus_settings.milvus_uri.startswith("http"):
-        pytest.skip("an embedded milvus-lite file is one process's: the shared server case is the real one")
     serving = _open(milvus_settings, tmp_path)
     x = _unit(12, 4)
     serving.upsert([_item(f"p{i}", x[i]) for i in range(10)])
