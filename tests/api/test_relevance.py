@@ -1,6 +1,6 @@
 """Calibrated match, the cross-model merge and near-duplicates, on stores built directly (real LocalStore
-with FAISS, or a real MilvusStore in an embedded milvus-lite file: one process; the API's own search
-functions) with synthetic vectors whose relevance is known."""
+with FAISS, or a real MilvusStore on the session's Milvus server; the API's own search functions) with
+synthetic vectors whose relevance is known."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""The whole pipeline with the tiny CLIP: demo catalogue (into either store; Milvus here as the default
-embedded milvus-lite file, one process), bad input over HTTP, resuming and the CLIs (into the local store;
-tests/api/test_build_then_serve.py runs the CLI into a shared Milvus server)."""
+"""The whole pipeline with the tiny CLIP: demo catalogue (into the local store, Milvus as the default embedded
+milvus-lite file, and the session's real Milvus server), bad input over HTTP, resuming and the CLIs (into the
+local store; tests/api/test_build_then_serve.py runs the CLI into the real Milvus server)."""
 
 from __future__ import annotations
 
