@@ -60,4 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from utils.redact import redact_console
+
+    redact_console()  # whatever it prints, no URL credentials (utils/redact.py)
     sys.exit(main())

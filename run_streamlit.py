@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"error: {exc}\n")
         return 1
     env = dict(os.environ)
+    # the shop holds no admin key: admin pages ask the visitor for it (ui/admin_gate.py)
+    env.pop("IMAGESEARCH_API_KEY", None)
     env["IMAGESEARCH_API_URL"] = args.api_url or settings.api_url
     env["IMAGESEARCH_MAX_UPLOAD_BYTES"] = str(settings.max_upload_bytes)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))

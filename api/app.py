@@ -14,12 +14,14 @@ from core.config import Settings
 from core.model_config import ModelRegistry
 from core.query_log import QueryLog
 
+from api.analytics import AnalyticsCache
 from api.catalogue import Catalogue
 from api.errors import install_error_handlers
 from api.guards import RequestGuard
 from api.metrics import Metrics, MetricsMiddleware
+from api.responses import RedactedJSONResponse
 from api.jobs import JobManager
-from api.routes import admin, explain, jobs, products, search, system
+from api.routes import admin, analytics, explain, jobs, products, search, system
 
 logger = logging.getLogger(__name__)
 
@@ -50,13 +52,16 @@ def create_app(settings: Settings, *, registry: ModelRegistry | None = None, wat
     if registry is None:
         ModelRegistry.discover(settings)  # a bad model.json fails here, before the server starts
     # /docs and /redoc serve Swagger UI and ReDoc from the installed package, not a CDN: they work offline
-    app = FastAPIOffline(title="Multi-model image search", description=DESCRIPTION, version="1.0", lifespan=lifespan)
+    app = FastAPIOffline(title="Multi-model image search", description=DESCRIPTION, version="1.0", lifespan=lifespan,
+                         default_response_class=RedactedJSONResponse)  # no URL credentials in any JSON body
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.state.query_log = QueryLog(settings)
+    app.state.analytics = AnalyticsCache()
     app.add_middleware(RequestGuard, settings=settings)  # inner: metrics (outermost) counts what it refuses
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     install_error_handlers(app)
-    for module in (system, search, explain, products, admin, jobs):  # search first: /all/search before /{model}/search
+    # search first: /all/search before /{model}/search
+    for module in (system, search, explain, products, admin, jobs, analytics):
         app.include_router(module.router)
     return app

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     from core.config import Settings
     from core.encoder import ClipEncoder
+    from utils.image_shape import ShapePolicy
 
 logger = logging.getLogger(__name__)
 
@@ -82,23 +83,18 @@ def _load_encoder(settings: Settings, backbone: str) -> ClipEncoder:
     return ClipEncoder.from_settings(settings, backbone)
 
 
-DEFAULT_MAX_ASPECT = 20.0
-
-
-def decode_query(data: bytes, *, max_pixels: int, shorter_side: int | None,
-                 max_aspect: float = DEFAULT_MAX_ASPECT) -> Image.Image:
+def decode_query(data: bytes, *, policy: ShapePolicy, shorter_side: int | None) -> Image.Image:
     """Decode an uploaded image, turning a decode failure into BadImageError (413 for a pixel bomb,
-    400 for an aspect ratio whose upscaled short side would blow the memory budget)."""
+    400 for any other shape the policy refuses, judged from the header before decoding)."""
     try:
-        return decode_image(data, max_pixels=max_pixels, shorter_side=shorter_side, max_aspect=max_aspect)
+        return decode_image(data, policy=policy, shorter_side=shorter_side)
     except ImageDecodeError as exc:
         status = 413 if exc.reason == "too many pixels" else 400
         detail = f" ({exc.detail})" if exc.detail else ""
         raise BadImageError(f"cannot use the uploaded image: {exc.reason}{detail}", status) from None
 
 
-async def embed_query_image(data: bytes, embedders: list[Embedder], *, max_pixels: int,
-                            max_aspect: float = DEFAULT_MAX_ASPECT) -> dict[str, np.ndarray]:
+async def embed_query_image(data: bytes, embedders: list[Embedder], *, policy: ShapePolicy) -> dict[str, np.ndarray]:
     """Decode once, preprocess per backbone off the loop, then one batched forward per backbone.
 
     Returns backbone -> raw CLIP vector (before any head).
@@ -107,8 +103,7 @@ async def embed_query_image(data: bytes, embedders: list[Embedder], *, max_pixel
     with ExitStack() as stack:
         for emb in embedders:
             stack.enter_context(emb.batcher.expect())
-        image = await to_thread.run_sync(lambda: decode_query(data, max_pixels=max_pixels, shorter_side=shorter,
-                                                              max_aspect=max_aspect))
+        image = await to_thread.run_sync(lambda: decode_query(data, policy=policy, shorter_side=shorter))
         pixels = await asyncio.gather(*(to_thread.run_sync(e.encoder.pixels, image) for e in embedders))
     if len(embedders) == 1:  # awaiting directly queues the job at once, with no task hop
         vectors = [await embedders[0].batcher.submit(pixels[0])]

@@ -14,7 +14,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from core.errors import ImageSearchError, UnknownModelError
-from utils.redact import escape_control, redact_text
+from utils.redact import escape_control
+
+from api.responses import RedactedJSONResponse
 
 logger = logging.getLogger(__name__)
 
@@ -23,17 +25,17 @@ def _body(detail: str, error: str, **more: Any) -> dict[str, Any]:
     return {"detail": detail, "error": error, **more}
 
 
-def error_response(exc: ImageSearchError) -> JSONResponse:
+def error_response(exc: ImageSearchError) -> RedactedJSONResponse:
     """The response for a typed error; also used by the ASGI guards that answer before routing."""
     more = {"available": exc.available} if isinstance(exc, UnknownModelError) else {}
     retry_after = getattr(exc, "retry_after", None)
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-    # a message may quote a client's or the catalogue's URL: never its credentials
-    return JSONResponse(_body(redact_text(exc.message), type(exc).__name__, **more), status_code=exc.status_code,
-                        headers=headers)
+    # a message may quote a client's or the catalogue's URL: the response redacts its credentials
+    return RedactedJSONResponse(_body(exc.message, type(exc).__name__, **more), status_code=exc.status_code,
+                                headers=headers)
 
 
-async def _typed(request: Request, exc: ImageSearchError) -> JSONResponse:
+async def _typed(request: Request, exc: ImageSearchError) -> RedactedJSONResponse:
     if exc.status_code >= 500:
         logger.warning("%s %s -> %d %s", request.method, request.url.path, exc.status_code, exc.message)
     return error_response(exc)
@@ -48,7 +50,7 @@ async def _validation(request: Request, exc: RequestValidationError) -> JSONResp
     errors = exc.errors()
     detail = "; ".join(_describe(e) for e in errors) or "invalid request"
     cleaned = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in errors]
-    return JSONResponse(jsonable_encoder(_body(detail, "ValidationError", errors=cleaned)), status_code=422)
+    return RedactedJSONResponse(jsonable_encoder(_body(detail, "ValidationError", errors=cleaned)), status_code=422)
 
 
 def _allowed_methods(request: Request) -> str:
@@ -68,13 +70,13 @@ async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     headers = dict(getattr(exc, "headers", None) or {})
     if exc.status_code == 405:
         headers["Allow"] = _allowed_methods(request)
-    return JSONResponse(_body(detail, names.get(exc.status_code, "HTTPError")), status_code=exc.status_code,
-                        headers=headers or None)
+    return RedactedJSONResponse(_body(detail, names.get(exc.status_code, "HTTPError")), status_code=exc.status_code,
+                                headers=headers or None)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
-    return JSONResponse(_body("internal error; see logs/api.log", type(exc).__name__), status_code=500)
+    return RedactedJSONResponse(_body("internal error; see logs/api.log", type(exc).__name__), status_code=500)
 
 
 def install_error_handlers(app: FastAPI) -> None:

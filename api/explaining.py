@@ -19,6 +19,7 @@ from core.errors import ImageNotAvailableError
 from core.explain import Explanation, explain_images
 from utils.atomic import write_bytes_atomic
 from utils.heatmap import PANEL, overlay, panels_png
+from utils.images import ImageDecodeError, check_shape
 
 from api.embedder import Embedder, decode_query
 from api.loaded import ServedModel
@@ -63,11 +64,17 @@ class ExplainCache:
 
 
 def _hit_image(model: ServedModel, settings: Settings, product_id: str, preview_cache: str) -> Image.Image:
+    """The product's cached picture, held to the shape policy before it is decoded (a strip cached by a
+    build before the policy would be scaled up to hundreds of megabytes)."""
     cache_dir = model.spec.paths(settings).image_cache.resolve()
     path = (cache_dir / preview_cache).resolve() if preview_cache else None
     if path is None or not path.is_relative_to(cache_dir) or not path.is_file():
         raise ImageNotAvailableError(model.name, product_id)
     with Image.open(path) as img:
+        try:
+            check_shape(img, settings.image_policy, copy=True)
+        except ImageDecodeError as exc:
+            raise ImageNotAvailableError(model.name, product_id, str(exc)) from None
         return img.convert("RGB")
 
 
@@ -91,9 +98,7 @@ class Explainer:
     async def _compute(self, query: bytes, product_id: str, preview: str) -> Explanation:
         settings = self.settings
         size = max(self.embedder.encoder.input_size, PANEL)
-        image = await to_thread.run_sync(lambda: decode_query(query, max_pixels=settings.max_image_pixels,
-                                                              shorter_side=size,
-                                                              max_aspect=settings.max_aspect_ratio))
+        image = await to_thread.run_sync(lambda: decode_query(query, policy=settings.image_policy, shorter_side=size))
         hit = await to_thread.run_sync(_hit_image, self.model, settings, product_id, preview)
         future = self.embedder.batcher.call(explain_images, self.embedder.encoder, image, hit)
         found: Explanation = await asyncio.wrap_future(future)
@@ -113,8 +118,7 @@ class Explainer:
     def _render(self, query: bytes, product_id: str, preview: str, found: Explanation, view: str) -> bytes:
         panels = []
         if view in ("both", "query"):
-            image = decode_query(query, max_pixels=self.settings.max_image_pixels, shorter_side=PANEL,
-                                 max_aspect=self.settings.max_aspect_ratio)
+            image = decode_query(query, policy=self.settings.image_policy, shorter_side=PANEL)
             panels.append(overlay(image, found.query))
         if view in ("both", "hit"):
             panels.append(overlay(_hit_image(self.model, self.settings, product_id, preview), found.hit))

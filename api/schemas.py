@@ -7,13 +7,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, field_validator
 
-from utils.redact import redact_optional, redact_text, redact_url
-
 ExtraValue = str | int | float | bool | None
-
-
-def _redacted_extra(extra: dict[str, Any]) -> dict[str, Any]:
-    return {k: redact_text(v) if isinstance(v, str) else v for k, v in extra.items()}
 
 
 class ValidationProblem(BaseModel):
@@ -60,17 +54,6 @@ class SearchHit(BaseModel):
     image_url: str | None = Field(None, description="the cached preview, served by this API")
     model: str | None = Field(None, description="the model this hit comes from (merged rankings)")
     extra: dict[str, Any] = Field(default_factory=dict, description="the product's extra CSV columns")
-
-    # display copies: credentials in a catalogue URL never reach a shopper (the fetch used the original)
-    @field_validator("preview_image", "image_url")
-    @classmethod
-    def _redact_urls(cls, url: str | None) -> str | None:
-        return redact_optional(url)
-
-    @field_validator("extra")
-    @classmethod
-    def _redact_extra(cls, extra: dict[str, Any]) -> dict[str, Any]:
-        return _redacted_extra(extra)
 
 
 class SearchResponse(BaseModel):
@@ -155,28 +138,15 @@ class ProductInfo(BaseModel):
                                         description="per image: its cached copy served by this API, or null")
     extra: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("preview_image", "image_url")
-    @classmethod
-    def _redact_urls(cls, url: str | None) -> str | None:
-        return redact_optional(url)
-
-    @field_validator("images")
-    @classmethod
-    def _redact_images(cls, refs: list[str]) -> list[str]:
-        return [redact_url(r) for r in refs]
-
-    @field_validator("extra")
-    @classmethod
-    def _redact_extra(cls, extra: dict[str, Any]) -> dict[str, Any]:
-        return _redacted_extra(extra)
-
 
 class ProductUpsert(BaseModel):
     """A product to add or update; its images are fetched (http(s) URL or a path inside data/<model>/)."""
 
     id: str = Field(min_length=1, max_length=256, pattern=r"^[^/\\\x00-\x1f]+$")
     title: str = Field(min_length=1, max_length=1000)
-    images: list[Annotated[str, Field(min_length=1, max_length=2048, pattern=r"\S")]] = Field(
+    # "a character strip() keeps": the schema's \s (Unicode White_Space, as clients' regex engines read it) lacks
+    # the separators \x1c-\x1f that Python's str.strip() also removes, so they are named here too.
+    images: list[Annotated[str, Field(min_length=1, max_length=2048, pattern=r"[^\s\x1c-\x1f]")]] = Field(
         min_length=1, max_length=10, description="1-10 references, each with a non-blank character")
     category: str | None = Field(None, max_length=200)
     extra: dict[str, ExtraValue] = Field(default_factory=dict, max_length=50)
@@ -211,11 +181,6 @@ class AdminResponse(BaseModel):
     took_ms: float = Field(description="the whole edit: fetching and embedding the images, then the store write")
     commit_ms: float | None = Field(None, description="the store write alone, until the edit is searchable")
     failed_images: dict[str, str] = Field(default_factory=dict, description="image reference -> reason")
-
-    @field_validator("failed_images")
-    @classmethod
-    def _redact_refs(cls, failed: dict[str, str]) -> dict[str, str]:
-        return {redact_url(ref): reason for ref, reason in failed.items()}
 
 
 class ReloadResponse(BaseModel):

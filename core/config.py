@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.errors import ConfigError
 from core.types import Device, Executor, IndexType, Metric, Precision, StoreKind
+from utils.image_shape import ShapePolicy
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
@@ -133,7 +134,8 @@ class Settings(BaseSettings):
     admin_failures_per_minute: int = Field(
         10, ge=1, le=10_000, description="failed X-API-Key attempts per client address per minute before 429")
     max_aspect_ratio: float = Field(20.0, ge=1, le=1000,
-                                    description="query images more elongated than this get 400")
+                                    description="images more elongated than this are refused wherever they enter "
+                                                "(search, explain, admin upsert: 400; a build: a reported failure)")
 
     # explanations, query log, background jobs
     explain_cache_max_files: int = Field(5000, ge=10, le=10_000_000,
@@ -142,6 +144,11 @@ class Settings(BaseSettings):
     query_log_retention_days: int = Field(30, ge=1, le=3650, description="days of the query log kept")
     job_max_attempts: int = Field(3, ge=1, le=20,
                                   description="runs of a background job interrupted by an API restart before it fails")
+
+    @property
+    def image_policy(self) -> ShapePolicy:
+        """The one image-shape policy every image entry point applies (from the header, before decoding)."""
+        return ShapePolicy(max_pixels=self.max_image_pixels, max_aspect=self.max_aspect_ratio)
 
     @property
     def data_dir(self) -> Path:

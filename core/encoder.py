@@ -30,8 +30,8 @@ logger = logging.getLogger(__name__)
 _HUB_HOST = "huggingface.co"
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """One quick TCP connect instead of the hub client's minute of retries."""
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick TCP connect instead of the hub client's minute of retries (also ``test_setup.py``'s probe)."""
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
         return False
     endpoint = os.environ.get("HF_ENDPOINT") or f"https://{_HUB_HOST}"
@@ -43,11 +43,14 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+OFFLINE_HINT = ("point IMAGESEARCH_CLIP_MODEL at a local folder holding the checkpoint (download it once with "
+                "`huggingface-cli download openai/clip-vit-base-patch32 --local-dir models/clip`), or make "
+                "a tiny test model with `python -m utils.tiny_clip models/tiny_clip`")
+"""What to do without access to the model hub (the README's offline section, in one line)."""
+
+
 def _offline_message(backbone: str, detail: str) -> str:
-    return (f"could not load CLIP weights {backbone!r} ({detail}). Without network access, point "
-            "IMAGESEARCH_CLIP_MODEL at a local folder holding the checkpoint (download it once with "
-            "`huggingface-cli download openai/clip-vit-base-patch32 --local-dir models/clip`), or make "
-            "a tiny test model with `python -m utils.tiny_clip models/tiny_clip`")
+    return f"could not load CLIP weights {backbone!r} ({detail}). Without network access, {OFFLINE_HINT}"
 
 
 def _load_pretrained(backbone: str) -> tuple[Any, Any, Any]:
@@ -74,7 +77,7 @@ def _load_pretrained(backbone: str) -> tuple[Any, Any, Any]:
         return load(local_files_only=True)
     except Exception:
         pass  # not cached yet: fall through to the hub
-    if not _hub_reachable():
+    if not hub_reachable():
         raise BackboneLoadError(_offline_message(backbone, "the model hub cannot be reached"))
     try:
         return load()
@@ -99,12 +102,18 @@ def resolve_precision(precision: Precision, device: str) -> torch.dtype:
     if precision == Precision.AUTO:
         if device == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        try:
-            native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        except (AttributeError, RuntimeError):
-            native = False
-        return torch.bfloat16 if native else torch.float32
+        return torch.bfloat16 if cpu_runs_bf16() else torch.float32
     return {Precision.FP32: torch.float32, Precision.BF16: torch.bfloat16, Precision.FP16: torch.float16}[precision]
+
+
+def cpu_runs_bf16() -> bool:
+    """True where this CPU computes bf16 natively (AVX-512 bf16 / AMX), which ``auto`` precision then uses."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 @dataclass(frozen=True)

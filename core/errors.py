@@ -152,12 +152,14 @@ class TrainingError(ImageSearchError):
 
 
 class ImageNotAvailableError(ImageSearchError):
-    """A known product whose preview image is not cached (or has gone from disk)."""
+    """A known product whose preview image is not cached (or has gone from disk, or is refused by the
+    image-shape policy: ``reason``)."""
 
     status_code = 404
 
-    def __init__(self, model: str, product_id: str) -> None:
-        super().__init__(f"product {product_id!r} in model {model!r} has no cached preview image")
+    def __init__(self, model: str, product_id: str, reason: str = "") -> None:
+        what = f"no usable preview image ({reason})" if reason else "no cached preview image"
+        super().__init__(f"product {product_id!r} in model {model!r} has {what}")
         self.model = model
         self.product_id = product_id
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import queue
 import sqlite3
 import threading
@@ -97,7 +98,9 @@ class QueryLog:
 
     def _run(self) -> None:
         conn = _connect(self.path)
-        last_prune = 0.0
+        # prune after the first batch whatever the clock says: time.monotonic() counts from boot, so "0.0" read
+        # as "an hour ago" only on a machine up for an hour (a fresh CI box kept rows past the retention)
+        last_prune = -math.inf
         try:
             while True:
                 batch = [self._queue.get()]

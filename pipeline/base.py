@@ -17,6 +17,7 @@ from core.errors import NoUsableProductsError
 from core.model_config import ModelPaths, ModelSpec
 from core.types import Embeddings, PhaseName
 from utils.atomic import read_json, sha256_file, write_json_atomic
+from utils.redact import redact_json
 
 if TYPE_CHECKING:
     from core.encoder import ClipEncoder
@@ -167,9 +168,14 @@ def read_checkpoint(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def write_report(path: Path, report: dict[str, Any]) -> None:
+    """A report or checkpoint, atomically, with the credentials of any URL it quotes replaced."""
+    write_json_atomic(path, redact_json(report))
+
+
 def write_checkpoint(path: Path, phase: PhaseName, fingerprint: str, result: PhaseResult, seconds: float) -> None:
     """The marker is written last, atomically: the phase is done exactly when it exists and matches."""
-    write_json_atomic(path, {
+    write_report(path, {
         "phase": phase.value,
         "fingerprint": fingerprint,
         "completed_at": datetime.now(UTC).isoformat(timespec="seconds"),

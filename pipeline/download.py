@@ -24,12 +24,13 @@ from core.config import Settings
 from core.errors import MissingInputError
 from core.model_config import ModelPaths
 from core.types import Executor, PhaseName
-from pipeline.base import PhaseResult, PipelineContext
+from pipeline.base import PhaseResult, PipelineContext, write_report
 from pipeline.image_cache import CachedImage, ImageCache, cache_key
 from pipeline.state import BuildState, ImageRecord
 from utils.address_guard import AddressGuard
-from utils.atomic import write_json_atomic
 from utils.http_fetch import FetchError, Fetcher, FetchPolicy, check_url
+from utils.image_shape import ShapePolicy
+from utils.redact import redact_text
 from utils.images import ImageDecodeError
 
 logger = logging.getLogger(__name__)
@@ -91,6 +92,7 @@ class DownloadPhase:
         size and mtime (or its absence). Copying a missing image in, or fixing a broken one, changes
         it, so a rerun retries the refs that failed (transient failures leave the phase unfinished)."""
         return {"staged": ctx.state().get_meta("staged"), **cache_key(ctx.settings),
+                "max_aspect_ratio": ctx.settings.max_aspect_ratio,
                 "failed": failed_digest(ctx.state(), ctx.paths.data)}
 
     def outputs(self, ctx: PipelineContext) -> list[Path]:
@@ -111,7 +113,8 @@ class DownloadPhase:
                 recorder = _Recorder(state, key, tally)
                 todo = []
                 for ref in refs:
-                    outcome, target = _triage(ref, ctx.paths.data, cache, known.get(ref), key)
+                    outcome, target = _triage(ref, ctx.paths.data, cache, known.get(ref), key,
+                                              ctx.settings.image_policy)
                     if target is not None:
                         todo.append(target)
                     elif outcome is not None:
@@ -194,19 +197,23 @@ class _Tally:
                 self.failed[reason] += 1
                 self.examples.setdefault(reason, [])
                 if len(self.examples[reason]) < _EXAMPLES:
-                    self.examples[reason].append(o.ref[:300])
+                    self.examples[reason].append(o.ref)
                 self.transient += o.transient
                 self.remote_failed += bool(urlsplit(o.ref).scheme)
 
 
 def _triage(ref: str, data_dir: Path, cache: ImageCache, known: dict[str, Any] | None,
-            key: str) -> tuple[Outcome | None, Target | None]:
-    """Settle a ref without any network request when possible: bad ref, or already cached."""
+            key: str, policy: ShapePolicy) -> tuple[Outcome | None, Target | None]:
+    """Settle a ref without any network request when possible: bad ref, or already cached (and its
+    cached copy's shape still within ``policy``: a copy cached before the policy, or under a looser
+    one, is fetched again and judged afresh)."""
     try:
         target = classify(ref, data_dir)
     except FetchError as err:
         return failed_outcome(ref, err), None
     if known is None or known["status"] != ImageStatus.OK.value or known["settings"] != key:
+        return None, target
+    if policy.refusal(known["width"] or 0, known["height"] or 0, copy=True) is not None:
         return None, target
     if target.size is not None and (known["size"], known["mtime_ns"]) != (target.size, target.mtime_ns):
         return None, target
@@ -356,11 +363,20 @@ def _finish(ctx: PipelineContext, tally: _Tally) -> PhaseResult:
     refs = sum(tally.sources.values())
     ok = refs - sum(tally.failed.values())
     ctx.state().put_meta("downloaded", f"{time.time():.6f}")  # extraction's fingerprint: a new download
-    write_json_atomic(download_report_path(ctx.paths), {
-        "model": ctx.model, "refs": refs, "ok": ok, "failed": dict(tally.failed), "examples": tally.examples,
+    examples = _with_rows(ctx.state(), tally.examples)
+    write_report(download_report_path(ctx.paths), {
+        "model": ctx.model, "refs": refs, "ok": ok, "failed": dict(tally.failed), "examples": examples,
         "transient": tally.transient})
     details = {"refs": refs, "downloaded": tally.sources["downloaded"], "reused": tally.sources["reused"],
                "local": tally.sources["local"], "transient": tally.transient,
                "failed_local": tally.sources["failed"] - tally.remote_failed, "failed_remote": tally.remote_failed}
     return PhaseResult(ok=ok, failed=tally.failed, details=details, complete=tally.transient == 0,
-                       examples=tally.examples)
+                       examples=examples)
+
+
+def _with_rows(state: BuildState, examples: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Each example ref as ``row N: <ref>`` (the first CSV row naming it), its credentials redacted, as
+    the summary, the report and the checkpoint show it."""
+    rows = state.first_rows([ref for refs in examples.values() for ref in refs])
+    return {reason: [(f"row {rows[ref]}: " if ref in rows else "") + redact_text(ref)[:300] for ref in refs]
+            for reason, refs in examples.items()}

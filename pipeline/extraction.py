@@ -25,6 +25,7 @@ from core.store import Product, ProductVector, Source
 from core.types import Executor, PhaseName
 from pipeline.base import NothingUsableError, PhaseResult, PipelineContext, digest
 from pipeline.state import BuildState, StagedProduct
+from utils.images import ImageDecodeError, check_shape
 
 if TYPE_CHECKING:
     from core.encoder import ClipEncoder
@@ -105,12 +106,17 @@ def _pixels(ctx: PipelineContext, batch: list[str], failed: Counter[str]) -> tup
     from PIL import Image
 
     encoder = ctx.encoder()
+    policy = ctx.settings.image_policy
     caches, pixels = [], []
     for rel in batch:
         try:
             with Image.open(ctx.paths.image_cache / rel) as img:
+                check_shape(img, policy, copy=True)  # a copy cached before the policy is never scaled up
                 pixels.append(encoder.pixels(img.convert("RGB")))
             caches.append(rel)
+        except ImageDecodeError as exc:
+            logger.warning("%s: cached image %s left out: %s", ctx.model, rel, exc)
+            failed[exc.reason] += 1
         except Exception as exc:  # a damaged cache file is reported and left out; the rest goes on
             logger.warning("%s: cached image %s unreadable: %s", ctx.model, rel, exc)
             failed["unreadable cached image"] += 1

@@ -14,7 +14,7 @@ from typing import Any
 
 from core.config import Settings
 from utils.atomic import write_bytes_atomic
-from utils.images import decode_image, encode_jpeg
+from utils.images import ImageDecodeError, decode_image, encode_jpeg
 
 JPEG_QUALITY = 90
 _CACHE_NAME = re.compile(r"[0-9a-f]{2}/[0-9a-f]{64}\.jpg")
@@ -54,11 +54,13 @@ class ImageCache:
     def encode(self, data: bytes) -> CachedImage:
         """Decode + downscale ``data``, writing nothing (a Ray worker hands the result to the driver,
         which writes it). Raises ImageDecodeError."""
-        img = decode_image(data, max_pixels=self._settings.max_image_pixels,
-                           shorter_side=self._settings.cache_image_size)
+        img = decode_image(data, policy=self._settings.image_policy, shorter_side=self._settings.cache_image_size)
+        try:
+            jpeg = encode_jpeg(img, quality=JPEG_QUALITY)
+        except (OSError, ValueError) as exc:  # whatever PIL cannot write is this image's failure, not the run's
+            raise ImageDecodeError("cannot cache image", f"{img.width}x{img.height}: {exc}") from None
         name = hashlib.sha256(data).hexdigest()
-        return CachedImage(f"{name[:2]}/{name}.jpg", encode_jpeg(img, quality=JPEG_QUALITY), img.width,
-                           img.height, len(data))
+        return CachedImage(f"{name[:2]}/{name}.jpg", jpeg, img.width, img.height, len(data))
 
     def write(self, image: CachedImage) -> None:
         if not _CACHE_NAME.fullmatch(image.rel):  # the name may come back from a Ray worker: never a path

@@ -23,6 +23,7 @@ from core.errors import ImageSearchError
 from pipeline.download import Outcome, Target, classify, failed_outcome, fetch_policy, prepare, read_local
 from pipeline.image_cache import ImageCache
 from utils.http_fetch import FetchError, Fetcher
+from utils.images import check_shape
 
 Batch = dict[str, np.ndarray]
 FATAL = "fatal:"  # an embedding error row starting so stops the run: the actor could not load its encoder
@@ -109,6 +110,7 @@ class Embedder:
         from core.encoder import ClipEncoder
 
         self.encoder: ClipEncoder | None = None
+        self.policy = settings.image_policy
         self.fatal = ""
         try:
             self.encoder = ClipEncoder(backbone, device=settings.device, precision=settings.precision, threads=threads)
@@ -129,6 +131,7 @@ class Embedder:
                 continue
             try:
                 with Image.open(io.BytesIO(jpeg)) as img:
+                    check_shape(img, self.policy, copy=True)  # a copy cached before the policy is never scaled up
                     pixels.append(self.encoder.pixels(img.convert("RGB")))
                 keep.append(i)
             except Exception as exc:  # a damaged cache file is reported and left out; the rest goes on

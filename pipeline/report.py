@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -79,6 +80,10 @@ def _failures(outcomes: list[PhaseOutcome]) -> list[str]:
     return ["failed by reason (with up to 3 examples each):", *lines] if lines else []
 
 
+_PATH_REASONS = ("file not found", "not a file", "unreadable file", "bad path", "path escapes model folder")
+_SHAPE_REASONS = ("too many pixels", "extreme aspect ratio", "side too long")
+
+
 def _next_steps(spec: ModelSpec, settings: Settings, outcomes: list[PhaseOutcome]) -> list[str]:
     download = next((o for o in outcomes if o.phase.value == "image_download"), None)
     lines: list[str] = []
@@ -86,19 +91,27 @@ def _next_steps(spec: ModelSpec, settings: Settings, outcomes: list[PhaseOutcome
         lines.append("some downloads failed for transient reasons (timeouts, 5xx): run again to retry them")
     if download is None or not download.result.failed:
         return lines
-    d = download.result.details
-    if d.get("failed_local", 0):
+    d, failed = download.result.details, download.result.failed
+    if d.get("failed_local", 0) and any(failed[r] for r in _PATH_REASONS):
         lines.append(f"local image paths are relative to {spec.paths(settings).data}: fix the paths or copy the "
                      "images there, then run the same command again (only the images that failed are retried)")
+    if any(failed[r] for r in _SHAPE_REASONS):
+        lines.append("images refused for their shape (pixels, aspect ratio or side length): replace them, or raise "
+                     "IMAGESEARCH_MAX_IMAGE_PIXELS / IMAGESEARCH_MAX_ASPECT_RATIO and run again")
     if d.get("failed_remote", 0) > d.get("transient", 0):
         lines.append("remote images that failed for good (e.g. http 404) are fetched again when products.csv "
                      "changes, or with --force")
     return lines
 
 
-def _model_row(spec: ModelSpec, settings: Settings) -> list[str]:
-    """Counts straight from the model's catalogue database, opened read-only (no store created); for a
-    model in Milvus, the images from the build state and the products from its collection."""
+MODEL_LIST_COLUMNS = ("model", "name", "csv", "products", "images cached", "failed", "indexed", "index", "backbone",
+                      "built at")
+
+
+def model_row(spec: ModelSpec, settings: Settings) -> list[str]:
+    """The model's ``--list`` row (``MODEL_LIST_COLUMNS``): counts straight from the model's catalogue database,
+    opened read-only (no store created); for a model in Milvus, the images from the build state and the products
+    from its collection."""
     paths = spec.paths(settings)
     products = images = failed_images = "-"
     indexed, built, kind = "no", "-", "-"
@@ -164,9 +177,11 @@ def _milvus_count(spec: ModelSpec, settings: Settings) -> str:
     from pymilvus.exceptions import MilvusException
 
     from core.errors import ImageSearchError
-    from core.milvus_store import client, collection_name
+    from core.milvus_store import client, collection_name, milvus_uri
 
     name = collection_name(settings.milvus_prefix, spec.name)
+    if not re.match(r"^[a-z]+://", milvus_uri(settings)) and not Path(milvus_uri(settings)).exists():
+        return "-"  # no milvus-lite file yet: nothing to count, and opening it would create one
     try:
         found = client(settings)
         if not found.has_collection(name):
@@ -200,9 +215,8 @@ def _db_counts(db: Path, *, products: bool = True) -> tuple[str, str, str]:
 def format_model_list(specs: Iterable[ModelSpec], settings: Settings) -> str:
     """One row per model, then a line per model whose CSV changed since its last build."""
     specs = list(specs)
-    rows = [_model_row(s, settings) for s in specs]
-    table = _table(["model", "name", "csv", "products", "images cached", "failed", "indexed", "index", "backbone",
-                    "built at"], rows)
+    rows = [model_row(s, settings) for s in specs]
+    table = _table(list(MODEL_LIST_COLUMNS), rows)
     notes = [f"{row[0]}: CSV changed since the last build; run `python run_training.py {row[0]}`"
              for row in rows if row[2] == "changed"]
     notes += [f"{row[0]}: not built yet; run `python run_training.py {row[0]}`" for row in rows if row[2] == "new"]

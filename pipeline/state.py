@@ -119,6 +119,18 @@ class BuildState:
         while rows := cursor.fetchmany(batch):
             yield [r[0] for r in rows]
 
+    def first_rows(self, refs: Sequence[str]) -> dict[str, int]:
+        """ref -> the first CSV row that names it, for a few refs (a report's examples): one scan of the
+        staged rows, made only when something failed."""
+        if not refs:
+            return {}
+        chunk = list(refs)[:MAX_SQL_VARS]
+        rows = self.db.reader().execute(
+            "SELECT ref, min(row) FROM (SELECT value AS ref, row FROM csv_products, json_each(csv_products.images) "
+            "UNION ALL SELECT preview_image, row FROM csv_products) "
+            f"WHERE ref IN ({_marks(len(chunk))}) GROUP BY ref", chunk).fetchall()
+        return {ref: int(row) for ref, row in rows}
+
     # --- images -------------------------------------------------------------------------------------
     def images(self, refs: Sequence[str]) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}

@@ -11,11 +11,10 @@ from urllib.parse import urlsplit
 
 from core.errors import MissingInputError
 from core.types import PhaseName
-from pipeline.base import PhaseResult, PipelineContext, digest, file_digest
+from pipeline.base import PhaseResult, PipelineContext, digest, file_digest, write_report
 from pipeline.state import StagedProduct
 from pipeline.csv_reader import (DELIMITERS, ImageListError, RawRow, decode_csv, detect_delimiter, parse_image_list,
                                  read_rows)
-from utils.atomic import write_json_atomic
 from utils.redact import escape_control
 
 logger = logging.getLogger(__name__)
@@ -165,7 +164,7 @@ class ValidationPhase:
     def _write(self, ctx: PipelineContext, accepted: int, report: _Report, rows: int, encoding: str,
                delimiter: str) -> PhaseResult:
         failed = Counter(report.rejected_by_reason)
-        write_json_atomic(ctx.paths.models / "validation_report.json", {
+        write_report(ctx.paths.models / "validation_report.json", {
             "model": ctx.model, "encoding": encoding, "delimiter": delimiter, "rows": rows, "accepted": accepted,
             "rejected_by_reason": dict(failed), "rejected": report.rejected[:REPORT_EXAMPLES],
             "warnings": report.warnings[:REPORT_EXAMPLES], "image_rejects": report.image_rejects[:REPORT_EXAMPLES],

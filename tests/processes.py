@@ -33,6 +33,31 @@ def training(root: Path, tiny_clip: Path, *args: str, **extra: str) -> subproces
                             stderr=subprocess.PIPE, text=True)
 
 
+def peak_rss(pid: int | str) -> int:
+    """A live process's resident-set high-water mark, bytes (Linux ``VmHWM``: its own, from its exec on; a
+    child's ``ru_maxrss`` would count the forking test process's memory too)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM for process {pid}")
+
+
+_PEAK_AT_EXIT = """
+import atexit, runpy, sys
+from tests.processes import peak_rss
+out, script = sys.argv[1], sys.argv[2]
+atexit.register(lambda: open(out, "w").write(str(peak_rss("self"))))
+sys.argv = [script, *sys.argv[3:]]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+def peak_rss_command(peak_file: Path, script: Path, *args: str) -> list[str]:
+    """The command running ``script args`` as its own ``__main__`` that writes its peak RSS (bytes) to
+    ``peak_file`` as it exits."""
+    return [sys.executable, "-c", _PEAK_AT_EXIT, str(peak_file), str(script), *args]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -42,12 +67,22 @@ def free_port() -> int:
 class ApiProcess:
     """``run_api.py`` in a subprocess; ``kill()`` is a SIGKILL, as a crash or the OOM killer would."""
 
-    def __init__(self, root: Path, tiny_clip: Path, **extra: str) -> None:
+    def __init__(self, root: Path, tiny_clip: Path, *, console: Path | None = None, **extra: str) -> None:
+        """``console``: a file for what the process prints (default: discarded)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([sys.executable, str(REPO / "run_api.py"), "--port", str(self.port)],
-                                     env=env(root, tiny_clip, **extra), cwd=root, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+        out = console.open("wb") if console is not None else subprocess.DEVNULL
+        try:
+            self.proc = subprocess.Popen([sys.executable, str(REPO / "run_api.py"), "--port", str(self.port)],
+                                         env=env(root, tiny_clip, **extra), cwd=root, stdout=out,
+                                         stderr=subprocess.STDOUT if console is not None else subprocess.DEVNULL)
+        finally:
+            if console is not None:
+                out.close()
+
+    def peak_rss(self) -> int:
+        """The process's resident-set high-water mark so far, bytes (Linux: VmHWM)."""
+        return peak_rss(self.proc.pid)
 
     def wait_ready(self, timeout: float = 90) -> dict:
         deadline = time.monotonic() + timeout

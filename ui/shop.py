@@ -14,6 +14,7 @@ from ui import render
 from ui.client import ApiClient, ApiError, ApiUnavailable, api_url_from_env, upload_limit_from_env
 from ui.grid import ALL, display_name, img_src, show_results
 from ui.query import Query, QueryError, fetch_image, similar_query, text_query
+from utils.image_shape import ShapePolicy
 
 logger = logging.getLogger(__name__)
 
@@ -102,8 +103,13 @@ def _cropped(data: bytes, name: str) -> Query:
     from streamlit_cropper import st_cropper
 
     try:
-        image = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError):
+        opened = Image.open(io.BytesIO(data))
+        # the shape policy's defaults, from the header: a strip or a pixel bomb is not decoded here (the API,
+        # which knows the configured limits, says what is wrong with it)
+        if ShapePolicy().refusal(*opened.size) is not None:
+            return _photo_query(data, name)
+        image = ImageOps.exif_transpose(opened).convert("RGB")
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError):
         return _photo_query(data, name)  # not a readable photo: the API says so, kindly
     region = st_cropper(image, realtime_update=True, box_color="#35508a", key=f"cropper-{name}-{len(data)}")
     out = io.BytesIO()

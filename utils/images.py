@@ -8,6 +8,8 @@ import warnings
 
 from PIL import Image, ImageOps
 
+from utils.image_shape import ShapePolicy
+
 # We enforce our own pixel limit before decoding; PIL's global limit would only warn below 2x.
 Image.MAX_IMAGE_PIXELS = None
 
@@ -21,7 +23,8 @@ class ImageDecodeError(ValueError):
         self.detail = detail
 
 
-def _open_checked(data: bytes, max_pixels: int, max_aspect: float | None = None) -> Image.Image:
+def _open_checked(data: bytes, policy: ShapePolicy) -> Image.Image:
+    """Open lazily (header only) and hold the image to ``policy`` before a pixel is decoded."""
     if not data:
         raise ImageDecodeError("empty file")
     try:
@@ -30,15 +33,16 @@ def _open_checked(data: bytes, max_pixels: int, max_aspect: float | None = None)
             img = Image.open(io.BytesIO(data))
     except Exception as exc:  # PIL raises many types for garbage input
         raise ImageDecodeError("not an image", type(exc).__name__) from None
-    width, height = img.size
-    if width <= 0 or height <= 0:
-        raise ImageDecodeError("not an image", "zero size")
-    if width * height > max_pixels:
-        raise ImageDecodeError("too many pixels", f"{width}x{height} exceeds {max_pixels} pixels")
-    if max_aspect is not None and max(width, height) > max_aspect * min(width, height):
-        # the shorter side is scaled up to the model input: a 20000x1 strip would become gigabytes
-        raise ImageDecodeError("extreme aspect ratio", f"{width}x{height} is more elongated than {max_aspect:g}:1")
+    check_shape(img, policy)
     return img
+
+
+def check_shape(img: Image.Image, policy: ShapePolicy, *, copy: bool = False) -> None:
+    """Raise ImageDecodeError when an opened (not yet decoded) image breaks ``policy``; ``copy``: it is our
+    own downscaled copy (see ShapePolicy.refusal)."""
+    refused = policy.refusal(*img.size, copy=copy)
+    if refused is not None:
+        raise ImageDecodeError(refused.reason, refused.detail)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -63,15 +67,14 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode_image(data: bytes, *, max_pixels: int, shorter_side: int | None = None,
-                 max_aspect: float | None = None) -> Image.Image:
+def decode_image(data: bytes, *, policy: ShapePolicy, shorter_side: int | None = None) -> Image.Image:
     """Decode ``data`` into an RGB image, optionally downscaled so its shorter side is ``shorter_side``.
 
     JPEGs are decoded at a reduced DCT scale when that is enough (PIL ``draft``), so a large
-    photo is never fully decoded just to be shrunk. ``max_aspect`` refuses images more elongated than
-    that ratio before decoding. Raises ImageDecodeError with a reason.
+    photo is never fully decoded just to be shrunk. An image that breaks ``policy`` is refused from its
+    header, before decoding. Raises ImageDecodeError with a reason.
     """
-    img = _open_checked(data, max_pixels, max_aspect)
+    img = _open_checked(data, policy)
     try:
         if getattr(img, "n_frames", 1) > 1:
             img.seek(0)  # animated GIF/WebP/PNG: the first frame stands for the product

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import logging.handlers
 from pathlib import Path
+from typing import Any
 
 from utils.redact import escape_control, redact_text
 
@@ -13,11 +14,18 @@ _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 class SafeFormatter(logging.Formatter):
     """One record, one line: control characters and undecodable bytes in the message are escaped and URL
-    credentials replaced, whatever a client or a CSV put there (a traceback below it stays multi-line)."""
+    credentials replaced, whatever a client or a CSV put there (a traceback below it stays multi-line, its
+    credentials replaced too)."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
         record.message = escape_control(redact_text(record.message))
         return super().formatMessage(record)
+
+    def formatException(self, ei: Any) -> str:  # noqa: N802 - logging's name
+        return redact_text(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:  # noqa: N802 - logging's name
+        return redact_text(super().formatStack(stack_info))
 
 
 def setup_logging(logs_dir: Path, *filenames: str, level: int = logging.INFO,

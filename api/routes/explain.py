@@ -12,6 +12,7 @@ from core.config import Settings
 from api.catalogue import Catalogue
 from api.deps import get_catalogue, get_settings
 from api.explaining import Explainer
+from api.responses import RedactedJSONResponse
 from api.schemas import ExplainResponse, error_responses
 from api.uploads import UPLOAD_OPENAPI, read_query_image
 
@@ -39,6 +40,6 @@ async def explain_match(model: str, request: Request,
     if format == "json":
         _, found = await explainer.grids(upload.data, product_id)
         body = ExplainResponse(model=model, product_id=product_id, **found.to_json())
-        return Response(body.model_dump_json(), media_type="application/json")
+        return RedactedJSONResponse(body.model_dump())
     png = await explainer.png(upload.data, product_id, view)
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})

@@ -1,5 +1,4 @@
-"""Admin: background jobs (rebuild, evaluate, embed) and the merchant's analytics (catalogue map, clusters,
-search log). Jobs run as worker processes; see api/jobs.py."""
+"""Admin: background jobs (rebuild, evaluate, embed). Jobs run as worker processes; see api/jobs.py."""
 
 from __future__ import annotations
 
@@ -8,12 +7,10 @@ from typing import Annotated, Any
 from anyio import to_thread
 from fastapi import APIRouter, Depends, Query, Request
 
-from core.config import Settings
 from core.jobs import JobKind
-from core.query_log import summarize
 
 from api.catalogue import Catalogue
-from api.deps import base_url, get_catalogue, get_settings, require_admin
+from api.deps import get_catalogue, require_admin
 from api.jobs import JobManager, job_json
 from api.schemas import EmbedJobRequest, JobAccepted, RebuildJobRequest, error_responses
 
@@ -73,45 +70,3 @@ async def get_job(task_id: str, jobs: JobManager = Depends(get_jobs)) -> dict[st
 @router.delete("/jobs/{task_id}", summary="Cancel a job (a running worker is stopped)")
 async def cancel_job(task_id: str, jobs: JobManager = Depends(get_jobs)) -> dict[str, Any]:
     return job_json(await to_thread.run_sync(jobs.cancel, task_id))
-
-
-@router.get("/{model}/analytics/map", summary="2-D map of the catalogue (PCA then t-SNE on a sample)")
-async def catalogue_map(model: str, request: Request, sample: Annotated[int, Query(ge=2, le=5000)] = 1500,
-                        catalogue: Catalogue = Depends(get_catalogue),
-                        settings: Settings = Depends(get_settings)) -> dict[str, Any]:
-    from training.catalogue_map import map_points, sample as take
-
-    store = catalogue.model(model).require()
-    points = await to_thread.run_sync(lambda: map_points(take(store, sample, settings.seed), settings.seed))
-    base = base_url(request)
-    for p in points:
-        p["image_url"] = f"{base}/{model}/products/{p['id']}/image"
-    return {"model": model, "method": "pca+tsne", "points": points, "products": store.count()}
-
-
-@router.get("/{model}/analytics/clusters", summary="k-means clusters: representatives and category purity")
-async def catalogue_clusters(model: str, k: Annotated[int, Query(ge=1, le=100)] = 8,
-                             sample: Annotated[int, Query(ge=2, le=20000)] = 5000,
-                             catalogue: Catalogue = Depends(get_catalogue),
-                             settings: Settings = Depends(get_settings)) -> dict[str, Any]:
-    from training.catalogue_map import clusters, sample as take
-
-    store = catalogue.model(model).require()
-    found = await to_thread.run_sync(lambda: clusters(take(store, sample, settings.seed), k, settings.seed))
-    return {"model": model, "k": k, "clusters": found}
-
-
-@router.get("/analytics/queries", summary="Search analytics from the query log, per model and day")
-async def query_analytics(days: Annotated[int, Query(ge=1, le=3650)] = 30,
-                          catalogue: Catalogue = Depends(get_catalogue),
-                          settings: Settings = Depends(get_settings)) -> dict[str, Any]:
-    def categories(model: str, ids: list[str]) -> dict[str, str]:
-        try:
-            store = catalogue.model(model).require()
-        except Exception:
-            return {}
-        return {p.id: p.category for p in store.get(ids) if p.category}
-
-    rows = await to_thread.run_sync(lambda: summarize(settings.query_log_path, days=days, categories=categories))
-    return {"enabled": settings.query_log_enabled, "retention_days": settings.query_log_retention_days,
-            "days": rows}

@@ -60,8 +60,7 @@ async def _search_image(name: str, request: Request, filters: Filters, catalogue
     embedder = catalogue.embedder(model.backbone)
     upload = await read_query_image(request, settings.max_upload_bytes)
     start = time.perf_counter()
-    vectors = await embed_query_image(upload.data, [embedder], max_pixels=settings.max_image_pixels,
-                                      max_aspect=settings.max_aspect_ratio)
+    vectors = await embed_query_image(upload.data, [embedder], policy=settings.image_policy)
     hits = await search_loaded(model, vectors[model.backbone], filters, base_url(request))
     log_search(request, name, "image", filters, elapsed_ms(start), hits)
     return SearchResponse(model=name, query_filename=upload.filename, num_results=len(hits),
@@ -128,8 +127,7 @@ async def search_all(request: Request, top_k: TopK = 10, min_score: MinScore = N
     embedders = {m.backbone: catalogue.embedder(m.backbone) for m in ready}  # one query pass per backbone
     upload = await read_query_image(request, settings.max_upload_bytes)
     start = time.perf_counter()
-    vectors = await embed_query_image(upload.data, list(embedders.values()), max_pixels=settings.max_image_pixels,
-                                      max_aspect=settings.max_aspect_ratio)
+    vectors = await embed_query_image(upload.data, list(embedders.values()), policy=settings.image_policy)
     filters = filters_from(top_k, min_score, flt, offset, rel)
     merged, per_model = await _search_every_model(models, vectors, filters, base_url(request), merge)
     log_search(request, "all", "image", filters, elapsed_ms(start), merged)

@@ -146,3 +146,25 @@ def test_catalogue_map_and_clusters(client):
     assert len(body["points"]) == 40 and {"id", "title", "category", "x", "y", "image_url"} <= set(body["points"][0])
     found = client.get("/general/analytics/clusters", params={"k": 4}, headers=KEY).json()["clusters"]
     assert sum(c["size"] for c in found) == 66 and all(0 < c["purity"] <= 1 and c["representatives"] for c in found)
+
+
+def test_heavy_analytics_are_computed_once_per_catalogue_generation(copy_built, tmp_path):
+    settings = copy_built(tmp_path / "root", ("general",), api_key=API_KEY)
+    server = start_server(settings)
+    ref = next(p for p in (settings.data_dir / "general").rglob("*.jpg") if "image_cache" not in p.parts)
+    try:
+        with server.client(headers=KEY) as c:
+            first = c.get("/general/analytics/map", params={"sample": 30}).json()
+            again = c.get("/general/analytics/map", params={"sample": 30}).json()
+            assert again["computed_at"] == first["computed_at"] and again["points"] == first["points"]
+            groups = [c.get("/general/analytics/clusters", params={"k": 3}).json() for _ in range(2)]
+            assert groups[0]["computed_at"] == groups[1]["computed_at"]
+            other = c.get("/general/analytics/clusters", params={"k": 4}).json()
+            assert other["computed_at"] != groups[0]["computed_at"]  # other parameters, another result
+            edit = {"id": "analytics-new", "title": "New mug",
+                    "images": [str(ref.relative_to(settings.data_dir / "general"))]}
+            assert c.post("/general/products", json=edit).status_code == 200
+            after = c.get("/general/analytics/map", params={"sample": 30}).json()
+            assert after["generation"] > first["generation"] and after["computed_at"] != first["computed_at"]
+    finally:
+        stop_server(server)

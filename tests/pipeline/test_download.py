@@ -389,7 +389,7 @@ def test_a_rerun_retries_local_images_that_now_exist_and_skips_when_nothing_chan
     first = run_phases(ctx, [DownloadPhase()])[0]
     assert first.status == PhaseStatus.RAN and checkpoint.exists()
     assert first.result.failed == Counter({"file not found": 2, "http 404": 1})
-    assert first.result.examples["file not found"] == ["images/a.jpg", "images/b.jpg"]
+    assert first.result.examples["file not found"] == ["row 2: images/a.jpg", "row 2: images/b.jpg"]
     assert (first.result.details["failed_local"], first.result.details["failed_remote"]) == (2, 1)
     http_server.reset()
     assert run_phases(ctx, [DownloadPhase()])[0].status == PhaseStatus.SKIPPED  # nothing changed: no requests

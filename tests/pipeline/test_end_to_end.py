@@ -119,7 +119,7 @@ def test_bad_urls_are_reported_and_every_good_product_is_indexed(make_settings):
     assert not download.complete or "timeout" not in download.failed  # a timeout leaves the phase to retry
     assert outcomes[0].result.failed["no usable image"] == 1 and extraction.failed["no usable image"] == 1
     report = json.loads((spec.paths(settings).models / "download_report.json").read_text())
-    assert report["failed"]["http 404"] == 1 and report["examples"]["http 404"] == [url("/missing.jpg")]
+    assert report["failed"]["http 404"] == 1 and report["examples"]["http 404"] == [f"row 2: {url('/missing.jpg')}"]
     assert sorted(_products(settings, spec)) == ["1", "2", "3"]
 
 

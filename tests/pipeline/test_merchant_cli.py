@@ -56,7 +56,8 @@ def test_summary_prints_when_nothing_is_usable_and_fixing_the_images_fixes_the_b
     assert _errors(failed) == ["error: model 'textiles': no product has a usable image; nothing to index"]
     out = failed.stdout
     assert "feature_extraction  failed" in out and "image_download: file not found x5" in out
-    assert "e.g. images/t1.jpg\n      e.g. images/t2.jpg\n      e.g. images/t3.jpg\n  " in out  # three examples
+    assert ("e.g. row 2: images/t1.jpg\n      e.g. row 3: images/t2.jpg\n      e.g. row 4: images/t3.jpg\n  "
+            in out)  # three examples, each with the CSV row that names it
     assert "images/t4.jpg" not in out
     assert "feature_extraction: no usable image x4" in out and "e.g. row 2: T1" in out
     assert "data_validation: empty title x1" in out and "e.g. row 6: T5" in out
@@ -72,7 +73,7 @@ def test_summary_prints_when_nothing_is_usable_and_fixing_the_images_fixes_the_b
     lines = {line.split()[0]: line.split()[1] for line in fixed.stdout.splitlines()[3:7]}
     assert lines == {"data_validation": "skipped", "image_download": "ran", "feature_extraction": "ran",
                      "index_building": "ran"}
-    assert "image_download: file not found x1" in fixed.stdout and "e.g. images/t3b.jpg" in fixed.stdout
+    assert "image_download: file not found x1" in fixed.stdout and "e.g. row 4: images/t3b.jpg" in fixed.stdout
     assert "index ready" in fixed.stdout and "yes (4)" in _cli(root, tiny_clip, "--list").stdout
 
     again = _cli(root, tiny_clip, "textiles")

@@ -5,11 +5,13 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Annotated
 
+import httpx
 import pytest
 
 from tests.api.conftest import API_KEY, start_server, stop_server
-from tests.security.conftest import guarded_settings
+from tests.security.conftest import KEY, guarded_settings
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 
@@ -28,3 +30,26 @@ def test_schemathesis_all_checks_pass(sec_root, tiny_clip, tmp_path, headers):
         stop_server(server)
     failures = proc.stdout[proc.stdout.find("FAILURES"):] if "FAILURES" in proc.stdout else proc.stdout
     assert proc.returncode == 0, "\n".join(line[:300] for line in failures.splitlines()[:80])
+
+
+def test_an_image_reference_the_schema_admits_is_one_the_server_accepts(guarded):
+    """The admin body's image pattern, read as a client's regex engine reads it, admits no reference the server
+    then refuses as blank (schemathesis found "\\x1f": not whitespace to a client, stripped by the server)."""
+    from pydantic import Field, TypeAdapter
+
+    spec = httpx.get(f"{guarded.url}/openapi.json").json()
+    item = spec["components"]["schemas"]["ProductUpsert"]["properties"]["images"]["items"]
+    as_clients_read_it = TypeAdapter(Annotated[str, Field(pattern=item["pattern"])])  # Rust regex: Unicode \s
+    admitted = []
+    for ch in map(chr, range(0x3000 + 1)):
+        try:
+            as_clients_read_it.validate_python(ch)
+        except ValueError:
+            continue
+        admitted.append(ch)
+    assert "a" in admitted and " " not in admitted
+    blank_to_the_server = [ch for ch in admitted if not ch.strip()]
+    assert blank_to_the_server == []
+    response = httpx.post(f"{guarded.url}/general/products", headers=KEY, timeout=30,
+                          json={"id": "p1", "title": "t", "images": ["\x1f"]})
+    assert response.status_code == 422 and response.json()["errors"][0]["loc"][-2:] == ["images", 0]

@@ -116,5 +116,5 @@ def test_pipeline_download_records_the_refusal(make_settings, http_server, tmp_p
         run_model(settings, ModelRegistry.discover(settings).get("shop"), progress=False)
     report = read_json(settings.models_dir / "shop" / "download_report.json")
     assert report["failed"] == {"address not allowed": 1} and report["examples"]["address not allowed"] == [
-        http_server.url("/a.jpg")]
+        f"row 2: {http_server.url('/a.jpg')}"]
     assert http_server.total_requests == 0

@@ -1,6 +1,8 @@
-"""Browser: "Why this match?" on a result card and the merchant's analytics page (map, clusters, searches,
-jobs), on the real pipeline, API and Streamlit app through Debian's chromium. With ANALYTICS_SHOTS=<folder>
-it also saves the README's screenshots there."""
+"""Browser: "Why this match?" on a result card, the merchant's analytics page (map, clusters, searches,
+jobs) behind the admin key a visitor gives, and the status page's public and operator views, on the real
+pipeline, API and Streamlit app through Debian's chromium. The UI process is started with the admin key in its
+environment, as a careless deployment would: no page may use it. With ANALYTICS_SHOTS=<folder> it also saves
+the README's screenshots there."""
 
 from __future__ import annotations
 
@@ -79,11 +81,50 @@ def test_why_this_match_shows_a_heat_map_on_the_card(app, page):
     _shot(page, "why.png")
 
 
+def _unlock(page, key: str) -> None:
+    page.get_by_label("Admin key").fill(key)
+    page.get_by_role("button", name="Unlock").click()
+
+
+def _main_text(page) -> str:
+    return page.locator("[data-testid=stMain]").inner_text()
+
+
+def test_analytics_ask_for_the_key_and_show_nothing_without_it(app, page):
+    page.goto(f"{app.ui_url}/analytics")
+    page.get_by_label("Admin key").wait_for()
+    _unlock(page, "not-the-key")
+    page.get_by_text("That key was not accepted.").wait_for()
+    text = _main_text(page)
+    for shown in ("Clusters", "Searches", "Jobs", "purity", "t-SNE", "Catalogue"):  # "Catalogue" is the selector
+        assert shown not in text.replace("Catalogue analytics", ""), shown
+    assert page.locator("[data-testid=stVegaLiteChart], .vega-embed, [data-testid=stDataFrame]").count() == 0
+    assert page.get_by_test_id("stException").count() == 0
+
+
+def test_status_shows_operator_details_only_with_the_key(app, page):
+    page.goto(f"{app.ui_url}/status")
+    page.get_by_text("Service status").first.wait_for()
+    grid = page.locator("[data-testid=stDataFrame]").first
+    grid.get_by_text("shirts").first.wait_for(state="attached")  # the grid's cells: in its accessible table
+    text = page.content()
+    for detail in (app.api_url, str(app.root), "run_training", "backbone"):  # shirts is not built: its error
+        assert detail not in text, detail                                     # names a folder and a command
+    page.get_by_text("Operator details").click()
+    _unlock(page, KEY)
+    page.get_by_text(f"Search API: {app.api_url}").wait_for()
+    grid.get_by_text("run_training").first.wait_for(state="attached")
+    page.get_by_role("button", name="Lock").click()
+    page.get_by_text("Operator details").wait_for()
+    assert app.api_url not in page.content()
+
+
 def test_analytics_page_shows_map_clusters_searches_and_jobs(app, page):
     job = requests.post(f"{app.api_url}/general/jobs/embed", json={"ids": ["nope"]}, headers={"X-API-Key": KEY})
     assert job.status_code == 202
     page.goto(f"{app.ui_url}/analytics")
     page.get_by_text("Catalogue analytics").first.wait_for()
+    _unlock(page, KEY)
     page.locator("[data-testid=stVegaLiteChart], .vega-embed").first.wait_for()
     page.get_by_text("PCA then t-SNE").first.wait_for()
     _shot(page, "analytics-map.png")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from utils.image_shape import ShapePolicy
 from utils.images import ImageDecodeError, decode_image, encode_jpeg
 
 
@@ -38,12 +39,12 @@ def bomb_png(width: int = 20000, height: int = 20000) -> bytes:
     lambda: _bytes(Image.new("RGBA", (40, 30), (0, 0, 255, 128)), "WEBP"),
 ])
 def test_every_mode_decodes_to_rgb(make):
-    img = decode_image(make(), max_pixels=10_000)
+    img = decode_image(make(), policy=ShapePolicy(max_pixels=10_000))
     assert img.mode == "RGB" and img.size == (40, 30)
 
 
 def test_transparent_pixels_become_white():
-    img = decode_image(_bytes(Image.new("RGBA", (8, 8), (255, 0, 0, 0)), "PNG"), max_pixels=1000)
+    img = decode_image(_bytes(Image.new("RGBA", (8, 8), (255, 0, 0, 0)), "PNG"), policy=ShapePolicy(max_pixels=1000))
     assert img.getpixel((0, 0)) == (255, 255, 255)
 
 
@@ -52,20 +53,21 @@ def test_transparent_pixels_become_white():
 ])
 def test_refusals_have_stable_reasons(data, reason):
     with pytest.raises(ImageDecodeError) as err:
-        decode_image(data, max_pixels=40_000_000)
+        decode_image(data, policy=ShapePolicy(max_pixels=40_000_000))
     assert err.value.reason == reason
 
 
 def test_truncated_jpeg():
     data = encode_jpeg(Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 400, 3), dtype=np.uint8)))
     with pytest.raises(ImageDecodeError) as err:
-        decode_image(data[: len(data) // 2], max_pixels=10**7)
+        decode_image(data[: len(data) // 2], policy=ShapePolicy(max_pixels=10**7))
     assert err.value.reason == "truncated image"
 
 
 def test_large_jpeg_is_downscaled_to_the_shorter_side():
     data = encode_jpeg(Image.new("RGB", (2000, 1600), (10, 200, 30)))
-    img = decode_image(data, max_pixels=10**8, shorter_side=384)
+    img = decode_image(data, policy=ShapePolicy(max_pixels=10**8), shorter_side=384)
     assert min(img.size) == 384 and img.size[0] == 480
-    small = decode_image(encode_jpeg(Image.new("RGB", (100, 80))), max_pixels=10**8, shorter_side=384)
+    small = decode_image(encode_jpeg(Image.new("RGB", (100, 80))), policy=ShapePolicy(max_pixels=10**8),
+                         shorter_side=384)
     assert small.size == (100, 80)  # never enlarged
