@@ -710,7 +710,7 @@ class MilvusStore:
             return None
         return dict(self._call(self.client.describe_index, self.collection, "vector") or {})
 
-    def _replace_index(self, params: Any) -> None:
+    def _replace_index(self, params: Any, kind: IndexType) -> None:
         """Milvus changes an index only on a released collection: readers get 503 until it is loaded again,
         and must not load it themselves meanwhile (see _load_again)."""
         self._set_meta({"rebuilding": True})
@@ -718,7 +718,13 @@ class MilvusStore:
             self._call(self.client.release_collection, self.collection)
             if self._current_kind() is not None:
                 self._call(self.client.drop_index, self.collection, "vector")
-            self._call(self.client.create_index, self.collection, params)
+            try:
+                self._call(self.client.create_index, self.collection, params)
+            except StoreError:
+                # a long build can outlive its connection (a server that finds the client's keep-alive pings
+                # too many drops it) and pymilvus then asks again: "index already exists", for this very index
+                if self._current_kind() != kind:
+                    raise
             self._call(self.client.load_collection, self.collection)
         finally:
             self._set_meta({"rebuilding": False})
@@ -756,7 +762,7 @@ class MilvusStore:
             self._call(self.client.flush, self.collection)
             kept = self._index_fits(kind, build)
             if not kept:
-                self._replace_index(params)
+                self._replace_index(params, kind)
             search = {"efSearch": self.settings.hnsw_ef_search} if kind == IndexType.HNSW else \
                 {"nprobe": self.settings.ivf_nprobe} if kind != IndexType.FLAT else {}
             self._set_meta({"index": {"kind": kind.value, "params": {**build, **search}, "built_at": now_iso()}})
