@@ -1,8 +1,10 @@
-"""The shared Milvus of ``bench/scale.py --store milvus``: one milvus-lite gRPC server for the run.
+"""The Milvus of ``bench/scale.py --store milvus``: a milvus-lite gRPC server started for the run, or a server
+that runs already (``--milvus-uri``: a Milvus standalone or cluster).
 
 The build process, the store-edits process and the API each open the store, and a milvus-lite file can
-be open in one process only, so all three talk to one server on 127.0.0.1 (the way replicas share a
-Milvus standalone or cluster). The server holds the data, so its RSS is reported beside theirs.
+be open in one process only, so all three talk to one server (the way replicas share a Milvus standalone or
+cluster). The server holds the data, so its RSS is reported beside theirs: the milvus-lite server's own, or
+that of the process listening on an outside server's port on this machine (``--milvus-pid`` names another).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
 
 from bench._scale_http import free_port, rss_mb
 
@@ -48,7 +52,7 @@ class MilvusServer:
         self.stop()
         raise RuntimeError(f"the milvus-lite server did not listen within {timeout} s; see {self.log}")
 
-    def rss(self) -> dict[str, float]:
+    def rss(self) -> dict[str, float] | None:
         """VmRSS (now) and VmHWM (peak since it started) of the server process, MB."""
         assert self.proc is not None, "the server is not running"
         return rss_mb(self.proc.pid)
@@ -75,3 +79,57 @@ class MilvusServer:
 def dir_bytes(folder: Path) -> int:
     """Bytes of every file under ``folder`` (the server's data on disk)."""
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+class OutsideMilvus:
+    """A Milvus server the bench did not start: used as it is, and left running."""
+
+    data_dir: Path | None = None
+
+    def __init__(self, uri: str, pid: int | None = None) -> None:
+        self.uri = uri
+        self.pid = pid if pid is not None else listening_pid(uri)
+
+    def start(self, timeout: float = 60) -> float:
+        """Check that it answers; seconds it took."""
+        from pymilvus import MilvusClient
+
+        start = time.perf_counter()
+        MilvusClient(uri=self.uri, timeout=timeout).close()
+        return time.perf_counter() - start
+
+    def rss(self) -> dict[str, float] | None:
+        """VmRSS and VmHWM of its process (None where it is not on this machine)."""
+        return rss_mb(self.pid) if self.pid is not None else None
+
+    def stop(self) -> None:
+        """Nothing: the server is not the bench's."""
+
+
+def listening_pid(uri: str) -> int | None:
+    """The process listening on ``uri``'s port on this machine (the server, for its RSS), or None."""
+    url = urlparse(uri)
+    if url.hostname not in ("127.0.0.1", "localhost", "::1") or url.port is None:
+        return None
+    try:
+        import psutil  # type: ignore[import-untyped]
+    except ImportError:
+        return None
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == url.port and conn.pid:
+            return int(conn.pid)
+    return None
+
+
+def drop_collections(uri: str, token: str, prefix: str) -> list[str]:
+    """Drop the collections whose names start with ``prefix`` (what a run created on an outside server)."""
+    from pymilvus import MilvusClient
+
+    client: Any = MilvusClient(uri=uri, token=token)
+    try:
+        names = [n for n in client.list_collections() if str(n).startswith(prefix)]
+        for name in names:
+            client.drop_collection(name)
+        return names
+    finally:
+        client.close()

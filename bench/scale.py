@@ -1,6 +1,6 @@
 """Benchmark: the catalogue store at scale, built and served by the real code.
 
-    python bench/scale.py --products 1000000 [--dim 512] [--store local|milvus] [--keep DIR]
+    python bench/scale.py --products 1000000 [--dim 512] [--store local|milvus] [--milvus-uri URI] [--keep DIR]
 
 1. Build: N synthetic products (about 1,000 gaussian clusters of unit vectors, 1,000 categories, a
    price column), generated chunk by chunk and written through ``LocalStore.upsert`` in batches of
@@ -13,11 +13,15 @@
    warm-up; over HTTP vector-search p50/p99, filtered (one category, 0.1%) p50, admin upsert (fetch a
    local JPEG + embed + commit) and delete p50/p99; recall@10 of the HTTP results against exact search.
 
-``--store milvus`` runs the same steps against a Milvus collection: a milvus-lite gRPC server on a free
-127.0.0.1 port (its data under the work folder) that the build process, the store-edits process and the API
-all reach through IMAGESEARCH_MILVUS_URI, as replicas share a Milvus standalone or cluster. The server holds
-the data, so its RSS is reported (after the build, while serving, and its peak) and the data folder's size
-stands for the index file (``data_bytes``).
+``--store milvus`` runs the same steps against a Milvus collection that the build process, the store-edits
+process and the API all reach through IMAGESEARCH_MILVUS_URI, as replicas share a Milvus standalone or
+cluster: a milvus-lite gRPC server started on a free 127.0.0.1 port (its data under the work folder), or with
+``--milvus-uri`` a server that runs already (a Milvus standalone or cluster; IMAGESEARCH_MILVUS_TOKEN and the
+other IMAGESEARCH_* settings of this shell reach every step). The run's collections get a prefix of their own
+(IMAGESEARCH_MILVUS_PREFIX, else a new ``bench_<id>_``) and are dropped at the end unless ``--keep``. The
+server holds the data, so its RSS is reported (after the build, while serving, and its peak: of the process
+listening on the URI's port on this machine, or ``--milvus-pid``'s) and, for milvus-lite, the data folder's
+size stands for the index file (``data_bytes``).
 
 Prints a table and ends with one JSON line. ``--keep DIR`` keeps (and on a later run reuses) the built store.
 """
@@ -27,11 +31,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +50,7 @@ from bench._common import photo_jpegs  # noqa: E402
 from bench._scale_data import Synthetic  # noqa: E402
 from bench._scale_http import (  # noqa: E402
     API_KEY, edits, free_port, recall_at_10, rss_mb, searches, start_api, stored_ids_ok)
-from bench._scale_milvus import MilvusServer, dir_bytes  # noqa: E402
+from bench._scale_milvus import MilvusServer, OutsideMilvus, dir_bytes, drop_collections  # noqa: E402
 from bench._scale_store import percentiles  # noqa: E402
 
 MODEL = "scale"
@@ -52,15 +58,22 @@ IMAGE = "upsert.jpg"
 # Upper bounds; recall_at_10 >= 0.95 is the one lower bound. The edit targets count from after the images
 # are fetched and embedded (the issue's wording): the store-level calls and the API's commit_ms. The
 # HTTP upsert (upsert_p50_ms) includes fetching and embedding the image and is reported, not judged.
-TARGETS = {"api_rss_mb": 3072, "build_peak_rss_mb": 4096, "delete_p50_ms": 50, "upsert_commit_p50_ms": 50,
-           "delete_commit_p50_ms": 50, "store_upsert_p50_ms": 50, "store_delete_p50_ms": 50, "search_p50_ms": 15,
-           "filtered_p50_ms": 15, "build_s": 900}
+TARGETS: dict[str, float] = {
+    "api_rss_mb": 3072, "build_peak_rss_mb": 4096, "delete_p50_ms": 50, "upsert_commit_p50_ms": 50,
+    "delete_commit_p50_ms": 50, "store_upsert_p50_ms": 50, "store_delete_p50_ms": 50, "search_p50_ms": 15,
+    "filtered_p50_ms": 15, "build_s": 900}
+# On a Milvus server (issue 19): search p50 <= 30 ms at 100k x 512 and <= 50 ms at 1M, an admin edit <= 100 ms.
+MILVUS_TARGETS: dict[str, float] = {"delete_p50_ms": 100, "upsert_commit_p50_ms": 100, "delete_commit_p50_ms": 100,
+                  "store_upsert_p50_ms": 100, "store_delete_p50_ms": 100}
+Server = MilvusServer | OutsideMilvus
 
 
-def _env(root: Path, clip: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGESEARCH_")}
+def _env(root: Path, clip: Path, store: str) -> dict[str, str]:
+    """This shell's environment (IMAGESEARCH_* included: a token, the consistency level, index settings) with
+    the bench's own root, CLIP, device, API key and store."""
+    env = dict(os.environ)
     env.update(HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), IMAGESEARCH_ROOT=str(root), IMAGESEARCH_CLIP_MODEL=str(clip),
-               IMAGESEARCH_DEVICE="cpu", IMAGESEARCH_API_KEY=API_KEY)
+               IMAGESEARCH_DEVICE="cpu", IMAGESEARCH_API_KEY=API_KEY, IMAGESEARCH_STORE=store)
     return env
 
 
@@ -68,13 +81,18 @@ def _mb(value: float) -> float:
     return round(value, 1)
 
 
-def milvus_figures(server: MilvusServer | None, when: str) -> dict[str, Any]:
-    """The server's RSS now and its peak so far, and its data folder's size, under ``when``'s names."""
+def milvus_figures(server: Server | None, when: str) -> dict[str, Any]:
+    """The server's RSS now and its peak so far, and its data folder's size, under ``when``'s names (what is
+    known: an outside server's process may be elsewhere, its data folder is not the bench's)."""
     if server is None:
         return {}
     rss = server.rss()
-    return {f"milvus_rss_{when}_mb": _mb(rss["VmRSS"]), f"milvus_peak_rss_{when}_mb": _mb(rss["VmHWM"]),
-            f"data_bytes_{when}": dir_bytes(server.data_dir)}
+    found: dict[str, Any] = {}
+    if rss is not None:
+        found.update({f"milvus_rss_{when}_mb": _mb(rss["VmRSS"]), f"milvus_peak_rss_{when}_mb": _mb(rss["VmHWM"])})
+    if server.data_dir is not None:
+        found[f"data_bytes_{when}"] = dir_bytes(server.data_dir)
+    return found
 
 
 def _worker(step: str, args: argparse.Namespace, env: dict[str, str], *extra: str) -> dict[str, Any]:
@@ -104,10 +122,10 @@ def prepare(args: argparse.Namespace) -> tuple[Path, dict[str, str]]:
     (data / "products.csv").write_text("id,title,category,images,price\n", encoding="utf-8")
     if not (data / IMAGE).is_file():
         photo_jpegs(data, 1, size=(320, 240))[0].rename(data / IMAGE)
-    return clip, _env(args.work / "root", clip)
+    return clip, _env(args.work / "root", clip, args.store)
 
 
-def build(args: argparse.Namespace, env: dict[str, str], server: MilvusServer | None) -> dict[str, Any]:
+def build(args: argparse.Namespace, env: dict[str, str], server: Server | None) -> dict[str, Any]:
     """Build the store, or reuse the one a previous --keep run built for the same size and store."""
     stamp = args.work / "build.json"
     if stamp.is_file():
@@ -122,7 +140,7 @@ def build(args: argparse.Namespace, env: dict[str, str], server: MilvusServer | 
     return result
 
 
-def serve(args: argparse.Namespace, env: dict[str, str], syn: Synthetic, server: MilvusServer | None
+def serve(args: argparse.Namespace, env: dict[str, str], syn: Synthetic, server: Server | None
           ) -> dict[str, Any]:
     """Start the API, measure over HTTP, stop it."""
     print("queries: exact top-10 by numpy over every vector...", flush=True)
@@ -166,11 +184,18 @@ def serve(args: argparse.Namespace, env: dict[str, str], syn: Synthetic, server:
             **{k: v for k, v in serving.items() if not k.startswith("data_bytes")}}
 
 
-def _verdict(key: str, value: Any) -> str:
+def _targets(result: dict[str, Any]) -> dict[str, float]:
+    if result.get("store") != "milvus":
+        return TARGETS
+    search = 30 if result["products"] <= 100_000 else 50
+    return {**MILVUS_TARGETS, "search_p50_ms": search, "filtered_p50_ms": search}
+
+
+def _verdict(key: str, value: Any, targets: dict[str, float]) -> str:
     if key == "recall_at_10":
         return "ok" if value >= 0.95 else "MISS (>= 0.95)"
-    if key in TARGETS and isinstance(value, int | float):
-        return "ok" if value <= TARGETS[key] else f"MISS (<= {TARGETS[key]})"
+    if key in targets and isinstance(value, int | float):
+        return "ok" if value <= targets[key] else f"MISS (<= {targets[key]})"
     return ""
 
 
@@ -181,7 +206,7 @@ def report(result: dict[str, Any]) -> None:
     for key, value in result.items():
         if key in ("index_params", "load_average", "products", "dim", "index_type"):
             continue
-        print(f"  {key:24}{value!s:>14}  {_verdict(key, value)}")
+        print(f"  {key:24}{value!s:>14}  {_verdict(key, value, _targets(result))}")
     print(json.dumps(result), flush=True)
 
 
@@ -190,7 +215,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--products", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--store", choices=["local", "milvus"], default="local",
-                        help="local (SQLite + FAISS) or milvus (a milvus-lite gRPC server shared by every step)")
+                        help="local (SQLite + FAISS) or milvus (one Milvus server shared by every step: a milvus-lite "
+                             "gRPC server started for the run, or --milvus-uri's)")
+    parser.add_argument("--milvus-uri", default="", metavar="URI",
+                        help="a Milvus server that runs already (http://host:19530; implies --store milvus); the "
+                             "run's collections are dropped at the end unless --keep")
+    parser.add_argument("--milvus-pid", type=int, default=None,
+                        help="the server's process, for its RSS (default: the one listening on the URI's port here)")
     parser.add_argument("--keep", type=Path, default=None, help="work folder kept after the run (and reused)")
     parser.add_argument("--queries", type=int, default=300, help="vector searches over HTTP")
     parser.add_argument("--recall-queries", type=int, default=200, help="of those, how many score recall@10")
@@ -200,17 +231,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api-env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra environment for the API process, e.g. OMP_WAIT_POLICY=PASSIVE (repeatable)")
     args = parser.parse_args(argv)
+    if args.milvus_uri:
+        args.store = "milvus"
     args.work = args.keep or Path(tempfile.mkdtemp(prefix="imagesearch-scale-"))
     args.work.mkdir(parents=True, exist_ok=True)
     load = round(os.getloadavg()[0], 2)
     started = time.perf_counter()
-    server = MilvusServer(args.work / "milvus", args.work / "milvus.log") if args.store == "milvus" else None
+    server = _server(args)
+    prefix = _prefix(args.work)
     try:
         _, env = prepare(args)
         if server is not None:
-            print(f"milvus: starting a milvus-lite server (log {server.log})...", flush=True)
+            print(f"milvus: {'reaching ' + server.uri if args.milvus_uri else 'starting a milvus-lite server'}...",
+                  flush=True)
             server.start()
-            env.update(IMAGESEARCH_STORE="milvus", IMAGESEARCH_MILVUS_URI=server.uri)
+            env.update(IMAGESEARCH_MILVUS_URI=server.uri, IMAGESEARCH_MILVUS_PREFIX=prefix)
         built = build(args, env, server)
         store_ops = _worker("ops", args, env, "--edits", str(args.store_edits))
         served = serve(args, env, Synthetic(args.products, args.dim), server)
@@ -219,11 +254,34 @@ def main(argv: list[str] | None = None) -> int:
         if server is not None:
             server.stop()
         if args.keep is None:
+            if args.milvus_uri:
+                drop_collections(args.milvus_uri, os.environ.get("IMAGESEARCH_MILVUS_TOKEN", ""), prefix)
             shutil.rmtree(args.work, ignore_errors=True)
     result = {"bench": "scale", **built, **store_ops, **served, **ended, "load_average": load,
               "bench_s": round(time.perf_counter() - started, 1)}
+    if args.milvus_uri:
+        result["milvus_uri"] = re.sub(r"//[^/@]*@", "//", args.milvus_uri)
     report(result)
     return 0
+
+
+def _server(args: argparse.Namespace) -> Server | None:
+    if args.milvus_uri:
+        return OutsideMilvus(args.milvus_uri, args.milvus_pid)
+    if args.store == "milvus":
+        return MilvusServer(args.work / "milvus", args.work / "milvus.log")
+    return None
+
+
+def _prefix(work: Path) -> str:
+    """The run's collection prefix: IMAGESEARCH_MILVUS_PREFIX, else one of its own (kept with --keep's folder, so
+    a later run finds the collections it built)."""
+    if os.environ.get("IMAGESEARCH_MILVUS_PREFIX"):
+        return os.environ["IMAGESEARCH_MILVUS_PREFIX"]
+    saved = work / "milvus_prefix"
+    if not saved.is_file():
+        saved.write_text(f"bench_{uuid.uuid4().hex[:8]}_")
+    return saved.read_text().strip()
 
 
 if __name__ == "__main__":

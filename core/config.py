@@ -90,6 +90,9 @@ class Settings(BaseSettings):
                                                        "never printed")
     milvus_prefix: str = Field("imagesearch_", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$",
                                description="prefix of the per-model collection names")
+    milvus_consistency: Literal["session", "strong"] = Field(
+        "session", description="session: a process reads its own writes at once and other processes' within about "
+                               "a second; strong: every read waits for every write (a server time tick, 200 ms)")
     executor: Executor = Field(Executor.LOCAL, description="local | ray: where the download and extraction "
                                                            "phases run")
     ray_address: str = Field("", max_length=2000,

@@ -6,10 +6,13 @@ keep no state of their own. A small ``<collection>__meta`` collection holds the 
 head, filterable columns, categories, index description and calibration.
 
 ``IMAGESEARCH_MILVUS_URI`` is a file path (milvus-lite, embedded: one process at a time) or
-``http://host:19530`` (a Milvus standalone or cluster, with ``IMAGESEARCH_MILVUS_TOKEN``). Writes use
-Milvus's own upsert and delete; searches read with Strong consistency, so a write made by any process
-is seen by the next search. The vector index type follows the catalogue's size, as the local
-store's does. The pipeline's build state (staged CSV rows, fetched images, view vectors) stays in a
+``http://host:19530`` (a Milvus standalone or cluster, 2.3 and newer, with ``IMAGESEARCH_MILVUS_TOKEN``).
+What the server cannot hold natively is laid out as ``core.milvus_schema`` says. Writes use Milvus's own
+upsert and delete. Reads are Session-consistent (``core.milvus_consistency``): this process sees its own
+writes at its next read, other processes' writes once the server has applied them (a time tick or two);
+the API's watcher (``refresh``) makes sure of it within about a second. ``IMAGESEARCH_MILVUS_CONSISTENCY=
+strong`` makes every read wait for every write instead. The vector index type follows the catalogue's
+size, as the local store's does. The pipeline's build state (staged CSV rows, fetched images, view vectors) stays in a
 local SQLite file on the build machine (``models/<m>/build.db``), opened only when used.
 
 What Milvus cannot give: transactions across rows (a batch upsert is not atomic across processes,
@@ -41,7 +44,9 @@ from core.config import Settings
 from core.errors import CatalogueReplacedError, StoreError, StoreUnavailableError, require_module
 from core.head import ProjectionHead
 from core.milvus_deletes import Tombstones, machine_lock, side_collection
+from core.milvus_consistency import Pending, recent_writes
 from core.milvus_expr import expression, id_list, literal
+from core.milvus_schema import FIELDS, Layout, catalogue_schema, clip_of, encode_row, probe, product_of
 from core.sqlite_db import Database, stage_ids
 from core.store import (FILTER_COLUMN, Filter, Hit, Product, ProductVector, ServedIndex, Source, StoreStats,
                         is_number, next_stamp, outlasting_delete, product_digest, row_digest)
@@ -51,7 +56,8 @@ from utils.atomic import write_json_atomic
 logger = logging.getLogger(__name__)
 
 BUILD_DB = "build.db"
-_FIELDS = ["id", "title", "category", "images", "preview_image", "preview_cache", "extra", "source", "updated_at"]
+_FIELDS = FIELDS
+_STATE = ("generation", "counts", "columns")  # the write state: one upsert writes all three
 _WRITE_BATCH = 1000  # rows per upsert call (a gRPC message stays well under Milvus's 64 MB)
 _ID_BATCH = 1000  # ids per "id in [...]" expression
 _SCAN_BATCH = 16_384  # milvus-lite re-reads the collection per page: few, large pages
@@ -66,6 +72,7 @@ _SERVED_KINDS = {k.value for k in _MILVUS_INDEX}
 _NOT_LOADED = 101  # Milvus's CollectionNotLoaded (milvus-lite answers it too)
 _clients: dict[tuple[str, str], Any] = {}
 _clients_lock = threading.Lock()
+_layouts: dict[str, Layout] = {}  # what each server takes natively, probed once per process
 
 
 def collection_name(prefix: str, model: str) -> str:
@@ -260,6 +267,9 @@ class MilvusStore:
         self._pinned = collection is not None
         self.collection = collection or self._call(_pointed, self.client, self.base)
         self.meta_collection = self.collection + "__meta"
+        self._uri = milvus_uri(settings)
+        self._writes = recent_writes(self._uri, self.collection)
+        self._strong = settings.milvus_consistency == "strong"
         self.head = head
         self._head = head.sha256 if head is not None else None
         self.text_encoder: TextEncoder | None = None
@@ -267,7 +277,10 @@ class MilvusStore:
         self._lock = threading.RLock()
         self._index: MilvusIndex | None = None
         self._seen = -1
+        self._epoch = 0  # moves whenever the served description is replaced (refresh installs only on its own)
         self._known = False
+        self._dim: int | None = None
+        self._layout: Layout | None = None
         self._released = False  # a call found the collection not loaded: refresh() loads it again
         self._meta_cache: dict[str, tuple[int, Any]] = {}
         self._deleted = Tombstones(self.client, self.collection, self._call)
@@ -339,52 +352,101 @@ class MilvusStore:
         self._set_meta(values)
         self._meta_cache.clear()
 
-    def _meta(self, key: str, default: Any = "") -> Any:
-        rows = self._call(self.client.query, self.meta_collection, filter=f"key == {literal(key)}",
-                          output_fields=["value"], consistency_level="Strong")
-        return json.loads(rows[0]["value"]) if rows else default
+    def _read(self, pending: Pending, fn: Any, *args: Any, strong: bool = False, **kw: Any) -> Any:
+        """A read (search, count, query) that shows this process's writes: Strong when configured or asked,
+        or while a write of this process to that collection is ``pending`` (which it then covers); else
+        Bounded, answered at once."""
+        token = pending.token()
+        if not (self._strong or strong or token is not None):
+            return self._call(fn, *args, consistency_level="Bounded", **kw)
+        found = self._call(fn, *args, consistency_level="Strong", **kw)
+        pending.confirm(token)
+        return found
 
-    def _metas(self, keys: Sequence[str]) -> dict[str, Any]:
-        """Several meta values in one query (absent keys are left out)."""
-        rows = self._call(self.client.query, self.meta_collection, filter=f"key in {id_list(keys)}",
-                          output_fields=["key", "value"], consistency_level="Strong")
-        return {str(r["key"]): json.loads(r["value"]) for r in rows}
+    def _meta(self, key: str, default: Any = "") -> Any:
+        return self._metas([key]).get(key, default)
+
+    def _metas(self, keys: Sequence[str], *, strong: bool = False) -> dict[str, Any]:
+        """Several meta values in one query (absent keys are left out), this process's own writes included: the
+        write state alone is read fast and merged with this process's last one; ``strong`` reads every
+        process's writes."""
+        query = (self.meta_collection,)
+        kw = {"filter": f"key in {id_list(keys)}", "output_fields": ["key", "value"]}
+        if strong or any(k not in _STATE for k in keys):
+            rows = self._read(self._writes.meta, self.client.query, *query, strong=strong, **kw)
+        else:
+            rows = self._call(self.client.query, *query, consistency_level=self._fast(), **kw)
+        found = {str(r["key"]): json.loads(r["value"]) for r in rows}
+        if any(k in _STATE for k in keys):
+            merged = self._writes.newest_state({k: found[k] for k in _STATE if k in found})
+            found.update({k: merged[k] for k in keys if k in _STATE and k in merged})
+        return found
+
+    def _fast(self) -> str:
+        return "Strong" if self._strong else "Bounded"
 
     def _set_meta(self, values: dict[str, Any]) -> None:
         rows = [{"key": k, "value": json.dumps(v), "v": [0.0, 0.0]} for k, v in values.items()]
         self._call(self.client.upsert, self.meta_collection, rows)
+        if any(k not in _STATE for k in values):
+            self._writes.meta.wrote()
 
-    def _bump(self) -> int:
-        gen = max(int(self._meta("generation", 0)) + 1, 1)
-        self._set_meta({"generation": gen})
+    def _commit(self, removed: Sequence[tuple[str, str]], added: Sequence[tuple[str, str]],
+                extras: Sequence[dict[str, Any]] = ()) -> int:
+        """After a write: the next generation, the (source, category) counts moved by the deltas and any new
+        filterable column in ``extras``, written in one upsert (read fast: this process's last write state
+        counts even where the server does not show it yet). Two processes writing in the same moment may each
+        miss the other's delta (the generation still moves on); the next build recounts."""
+        state = self._metas(_STATE)
+        counts = state.get("counts") or {}
+        source, category = Counter(counts.get("source") or {}), Counter(counts.get("category") or {})
+        for sign, pairs in ((-1, removed), (1, added)):
+            for src, cat in pairs:
+                source[src] += sign
+                category[cat] += sign
+        gen = max(int(state.get("generation", 0)) + 1, 1)
+        self._write_state({"generation": gen, "columns": _columns(dict(state.get("columns") or {}), extras,
+                                                                        self.settings.max_filter_columns),
+                           "counts": {"source": {k: v for k, v in source.items() if v > 0},
+                                      "category": {k: v for k, v in category.items() if v > 0}}})
         return gen
 
-    def _create(self, dim: int, clip_dim: int) -> None:
-        from pymilvus import DataType, MilvusClient
+    def _write_state(self, state: dict[str, Any]) -> None:
+        self._set_meta(state)
+        self._writes.wrote_state(state)
+        self._meta_cache.pop("columns", None)
 
-        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=1024)
-        schema.add_field("title", DataType.VARCHAR, max_length=8192)
-        schema.add_field("category", DataType.VARCHAR, max_length=1024)
-        schema.add_field("images", DataType.JSON)
-        schema.add_field("preview_image", DataType.VARCHAR, max_length=8192)
-        schema.add_field("preview_cache", DataType.VARCHAR, max_length=8192)
-        schema.add_field("extra", DataType.JSON)
-        schema.add_field("num", DataType.JSON)  # the numeric value of each number-like extra column
-        schema.add_field("source", DataType.VARCHAR, max_length=8)
-        schema.add_field("updated_at", DataType.DOUBLE)
-        schema.add_field("digest", DataType.VARCHAR, max_length=64)
-        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
-        schema.add_field("clip", DataType.FLOAT_VECTOR, dim=clip_dim)
+    def _bump(self) -> int:
+        return self._commit((), ())
+
+    def _create(self, dim: int, clip_dim: int) -> None:
+        with _clients_lock:
+            layout = _layouts.get(self._uri)
+        if layout is None:
+            layout = probe(self.client, self.collection + "__probe")
+            with _clients_lock:
+                _layouts[self._uri] = layout
         params = self.client.prepare_index_params()
         self._add_vector_index(params, IndexType.FLAT, 0)
-        params.add_index(field_name="clip", index_type="FLAT", metric_type=self._metric())
-        self.client.create_collection(self.collection, schema=schema, index_params=params)
+        if layout.clip_vector:  # Milvus loads a collection only with every vector field indexed
+            params.add_index(field_name="clip", index_type="FLAT", metric_type=self._metric())
+        self.client.create_collection(self.collection, schema=catalogue_schema(layout, dim, clip_dim),
+                                      index_params=params)
         self.client.load_collection(self.collection)
         # the collection is created with its (flat) vector index: that is the index's build time
-        self._set_meta({"head": self._head or "", "dim": dim,
+        self._set_meta({"head": self._head or "", "dim": dim, "layout": layout.to_json(),
                         "index": {"kind": IndexType.FLAT.value, "params": {}, "built_at": now_iso()}})
-        logger.info("%s: Milvus collection %s created (%d-dim vectors)", self.name, self.collection, dim)
+        self._layout, self._dim = layout, dim
+        logger.info("%s: Milvus collection %s created (%d-dim vectors; CLIP vectors %s, images as a JSON %s)",
+                    self.name, self.collection, dim, "as a vector field" if layout.clip_vector else "in base64",
+                    "array" if layout.json_arrays else "object")
+
+    @property
+    def layout(self) -> Layout:
+        """How this collection holds CLIP vectors and image lists (fixed when it was created)."""
+        if self._layout is None:
+            self._layout = Layout.from_json(self._meta("layout", None))
+        return self._layout
 
     def _metric(self) -> str:
         return "COSINE" if self.settings.metric == Metric.COSINE else "L2"
@@ -402,8 +464,10 @@ class MilvusStore:
     # --- protocol: metadata ----------------------------------------------------------------------
     @property
     def dim(self) -> int | None:
-        dim = self._meta("dim", None)
-        return int(dim) if dim else None
+        if self._dim is None:  # fixed once the collection exists
+            dim = self._meta("dim", None)
+            self._dim = int(dim) if dim else None
+        return self._dim
 
     @property
     def live_index(self) -> MilvusIndex | None:
@@ -412,12 +476,15 @@ class MilvusStore:
     def generation(self) -> int:
         return int(self._meta("generation", 0))
 
-    def count(self) -> int:
-        """Products in the collection (Milvus's row count: no scan)."""
+    def count(self, *, strong: bool = False) -> int:
+        """Products in the collection, exactly (a ``count(*)`` query: the collection statistics' row count
+        leaves out rows not flushed yet and keeps deleted ones), this process's writes included; ``strong``:
+        every process's writes."""
         if not self._exists():
             return 0
-        found = self._call(self.client.get_collection_stats, self.collection)
-        return int(found.get("row_count", 0))
+        rows = self._read(self._writes.rows, self.client.query, self.collection, filter="",
+                          output_fields=["count(*)"], strong=strong)
+        return int(rows[0]["count(*)"]) if rows else 0
 
     def columns(self) -> dict[str, str]:
         """Filterable extra columns (re-read when the generation this process has seen moves on)."""
@@ -438,17 +505,6 @@ class MilvusStore:
         return StoreStats(products=self.count(), by_source=by_source, categories=cats, columns=self.columns(),
                           generation=self.generation())
 
-    def _add_counts(self, removed: Sequence[tuple[str, str]], added: Sequence[tuple[str, str]]) -> None:
-        """Apply (source, category) deltas to the stored counts (read just before the write)."""
-        counts = self._meta("counts", {}) or {}
-        source, category = Counter(counts.get("source") or {}), Counter(counts.get("category") or {})
-        for sign, pairs in ((-1, removed), (1, added)):
-            for src, cat in pairs:
-                source[src] += sign
-                category[cat] += sign
-        self._set_meta({"counts": {"source": {k: v for k, v in source.items() if v > 0},
-                                   "category": {k: v for k, v in category.items() if v > 0}}})
-
     def recount(self) -> None:
         """Exact counts by source and category, from one scan (a build does this at its index phase)."""
         source: Counter[str] = Counter()
@@ -456,15 +512,18 @@ class MilvusStore:
         for rows in self._scan(["source", "category"]):
             source.update(r["source"] for r in rows)
             category.update(r["category"] for r in rows)
-        self._set_meta({"counts": {"source": dict(source), "category": dict(category)}})
+        with self._lock:
+            state = self._metas(_STATE)
+            self._write_state({"generation": int(state.get("generation", 0)), "columns": state.get("columns") or {},
+                               "counts": {"source": dict(source), "category": dict(category)}})
 
     def get(self, ids: Sequence[str]) -> list[Product]:
-        found = {row["id"]: _product(row) for row in self._rows(ids, _FIELDS)}
+        found = {row["id"]: product_of(row) for row in self._rows(ids, _FIELDS)}
         return [found[i] for i in ids if i in found]
 
     def vectors(self, ids: Sequence[str], *, clip: bool = False) -> Embeddings:
         field = "clip" if clip else "vector"
-        found = {row["id"]: row[field] for row in self._rows(ids, ["id", field])}
+        found = {row["id"]: clip_of(row[field]) for row in self._rows(ids, ["id", field])}
         missing = [i for i in ids if i not in found]
         if missing:
             raise KeyError(missing[0])
@@ -482,19 +541,28 @@ class MilvusStore:
         return np.asarray(rows, dtype=np.float32).reshape(len(hits), -1) if rows else np.zeros((0, dim), np.float32)
 
     def _rows(self, ids: Sequence[str], fields: list[str]) -> list[dict[str, Any]]:
+        """The rows of ``ids`` that exist (with ``id`` and ``updated_at`` besides ``fields``): read fast, and
+        again with Strong consistency where the fast answer misses one of this process's recent writes."""
         if not ids or not self._exists():
             return []
         out: list[dict[str, Any]] = []
         unique = list(dict.fromkeys(ids))
+        wanted = list(dict.fromkeys([*fields, "id", "updated_at"]))
         for start in range(0, len(unique), _ID_BATCH):
             chunk = unique[start:start + _ID_BATCH]
-            out.extend(self._call(self.client.query, self.collection, filter=f"id in {id_list(chunk)}",
-                                  output_fields=fields, consistency_level="Strong"))
+            expr = f"id in {id_list(chunk)}"
+            rows = self._call(self.client.query, self.collection, filter=expr, output_fields=wanted,
+                              consistency_level=self._fast())
+            if not self._writes.shows(chunk, rows):
+                rows = self._read(self._writes.rows, self.client.query, self.collection, filter=expr,
+                                  output_fields=wanted, strong=True)
+            out.extend(rows)
         return out
 
     def _scan(self, fields: list[str], expr: str = "") -> Iterator[list[dict[str, Any]]]:
-        """Every row's ``fields``, a batch at a time (a query iterator: bounded memory at any size)."""
-        if not self._exists():
+        """Every row's ``fields``, a batch at a time (a query iterator: bounded memory at any size). The count
+        before it reads Strong while this process has writes pending (the iterator does not wait for them)."""
+        if not self.count():
             return
         it = self._call(self.client.query_iterator, self.collection, batch_size=_SCAN_BATCH, filter=expr,
                         output_fields=fields)
@@ -511,7 +579,7 @@ class MilvusStore:
         """Every (ids, vectors) batch of the catalogue, in no particular order."""
         field = "clip" if clip else "vector"
         for rows in self._scan(["id", field]):
-            yield [r["id"] for r in rows], np.asarray([r[field] for r in rows], dtype=np.float32)
+            yield [r["id"] for r in rows], np.asarray([clip_of(r[field]) for r in rows], dtype=np.float32)
 
     def sample_vectors(self, n: int, seed: int) -> tuple[list[str], Embeddings]:
         """A seeded sample of up to ``n`` products: the neighbours of seeded random directions (no scan;
@@ -548,10 +616,9 @@ class MilvusStore:
                 first = items[0]
                 self._call(self._create, np.asarray(first.indexed).shape[-1], np.asarray(first.clip).shape[-1])
             latest = {it.product.id: it for it in items}  # a batch naming an id twice: the last wins
-            current = {r["id"]: r for r in self._rows(list(latest), ["id", "source", "digest", "category",
-                                                                     "updated_at"])}
+            current = {r["id"]: r for r in self._rows(list(latest), ["id", "source", "digest", "category"])}
             deleted = self._deleted.get(list(latest))
-            rows, removed, ended, resolved = [], [], [], {}
+            layout, rows, removed, ended, resolved = self.layout, [], [], [], {}
             for pid, it in latest.items():
                 old = current.get(pid)
                 if it.if_version is not None and (old is None or old["updated_at"] != it.if_version):
@@ -568,18 +635,18 @@ class MilvusStore:
                 digest = it.digest or product_digest(it)
                 if old is not None and (old["source"], old["digest"]) == (it.product.source.value, digest):
                     continue
-                rows.append(_row(it, digest, next_stamp(old["updated_at"] if old else None)))
+                rows.append(encode_row(it, digest, next_stamp(old["updated_at"] if old else None), layout))
                 if old is not None:
                     removed.append((old["source"], old["category"]))
             self._deleted.put(resolved)
             if not rows:
                 return 0
-            self._note(rows)
             for start in range(0, len(rows), _WRITE_BATCH):
                 self._call(self.client.upsert, self.collection, rows[start:start + _WRITE_BATCH])
+            self._writes.wrote((r["id"] for r in rows), min(r["updated_at"] for r in rows), present=True)
             self._deleted.drop(ended)
-            self._add_counts(removed, [(r["source"], r["category"]) for r in rows])
-            self._wrote(self._bump(), len(rows) - len(removed))
+            gen = self._commit(removed, [(r["source"], r["category"]) for r in rows], [r["extra"] for r in rows])
+            self._wrote(gen, len(rows) - len(removed))
             late: list[str] = []
             if keep_api or any(it.if_version is not None for it in items):
                 # a delete made on another machine after the check above has its tombstone there by now
@@ -588,23 +655,6 @@ class MilvusStore:
         if self.replaced():  # written to a collection a restore has just replaced: lost with it, not acknowledged
             raise CatalogueReplacedError(self.name)
         return len(rows) - len(late)
-
-    def _note(self, rows: list[dict[str, Any]]) -> None:
-        """Record new filterable columns (and whether each holds only numbers), up to the setting's number;
-        later new ones stay plain metadata, as in the local store."""
-        known = self._meta("columns", {})
-        kinds = dict(known)
-        for row in rows:
-            for key, value in row["extra"].items():
-                if value in (None, "") or not FILTER_COLUMN.fullmatch(key):
-                    continue
-                if key not in kinds and len(kinds) >= self.settings.max_filter_columns:
-                    continue
-                kind = "number" if kinds.get(key, "number") == "number" and is_number(value) else "text"
-                kinds[key] = "text" if known.get(key) == "text" else kind
-        if kinds != known:
-            self._set_meta({"columns": kinds})
-            self._meta_cache.pop("columns", None)
 
     def delete(self, ids: Sequence[str]) -> int:
         with self._writing():
@@ -615,16 +665,17 @@ class MilvusStore:
         ``remember`` each one's tombstone is written first, so a CSV write checking after its write sees it."""
         rows = [r for r in self._rows(ids, _FIELDS) if not sources or r["source"] in {s.value for s in sources}]
         if remember:
-            self._deleted.put({r["id"]: row_digest(_product(r)) if r["source"] == Source.CSV.value else ""
+            self._deleted.put({r["id"]: row_digest(product_of(r)) if r["source"] == Source.CSV.value else ""
                                for r in rows})
         present = [r["id"] for r in rows]
+        stamp = self._writes.stamp()
         only = " and (" + " or ".join(f"source == {literal(s.value)}" for s in sources) + ")" if sources else ""
         for start in range(0, len(present), _ID_BATCH):
             chunk = present[start:start + _ID_BATCH]
             self._call(self.client.delete, self.collection, filter=f"id in {id_list(chunk)}{only}")
         if present:
-            self._add_counts([(r["source"], r["category"]) for r in rows], [])
-            self._wrote(self._bump(), -len(present))
+            self._writes.wrote(present, stamp, present=False)
+            self._wrote(self._commit([(r["source"], r["category"]) for r in rows], []), -len(present))
             if self.replaced():  # removed from a collection a restore has just replaced: not acknowledged
                 raise CatalogueReplacedError(self.name)
         return len(present)
@@ -634,15 +685,18 @@ class MilvusStore:
         return [i for i in ids if i in found]
 
     def _wrote(self, generation: int, added: int) -> None:
-        """Our own write: the served description follows without a round trip (a count is a scan in
-        milvus-lite); another process's writes are caught by :meth:`refresh`."""
+        """Our own write: the served description follows without a round trip; another process's writes are
+        caught by :meth:`refresh`. Called under the lock."""
         live = self._index
         if live is not None:
             fresh = self._seen == live.generation and generation == self._seen + 1
             count = live.info.count + added if fresh else self.count()
-            self._index = MilvusIndex(info=replace(live.info, generation=generation, count=count),
-                                      wanted=live.wanted)
-            self._seen = generation
+            self._install(MilvusIndex(info=replace(live.info, generation=generation, count=count), wanted=live.wanted))
+
+    def _install(self, live: MilvusIndex) -> None:
+        """Serve ``live`` (under the lock): its generation is the one this process has seen."""
+        self._index, self._seen = live, live.generation
+        self._epoch += 1
 
     def delete_missing(self, keep: Iterator[str] | None, *, sources: Sequence[Source]) -> int:
         """Delete the products of ``sources`` whose id is not in ``keep``. The kept ids go to a temporary
@@ -678,12 +732,13 @@ class MilvusStore:
                     raise StoreError(self.name, f"head.safetensors gives {out_dim}-dim vectors but the Milvus "
                                                 f"collection holds {dim}; copy the model again (--copy-store)")
                 for rows in self._scan(_FIELDS + ["digest", "num", "clip"]):
-                    clips = np.asarray([r["clip"] for r in rows], dtype=np.float32)
+                    clips = np.asarray([clip_of(r["clip"]) for r in rows], dtype=np.float32)
                     self._check_fits(head, clips.shape[1], dim)  # on the first batch: nothing written yet
                     vectors = head.apply(clips) if head is not None else clips
                     for row, vec in zip(rows, vectors, strict=True):
                         row["vector"] = np.asarray(vec, dtype=np.float32).tolist()
                     self._call(self.client.upsert, self.collection, rows)
+                    self._writes.wrote_unstamped()  # the rows keep their stamps: point reads wait a while
                 self._set_meta({"head": sha or ""})
                 gen = self._bump()
                 logger.info("%s: stored vectors re-projected through head %s", self.name, sha or "none")
@@ -708,13 +763,13 @@ class MilvusStore:
         if not self._exists():
             raise StoreError(self.name, "the catalogue is empty: nothing to search yet")
         expr = expression(flt, self.columns() if flt is not None and (flt.equals or flt.ranges) else {})
-        found = self._call(self.client.search, self.collection, data=queries.tolist(), anns_field="vector",
-                           limit=min(k, _MAX_TOPK), filter=expr, output_fields=[*_FIELDS, "vector"],
-                           search_params={"metric_type": self._metric(), "params": self._search_params(k)},
-                           consistency_level="Strong")
+        found = self._read(self._writes.rows, self.client.search, self.collection, data=queries.tolist(),
+                           anns_field="vector", limit=min(k, _MAX_TOPK), filter=expr,
+                           output_fields=[*_FIELDS, "vector"],
+                           search_params={"metric_type": self._metric(), "params": self._search_params(k)})
         # each hit carries its vector: near-duplicate collapsing needs no second read, which a product deleted
         # in between (by another process) would fail
-        return [[Hit(_product(h["entity"] | {"id": h["id"]}), self._score(float(h["distance"])),
+        return [[Hit(product_of(h["entity"] | {"id": h["id"]}), self._score(float(h["distance"])),
                      vector=np.asarray(h["entity"]["vector"], dtype=np.float32)) for h in row]
                 for row in found]
 
@@ -751,15 +806,43 @@ class MilvusStore:
             current = self._current_kind()
             if current is None:
                 return self.rebuild(save=True)
-            self._index = self._describe(current, n)
-            self._seen = self._index.generation
+            self._install(self._describe(current, n))
             return self._index
 
-    def _current_kind(self) -> IndexType | None:
-        try:
-            found = self.client.describe_index(self.collection, "vector")
-        except Exception:  # no index yet
+    def _index_fits(self, kind: IndexType, build: dict[str, int]) -> bool:
+        """True when the collection's vector index is of ``kind`` with these build parameters."""
+        found = self._vector_index()
+        return (found is not None and _KIND_OF.get(str(found.get("index_type", "")).upper()) == kind
+                and all(str(found.get(k)) == str(v) for k, v in build.items()))
+
+    def _vector_index(self) -> dict[str, Any] | None:
+        """The vector field's index as Milvus describes it; None when it has none (a failed call raises: an
+        index that cannot be read is not one to build again)."""
+        if not self._call(self.client.list_indexes, self.collection, field_name="vector"):
             return None
+        return dict(self._call(self.client.describe_index, self.collection, "vector") or {})
+
+    def _replace_index(self, params: Any, kind: IndexType) -> None:
+        """Milvus changes an index only on a released collection: readers get 503 until it is loaded again,
+        and must not load it themselves meanwhile (see _load_again)."""
+        self._set_meta({"rebuilding": True})
+        try:
+            self._call(self.client.release_collection, self.collection)
+            if self._current_kind() is not None:
+                self._call(self.client.drop_index, self.collection, "vector")
+            try:
+                self._call(self.client.create_index, self.collection, params)
+            except StoreError:
+                # a long build can outlive its connection (a server that finds the client's keep-alive pings
+                # too many drops it) and pymilvus then asks again: "index already exists", for this very index
+                if self._current_kind() != kind:
+                    raise
+            self._call(self.client.load_collection, self.collection)
+        finally:
+            self._set_meta({"rebuilding": False})
+
+    def _current_kind(self) -> IndexType | None:
+        found = self._vector_index()
         return _KIND_OF.get(str(found.get("index_type", "")).upper()) if found else None
 
     def _describe(self, kind: IndexType, n: int) -> MilvusIndex:
@@ -777,31 +860,28 @@ class MilvusStore:
         return MilvusIndex(info=info, wanted=wanted if wanted != kind else None)
 
     def rebuild(self, *, save: bool, tune_it: bool = True, progress: object = None) -> MilvusIndex:
-        """Replace the collection's vector index with one of the kind the catalogue's size calls for."""
+        """Give the collection a vector index of the kind the catalogue's size calls for, covering every row:
+        the rows written so far are flushed (sealed segments are what Milvus indexes), and an index of another
+        kind or other build parameters is replaced; one that already fits is kept (Milvus indexes the
+        segments sealed later itself), so no reader waits for nothing."""
         with self._lock:
             n = self.count()
             if not n:
                 raise StoreError(self.name, "the catalogue is empty: nothing to index")
             kind = self.wanted_kind(n)
-            # Milvus changes an index only on a released collection: readers get 503 until it is loaded again,
-            # and must not load it themselves meanwhile (see _load_again)
-            self._set_meta({"rebuilding": True})
-            try:
-                self._call(self.client.release_collection, self.collection)
-                if self._current_kind() is not None:
-                    self._call(self.client.drop_index, self.collection, "vector")
-                params = self.client.prepare_index_params()
-                build = self._add_vector_index(params, kind, n)
-                self._call(self.client.create_index, self.collection, params)
-                self._call(self.client.load_collection, self.collection)
-            finally:
-                self._set_meta({"rebuilding": False})
+            params = self.client.prepare_index_params()
+            build = self._add_vector_index(params, kind, n)
+            self._call(self.client.flush, self.collection)
+            kept = self._index_fits(kind, build)
+            if not kept:
+                self._replace_index(params, kind)
             search = {"efSearch": self.settings.hnsw_ef_search} if kind == IndexType.HNSW else \
                 {"nprobe": self.settings.ivf_nprobe} if kind != IndexType.FLAT else {}
             self._set_meta({"index": {"kind": kind.value, "params": {**build, **search}, "built_at": now_iso()}})
             live = self._describe(kind, n)
-            self._index, self._seen = live, live.generation
-            logger.info("%s: Milvus %s index over %d products", self.name, _MILVUS_INDEX[kind], n)
+            self._install(live)
+            logger.info("%s: Milvus %s index over %d products%s", self.name, _MILVUS_INDEX[kind], n,
+                        " (the one in place fits)" if kept else "")
         if save:
             self.save_index()
             self.calibrate(live)
@@ -809,7 +889,9 @@ class MilvusStore:
 
     def install_index(self, live: ServedIndex) -> None:
         assert isinstance(live, MilvusIndex), "an index of another store"
-        self._index = live
+        with self._lock:
+            self._index = live
+            self._epoch += 1
 
     def save_index(self) -> None:
         """Recount by source and category, and leave ``index.json`` on the build machine too (what the
@@ -824,8 +906,12 @@ class MilvusStore:
         """Milvus serves other processes' writes itself; this updates the count and generation the status
         pages show when the generation moved, the index's description when another process rebuilt it (as
         another type, too: searches then use that type's parameters), and loads the collections again when
-        a call found them not loaded (a restarted milvus-lite server leaves them released)."""
-        live = self._index
+        a call found them not loaded (a restarted milvus-lite server leaves them released). Once it has
+        seen another process's write (its generation), every later search of this process sees it: the
+        count that follows reads with Strong consistency, and the server answers later reads from at least
+        that point on. A write through this process while it reads wins: its description is the newer one."""
+        with self._lock:
+            live, epoch = self._index, self._epoch
         if live is None:
             return False
         if self._released:
@@ -833,13 +919,14 @@ class MilvusStore:
         state = self._metas(["generation", "index"])
         gen, index = int(state.get("generation", 0)), state.get("index") or {}
         rebuilt = str(index.get("built_at") or "") != live.info.built_at and index.get("kind") in _SERVED_KINDS
-        if gen == self._seen and not rebuilt:
+        if gen == live.generation and not rebuilt:
             return False
-        n = self.count()
+        n = self.count(strong=True)
+        fresh = self._describe(IndexType(index["kind"]), n) if rebuilt else \
+            MilvusIndex(info=replace(live.info, generation=gen, count=n), wanted=live.wanted)
         with self._lock:
-            self._index = self._describe(IndexType(index["kind"]), n) if rebuilt else \
-                MilvusIndex(info=replace(live.info, generation=gen, count=n), wanted=live.wanted)
-            self._seen = gen
+            if self._epoch == epoch:  # else a write (or another refresh) got in first
+                self._install(fresh)
         return True
 
     def _load_again(self) -> None:
@@ -849,7 +936,7 @@ class MilvusStore:
         self._call(self.client.load_collection, self.meta_collection)
         if self.base + "__meta" != self.meta_collection:  # the one holding the pointer to this collection
             self._call(self.client.load_collection, self.base + "__meta")
-        if not self._meta("rebuilding", False) and self._exists():
+        if not self._metas(["rebuilding"], strong=True).get("rebuilding", False) and self._exists():
             self._call(self.client.load_collection, self.collection)
         self._released = False
         logger.info("%s: Milvus collections loaded again", self.name)
@@ -923,21 +1010,18 @@ def _not_kept(conn: sqlite3.Connection, ids: list[str]) -> list[str]:
     return [i for i in ids if i not in kept]
 
 
-def _row(it: ProductVector, digest: str, stamp: float) -> dict[str, Any]:
-    p = it.product
-    extra = {str(k): v for k, v in p.extra.items()}
-    num = {k: float(str(v).strip().replace(",", "")) for k, v in extra.items()
-           if v not in (None, "") and is_number(v) and FILTER_COLUMN.fullmatch(k)}
-    return {"id": p.id, "title": p.title, "category": p.category, "images": list(p.images),
-            "preview_image": p.preview_image, "preview_cache": p.preview_cache or "", "extra": extra,
-            "num": num, "source": p.source.value, "updated_at": stamp, "digest": digest,
-            "vector": np.asarray(it.indexed, dtype=np.float32).tolist(),
-            "clip": np.asarray(it.clip, dtype=np.float32).tolist()}
 
-
-def _product(row: dict[str, Any]) -> Product:
-    return Product(id=str(row["id"]), title=str(row.get("title") or ""), category=str(row.get("category") or ""),
-                   images=tuple(row.get("images") or ()), preview_image=str(row.get("preview_image") or ""),
-                   preview_cache=row.get("preview_cache") or None, extra=dict(row.get("extra") or {}),
-                   source=Source(row.get("source") or Source.CSV.value), updated_at=float(row.get("updated_at") or 0))
-
+def _columns(known: dict[str, str], extras: Sequence[dict[str, Any]], cap: int) -> dict[str, str]:
+    """The filterable columns after a write of rows with these extra values: a new one is a number column
+    while every value it has held is a number, text for good once one is not; up to ``cap`` columns (later
+    new ones stay plain metadata, as in the local store)."""
+    kinds = dict(known)
+    for extra in extras:
+        for key, value in extra.items():
+            if value in (None, "") or not FILTER_COLUMN.fullmatch(key):
+                continue
+            if key not in kinds and len(kinds) >= cap:
+                continue
+            kind = "number" if kinds.get(key, "number") == "number" and is_number(value) else "text"
+            kinds[key] = "text" if known.get(key) == "text" else kind
+    return kinds

@@ -1,16 +1,19 @@
 """Shared fixtures: a tiny CLIP written once per session, Settings rooted in a temp folder, and the
-catalogue store a test runs on (local, or Milvus through a session-wide milvus-lite server)."""
+catalogue store a test runs on (local, or Milvus through a session-wide milvus-lite server or real Milvus
+standalone)."""
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from core.config import Settings, load_settings
-from tests.stores import MilvusServer, milvus_overrides, need_pymilvus
+from tests.stores import (OUTSIDE_URI, REQUIRE_SERVER, MilvusServer, MilvusStandalone, milvus_overrides,
+                          need_pymilvus, standalone_unavailable)
 
 # The suite's image servers live on 127.0.0.1, so its fetches must be let through the address guard.
 # Set for the whole session (module- and session-scoped fixtures build Settings before any function
@@ -71,10 +74,50 @@ def milvus_server(tmp_path_factory) -> Iterator[MilvusServer]:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def milvus_standalone(tmp_path_factory) -> Iterator[str]:
+    """The URI of a real Milvus server for the session: IMAGESEARCH_TEST_MILVUS_URI's, or a Milvus standalone
+    started here (stopped at the end, Ctrl-C included). Skips saying why where it cannot start, and fails
+    instead under IMAGESEARCH_TEST_REQUIRE_MILVUS_SERVER=1."""
+    if OUTSIDE_URI:
+        yield OUTSIDE_URI
+        return
+    why = standalone_unavailable()
+    if why is not None:
+        if REQUIRE_SERVER:
+            pytest.fail(f"IMAGESEARCH_TEST_REQUIRE_MILVUS_SERVER is set but {why}", pytrace=False)
+        pytest.skip(why)
+    kept = tmp_path_factory.getbasetemp().parent / "milvus-standalone-bin"  # beside pytest's numbered folders
+    server = MilvusStandalone(tmp_path_factory.mktemp("milvus-standalone"), binaries=kept)
+    try:
+        server.start()
+    except RuntimeError as exc:
+        if REQUIRE_SERVER:
+            pytest.fail(str(exc), pytrace=False)
+        pytest.skip(str(exc))
+    try:
+        yield server.uri
+    finally:
+        if "core.milvus_store" in sys.modules:  # a client left open on a stopped server keeps this process alive
+            from core.milvus_store import close_clients
+
+            close_clients()
+        server.stop()
+        server.remove_data()
+
+
+@pytest.fixture
+def milvus_uri(request, store) -> str:
+    """The URI of this test's Milvus: the session's milvus-lite server, or the real one."""
+    if store == "milvus-server":
+        return str(request.getfixturevalue("milvus_standalone"))
+    return str(request.getfixturevalue("milvus_server").uri)
+
+
 @pytest.fixture
 def store_overrides(request, store) -> dict[str, str]:
-    """Settings overrides for this test's store: none for local; for milvus, the shared server and a
+    """Settings overrides for this test's store: none for local; for Milvus, the shared server and a
     collection prefix of this test's own (``make_settings(**store_overrides)``)."""
     if store == "local":
         return {}
-    return milvus_overrides(request.getfixturevalue("milvus_server").uri)
+    return milvus_overrides(request.getfixturevalue("milvus_uri"))

@@ -1,6 +1,6 @@
 """A real uvicorn on 127.0.0.1 serving general + shirts, built from the demo catalogue with the tiny CLIP, on
-either store: ``live`` and ``client`` serve the local build, or the Milvus one in a test parametrised with
-``tests.stores.both_stores`` (both builds are made once per session, the Milvus one on first use)."""
+any store: ``live`` and ``client`` serve the local build, or the milvus-lite or real-Milvus one in a test
+parametrised with ``tests.stores.both_stores`` (each build is made once per session, on first use)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import shutil
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,21 +93,36 @@ def _serve(root: Path, tiny_clip: Path, **overrides: str) -> LiveServer:
     return start_server(settings)
 
 
+def _built_in_milvus(factory, tiny_clip: Path, overrides: dict[str, str]) -> Path:
+    """The same demo catalogue built by the real pipeline into Milvus."""
+    from utils.demo_catalogue import write_demo
+
+    root = factory.mktemp("api_milvus_root")
+    write_demo(root / "data")
+    build_models(load_settings(root=root, clip_model=str(tiny_clip), device="cpu", torch_threads=1, **overrides))
+    return root
+
+
 @pytest.fixture(scope="session")
 def milvus_api(milvus_server) -> dict[str, str]:
-    """Settings overrides of the session's Milvus build (its own collection prefix on the shared server)."""
+    """Settings overrides of the session's milvus-lite build (its own collection prefix on the shared server)."""
     return milvus_overrides(milvus_server.uri, "api_")
 
 
 @pytest.fixture(scope="session")
 def milvus_built_root(tmp_path_factory, tiny_clip, milvus_api) -> Path:
-    """The same demo catalogue built by the real pipeline into Milvus."""
-    from utils.demo_catalogue import write_demo
+    return _built_in_milvus(tmp_path_factory, tiny_clip, milvus_api)
 
-    root = tmp_path_factory.mktemp("api_milvus_root")
-    write_demo(root / "data")
-    build_models(load_settings(root=root, clip_model=str(tiny_clip), device="cpu", torch_threads=1, **milvus_api))
-    return root
+
+@pytest.fixture(scope="session")
+def standalone_api(milvus_standalone) -> dict[str, str]:
+    """Settings overrides of the session's build in the real Milvus server."""
+    return milvus_overrides(milvus_standalone, f"api{uuid.uuid4().hex[:8]}_")  # an outside server may hold others'
+
+
+@pytest.fixture(scope="session")
+def standalone_built_root(tmp_path_factory, tiny_clip, standalone_api) -> Path:
+    return _built_in_milvus(tmp_path_factory, tiny_clip, standalone_api)
 
 
 @pytest.fixture(scope="session")
@@ -123,10 +139,22 @@ def milvus_live(milvus_built_root, tiny_clip, milvus_api) -> Iterator[LiveServer
     stop_server(server)
 
 
+@pytest.fixture(scope="session")
+def standalone_live(standalone_built_root, tiny_clip, standalone_api) -> Iterator[LiveServer]:
+    server = _serve(standalone_built_root, tiny_clip, **standalone_api)
+    yield server
+    stop_server(server)
+
+
+def _prefix(store: str) -> str:
+    """The session fixtures' name prefix for a store ("milvus-server" is the standalone)."""
+    return "standalone" if store == "milvus-server" else store
+
+
 @pytest.fixture
 def live(request, store) -> LiveServer:
-    """The server of this test's store (both are started once per session)."""
-    return request.getfixturevalue(f"{store}_live")
+    """The server of this test's store (each is started once per session)."""
+    return request.getfixturevalue(f"{_prefix(store)}_live")
 
 
 @pytest.fixture(scope="session")
@@ -141,9 +169,15 @@ def milvus_client(milvus_live) -> Iterator[httpx.Client]:
         yield c
 
 
+@pytest.fixture(scope="session")
+def standalone_client(standalone_live) -> Iterator[httpx.Client]:
+    with standalone_live.client() as c:
+        yield c
+
+
 @pytest.fixture
 def client(request, store) -> httpx.Client:
-    return request.getfixturevalue(f"{store}_client")
+    return request.getfixturevalue(f"{_prefix(store)}_client")
 
 
 @pytest.fixture
@@ -154,7 +188,7 @@ def copy_built(request, store, store_overrides, tiny_clip):
     is downloaded or embedded again)."""
 
     def make(root: Path, names: tuple[str, ...] = ("general", "shirts"), **kwargs: object) -> Settings:
-        source = request.getfixturevalue("built_root" if store == "local" else "milvus_built_root")
+        source = request.getfixturevalue(f"{'built' if store == 'local' else _prefix(store) + '_built'}_root")
         settings = load_settings(root=root, clip_model=str(tiny_clip), device="cpu", **store_overrides, **kwargs)
         for sub in ("data", "models", "checkpoints") if store == "local" else ("data", "models"):
             shutil.copytree(source / sub, root / sub)

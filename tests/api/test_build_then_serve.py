@@ -1,8 +1,9 @@
-"""The platform on Milvus end to end, in real processes: a catalogue built by run_training.py into a shared
-milvus-lite server is served by run_api.py started afterwards; writes by another process reach the running
-API's next request; admin edits made through the API meet the next pipeline runs as they do on the local store
-(tests/api/test_admin.py checks both stores in one process); a build made elsewhere is picked up by a running
-API; a Milvus outage is a 503 JSON error, never a 500, and serving resumes on its own when Milvus is back."""
+"""The platform on Milvus end to end, in real processes: a catalogue built by run_training.py into the session's
+real Milvus server is served by run_api.py started afterwards; writes by another process reach the running
+API within its watcher's tick; admin edits made through the API are searchable at once and meet the next
+pipeline runs as they do on the local store (tests/api/test_admin.py checks both stores in one process); a
+build made elsewhere is picked up by a running API; a Milvus outage (a milvus-lite server of the test's own,
+stopped and started again) is a 503 JSON error, never a 500, and serving resumes on its own when it is back."""
 
 from __future__ import annotations
 
@@ -52,9 +53,10 @@ def _wait_for(check, timeout: float = 20.0) -> None:
         time.sleep(0.2)
 
 
-def _writes_from_another_process_are_seen_at_once(c: httpx.Client, settings) -> None:
-    """A second store object in this process (not the API's) adds and removes a product: the API's very next
-    requests see each write, without a restart, a reload or a watcher tick (Milvus reads are Strong)."""
+def _writes_from_another_process_are_seen(c: httpx.Client, settings) -> None:
+    """This test process (not the API's) adds and removes a product: the API sees each write without a restart
+    or a reload, within about a second (its watcher's tick; the test allows more on a loaded machine), and its
+    searches see it from the request that first did."""
     from core.catalogue_store import open_store
     from core.model_config import ModelRegistry
     from core.store import Product, ProductVector, Source
@@ -67,11 +69,14 @@ def _writes_from_another_process_are_seen_at_once(c: httpx.Client, settings) -> 
                                             images=source.images, preview_image=source.preview_image,
                                             preview_cache=source.preview_cache, source=Source.API),
                                     clip=-vector)])
+        _wait_for(lambda: c.get("/general/products/ELSEWHERE").status_code == 200)
         assert c.get("/general/products/ELSEWHERE").json()["title"] == "Written by another process"
         r = c.post("/general/search/vector", json={"vector": (-vector).tolist()}, params={"top_k": 1})
         assert r.status_code == 200 and r.json()["results"][0]["id"] == "ELSEWHERE", r.text
         store.delete(["ELSEWHERE"])
-        assert c.get("/general/products/ELSEWHERE").status_code == 404
+        _wait_for(lambda: c.get("/general/products/ELSEWHERE").status_code == 404)
+        r = c.post("/general/search/vector", json={"vector": (-vector).tolist()}, params={"top_k": 1})
+        assert r.status_code == 200 and r.json()["results"][0]["id"] != "ELSEWHERE", r.text
     finally:
         store.close()
 
@@ -94,10 +99,11 @@ def _an_index_rebuilt_elsewhere_is_served(c: httpx.Client, settings, query: byte
     assert _search(c, query)[0]["id"] == expected
 
 
-def test_a_cli_build_in_milvus_is_served_and_meets_admin_edits_and_other_writers(tmp_path, tiny_clip, milvus_server):
+def test_a_cli_build_in_milvus_is_served_and_meets_admin_edits_and_other_writers(tmp_path, tiny_clip,
+                                                                                 milvus_standalone):
     root = tmp_path / "root"
     write_demo(root / "data", general_per_category=2, shirts_per_category=2)
-    overrides = milvus_overrides(milvus_server.uri)
+    overrides = milvus_overrides(milvus_standalone)
     env = as_env(overrides)
     _build(root, tiny_clip, **env)
     assert not (root / "models" / "general" / "catalogue.db").exists()  # the catalogue is in Milvus
@@ -117,7 +123,7 @@ def test_a_cli_build_in_milvus_is_served_and_meets_admin_edits_and_other_writers
                 assert top["id"] == row["shopify_product_id"] and top["title"] == row["title"]
                 assert 0.9 < top["score"] <= 1.0 + 1e-6 and 0.0 <= top["match"] <= 1.0
             settings = load_settings(root=root, **overrides)
-            _writes_from_another_process_are_seen_at_once(c, settings)
+            _writes_from_another_process_are_seen(c, settings)
 
             added = {"id": "ADMIN-1", "title": "Admin poster", "category": "posters", "images": ["new/poster.jpg"]}
             assert c.post("/general/products", json=added, headers=KEY).json()["num_products"] == 13
@@ -130,7 +136,7 @@ def test_a_cli_build_in_milvus_is_served_and_meets_admin_edits_and_other_writers
 
             dropped = _build(root, tiny_clip, "--drop-api-edits", **env)  # the CSV is the whole truth again
             assert "products added or changed through the API: 0 kept, 1 dropped" in dropped
-            assert c.get("/general/products/ADMIN-1").status_code == 404
+            _wait_for(lambda: c.get("/general/products/ADMIN-1").status_code == 404)  # the build's writes
             assert c.get("/general/products/G1002").status_code == 200
             _wait_for(lambda: c.get("/health").json()["models"]["general"]["products"] == 12)
             listing = _build(root, tiny_clip, "--list", **env).replace("general", "", 1)  # not the model's name

@@ -1,6 +1,6 @@
 """Calibrated match, the cross-model merge and near-duplicates, on stores built directly (real LocalStore
-with FAISS, or a real MilvusStore in an embedded milvus-lite file: one process; the API's own search
-functions) with synthetic vectors whose relevance is known."""
+with FAISS, or a real MilvusStore on the session's Milvus server; the API's own search functions) with
+synthetic vectors whose relevance is known."""
 
 from __future__ import annotations
 
@@ -42,22 +42,31 @@ def _catalogue(seed: int, centres: np.ndarray, prefix: str) -> tuple[list[Produc
     return products, _unit(np.array(vectors))
 
 
-def _open(store: str, tmp_path, make_settings, name: str, head: ProjectionHead | None = None) -> ModelStore:
-    """An empty store of the kind asked for; the Milvus ones of a test share one embedded milvus-lite file."""
-    if store == "local":
+def _open(milvus: dict[str, str] | None, tmp_path, make_settings, name: str,
+          head: ProjectionHead | None = None) -> ModelStore:
+    """An empty store: local, or in Milvus with these settings overrides (``milvus`` fixture)."""
+    if milvus is None:
         settings = make_settings(root=tmp_path / name, duplicate_threshold=0.94)
         return LocalStore(tmp_path / name / "models", settings, name=name, head=head, open_index=False)
     need_pymilvus()
     from core.milvus_store import MilvusStore
 
-    settings = make_settings(root=tmp_path / name, duplicate_threshold=0.94, store="milvus",
-                             milvus_uri=str(tmp_path / "milvus.db"))
+    settings = make_settings(root=tmp_path / name, duplicate_threshold=0.94, **milvus)
     return MilvusStore(tmp_path / name / "models", settings, name=name, head=head, open_index=False)
 
 
+@pytest.fixture
+def milvus(store, store_overrides, tmp_path) -> dict[str, str] | None:
+    """None for the local store; the milvus-lite stores of a test share one embedded file (one process), the
+    real Milvus ones the session's server under the test's own prefix."""
+    if store == "milvus":
+        return {"store": "milvus", "milvus_uri": str(tmp_path / "milvus.db")}
+    return store_overrides or None
+
+
 def _served(tmp_path, make_settings, name: str, seed: int, centres: np.ndarray,
-            head: ProjectionHead | None = None, text=None, store_kind: str = "local") -> ServedModel:
-    store = _open(store_kind, tmp_path, make_settings, name, head)
+            head: ProjectionHead | None = None, text=None, milvus: dict[str, str] | None = None) -> ServedModel:
+    store = _open(milvus, tmp_path, make_settings, name, head)
     store.text_encoder = text
     products, clips = _catalogue(seed, centres, name)
     indexed = head.apply(clips) if head is not None else [None] * len(clips)
@@ -81,9 +90,9 @@ def _merged(models: list[ServedModel], query: np.ndarray, method: str, k: int) -
 
 
 @both_stores
-def test_match_interleaves_models_whose_cosines_differ_in_scale(tmp_path, make_settings, centres, store):
-    plain = _served(tmp_path, make_settings, "plain", 1, centres, store_kind=store)
-    squeezed = _served(tmp_path, make_settings, "squeezed", 2, centres, head=_squeezing_head(), store_kind=store)
+def test_match_interleaves_models_whose_cosines_differ_in_scale(tmp_path, make_settings, centres, milvus):
+    plain = _served(tmp_path, make_settings, "plain", 1, centres, milvus=milvus)
+    squeezed = _served(tmp_path, make_settings, "squeezed", 2, centres, head=_squeezing_head(), milvus=milvus)
     query = centres[0]  # relevant: category cat0 in both models
     k = 2 * PER_CLUSTER
     by_match = _merged([plain, squeezed], query, "match", k)
@@ -106,13 +115,13 @@ def test_rrf_and_score_orders_are_selectable(tmp_path, make_settings, centres):
 
 
 @both_stores
-def test_text_map_is_fitted_with_titles_through_the_head(tmp_path, make_settings, centres, store):
+def test_text_map_is_fitted_with_titles_through_the_head(tmp_path, make_settings, centres, milvus):
     def encode(titles):  # a title names its cluster: its "text vector" is the cluster centre, a bit off
         rng = np.random.default_rng(len(titles))
         return _unit(np.array([centres[int(t.split()[-1].split("-")[0])] for t in titles])
                      + 0.5 * rng.normal(size=(len(titles), DIM)))
 
-    model = _served(tmp_path, make_settings, "texty", 3, centres, text=encode, store_kind=store)
+    model = _served(tmp_path, make_settings, "texty", 3, centres, text=encode, milvus=milvus)
     cal = model.require().calibration
     assert cal is not None and cal.text is not None and cal.text.informative
     hits = nearest(model, centres[0], Filters(top_k=5, kind=TEXT, dedupe=False))
@@ -121,8 +130,8 @@ def test_text_map_is_fitted_with_titles_through_the_head(tmp_path, make_settings
 
 
 @both_stores
-def test_calibration_is_refitted_when_the_index_is_rebuilt(tmp_path, make_settings, centres, store):
-    model = _served(tmp_path, make_settings, "refit", 4, centres, store_kind=store)
+def test_calibration_is_refitted_when_the_index_is_rebuilt(tmp_path, make_settings, centres, milvus):
+    model = _served(tmp_path, make_settings, "refit", 4, centres, milvus=milvus)
     opened = model.require()
     first, live = opened.calibration, opened.open_index()
     assert first is not None and live is not None and first.index_built_at == live.info.built_at
@@ -132,8 +141,8 @@ def test_calibration_is_refitted_when_the_index_is_rebuilt(tmp_path, make_settin
 
 
 @both_stores
-def test_near_duplicates_collapse_into_one_hit(tmp_path, make_settings, centres, store):
-    opened = _open(store, tmp_path, make_settings, "dups")
+def test_near_duplicates_collapse_into_one_hit(tmp_path, make_settings, centres, milvus):
+    opened = _open(milvus, tmp_path, make_settings, "dups")
     products, clips = _catalogue(5, centres, "d")
     copies = _unit(clips[:3] + 0.01)  # the same photo under other ids
     extra = [Product(id=f"copy{i}", title="copy", category=p.category) for i, p in enumerate(products[:3])]

@@ -16,6 +16,7 @@ from core.config import load_settings
 from core.local_store import LocalStore
 from core.store import Filter, Product, ProductVector, Source
 from core.types import IndexType
+from tests.stores import STORES, milvus_overrides, need_pymilvus
 
 DIM = 32
 
@@ -43,16 +44,19 @@ def _store(tmp_path, settings, **kw) -> LocalStore:
     return LocalStore(tmp_path / "models" / "m", settings, name="m", **kw)
 
 
-@pytest.fixture(params=["local", "milvus"])
+@pytest.fixture(params=STORES)
 def make_store(request, tmp_path, settings):
-    """A factory of stores of one kind over the same catalogue (a second one plays another process)."""
+    """A factory of stores of one kind over the same catalogue (a second one plays another process of the
+    same machine): local, milvus (an embedded milvus-lite file) or milvus-server (the session's real Milvus)."""
     opened = []
+    if request.param == "milvus-server":
+        settings = settings.model_copy(update=milvus_overrides(request.getfixturevalue("milvus_standalone")))
 
     def make(**kw):
         if request.param == "local":
             store = _store(tmp_path, settings, **kw)
         else:
-            pytest.importorskip("pymilvus", reason="the Milvus store needs pymilvus (requirements-scale.txt)")
+            need_pymilvus()
             from core.milvus_store import MilvusStore
 
             store = MilvusStore(tmp_path / "models" / "m", settings, name="m", **kw)
@@ -254,7 +258,7 @@ def test_a_legacy_file_build_is_migrated_with_nothing_lost(tmp_path, settings):
     assert (folder / "legacy" / "metadata.jsonl").is_file() and not (folder / "metadata.jsonl").exists()
 
 
-@pytest.mark.parametrize("make_store", ["milvus"], indirect=True)
+@pytest.mark.parametrize("make_store", ["milvus-server"], indirect=True)
 @pytest.mark.parametrize("n,kind", [(300, IndexType.FLAT), (2500, IndexType.HNSW), (4000, IndexType.IVF)])
 def test_milvus_index_type_follows_size_and_stays_correct_under_edits(make_store, n, kind):
     x = _vectors(n, seed=n)

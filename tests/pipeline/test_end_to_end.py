@@ -1,6 +1,6 @@
-"""The whole pipeline with the tiny CLIP: demo catalogue (into either store; Milvus here as the default
-embedded milvus-lite file, one process), bad input over HTTP, resuming and the CLIs (into the local store;
-tests/api/test_build_then_serve.py runs the CLI into a shared Milvus server)."""
+"""The whole pipeline with the tiny CLIP: demo catalogue (into the local store, Milvus as the default embedded
+milvus-lite file, and the session's real Milvus server), bad input over HTTP, resuming and the CLIs (into the
+local store; tests/api/test_build_then_serve.py runs the CLI into the real Milvus server)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from pipeline.extraction import model_key
 from pipeline.runner import PhaseStatus, run_model
 from tests.fake_images import huge_png, jpeg_bytes
 from tests.http_server import HttpServer, Reply
-from tests.stores import need_pymilvus
+from tests.stores import milvus_overrides, need_pymilvus
 from utils.demo_catalogue import write_demo
 
 pytestmark = pytest.mark.slow
@@ -43,11 +43,15 @@ def _products(settings, spec) -> dict[str, Product]:
         store.close()
 
 
-@pytest.mark.parametrize("kind", ["local", "milvus-file"])
-def test_demo_catalogue_builds_searches_and_skips_when_unchanged(make_settings, kind):
+@pytest.mark.parametrize("kind", ["local", "milvus-file", "milvus-server"])
+def test_demo_catalogue_builds_searches_and_skips_when_unchanged(request, make_settings, kind):
+    overrides: dict[str, str] = {}
     if kind == "milvus-file":
         need_pymilvus()
-    settings = make_settings(**({"store": "milvus"} if kind == "milvus-file" else {}))  # models/milvus.db
+        overrides = {"store": "milvus"}  # models/milvus.db
+    elif kind == "milvus-server":
+        overrides = milvus_overrides(request.getfixturevalue("milvus_standalone"))
+    settings = make_settings(**overrides)
     write_demo(settings.data_dir, general_per_category=3, shirts_per_category=2)
     spec = ModelRegistry.discover(settings).get("general")
     outcomes = run_model(settings, spec, progress=False)
