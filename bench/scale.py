@@ -1,6 +1,6 @@
 """Benchmark: the catalogue store at scale, built and served by the real code.
 
-    python bench/scale.py --products 1000000 [--dim 512] [--store local|milvus] [--keep DIR]
+    python bench/scale.py --products 1000000 [--dim 512] [--store local|milvus] [--index-type T] [--keep DIR]
 
 1. Build: N synthetic products (about 1,000 gaussian clusters of unit vectors, 1,000 categories, a
    price column), generated chunk by chunk and written through ``LocalStore.upsert`` in batches of
@@ -57,10 +57,10 @@ TARGETS = {"api_rss_mb": 3072, "build_peak_rss_mb": 4096, "delete_p50_ms": 50, "
            "filtered_p50_ms": 15, "build_s": 900}
 
 
-def _env(root: Path, clip: Path) -> dict[str, str]:
+def _env(root: Path, clip: Path, index_type: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGESEARCH_")}
     env.update(HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), IMAGESEARCH_ROOT=str(root), IMAGESEARCH_CLIP_MODEL=str(clip),
-               IMAGESEARCH_DEVICE="cpu", IMAGESEARCH_API_KEY=API_KEY)
+               IMAGESEARCH_DEVICE="cpu", IMAGESEARCH_API_KEY=API_KEY, IMAGESEARCH_INDEX_TYPE=index_type)
     return env
 
 
@@ -104,7 +104,7 @@ def prepare(args: argparse.Namespace) -> tuple[Path, dict[str, str]]:
     (data / "products.csv").write_text("id,title,category,images,price\n", encoding="utf-8")
     if not (data / IMAGE).is_file():
         photo_jpegs(data, 1, size=(320, 240))[0].rename(data / IMAGE)
-    return clip, _env(args.work / "root", clip)
+    return clip, _env(args.work / "root", clip, args.index_type)
 
 
 def build(args: argparse.Namespace, env: dict[str, str], server: MilvusServer | None) -> dict[str, Any]:
@@ -192,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store", choices=["local", "milvus"], default="local",
                         help="local (SQLite + FAISS) or milvus (a milvus-lite gRPC server shared by every step)")
     parser.add_argument("--keep", type=Path, default=None, help="work folder kept after the run (and reused)")
+    parser.add_argument("--index-type", default="auto", choices=["auto", "flat", "hnsw", "ivf", "ivfsq", "ivfpq"],
+                        help="IMAGESEARCH_INDEX_TYPE for every step (default auto: the type the size calls for)")
     parser.add_argument("--queries", type=int, default=300, help="vector searches over HTTP")
     parser.add_argument("--recall-queries", type=int, default=200, help="of those, how many score recall@10")
     parser.add_argument("--filtered", type=int, default=100, help="category-filtered searches over HTTP")

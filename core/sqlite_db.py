@@ -98,6 +98,18 @@ class Database:
                     raise self._error(exc, "write") from None
                 raise
 
+    @contextmanager
+    def write_connection(self) -> Iterator[sqlite3.Connection]:
+        """The writer connection outside a transaction (VACUUM cannot run inside one), other writes of this
+        process held off meanwhile."""
+        with self._write_lock:
+            if self._writer is None:
+                self._writer = self._connect()
+            try:
+                yield self._writer
+            except sqlite3.Error as exc:
+                raise self._error(exc, "write") from None
+
     def _error(self, exc: sqlite3.Error, action: str) -> StoreError:
         if _is_full(exc):
             return StorageFullError(self.name, f"the disk holding {self.path.parent} is full ({exc})")
