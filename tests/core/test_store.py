@@ -255,6 +255,81 @@ def test_a_legacy_file_build_is_migrated_with_nothing_lost(tmp_path, settings):
     assert (folder / "legacy" / "metadata.jsonl").is_file() and not (folder / "metadata.jsonl").exists()
 
 
+# the products table as the release before float16 storage wrote it (float32 blobs, no ``half`` column)
+_FLOAT32_RELEASE_SCHEMA = """
+CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO meta VALUES ('generation', '1'), ('schema', '1');
+CREATE TABLE products(vid INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, title TEXT NOT NULL,
+    category TEXT NOT NULL DEFAULT '', images TEXT NOT NULL DEFAULT '[]', preview_image TEXT NOT NULL DEFAULT '',
+    preview_cache TEXT, extra TEXT NOT NULL DEFAULT '{}', source TEXT NOT NULL, updated_at REAL NOT NULL,
+    gen INTEGER NOT NULL, digest TEXT NOT NULL DEFAULT '', clip BLOB NOT NULL, vector BLOB);
+CREATE INDEX products_gen ON products(gen);
+CREATE INDEX products_category ON products(category);
+CREATE INDEX products_source ON products(source);
+CREATE TABLE dead(vid INTEGER PRIMARY KEY, gen INTEGER NOT NULL, at REAL NOT NULL);
+CREATE INDEX dead_gen ON dead(gen);
+CREATE TABLE columns(name TEXT PRIMARY KEY, kind TEXT NOT NULL);
+"""
+
+
+def test_vectors_are_stored_as_float16_and_read_back_as_float32(tmp_path, settings):
+    store = _store(tmp_path, settings)
+    x = _vectors(50, seed=21)
+    store.upsert(_items(x))
+    got = store.vectors([f"p{i}" for i in range(50)])
+    assert got.dtype == np.float32 and np.abs(got - x).max() < 1e-3
+    widths = {w for (w,) in store.db.reader().execute("SELECT length(clip) FROM products")}
+    assert widths == {2 * DIM} and store.dim == DIM
+    assert [h.product.id for h in store.search(x[:3], 1)[0]] == ["p0"]
+
+
+def test_a_catalogue_of_the_float32_release_is_upgraded_on_open_and_keeps_serving(tmp_path, settings, caplog):
+    import sqlite3
+
+    from core.ann import build
+    from core.sqlite_db import Database
+    from core.sqlite_store import SCHEMA, ProductTable, blob
+    from core.types import Metric
+
+    folder = tmp_path / "models" / "m"
+    folder.mkdir(parents=True)
+    x = _vectors(400, seed=23)
+    conn = sqlite3.connect(folder / "catalogue.db")
+    conn.executescript(_FLOAT32_RELEASE_SCHEMA)
+    conn.executemany("INSERT INTO products (id, title, category, extra, source, updated_at, gen, clip) "
+                     "VALUES (?, ?, ?, '{}', 'csv', 0, 1, ?)",
+                     [(f"p{i}", f"Product {i}", f"c{i % 5}", v.astype(np.float32).tobytes()) for i, v in enumerate(x)])
+    # a killed upgrade: the column is there and the first rows are float16 already, the rest float32
+    conn.execute("ALTER TABLE products ADD COLUMN half INTEGER NOT NULL DEFAULT 0")
+    conn.executemany("UPDATE products SET clip=?, half=1 WHERE id=?", [(blob(x[i]), f"p{i}") for i in range(150)])
+    conn.commit()
+    conn.close()
+    # ... and the index that release saved, over its float32 vectors
+    ids = np.arange(1, 401, dtype=np.int64)
+    build(lambda: iter([(ids, x)]), x, 400, DIM, IndexType.FLAT, Metric.COSINE, settings, generation=1,
+          head=None).save(folder)
+    saved = json.loads((folder / "index.json").read_text())["file"]
+    mixed = ProductTable(Database(folder / "catalogue.db", SCHEMA)).vectors(["p0", "p399"])  # both kinds decode
+    assert np.abs(mixed - x[[0, 399]]).max() < 1e-3
+    before = (folder / "catalogue.db").stat().st_size
+
+    store = _store(tmp_path, settings)
+    rows = store.db.reader().execute("SELECT count(*), min(half), max(length(clip)) FROM products").fetchone()
+    assert rows == (400, 1, 2 * DIM)  # every row upgraded
+    assert store.db.reader().execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == "2"
+    assert (folder / "catalogue.db").stat().st_size < 0.9 * before  # compacted (32-d rows: mostly metadata)
+    assert store.live_index is not None and store.live_index.info.file == saved  # the saved index still serves
+    assert "rebuilding" not in caplog.text
+    assert np.abs(store.vectors([f"p{i}" for i in range(400)]) - x).max() < 1e-3
+    assert [h.product.id for h in store.search(x[7:8], 3, Filter(category="c2"))[0]][0] == "p7"
+    assert [h.product.id for h in store.search(x[:1], 10)[0]] == _exact(x, [f"p{i}" for i in range(400)], x[0], 10)
+    store.upsert([ProductVector(Product(id="new", title="new"), clip=x[3])])
+    store.delete(["p3"])
+    assert store.search(x[3:4], 1)[0][0].product.id == "new"
+    store.close()
+    assert _store(tmp_path, settings).count() == 400  # a second open has nothing left to upgrade
+
+
 @pytest.mark.parametrize("make_store", ["milvus"], indirect=True)
 @pytest.mark.parametrize("n,kind", [(300, IndexType.FLAT), (2500, IndexType.HNSW), (4000, IndexType.IVF)])
 def test_milvus_index_type_follows_size_and_stays_correct_under_edits(make_store, n, kind):
