@@ -43,6 +43,7 @@ _PQ_TRAIN_MIN = 256 * _MIN_POINTS_PER_LIST  # 8-bit sub-quantisers: 256 centroid
 _OPQ_ITERATIONS = 20  # FAISS's default 50 adds minutes to a build for a rotation that has converged by then
 _NPROBE_LADDER = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 _EF_LADDER = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+_RECONSTRUCT_BATCH = 1000  # keys per FAISS call (over 1,000 it goes multi-threaded)
 TOMBSTONE_SHARE = 0.1  # HNSW: rebuild once this share of the graph is dead
 TUNE_MARGIN = 0.03
 RERANK_FACTOR = 10  # IVF-PQ: candidates re-ranked with exact stored vectors, per result asked for
@@ -295,9 +296,14 @@ class LiveIndex:
         """The indexed vectors of ``vids`` (exact for flat, HNSW and IVF, within about 1e-2 per dimension for
         IVF-SQ8), or None if one is not held."""
         keys = np.ascontiguousarray(vids, dtype=np.int64)
+        out: Embeddings = np.empty((len(keys), self.info.dim), dtype=np.float32)
         try:
             with self._lock.read():
-                out: Embeddings = self.index.reconstruct_batch(keys)
+                # FAISS fans a batch of over 1,000 keys out to OpenMP threads, which spin against the API's
+                # other threads on a busy machine: batches of 1,000 stay on this one
+                for start in range(0, len(keys), _RECONSTRUCT_BATCH):
+                    self.index.reconstruct_batch(keys[start:start + _RECONSTRUCT_BATCH],
+                                                 out[start:start + _RECONSTRUCT_BATCH])
         except RuntimeError:  # a vid written by another process that this index has not replayed yet
             return None
         return out

@@ -131,6 +131,14 @@ def test_every_index_type_is_chosen_by_size_tuned_and_stays_correct_under_edits(
     assert info["kind"] == kind.value and info["generation"] == store.generation()
     if kind != IndexType.FLAT:
         assert info["tuning"]["reason"] and info["tuning"]["tried"]
+    # a selective filter is scored over its whole subset (the quantised types' vectors come from memory for
+    # ivfsq, from the store for ivfpq), and the hits' scores are exact
+    mask = np.array([i % 50 == 7 for i in range(n)])
+    subset_ids = [f"p{i}" for i in range(n) if i % 50 == 7]
+    for q in x[:5]:
+        hits = store.search(q[None], 5, Filter(category="c7"))[0]
+        assert [h.product.id for h in hits] == _exact(x[mask], subset_ids, q, 5)
+        assert np.allclose([h.score for h in hits], np.sort(x[mask] @ q)[::-1][:5], atol=1e-3)
     _recalls_and_survives_edits(store, x)
 
 
