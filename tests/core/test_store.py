@@ -139,7 +139,14 @@ def test_every_index_type_is_chosen_by_size_tuned_and_stays_correct_under_edits(
         hits = store.search(q[None], 5, Filter(category="c7"))[0]
         assert [h.product.id for h in hits] == _exact(x[mask], subset_ids, q, 5)
         assert np.allclose([h.score for h in hits], np.sort(x[mask] @ q)[::-1][:5], atol=1e-3)
-    _recalls_and_survives_edits(store, x)
+    store.upsert([ProductVector(Product(id="later", title="later"), clip=-x[1])])  # after the save: replayed
+    store.close()
+    reopened = _store(tmp_path, settings)  # the saved index is loaded and catches up, not rebuilt
+    live = reopened.live_index
+    assert live is not None and live.kind == kind and live.info.built_at == info["built_at"]
+    assert reopened.search(-x[1:2], 1)[0][0].product.id == "later"
+    reopened.delete(["later"])
+    _recalls_and_survives_edits(reopened, x)
 
 
 def test_filters_are_exact_within_a_small_subset_and_correct_when_broad(make_store):
