@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                                 "bytes_float16": len(blob(vectors[0])),
                                 "recall_float16_exact": round(_recall(_exact(stored, queries), truth), 4)}
     print(f"stored vectors: float16 {result['bytes_float16']} B vs float32 {result['bytes_float32']} B a vector; "
-          f"exact top-10 over float16 = float32's for {result['recall_float16_exact']:.1%}", flush=True)
+          f"exact top-10 over float16 = float32's for {result['recall_float16_exact']:.2%} of results", flush=True)
     members = np.sort(np.random.default_rng(1).choice(args.products, size=max(10, args.products // 1000),
                                                       replace=False))
     exact_subset = members[_exact(vectors[members], queries[:50])]
