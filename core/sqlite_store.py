@@ -70,8 +70,17 @@ def blob(vector: np.ndarray) -> bytes:
     return np.ascontiguousarray(vector, dtype=np.float16).tobytes()
 
 
+def _unit(x: np.ndarray) -> np.ndarray:
+    """Rounding to float16 moves a unit vector's length by about 1e-4: restore it, so inner products stay
+    cosines (a near-tie keeps the order a cosine engine such as Milvus gives it)."""
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return np.asarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
 def unblob_one(data: bytes, half: int) -> np.ndarray:
-    return np.frombuffer(data, dtype=np.float16 if half else np.float32).astype(np.float32)
+    if half:
+        return _unit(np.frombuffer(data, dtype=np.float16).astype(np.float32))
+    return np.frombuffer(data, dtype=np.float32)
 
 
 def unblob(rows: Sequence[tuple[bytes, int]], dim: int | None = None) -> Embeddings:
@@ -79,7 +88,8 @@ def unblob(rows: Sequence[tuple[bytes, int]], dim: int | None = None) -> Embeddi
     if not rows:
         return np.zeros((0, dim or 0), dtype=np.float32)
     if all(half for _, half in rows):  # the usual case: one buffer, one conversion
-        return np.frombuffer(b"".join(b for b, _ in rows), dtype=np.float16).reshape(len(rows), -1).astype(np.float32)
+        return _unit(np.frombuffer(b"".join(b for b, _ in rows), dtype=np.float16).reshape(len(rows), -1)
+                     .astype(np.float32))
     return np.stack([unblob_one(b, half) for b, half in rows]).astype(np.float32, copy=False)
 
 
