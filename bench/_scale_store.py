@@ -76,6 +76,7 @@ def build(store: ModelStore, syn: Synthetic) -> dict[str, Any]:
             "engine_index_type": live.info.tuning.get("index_type", "faiss"), "index_params": live.info.params,
             "tuned_recall_at_10": live.info.tuning.get("recall_at_10"), "tuned_ms": live.info.tuning.get("ms"),
             "db_bytes": _db_bytes(store.db.path) if local else None,
+            "db_bytes_per_product": round(_db_bytes(store.db.path) / max(1, syn.n)) if local else None,
             "build_peak_rss_mb": round(peak_rss_mb(), 1)}
 
 

@@ -1,6 +1,7 @@
 """Benchmark: the catalogue store at scale, built and served by the real code.
 
-    python bench/scale.py --products 1000000 [--dim 512] [--store local|milvus] [--milvus-uri URI] [--keep DIR]
+    python bench/scale.py --products 1000000 [--dim 512] [--store local|milvus] [--milvus-uri URI] [--index-type T]
+        [--keep DIR]
 
 1. Build: N synthetic products (about 1,000 gaussian clusters of unit vectors, 1,000 categories, a
    price column), generated chunk by chunk and written through ``LocalStore.upsert`` in batches of
@@ -68,12 +69,13 @@ MILVUS_TARGETS: dict[str, float] = {"delete_p50_ms": 100, "upsert_commit_p50_ms"
 Server = MilvusServer | OutsideMilvus
 
 
-def _env(root: Path, clip: Path, store: str) -> dict[str, str]:
+def _env(root: Path, clip: Path, store: str, index_type: str) -> dict[str, str]:
     """This shell's environment (IMAGESEARCH_* included: a token, the consistency level, index settings) with
     the bench's own root, CLIP, device, API key and store."""
     env = dict(os.environ)
     env.update(HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), IMAGESEARCH_ROOT=str(root), IMAGESEARCH_CLIP_MODEL=str(clip),
-               IMAGESEARCH_DEVICE="cpu", IMAGESEARCH_API_KEY=API_KEY, IMAGESEARCH_STORE=store)
+               IMAGESEARCH_DEVICE="cpu", IMAGESEARCH_API_KEY=API_KEY, IMAGESEARCH_STORE=store,
+               IMAGESEARCH_INDEX_TYPE=index_type)
     return env
 
 
@@ -122,7 +124,7 @@ def prepare(args: argparse.Namespace) -> tuple[Path, dict[str, str]]:
     (data / "products.csv").write_text("id,title,category,images,price\n", encoding="utf-8")
     if not (data / IMAGE).is_file():
         photo_jpegs(data, 1, size=(320, 240))[0].rename(data / IMAGE)
-    return clip, _env(args.work / "root", clip, args.store)
+    return clip, _env(args.work / "root", clip, args.store, args.index_type)
 
 
 def build(args: argparse.Namespace, env: dict[str, str], server: Server | None) -> dict[str, Any]:
@@ -223,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--milvus-pid", type=int, default=None,
                         help="the server's process, for its RSS (default: the one listening on the URI's port here)")
     parser.add_argument("--keep", type=Path, default=None, help="work folder kept after the run (and reused)")
+    parser.add_argument("--index-type", default="auto", choices=["auto", "flat", "hnsw", "ivf", "ivfsq", "ivfpq"],
+                        help="IMAGESEARCH_INDEX_TYPE for every step (default auto: the type the size calls for)")
     parser.add_argument("--queries", type=int, default=300, help="vector searches over HTTP")
     parser.add_argument("--recall-queries", type=int, default=200, help="of those, how many score recall@10")
     parser.add_argument("--filtered", type=int, default=100, help="category-filtered searches over HTTP")

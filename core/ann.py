@@ -4,6 +4,11 @@ the store generation it covers, edited in place, saved and loaded atomically.
 Keys are the store's vids. Flat and IVF indexes remove vectors in place; HNSW cannot, so a removed
 vid stays in the graph as a tombstone (the store no longer holds it, so a search drops it when it
 reads the hits' rows) until the tombstones pass a share of the index and it is rebuilt.
+
+The quantised types trade exact scores for memory: IVF-SQ8 keeps one byte per dimension (a quarter of
+the raw vectors, close enough to rank and to score a filtered subset from memory; the shortlist is
+re-scored with the stored vectors), IVF-PQ about one byte per eight dimensions (its codes only shortlist
+candidates, which are re-ranked with the stored vectors).
 """
 
 from __future__ import annotations
@@ -39,21 +44,26 @@ _PQ_TRAIN_MIN = 256 * _MIN_POINTS_PER_LIST  # 8-bit sub-quantisers: 256 centroid
 _OPQ_ITERATIONS = 20  # FAISS's default 50 adds minutes to a build for a rotation that has converged by then
 _NPROBE_LADDER = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 _EF_LADDER = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+_RECONSTRUCT_BATCH = 1000  # keys per FAISS call (over 1,000 it goes multi-threaded)
 TOMBSTONE_SHARE = 0.1  # HNSW: rebuild once this share of the graph is dead
 TUNE_MARGIN = 0.03
 RERANK_FACTOR = 10  # IVF-PQ: candidates re-ranked with exact stored vectors, per result asked for
-PQ_MAX_NLIST = 4096  # IVF-PQ lists: more would make k-means training take hours on a small machine
+SQ_RESCORE_FACTOR = 2  # IVF-SQ8: candidates re-scored with the stored vectors, per result asked for
+QUANTISED_MAX_NLIST = 4096  # IVF-SQ8 / IVF-PQ lists: more would make k-means and assignment take hours on
+# a small machine (each added vector is compared with every centroid)
 
 
 def choose_index_type(num_vectors: int, settings: Settings) -> IndexType:
-    """auto: exact while cheap, HNSW while it builds in minutes, IVF beyond, IVF-PQ when raw
-    vectors should no longer sit in RAM."""
+    """auto: exact while cheap, HNSW while it builds in minutes, IVF-Flat beyond, IVF-SQ8 when raw
+    float32 vectors should no longer sit in RAM, IVF-PQ when even one byte per dimension is too much."""
     if num_vectors <= settings.flat_max_products:
         return IndexType.FLAT
     if num_vectors <= settings.hnsw_max_products:
         return IndexType.HNSW
-    if num_vectors <= settings.ivfpq_min_products:
+    if num_vectors <= min(settings.ivfsq_min_products, settings.ivfpq_min_products):
         return IndexType.IVF
+    if num_vectors <= settings.ivfpq_min_products:
+        return IndexType.IVFSQ
     return IndexType.IVFPQ
 
 
@@ -91,9 +101,13 @@ def empty_index(kind: IndexType, dim: int, n: int, metric: Metric, settings: Set
         hnsw = faiss.IndexHNSWFlat(dim, settings.hnsw_m, fm)
         hnsw.hnsw.efConstruction = max(40, 2 * settings.hnsw_m)
         return faiss.IndexIDMap2(hnsw)
-    nlist = ivf_nlist(n) if kind == IndexType.IVF else min(ivf_nlist(n), PQ_MAX_NLIST)
+    nlist = ivf_nlist(n) if kind == IndexType.IVF else min(ivf_nlist(n), QUANTISED_MAX_NLIST)
     if kind == IndexType.IVF:
         return faiss.IndexIVFFlat(flat, dim, nlist, fm)
+    if kind == IndexType.IVFSQ:
+        # codes of the residual to the list's centroid: finer than coding the vector itself, for the
+        # same byte per dimension
+        return faiss.index_factory(dim, f"IVF{nlist},SQ8", fm)
     m = _pq_m(dim)
     # 8-bit codes need 256 centroids per sub-quantiser (about 10k training points); a smaller catalogue
     # (only when ivfpq is forced) gets 6-bit codes, which train in a fraction of the time
@@ -107,13 +121,15 @@ def empty_index(kind: IndexType, dim: int, n: int, metric: Metric, settings: Set
 
 
 def needs_training(kind: IndexType) -> bool:
-    return kind in (IndexType.IVF, IndexType.IVFPQ)
+    return kind in (IndexType.IVF, IndexType.IVFSQ, IndexType.IVFPQ)
 
 
 def train_size(kind: IndexType, n: int) -> int:
     if kind == IndexType.IVF:
         return min(n, max(50_000, _MIN_POINTS_PER_LIST * ivf_nlist(n)))
-    return min(n, max(100_000, _PQ_TRAIN_MIN, _MIN_POINTS_PER_LIST * min(ivf_nlist(n), PQ_MAX_NLIST)))
+    if kind == IndexType.IVFSQ:
+        return min(n, max(50_000, _MIN_POINTS_PER_LIST * min(ivf_nlist(n), QUANTISED_MAX_NLIST)))
+    return min(n, max(100_000, _PQ_TRAIN_MIN, _MIN_POINTS_PER_LIST * min(ivf_nlist(n), QUANTISED_MAX_NLIST)))
 
 
 def _prepare_ivf(index: faiss.Index) -> None:
@@ -225,8 +241,15 @@ class LiveIndex:
 
     @property
     def lossy(self) -> bool:
-        """Scores are approximate (PQ codes): re-rank candidates with the stored vectors."""
+        """PQ codes: the index cannot give usable vectors back (only a shortlist of candidates)."""
         return self.kind == IndexType.IVFPQ
+
+    @property
+    def rescore_factor(self) -> int:
+        """Candidates per result asked for whose scores come from the stored vectors instead of the
+        index's codes: IVF-PQ's codes only shortlist (10), IVF-SQ8's rank well but their scores are off
+        by about 1e-3 (2, which also settles the order at the edge of the top k); 0 where exact."""
+        return {IndexType.IVFPQ: RERANK_FACTOR, IndexType.IVFSQ: SQ_RESCORE_FACTOR}.get(self.kind, 0)
 
     def search(self, queries: Embeddings, k: int, widen: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """(cosine scores, vids), each (n, k); -1 where fewer exist. ``widen`` scales nprobe/efSearch."""
@@ -242,7 +265,7 @@ class LiveIndex:
             ef = max(k, self.info.params.get("ef_search", 64) * widen)
             params: faiss.SearchParameters = _faiss.SearchParametersHNSW(efSearch=int(ef))
             return params
-        if self.kind == IndexType.IVF:
+        if self.kind in (IndexType.IVF, IndexType.IVFSQ):
             params = _faiss.SearchParametersIVF(nprobe=int(self._nprobe(widen)))
             return params
         if self.kind == IndexType.IVFPQ:
@@ -278,11 +301,17 @@ class LiveIndex:
             self.info = replace(self.info, generation=generation, count=self.ntotal - self.dead)
 
     def reconstruct(self, vids: np.ndarray) -> Embeddings | None:
-        """The stored vectors of ``vids`` (exact for flat, HNSW and IVF), or None if one is not held."""
+        """The indexed vectors of ``vids`` (exact for flat, HNSW and IVF, within about 1e-2 per dimension for
+        IVF-SQ8), or None if one is not held."""
         keys = np.ascontiguousarray(vids, dtype=np.int64)
+        out: Embeddings = np.empty((len(keys), self.info.dim), dtype=np.float32)
         try:
             with self._lock.read():
-                out: Embeddings = self.index.reconstruct_batch(keys)
+                # FAISS fans a batch of over 1,000 keys out to OpenMP threads, which spin against the API's
+                # other threads on a busy machine: batches of 1,000 stay on this one
+                for start in range(0, len(keys), _RECONSTRUCT_BATCH):
+                    self.index.reconstruct_batch(keys[start:start + _RECONSTRUCT_BATCH],
+                                                 out[start:start + _RECONSTRUCT_BATCH])
         except RuntimeError:  # a vid written by another process that this index has not replayed yet
             return None
         return out
@@ -398,7 +427,7 @@ def tune(live: LiveIndex, queries: Embeddings, truth: list[set[int]], self_vids:
          rerank: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None) -> dict[str, Any]:
     """Raise nprobe / efSearch until recall@10 on held-out queries reaches the target within the latency
     budget; keep the cheapest setting that does (or the best one in budget) and record every step."""
-    if live.kind not in (IndexType.HNSW, IndexType.IVF, IndexType.IVFPQ):
+    if live.kind not in (IndexType.HNSW, IndexType.IVF, IndexType.IVFSQ, IndexType.IVFPQ):
         return {"reason": "exact index: nothing to tune", "recall_at_10": 1.0}
     key = "ef_search" if live.kind == IndexType.HNSW else "nprobe"
     ladder = _EF_LADDER if key == "ef_search" else tuple(
@@ -435,7 +464,7 @@ def _measure(live: LiveIndex, queries: Embeddings, truth: list[set[int]], self_v
              rerank: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None) -> tuple[float, float]:
     faiss.omp_set_num_threads(1)  # measured as the API searches: one query, one thread
     hits, times = 0, []
-    k = 11 if rerank is None else 10 * RERANK_FACTOR
+    k = 11 if rerank is None else 10 * max(1, live.rescore_factor)
     for q, want, own in zip(queries, truth, self_vids, strict=True):
         start = time.perf_counter()
         scores, vids = live.search(q[None], k)

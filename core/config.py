@@ -60,11 +60,14 @@ class Settings(BaseSettings):
                            "(by default they are skipped, with the reason in the validation report)")
 
     # index
-    index_type: IndexType = Field(IndexType.AUTO, description="auto | flat | hnsw | ivf | ivfpq")
+    index_type: IndexType = Field(IndexType.AUTO, description="auto | flat | hnsw | ivf | ivfsq | ivfpq")
     metric: Metric = Field(Metric.COSINE, description="cosine (inner product) | euclidean (L2)")
     flat_max_products: int = Field(20_000, ge=1, description="auto: exact flat index up to this size")
     hnsw_max_products: int = Field(300_000, ge=1, description="auto: HNSW up to this size, IVF beyond")
-    ivfpq_min_products: int = Field(1_200_000, ge=1,
+    ivfsq_min_products: int = Field(1_200_000, ge=1,
+                                    description="auto: IVF-SQ8 (8-bit scalar codes, a quarter of the raw vectors) "
+                                                "beyond this size, IVF-Flat up to it")
+    ivfpq_min_products: int = Field(12_000_000, ge=1,
                                     description="auto: IVF-PQ (OPQ, re-ranked from stored vectors) beyond this size")
     recall_target: float = Field(0.95, gt=0, le=1,
                                  description="auto-tuning: recall@10 that nprobe / efSearch are raised to reach")

@@ -20,8 +20,8 @@ from typing import Any, TypeVar, cast
 
 import numpy as np
 
-from core.ann import (INDEX_JSON, RERANK_FACTOR, LiveIndex, build, choose_index_type, exact_top, needs_training,
-                      train_size, tune)
+from core.ann import (INDEX_JSON, LiveIndex, build, choose_index_type, exact_top, needs_training, train_size,
+                      tune)
 from core.calibration import CALIBRATION_JSON, Calibration, TextEncoder, stale
 from core.config import Settings
 from core.errors import CatalogueReplacedError, StorageFullError, StoreError, disk_full
@@ -72,6 +72,7 @@ class LocalStore:
         if fd is not None:
             weakref.finalize(self, os.close, fd)  # the descriptor lives as long as this store
         self.table = ProductTable(self.db, settings.max_filter_columns)
+        self.table.upgrade(self.name)  # float32 vectors of an earlier release become float16
         self._index: LiveIndex | None = None
         self._index_lock = threading.RLock()  # serialises index maintenance (apply, rebuild), not searches
         self.head = head
@@ -89,8 +90,8 @@ class LocalStore:
         live = self._index
         if live is not None:
             return live.info.dim
-        row = self.db.reader().execute("SELECT length(COALESCE(vector, clip)) FROM products LIMIT 1").fetchone()
-        return None if row is None else int(row[0]) // 4
+        dims = self.table.dims()
+        return None if dims is None else dims[1]
 
     @property
     def live_index(self) -> LiveIndex | None:
@@ -181,18 +182,16 @@ class LocalStore:
         """Re-derive every indexed vector from its stored CLIP vector through ``head`` (or drop them
         when None: the index then holds CLIP vectors), in one transaction that records the head."""
         sha = head.sha256 if head is not None else None
-        row = self.db.reader().execute("SELECT length(clip) FROM products LIMIT 1").fetchone()
-        if head is not None and row is not None and head.input_dim * 4 != row[0]:
+        dims = self.table.dims()
+        if head is not None and dims is not None and head.input_dim != dims[0]:
             raise StoreError(self.name, f"head.safetensors takes {head.input_dim}-dim vectors but the catalogue's "
-                                        f"CLIP vectors have {row[0] // 4}; remove it or fine-tune again")
+                                        f"CLIP vectors have {dims[0]}; remove it or fine-tune again")
         with self.db.write() as conn:
             gen = self.table.bump(conn)
             changed = self.table.head(conn) != sha
             if changed:
                 for vids, clips in self.table.iter_vectors(conn, column="clip"):
-                    rows = head.apply(clips) if head is not None else [None] * len(vids)
-                    self.table.set_vectors(conn, gen, [(None if r is None else np.asarray(r, np.float32).tobytes(),
-                                                        int(v)) for v, r in zip(vids, rows, strict=True)])
+                    self.table.set_vectors(conn, gen, vids, clips, head.apply(clips) if head is not None else None)
                 self.table.set_head(conn, sha)
                 logger.info("%s: stored vectors re-projected through head %s", self.name, sha or "none")
         self.head, self._head = head, sha
@@ -213,13 +212,15 @@ class LocalStore:
         if flt is not None and flt.selective:
             vids = self.table.matching(flt, self.settings.filter_exact_max)
             if vids is not None:
+                live = self._index
                 vectors = self._subset_vectors(vids)
-                return [self._exact(q, k, vids, vectors) for q in queries]
+                shortlist = live.rescore_factor if live is not None and not live.lossy else 0
+                return [self._exact(q, k, vids, vectors, shortlist) for q in queries]
         return [self._approximate(q, k, flt) for q in queries]
 
     def _subset_vectors(self, vids: np.ndarray) -> Embeddings:
-        """The subset's exact vectors: from the index in memory where it holds them exactly (flat, HNSW,
-        IVF), else - or for a vid it has not caught up on yet - from the store."""
+        """The subset's vectors: from the index in memory where it holds them (exactly for flat, HNSW and
+        IVF, as 8-bit codes for IVF-SQ8), else - or for a vid it has not caught up on yet - from the store."""
         live = self._index
         if live is not None and not live.lossy and len(vids):
             found = live.reconstruct(vids)
@@ -230,14 +231,20 @@ class LocalStore:
         return np.stack([stored.get(int(v), np.zeros(dim, np.float32)) for v in vids]) if len(vids) else \
             np.zeros((0, dim), np.float32)
 
-    def _exact(self, query: np.ndarray, k: int, vids: np.ndarray, vectors: Embeddings) -> list[Hit]:
-        """A selective filter: score every admitted product exactly (the subset is small)."""
+    def _exact(self, query: np.ndarray, k: int, vids: np.ndarray, vectors: Embeddings, shortlist: int = 0
+               ) -> list[Hit]:
+        """A selective filter: score every admitted product (the subset is small). With ``shortlist`` (the
+        vectors are 8-bit codes) the best ``shortlist * k`` are scored again from the stored vectors."""
         if not len(vids):
             return []
         scores = self._scores(vectors, query)
-        top = np.argsort(-scores, kind="stable")[:k]
-        rows = self.table.by_vids(vids[top].tolist())
-        return [Hit(rows[int(v)], float(s), int(v)) for v, s in zip(vids[top], scores[top], strict=True)
+        top = np.argsort(-scores, kind="stable")[:k * max(1, shortlist)]
+        picked, picked_scores = vids[top], scores[top]
+        if shortlist:
+            picked_scores, picked = self._rerank(query, picked)
+            picked, picked_scores = picked[:k], picked_scores[:k]
+        rows = self.table.by_vids(picked.tolist())
+        return [Hit(rows[int(v)], float(s), int(v)) for v, s in zip(picked, picked_scores, strict=True)
                 if int(v) in rows]
 
     def _scores(self, vectors: Embeddings, query: np.ndarray) -> np.ndarray:
@@ -260,10 +267,10 @@ class LocalStore:
         want = int((k + extra) * slack) + (4 if live.dead else 0)
         if flt is not None and flt.selective:
             want = max(want, 4 * k + 16)
-        fetch, widen = min(live.ntotal, want if not live.lossy else max(want, RERANK_FACTOR * k)), 1
+        fetch, widen = min(live.ntotal, max(want, live.rescore_factor * k)), 1
         while True:
             scores, vids = live.search(query[None], fetch, widen)
-            if live.lossy:
+            if live.rescore_factor:
                 scores, vids = self._rerank(query, vids[0])
             else:
                 scores, vids = scores[0], vids[0]
@@ -277,7 +284,7 @@ class LocalStore:
             fetch, widen = min(live.ntotal, fetch * 4, _MAX_FETCH), widen * 2
 
     def _rerank(self, query: np.ndarray, vids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Exact scores for PQ candidates, from the stored vectors, best first."""
+        """Exact scores for a quantised index's candidates, from the stored vectors, best first."""
         vids = vids[vids >= 0]
         stored = self.table.vectors_by_vid(vids.tolist())
         keep = np.array([v for v in vids.tolist() if v in stored], dtype=np.int64)
@@ -339,7 +346,7 @@ class LocalStore:
         # a forced quantised index needs enough vectors to train (FAISS aborts the process on too few)
         if kind == IndexType.IVFPQ and n < _IVFPQ_MIN_TRAIN:
             kind = IndexType.IVF
-        if kind == IndexType.IVF and n < _IVF_MIN_TRAIN:
+        if kind in (IndexType.IVF, IndexType.IVFSQ) and n < _IVF_MIN_TRAIN:
             kind = IndexType.FLAT
         return kind
 
@@ -397,7 +404,7 @@ class LocalStore:
                 queries, own = sample[pick], sample_vids[pick]
                 truth = exact_top(self.table.iter_vectors(conn), queries, own)
                 tune(live, queries, truth, own, self.settings,
-                     rerank=(lambda q, v: self._rerank(q, v)) if live.lossy else None)
+                     rerank=(lambda q, v: self._rerank(q, v)) if live.rescore_factor else None)
         if save:
             self.save(live)
             self.calibrate(live)

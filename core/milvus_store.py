@@ -64,10 +64,10 @@ _SCAN_BATCH = 16_384  # milvus-lite re-reads the collection per page: few, large
 _MAX_TOPK = 16_384  # Milvus's limit on limit + offset
 _CALIBRATION_SAMPLE = 2000
 _MILVUS_INDEX = {IndexType.FLAT: "FLAT", IndexType.HNSW: "HNSW", IndexType.IVF: "IVF_FLAT",
-                 # the quantised tier: 8-bit scalar codes (4x smaller than raw vectors, exact enough to
-                 # rank); milvus-lite has no IVF_PQ, a Milvus cluster has both
-                 IndexType.IVFPQ: "IVF_SQ8"}
-_KIND_OF = {v: k for k, v in _MILVUS_INDEX.items()}
+                 # the quantised tiers: 8-bit scalar codes (4x smaller than raw vectors, exact enough to
+                 # rank); milvus-lite has no IVF_PQ, so ivfpq is served as IVF_SQ8 too (see wanted_kind)
+                 IndexType.IVFSQ: "IVF_SQ8", IndexType.IVFPQ: "IVF_SQ8"}
+_KIND_OF = {v: k for k, v in _MILVUS_INDEX.items() if k != IndexType.IVFPQ}
 _SERVED_KINDS = {k.value for k in _MILVUS_INDEX}
 _NOT_LOADED = 101  # Milvus's CollectionNotLoaded (milvus-lite answers it too)
 _clients: dict[tuple[str, str], Any] = {}
@@ -455,7 +455,7 @@ class MilvusStore:
         build: dict[str, int] = {}
         if kind == IndexType.HNSW:
             build = {"M": self.settings.hnsw_m, "efConstruction": max(64, 2 * self.settings.hnsw_m)}
-        elif kind in (IndexType.IVF, IndexType.IVFPQ):
+        elif kind in (IndexType.IVF, IndexType.IVFSQ, IndexType.IVFPQ):
             build = {"nlist": ivf_nlist(max(n, 1))}
         params.add_index(field_name="vector", index_name="vector", index_type=_MILVUS_INDEX[kind],
                          metric_type=self._metric(), params=build)
@@ -778,7 +778,7 @@ class MilvusStore:
         kind = live.kind if live is not None else IndexType.FLAT
         if kind == IndexType.HNSW:
             return {"ef": max(k, int(live.info.params.get("efSearch", self.settings.hnsw_ef_search)) if live else k)}
-        if kind in (IndexType.IVF, IndexType.IVFPQ):
+        if kind in (IndexType.IVF, IndexType.IVFSQ, IndexType.IVFPQ):
             return {"nprobe": int(live.info.params.get("nprobe", self.settings.ivf_nprobe)) if live else 16}
         return {}
 
@@ -789,7 +789,8 @@ class MilvusStore:
     # --- the index -------------------------------------------------------------------------------
     def wanted_kind(self, n: int) -> IndexType:
         kind = choose_index_type(n, self.settings) if self._index_type == IndexType.AUTO else self._index_type
-        return IndexType.FLAT if kind in (IndexType.IVF, IndexType.IVFPQ) and n < 1000 else kind
+        kind = IndexType.IVFSQ if kind == IndexType.IVFPQ else kind  # one IVF_SQ8 index serves both tiers
+        return IndexType.FLAT if kind in (IndexType.IVF, IndexType.IVFSQ) and n < 1000 else kind
 
     def open_index(self) -> MilvusIndex | None:
         """The served index's description (the collection loaded). A missing vector index is built; one
@@ -850,7 +851,7 @@ class MilvusStore:
         params = dict(saved.get("params") or {}) if saved.get("kind") == kind.value else {}
         if kind == IndexType.HNSW:
             params.setdefault("efSearch", self.settings.hnsw_ef_search)
-        elif kind in (IndexType.IVF, IndexType.IVFPQ):
+        elif kind in (IndexType.IVF, IndexType.IVFSQ, IndexType.IVFPQ):
             params.setdefault("nprobe", self.settings.ivf_nprobe)
         info = IndexInfo(kind=kind, dim=self.dim or 0, metric=self.settings.metric, generation=self.generation(),
                          count=n, head=self._head, params=params, tuning={"engine": "milvus",

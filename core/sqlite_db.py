@@ -270,6 +270,18 @@ class Database:
         """The typed error for an SQLite error met while reading or writing (damage, a full disk, the rest)."""
         return self._error(exc, action)
 
+    @contextmanager
+    def write_connection(self) -> Iterator[sqlite3.Connection]:
+        """The writer connection outside a transaction (VACUUM cannot run inside one), other writes of this
+        process held off meanwhile."""
+        with self._write_lock:
+            if self._writer is None:
+                self._writer = self._connect()
+            try:
+                yield self._writer
+            except sqlite3.Error as exc:
+                raise self._error(exc, "write") from None
+
     def _error(self, exc: sqlite3.Error, action: str, *, remember: bool = True) -> StoreError:
         if is_corrupt(exc):
             return self._corrupt(str(exc), remember=remember)

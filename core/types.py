@@ -24,6 +24,7 @@ class IndexType(StrEnum):
     FLAT = "flat"
     IVF = "ivf"
     HNSW = "hnsw"
+    IVFSQ = "ivfsq"
     IVFPQ = "ivfpq"
 
 

@@ -25,7 +25,7 @@ class IndexPhase:
         return {"store": ctx.store().generation(), "head": head_sha(ctx),
                 "index_type": ctx.spec.index_type_for(s).value,
                 "metric": s.metric.value, "hnsw": [s.hnsw_m, s.hnsw_ef_search], "nprobe": s.ivf_nprobe,
-                "auto": [s.flat_max_products, s.hnsw_max_products, s.ivfpq_min_products],
+                "auto": [s.flat_max_products, s.hnsw_max_products, s.ivfsq_min_products, s.ivfpq_min_products],
                 "tuning": [s.recall_target, s.tune_latency_ms]}
 
     def outputs(self, ctx: PipelineContext) -> list[Path]:

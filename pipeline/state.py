@@ -3,7 +3,8 @@
 - ``csv_products``: the validated rows of products.csv (replaced whole by each validation run);
 - ``images``: every image reference's download state (status, reason, cache file, the settings and
   the local file's size and mtime it was made under) - no marker file per image;
-- ``views``: one CLIP vector per cached image and backbone, committed a batch at a time.
+- ``views``: one CLIP vector per cached image and backbone, committed a batch at a time (float16, like the
+  store's vectors; rows of an earlier release stay float32, ``half`` = 0, and decode as such).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from core.sqlite_db import Database, now
-from core.sqlite_store import MAX_SQL_VARS
+from core.sqlite_store import MAX_SQL_VARS, blob, unblob_one
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS csv_products(
@@ -31,7 +32,7 @@ CREATE TABLE IF NOT EXISTS images(
 CREATE INDEX IF NOT EXISTS images_cache ON images(cache);
 CREATE INDEX IF NOT EXISTS images_status ON images(status);
 CREATE TABLE IF NOT EXISTS views(cache TEXT NOT NULL, model_key TEXT NOT NULL, vector BLOB NOT NULL,
-    PRIMARY KEY (cache, model_key));
+    half INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (cache, model_key));
 CREATE TABLE IF NOT EXISTS state_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
@@ -75,6 +76,8 @@ class BuildState:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
+            if "half" not in {row[1] for row in conn.execute("PRAGMA table_info(views)")}:  # an earlier release's
+                conn.execute("ALTER TABLE views ADD COLUMN half INTEGER NOT NULL DEFAULT 0")
 
     # --- staged CSV rows ----------------------------------------------------------------------------
     def replace_staged(self, conn: sqlite3.Connection) -> None:
@@ -192,9 +195,8 @@ class BuildState:
 
     def save_views(self, model_key: str, caches: Sequence[str], vectors: np.ndarray) -> None:
         with self.db.write() as conn:
-            conn.executemany("INSERT OR REPLACE INTO views VALUES (?,?,?)", [
-                (c, model_key, np.ascontiguousarray(v, dtype=np.float32).tobytes())
-                for c, v in zip(caches, vectors, strict=True)])
+            conn.executemany("INSERT OR REPLACE INTO views VALUES (?,?,?,1)", [
+                (c, model_key, blob(v)) for c, v in zip(caches, vectors, strict=True)])
 
     def view_vectors(self, refs: Sequence[str], model_key: str) -> dict[str, tuple[str, np.ndarray]]:
         """ref -> (cache file, vector) for the refs that downloaded and were embedded."""
@@ -202,12 +204,12 @@ class BuildState:
         conn = self.db.reader()
         for start in range(0, len(refs), MAX_SQL_VARS):
             chunk = list(refs[start:start + MAX_SQL_VARS])
-            for ref, cache, vector in conn.execute(
-                    "SELECT images.ref, images.cache, views.vector FROM images JOIN views "
+            for ref, cache, vector, half in conn.execute(
+                    "SELECT images.ref, images.cache, views.vector, views.half FROM images JOIN views "
                     "ON views.cache = images.cache AND views.model_key = ? "
                     f"WHERE images.status='ok' AND images.ref IN ({_marks(len(chunk))})",
                     [model_key, *chunk]):
-                out[ref] = (cache, np.frombuffer(vector, dtype=np.float32))
+                out[ref] = (cache, unblob_one(vector, half))
         return out
 
     # --- meta ---------------------------------------------------------------------------------------

@@ -33,8 +33,8 @@ def add_quality_arguments(parser: argparse.ArgumentParser) -> None:
                        help="precision@1/5/10, MRR, mAP@10 per category and robustness to perturbed queries; "
                             "writes models/<model>/evaluation.json and a chart")
     group.add_argument("--bench-index", action="store_true",
-                       help="compare flat, hnsw, ivf and ivfpq, each tuned as a build would (recall@10, latency, "
-                            "build time, size) and recommend what index_type=auto picks")
+                       help="compare flat, hnsw, ivf, ivfsq and ivfpq, each tuned as a build would (recall@10, "
+                            "latency, build time, size) and recommend what index_type=auto picks")
     group.add_argument("--size", type=_positive_int, metavar="N",
                        help="with --bench-index: benchmark N synthetic vectors instead of the model's")
     group.add_argument("--finetune", action="store_true",

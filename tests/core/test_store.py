@@ -36,8 +36,8 @@ def _items(vectors: np.ndarray, start: int = 0, source: Source = Source.CSV) -> 
 
 @pytest.fixture
 def settings(tmp_path):
-    return load_settings(root=tmp_path, flat_max_products=500, hnsw_max_products=3000, ivfpq_min_products=6000,
-                         filter_exact_max=200)
+    return load_settings(root=tmp_path, flat_max_products=500, hnsw_max_products=3000, ivfsq_min_products=4500,
+                         ivfpq_min_products=6000, filter_exact_max=200)
 
 
 def _store(tmp_path, settings, **kw) -> LocalStore:
@@ -86,7 +86,8 @@ def _recalls_and_survives_edits(store, x: np.ndarray) -> None:
     store.upsert([ProductVector(Product(id="p5000000", title="new"), clip=x[0])])
     hits = store.search(x[:20], 10)
     assert all(h.product.id not in set(gone) for row in hits for h in row)
-    assert hits[0][0].product.id == "p5000000" and hits[0][0].score == pytest.approx(1.0, abs=1e-4)
+    # its own vector, stored as float16 (32-d components are large, so up to about 1e-4 off)
+    assert hits[0][0].product.id == "p5000000" and hits[0][0].score == pytest.approx(1.0, abs=5e-4)
 
 
 def test_writes_bump_the_generation_and_read_back(make_store):
@@ -103,7 +104,7 @@ def test_writes_bump_the_generation_and_read_back(make_store):
     assert store.delete(["p1", "missing"]) == 1 and store.count() == 99
     stats = store.stats()
     assert stats.columns == {"price": "number", "vendor": "text"} and stats.by_source == {"csv": 99}
-    assert np.allclose(store.vectors(["p0"])[0], x[1])
+    assert np.allclose(store.vectors(["p0"])[0], x[1], atol=1e-3)  # the local store keeps float16
     with pytest.raises(KeyError):
         store.vectors(["p1"])
     assert [p.id for p in store.get(["p3", "nope", "p2"])] == ["p3", "p2"]
@@ -123,7 +124,7 @@ def test_a_metadata_only_edit_keeps_the_vectors_key(tmp_path, settings):
 
 
 @pytest.mark.parametrize("n,kind", [(300, IndexType.FLAT), (2000, IndexType.HNSW), (4000, IndexType.IVF),
-                                    (7000, IndexType.IVFPQ)])
+                                    (5000, IndexType.IVFSQ), (7000, IndexType.IVFPQ)])
 def test_every_index_type_is_chosen_by_size_tuned_and_stays_correct_under_edits(tmp_path, settings, n, kind):
     x = _vectors(n, seed=n)
     store = _store(tmp_path, settings)
@@ -134,7 +135,22 @@ def test_every_index_type_is_chosen_by_size_tuned_and_stays_correct_under_edits(
     assert info["kind"] == kind.value and info["generation"] == store.generation()
     if kind != IndexType.FLAT:
         assert info["tuning"]["reason"] and info["tuning"]["tried"]
-    _recalls_and_survives_edits(store, x)
+    # a selective filter is scored over its whole subset (the quantised types' vectors come from memory for
+    # ivfsq, from the store for ivfpq), and the hits' scores are exact
+    mask = np.array([i % 50 == 7 for i in range(n)])
+    subset_ids = [f"p{i}" for i in range(n) if i % 50 == 7]
+    for q in x[:5]:
+        hits = store.search(q[None], 5, Filter(category="c7"))[0]
+        assert [h.product.id for h in hits] == _exact(x[mask], subset_ids, q, 5)
+        assert np.allclose([h.score for h in hits], np.sort(x[mask] @ q)[::-1][:5], atol=1e-3)
+    store.upsert([ProductVector(Product(id="later", title="later"), clip=-x[1])])  # after the save: replayed
+    store.close()
+    reopened = _store(tmp_path, settings)  # the saved index is loaded and catches up, not rebuilt
+    live = reopened.live_index
+    assert live is not None and live.kind == kind and live.info.built_at == info["built_at"]
+    assert reopened.search(-x[1:2], 1)[0][0].product.id == "later"
+    reopened.delete(["later"])
+    _recalls_and_survives_edits(reopened, x)
 
 
 def test_filters_are_exact_within_a_small_subset_and_correct_when_broad(make_store):
@@ -223,7 +239,7 @@ def test_hit_vectors_outlive_a_delete_made_after_the_search(make_store):
     hits = store.search(x[:1], 5)[0]
     make_store(open_index=False).delete([h.product.id for h in hits])
     ids = [int(h.product.id[1:]) for h in hits]
-    assert np.allclose(store.hit_vectors(hits), x[ids], atol=1e-5)
+    assert np.allclose(store.hit_vectors(hits), x[ids], atol=1e-3)  # float16 in the local store
 
 
 def test_api_products_are_kept_by_csv_writes_unless_asked(make_store):
@@ -256,6 +272,81 @@ def test_a_legacy_file_build_is_migrated_with_nothing_lost(tmp_path, settings):
     assert store.count() == 6 and store.stats().by_source == {"csv": 5, "api": 1}
     assert store.search(x[5:6], 1)[0][0].product.id == "L5"
     assert (folder / "legacy" / "metadata.jsonl").is_file() and not (folder / "metadata.jsonl").exists()
+
+
+# the products table as the release before float16 storage wrote it (float32 blobs, no ``half`` column)
+_FLOAT32_RELEASE_SCHEMA = """
+CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO meta VALUES ('generation', '1'), ('schema', '1');
+CREATE TABLE products(vid INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, title TEXT NOT NULL,
+    category TEXT NOT NULL DEFAULT '', images TEXT NOT NULL DEFAULT '[]', preview_image TEXT NOT NULL DEFAULT '',
+    preview_cache TEXT, extra TEXT NOT NULL DEFAULT '{}', source TEXT NOT NULL, updated_at REAL NOT NULL,
+    gen INTEGER NOT NULL, digest TEXT NOT NULL DEFAULT '', clip BLOB NOT NULL, vector BLOB);
+CREATE INDEX products_gen ON products(gen);
+CREATE INDEX products_category ON products(category);
+CREATE INDEX products_source ON products(source);
+CREATE TABLE dead(vid INTEGER PRIMARY KEY, gen INTEGER NOT NULL, at REAL NOT NULL);
+CREATE INDEX dead_gen ON dead(gen);
+CREATE TABLE columns(name TEXT PRIMARY KEY, kind TEXT NOT NULL);
+"""
+
+
+def test_vectors_are_stored_as_float16_and_read_back_as_float32(tmp_path, settings):
+    store = _store(tmp_path, settings)
+    x = _vectors(50, seed=21)
+    store.upsert(_items(x))
+    got = store.vectors([f"p{i}" for i in range(50)])
+    assert got.dtype == np.float32 and np.abs(got - x).max() < 1e-3
+    widths = {w for (w,) in store.db.reader().execute("SELECT length(clip) FROM products")}
+    assert widths == {2 * DIM} and store.dim == DIM
+    assert [h.product.id for h in store.search(x[:3], 1)[0]] == ["p0"]
+
+
+def test_a_catalogue_of_the_float32_release_is_upgraded_on_open_and_keeps_serving(tmp_path, settings, caplog):
+    import sqlite3
+
+    from core.ann import build
+    from core.sqlite_db import Database
+    from core.sqlite_store import SCHEMA, ProductTable, blob
+    from core.types import Metric
+
+    folder = tmp_path / "models" / "m"
+    folder.mkdir(parents=True)
+    x = _vectors(400, seed=23)
+    conn = sqlite3.connect(folder / "catalogue.db")
+    conn.executescript(_FLOAT32_RELEASE_SCHEMA)
+    conn.executemany("INSERT INTO products (id, title, category, extra, source, updated_at, gen, clip) "
+                     "VALUES (?, ?, ?, '{}', 'csv', 0, 1, ?)",
+                     [(f"p{i}", f"Product {i}", f"c{i % 5}", v.astype(np.float32).tobytes()) for i, v in enumerate(x)])
+    # a killed upgrade: the column is there and the first rows are float16 already, the rest float32
+    conn.execute("ALTER TABLE products ADD COLUMN half INTEGER NOT NULL DEFAULT 0")
+    conn.executemany("UPDATE products SET clip=?, half=1 WHERE id=?", [(blob(x[i]), f"p{i}") for i in range(150)])
+    conn.commit()
+    conn.close()
+    # ... and the index that release saved, over its float32 vectors
+    ids = np.arange(1, 401, dtype=np.int64)
+    build(lambda: iter([(ids, x)]), x, 400, DIM, IndexType.FLAT, Metric.COSINE, settings, generation=1,
+          head=None).save(folder)
+    saved = json.loads((folder / "index.json").read_text())["file"]
+    mixed = ProductTable(Database(folder / "catalogue.db", SCHEMA)).vectors(["p0", "p399"])  # both kinds decode
+    assert np.abs(mixed - x[[0, 399]]).max() < 1e-3
+    before = (folder / "catalogue.db").stat().st_size
+
+    store = _store(tmp_path, settings)
+    rows = store.db.reader().execute("SELECT count(*), min(half), max(length(clip)) FROM products").fetchone()
+    assert rows == (400, 1, 2 * DIM)  # every row upgraded
+    assert store.db.reader().execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == "2"
+    assert (folder / "catalogue.db").stat().st_size < 0.9 * before  # compacted (32-d rows: mostly metadata)
+    assert store.live_index is not None and store.live_index.info.file == saved  # the saved index still serves
+    assert "rebuilding" not in caplog.text
+    assert np.abs(store.vectors([f"p{i}" for i in range(400)]) - x).max() < 1e-3
+    assert [h.product.id for h in store.search(x[7:8], 3, Filter(category="c2"))[0]][0] == "p7"
+    assert [h.product.id for h in store.search(x[:1], 10)[0]] == _exact(x, [f"p{i}" for i in range(400)], x[0], 10)
+    store.upsert([ProductVector(Product(id="new", title="new"), clip=x[3])])
+    store.delete(["p3"])
+    assert store.search(x[3:4], 1)[0][0].product.id == "new"
+    store.close()
+    assert _store(tmp_path, settings).count() == 400  # a second open has nothing left to upgrade
 
 
 @pytest.mark.parametrize("make_store", ["milvus-server"], indirect=True)

@@ -20,16 +20,19 @@ def test_synthetic_set_benchmarks_all_types_and_recommends_the_auto_choice(make_
     spec = store_model(settings, "demo", synthetic_vectors(20, 64, seed=1), ["a"] * 20)
     result = run_index_bench(settings, spec, size=3000, progress=False, queries=50)
     assert result["source"] == "synthetic" and result["num_vectors"] == 3000 and result["dim"] == 64
-    assert set(result["results"]) == {"flat", "hnsw", "ivf", "ivfpq"}
+    assert set(result["results"]) == {"flat", "hnsw", "ivf", "ivfsq", "ivfpq"}
     assert result["results"]["flat"]["recall_at_10"] == 1.0
     for row in result["results"].values():
         assert 0 < row["recall_at_10"] <= 1 and row["latency_ms_median"] > 0 and row["memory_bytes"] > 0
     results = result["results"]
     # tuned to the recall target on catalogue queries, held-out noisy queries come close to it
     assert results["hnsw"]["recall_at_10"] > 0.85 and results["ivf"]["recall_at_10"] > 0.85
+    assert results["ivfsq"]["recall_at_10"] > 0.85  # 8-bit codes rank well; the shortlist is re-scored exactly
     assert results["ivfpq"]["recall_at_10"] > 0.7  # PQ candidates re-ranked exactly
     assert "ef_search" in results["hnsw"]["params"] and "nprobe" in results["ivf"]["params"]
-    assert results["ivfpq"]["memory_bytes"] < results["flat"]["memory_bytes"] / 2  # compressed codes
+    assert "nprobe" in results["ivfsq"]["params"]
+    # a byte per dimension instead of four; PQ's codes are smaller still
+    assert results["ivfpq"]["memory_bytes"] < results["ivfsq"]["memory_bytes"] < results["flat"]["memory_bytes"] / 2
     assert result["recommended"] == choose_index_type(3000, settings).value == "hnsw"
     assert result["recommended_params"] == results["hnsw"]["params"]
     text = format_bench(result)
@@ -52,10 +55,12 @@ def test_synthetic_vectors_are_clustered_not_uniform_noise():
     assert np.median(sims.max(axis=1)) > 0.4
 
 
-@pytest.mark.parametrize("size", [1, 1000, 1001, 5000, 5001, 9000, 9001])
-def test_recommendation_follows_the_auto_rule_at_its_edges(make_settings, size):
-    settings = make_settings(flat_max_products=1000, hnsw_max_products=5000, ivfpq_min_products=9000)
-    assert recommendation(size, settings)[0] == choose_index_type(size, settings)
+@pytest.mark.parametrize("size,kind", [(1, "flat"), (1000, "flat"), (1001, "hnsw"), (5000, "hnsw"), (5001, "ivf"),
+                                       (7000, "ivf"), (7001, "ivfsq"), (9000, "ivfsq"), (9001, "ivfpq")])
+def test_recommendation_follows_the_auto_rule_at_its_edges(make_settings, size, kind):
+    settings = make_settings(flat_max_products=1000, hnsw_max_products=5000, ivfsq_min_products=7000,
+                             ivfpq_min_products=9000)
+    assert recommendation(size, settings)[0] == choose_index_type(size, settings) == kind
 
 
 def test_model_vectors_are_read_from_the_store_without_size(make_settings):
