@@ -7,7 +7,7 @@ the run's context picks one (IMAGESEARCH_EXECUTOR)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -73,7 +73,7 @@ class PhaseExecutor(Protocol):
     def download(self, todo: list[Target], job: Downloads) -> Iterator[Outcome]:
         """Each target's outcome as it finishes, its cache file written (``job.bar`` counts them)."""
 
-    def embed(self, views: Views) -> Iterator[tuple[Embedded, Products]]:
+    def embed(self, views: Views) -> Generator[tuple[Embedded, Products]]:
         """Each batch as it is embedded, with the products whose views are then all embedded (every product,
         at the end, for an executor that returns batches out of order)."""
 

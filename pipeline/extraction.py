@@ -14,6 +14,7 @@ import logging
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -96,12 +97,13 @@ class _Views:
 
     def run(self, executor: PhaseExecutor, upserter: _Upserter, writer: ThreadPoolExecutor) -> None:
         pending: Future[None] | None = None
-        for done, products in executor.embed(self):
-            self._commit(done)
-            if products:  # every view of these products is committed: upsert them beside the next batches
-                if pending is not None:
-                    pending.result()  # one chunk at a time (and its errors raised here)
-                pending = writer.submit(upserter.write_all, products)
+        with closing(executor.embed(self)) as batches:  # a failed write stops the executor's work at once
+            for done, products in batches:
+                self._commit(done)
+                if products:  # every view of these products is committed: upsert them beside the next batches
+                    if pending is not None:
+                        pending.result()  # one chunk at a time (and its errors raised here)
+                    pending = writer.submit(upserter.write_all, products)
         if pending is not None:
             pending.result()
 

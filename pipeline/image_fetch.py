@@ -20,7 +20,6 @@ class ImageStatus(StrEnum):
     FAILED = "failed"
 
 
-
 @dataclass(frozen=True)
 class Target:
     """One ref still to fetch: a URL, or a local file with the size and mtime it was checked against."""
@@ -36,7 +35,6 @@ class Target:
         return (urlsplit(self.url).hostname or "") if self.url else ""
 
 
-
 @dataclass(frozen=True)
 class Outcome:
     ref: str
@@ -46,7 +44,6 @@ class Outcome:
     @property
     def transient(self) -> bool:
         return self.record.transient
-
 
 
 def classify(ref: str, data_dir: Path) -> Target:
@@ -73,7 +70,6 @@ def classify(ref: str, data_dir: Path) -> Target:
     return Target(ref, path=path, size=stat.st_size, mtime_ns=stat.st_mtime_ns)
 
 
-
 def read_local(target: Target, max_bytes: int) -> bytes:
     assert target.path is not None and target.size is not None
     if target.size > max_bytes:
@@ -88,7 +84,6 @@ def read_local(target: Target, max_bytes: int) -> bytes:
     return data
 
 
-
 def prepare(target: Target, read: Callable[[], bytes], cache: ImageCache) -> tuple[Outcome, CachedImage | None]:
     """Read (``read``), verify and downscale one ref, writing nothing: its outcome, and the cache file to
     write when it worked. The one place a ref's bytes become a cache entry, on either executor."""
@@ -99,7 +94,6 @@ def prepare(target: Target, read: Callable[[], bytes], cache: ImageCache) -> tup
     record = ImageRecord(ref=target.ref, status=ImageStatus.OK.value, cache=image.rel, width=image.width,
                          height=image.height, bytes=image.nbytes, size=target.size, mtime_ns=target.mtime_ns)
     return Outcome(target.ref, record, "downloaded" if target.url is not None else "local"), image
-
 
 
 def failed_outcome(ref: str, err: FetchError | ImageDecodeError) -> Outcome:

@@ -5,7 +5,7 @@ here, in product order, so each chunk of products can be written as soon as its 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
@@ -45,7 +45,7 @@ class LocalExecutor:
             net.shutdown(wait=True, cancel_futures=True)
             cpu.shutdown(wait=True, cancel_futures=True)
 
-    def embed(self, views: Views) -> Iterator[tuple[Embedded, Products]]:
+    def embed(self, views: Views) -> Generator[tuple[Embedded, Products]]:
         """The views in product order, preprocessed on every core, embedded batch after batch."""
         encoder = views.encoder()
         settings = self.settings

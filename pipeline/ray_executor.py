@@ -17,7 +17,7 @@ import logging
 import os
 import socket
 import warnings
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -227,7 +227,7 @@ class RayExecutor:
             partial(fetch_and_encode, settings=_for_workers(settings), policy=policy, threads=threads),
             batch_size=per_task, num_cpus=1, compute=ray.data.TaskPoolStrategy(size=tasks))
 
-    def embed(self, views: Views) -> Iterator[tuple[Embedded, Products]]:
+    def embed(self, views: Views) -> Generator[tuple[Embedded, Products]]:
         """Every view without a vector, batches coming back in whatever order; the products, once all are in."""
         todo, products = views.unordered()
         if not todo:
