@@ -1,4 +1,6 @@
-"""Phase 2: fetch every product image (URL or local file), verify it and cache it downscaled, resumably."""
+"""Phase 2: fetch every product image (URL or local file), verify it and cache it downscaled, resumably. The phase
+settles what it can without a request, hands the rest to the run's executor (each ref's work is in
+pipeline/image_fetch.py) and records every outcome in the build state."""
 
 from __future__ import annotations
 

@@ -230,21 +230,19 @@ class RayExecutor:
     def embed(self, views: Views) -> Generator[tuple[Embedded, Products]]:
         """Every view without a vector, batches coming back in whatever order; the products, once all are in."""
         todo, products = views.unordered()
-        if not todo:
-            yield Embedded([], np.zeros((0, 1), np.float32), []), products
-            return
-        session = self.session()
-        plan = session.actor_plan(self.settings)
-        views.details.update(executor=session.describe(), ray_actors=plan.count,
-                             ray_device="gpu" if plan.gpus else "cpu")
-        views.bar.total = len(todo)
-        for batch in _results(self._embedding_dataset(session, plan, todo, views)):
-            _raise_fatal(batch["error"])
-            ok = batch["error"] == ""
-            failed = [(str(rel), _UNREADABLE, str(error))
-                      for rel, error in zip(batch["cache"][~ok], batch["error"][~ok], strict=True)]
-            yield Embedded([str(c) for c in batch["cache"][ok]], batch["vector"][ok], failed), []
-        yield Embedded([], np.zeros((0, 1), np.float32), []), products
+        if todo:
+            session = self.session()
+            plan = session.actor_plan(self.settings)
+            views.details.update(executor=session.describe(), ray_actors=plan.count,
+                                 ray_device="gpu" if plan.gpus else "cpu")
+            views.bar.total = len(todo)
+            for batch in _results(self._embedding_dataset(session, plan, todo, views)):
+                _raise_fatal(batch["error"])
+                ok = batch["error"] == ""
+                failed = [(str(rel), _UNREADABLE, str(error))
+                          for rel, error in zip(batch["cache"][~ok], batch["error"][~ok], strict=True)]
+                yield Embedded([str(c) for c in batch["cache"][ok]], batch["vector"][ok], failed), []
+        yield Embedded([], np.zeros((0, 1), np.float32), []), products  # every view is in: write every product
 
     def _embedding_dataset(self, session: RaySession, plan: ActorPlan, todo: list[str], views: Views) -> Any:
         """Cached images read on the driver's node, then embedded by ``plan.count`` actors."""
