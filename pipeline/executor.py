@@ -1,7 +1,8 @@
 """What a phase hands an executor and what comes back (clip-retrieval's runner: the phase is the reader and the
 writer, the executor the mapper). The download phase hands refs to fetch and gets each one's outcome; the
 extraction phase hands the views to embed and gets their vectors, batch by batch, with the products they complete.
-Phases write the results (build state, store); an executor only decides where the work runs. Two implement this:
+Phases record the results (build state, store); an executor decides where the work runs, and writes only the image
+cache files, through the phase's cache, where it has them (a local worker process; Ray's driver). Two implement this:
 pipeline/local_executor.py (this machine's threads and processes) and pipeline/ray_executor.py (a Ray cluster);
 the run's context picks one (IMAGESEARCH_EXECUTOR)."""
 
