@@ -141,9 +141,11 @@ def _bound(text: str) -> float | None:
     return float(text) if text else None
 
 
-def _text_search_params(filters: Annotated[Filters, Depends(_search_params)]) -> Filters:
+SearchParams = Annotated[Filters, Depends(_search_params)]  # an image (or a client vector's, or a product's) search
+
+
+def _text_search_params(filters: SearchParams) -> Filters:
     return replace(filters, kind=TEXT)
 
 
-SearchParams = Annotated[Filters, Depends(_search_params)]  # an image (or a client vector's, or a product's) search
 TextSearchParams = Annotated[Filters, Depends(_text_search_params)]  # the same parameters, for a text query
