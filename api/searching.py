@@ -164,7 +164,7 @@ async def _one(model: ServedModel, filters: Filters, asked: _Asked, vector: Call
 
 
 async def _search_loaded(model: ServedModel, clip_vector: np.ndarray, filters: Filters, base: str, *,
-                        projected: bool = False) -> list[SearchHit]:
+                         projected: bool = False) -> list[SearchHit]:
     """Search one model with a raw CLIP query vector (or one already in index space), off the event loop."""
     def _work() -> list[SearchHit]:
         vector = clip_vector if projected else query_vector(model, clip_vector)
