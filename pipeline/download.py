@@ -1,6 +1,6 @@
 """Phase 2: fetch every product image (URL or local file), verify it and cache it downscaled, resumably. The phase
 settles what it can without a request, hands the rest to the run's executor (each ref's work is in
-pipeline/image_fetch.py) and records every outcome in the build state."""
+pipeline/image_cache.py) and records every outcome in the build state."""
 
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ from core.types import PhaseName
 from pipeline import progress
 from pipeline.base import PhaseResult, PipelineContext, write_report
 from pipeline.executor import Downloads
-from pipeline.image_cache import ImageCache, cache_key
-from pipeline.image_fetch import ImageStatus, Outcome, Target, classify, failed_outcome, read_local
+from pipeline.image_cache import (ImageCache, ImageStatus, Outcome, Target, cache_key, classify, failed_outcome,
+                                  read_local)
 from pipeline.state import BuildState, ImageRecord
 from utils.address_guard import AddressGuard
 from utils.http_fetch import FetchError, Fetcher, FetchPolicy

@@ -19,8 +19,7 @@ if TYPE_CHECKING:
     from tqdm import tqdm
 
     from core.encoder import ClipEncoder
-    from pipeline.image_cache import ImageCache
-    from pipeline.image_fetch import Outcome, Target
+    from pipeline.image_cache import ImageCache, Outcome, Target
     from pipeline.preprocess import Failure, Item
     from pipeline.state import StagedProduct
     from utils.http_fetch import Fetcher

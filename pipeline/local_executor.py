@@ -13,8 +13,7 @@ import numpy as np
 
 from core.config import Settings
 from pipeline.executor import Downloads, Embedded, Products, Views
-from pipeline.image_cache import ImageCache
-from pipeline.image_fetch import Outcome, Target, failed_outcome, prepare, read_local
+from pipeline.image_cache import ImageCache, Outcome, Target, failed_outcome, prepare, read_local
 from pipeline.preprocess import Preprocessor, process_pool, worker_count
 from pipeline.state import StagedProduct
 from utils.http_fetch import FetchError, Fetcher

@@ -33,7 +33,7 @@ from pipeline.ray_tasks import (FATAL, Embedder, fetch_and_encode, outcome_from_
                                 read_local_files)
 
 if TYPE_CHECKING:
-    from pipeline.image_fetch import Outcome, Target
+    from pipeline.image_cache import Outcome, Target
     from pipeline.ray_tasks import Batch
 
 logger = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """What runs on Ray's workers for ``executor=ray``: the download tasks and the embedding actors.
 
 Each reuses the local executor's code for one item (the guarded fetcher, and a ref's work in
-pipeline/image_fetch.py; the CLIP encoder of core/encoder.py). Nothing here writes to the model's folders
+pipeline/image_cache.py; the CLIP encoder of core/encoder.py). Nothing here writes to the model's folders
 or store: results go back to the driver, which writes them, so workers need no shared filesystem.
 Batches are Ray Data numpy batches (a dict of column arrays); a row's outcome crosses as JSON.
 """
@@ -19,8 +19,7 @@ import numpy as np
 
 from core.config import Settings
 from core.errors import ImageSearchError
-from pipeline.image_cache import ImageCache
-from pipeline.image_fetch import Outcome, Target, classify, failed_outcome, prepare, read_local
+from pipeline.image_cache import ImageCache, Outcome, Target, classify, failed_outcome, prepare, read_local
 from utils.http_fetch import FetchError, Fetcher, FetchPolicy
 
 Batch = dict[str, np.ndarray]

@@ -31,6 +31,6 @@ def _imports() -> dict[str, set[str]]:
 
 def test_no_import_circle_and_no_phase_imports_an_executor():
     graph = _imports()
-    assert "image_fetch" in graph["download"] and "image_fetch" in graph["ray_tasks"]  # the walk sees imports
+    assert "image_cache" in graph["download"] and "image_cache" in graph["ray_tasks"]  # the walk sees imports
     TopologicalSorter(graph).prepare()  # raises CycleError naming the circle
     assert {(phase, imported) for phase in PHASES for imported in graph[phase] & EXECUTORS} == set()
