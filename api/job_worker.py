@@ -22,23 +22,18 @@ SETTINGS_ENV = "IMAGESEARCH_JOB_SETTINGS"
 
 
 def _rebuild(job: Job, settings: Settings, spec: ModelSpec, jobs: JobStore) -> list[str]:
-    from pipeline.base import PipelineContext
-    from pipeline.runner import default_phases, model_lock, run_phases
+    from pipeline.runner import PhaseOutcome, run_model
 
-    ctx = PipelineContext(settings=settings, spec=spec, progress=False,
-                          drop_api_edits=bool(job.params.get("drop_api_edits")))
-    phases = default_phases("all")
-    counts: dict[str, Any] = {}
-    with model_lock(ctx.paths.models, spec.name):
-        try:
-            for i, phase in enumerate(phases):
-                jobs.progress(job.task_id, i / len(phases), phase.name.value, counts)
-                outcome = run_phases(ctx, [phase], force=bool(job.params.get("force")))[0]
-                counts[phase.name.value] = {"status": outcome.status.value, "ok": outcome.result.ok,
-                                            "failed": sum(outcome.result.failed.values())}
-        finally:
-            ctx.close()
-    jobs.progress(job.task_id, 1.0, "done", counts)
+    outcomes: list[PhaseOutcome] = []
+
+    def counts() -> dict[str, Any]:
+        return {o.phase.value: {"status": o.status.value, "ok": o.result.ok, "failed": o.result.num_failed}
+                for o in outcomes}
+
+    run_model(settings, spec, force=bool(job.params.get("force")), progress=False,
+              drop_api_edits=bool(job.params.get("drop_api_edits")), outcomes=outcomes,
+              starting=lambda i, n, phase: jobs.progress(job.task_id, i / n, phase.value, counts()))
+    jobs.progress(job.task_id, 1.0, "done", counts())
     return []
 
 

@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 from core.config import Settings
 from core.errors import NoUsableProductsError
 from core.model_config import ModelPaths, ModelSpec
-from core.types import Embeddings, PhaseName
+from core.types import Embeddings, Executor, PhaseName
 from utils.atomic import read_json, sha256_file, write_json_atomic
 from utils.redact import redact_json
 
 if TYPE_CHECKING:
     from core.encoder import ClipEncoder
     from core.store import ModelStore
-    from pipeline.ray_executor import RaySession
+    from pipeline.executor import PhaseExecutor
     from pipeline.state import BuildState
 
 logger = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ PIPELINE_VERSION = 2  # bump when an output format changes, so old checkpoints a
 @dataclass
 class PipelineContext:
     """What every phase gets: settings, the model's spec and paths, the model's store and build state
-    (opened on first use), a lazily loaded encoder, and (executor=ray) a Ray session started on first use."""
+    (opened on first use), a lazily loaded encoder, and the executor its per-item work runs on (``executor``)."""
 
     settings: Settings
     spec: ModelSpec
@@ -43,7 +43,7 @@ class PipelineContext:
     _encoder: ClipEncoder | None = field(default=None, repr=False)
     _store: ModelStore | None = field(default=None, repr=False)
     _state: BuildState | None = field(default=None, repr=False)
-    _ray: RaySession | None = field(default=None, repr=False)
+    _executor: PhaseExecutor | None = field(default=None, repr=False)
 
     @property
     def paths(self) -> ModelPaths:
@@ -83,18 +83,23 @@ class PipelineContext:
             self._state = BuildState(self.store().db)
         return self._state
 
-    def ray(self) -> RaySession:
-        """The run's Ray session (executor=ray), started or joined by the first phase that needs it."""
-        if self._ray is None:
-            from pipeline.ray_executor import RaySession
+    def executor(self) -> PhaseExecutor:
+        """The executor the settings name (IMAGESEARCH_EXECUTOR); Ray's starts or joins Ray on its first work."""
+        if self._executor is None:
+            if self.settings.executor == Executor.RAY:
+                from pipeline.ray_executor import RayExecutor
 
-            self._ray = RaySession(self.settings)
-        return self._ray
+                self._executor = RayExecutor(self.settings)
+            else:
+                from pipeline.local_executor import LocalExecutor
+
+                self._executor = LocalExecutor(self.settings)
+        return self._executor
 
     def close(self) -> None:
-        if self._ray is not None:
-            self._ray.close()
-            self._ray = None
+        if self._executor is not None:
+            self._executor.close()
+            self._executor = None
         if self._store is not None:
             self._store.close()
             self._store, self._state = None, None

@@ -1,4 +1,6 @@
-"""Phase 2: fetch every product image (URL or local file), verify it and cache it downscaled, resumably."""
+"""Phase 2: fetch every product image (URL or local file), verify it and cache it downscaled, resumably. The phase
+settles what it can without a request, hands the rest to the run's executor (each ref's work is in
+pipeline/image_cache.py) and records every outcome in the build state."""
 
 from __future__ import annotations
 
@@ -8,33 +10,29 @@ import logging
 import sys
 import time
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable, Iterator
-from concurrent import futures
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from core.config import Settings
 from core.errors import MissingInputError
 from core.model_config import ModelPaths
-from core.types import Executor, PhaseName
+from core.types import PhaseName
 from pipeline import progress
 from pipeline.base import PhaseResult, PipelineContext, write_report
-from pipeline.image_cache import CachedImage, ImageCache, cache_key
-from pipeline.preprocess import process_pool, worker_count
+from pipeline.executor import Downloads
+from pipeline.image_cache import (ImageCache, ImageStatus, Outcome, Target, cache_key, classify, failed_outcome,
+                                  read_local)
 from pipeline.state import BuildState, ImageRecord
 from utils.address_guard import AddressGuard
-from utils.http_fetch import FetchError, Fetcher, FetchPolicy, check_url
+from utils.http_fetch import FetchError, Fetcher, FetchPolicy
 from utils.image_shape import ShapePolicy
 from utils.redact import redact_text
-from utils.images import ImageDecodeError
 
 logger = logging.getLogger(__name__)
 
@@ -47,40 +45,9 @@ _DEADLINE_FACTOR = 4  # an attempt may take this many read timeouts in total (sl
 _MAX_BACKOFF = 60.0
 
 
-class ImageStatus(StrEnum):
-    OK = "ok"
-    FAILED = "failed"
-
-
 def download_report_path(paths: ModelPaths) -> Path:
     """Where this phase writes its failures by reason, with examples."""
     return paths.models / REPORT_JSON
-
-
-@dataclass(frozen=True)
-class Target:
-    """One ref still to fetch: a URL, or a local file with the size and mtime it was checked against."""
-
-    ref: str
-    url: str | None = None
-    path: Path | None = None
-    size: int | None = None
-    mtime_ns: int | None = None
-
-    @property
-    def host(self) -> str:
-        return (urlsplit(self.url).hostname or "") if self.url else ""
-
-
-@dataclass(frozen=True)
-class Outcome:
-    ref: str
-    record: ImageRecord
-    source: str  # downloaded | local | reused | failed
-
-    @property
-    def transient(self) -> bool:
-        return self.record.transient
 
 
 class DownloadPhase:
@@ -113,6 +80,7 @@ class DownloadPhase:
         bar = progress.bar(ctx, f"{ctx.model} images")
         details: dict[str, Any] = {}
         with Fetcher(fetch_policy(ctx.settings)) as fetcher, _logs_above_bars():
+            job = Downloads(ctx.paths.data, cache, fetcher, bar, details)
             for refs in state.refs(_CHUNK):
                 known = state.images(refs)
                 recorder = _Recorder(state, key, tally)
@@ -126,7 +94,7 @@ class DownloadPhase:
                         recorder.add(_logged(outcome))
                 bar.total = (bar.total or 0) + len(refs)
                 bar.update(len(refs) - len(todo))
-                for outcome in _fetch(ctx, _interleave_by_host(todo), fetcher, cache, bar, details):
+                for outcome in ctx.executor().download(_interleave_by_host(todo), job):
                     recorder.add(_logged(outcome))
                 recorder.flush()
         bar.close()
@@ -230,97 +198,6 @@ def _triage(ref: str, data_dir: Path, cache: ImageCache, known: dict[str, Any] |
     return Outcome(ref, record, "reused"), None
 
 
-def classify(ref: str, data_dir: Path) -> Target:
-    """A URL target, or a local file inside the model's folder. Re-checked here, whatever validation did."""
-    scheme = urlsplit(ref).scheme.lower()
-    if scheme:
-        check_url(ref)  # raises "bad scheme" for file://, ftp://, data: ...
-        return Target(ref, url=ref)
-    try:
-        base = data_dir.resolve()
-        path = (base / ref).resolve()
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise FetchError("bad path", f"{ref[:200]!r}: {exc}") from None
-    if not path.is_relative_to(base):
-        raise FetchError("path escapes model folder", f"{ref[:200]!r} resolves outside {base}")
-    try:
-        stat = path.stat()
-    except FileNotFoundError:
-        raise FetchError("file not found", str(path)) from None
-    except OSError as exc:
-        raise FetchError("unreadable file", f"{path}: {exc}") from None
-    if not path.is_file():
-        raise FetchError("not a file", str(path))
-    return Target(ref, path=path, size=stat.st_size, mtime_ns=stat.st_mtime_ns)
-
-
-def _fetch(ctx: PipelineContext, todo: list[Target], fetcher: Fetcher, cache: ImageCache, bar: tqdm,
-           details: dict[str, Any]) -> Iterator[Outcome]:
-    """Each ref's outcome, its cache file written: on this machine's threads, or on Ray (executor=ray)."""
-    if ctx.settings.executor == Executor.RAY:
-        from pipeline import ray_executor
-
-        return ray_executor.download(ctx, todo, bar, details)
-    return _fetch_all(ctx, todo, fetcher, cache, bar)
-
-
-def _fetch_all(ctx: PipelineContext, todo: list[Target], fetcher: Fetcher, cache: ImageCache,
-               bar: tqdm) -> Iterator[Outcome]:
-    """Process ``todo``, yielding outcomes as they finish: ``download_workers`` threads fetch URLs, and every
-    image is verified, downscaled and written by a pool of processes, one per core (``preprocess_workers``)."""
-    if not todo:
-        return
-    settings = ctx.settings
-    cpu = process_pool(worker_count(settings.preprocess_workers))
-    net = ThreadPoolExecutor(max_workers=settings.download_workers, thread_name_prefix="download")
-    try:
-        futures = [cpu.submit(_process_local, t, cache, settings.max_image_bytes) if t.url is None
-                   else net.submit(_process_remote, t, fetcher, cache, cpu) for t in todo]
-        for future in as_completed(futures):
-            bar.update(1)
-            yield future.result()  # an unexpected error (disk full, a bug) fails the run
-    finally:
-        net.shutdown(wait=True, cancel_futures=True)
-        cpu.shutdown(wait=True, cancel_futures=True)
-
-
-def _process_local(target: Target, cache: ImageCache, max_bytes: int) -> Outcome:
-    """Read, verify and cache one local file. Runs in a worker process."""
-    return _cached(target, lambda: read_local(target, max_bytes), cache)
-
-
-def _process_remote(target: Target, fetcher: Fetcher, cache: ImageCache, cpu: futures.Executor) -> Outcome:
-    """Fetch one URL on a download thread, then verify and cache it in a worker process."""
-    try:
-        data = fetcher.fetch(target.url or "")
-    except FetchError as err:
-        return failed_outcome(target.ref, err)
-    return cpu.submit(_process_bytes, target, data, cache).result()
-
-
-def _process_bytes(target: Target, data: bytes, cache: ImageCache) -> Outcome:
-    return _cached(target, lambda: data, cache)
-
-
-def _cached(target: Target, read: Callable[[], bytes], cache: ImageCache) -> Outcome:
-    outcome, image = prepare(target, read, cache)
-    if image is not None:
-        cache.write(image)
-    return outcome
-
-
-def prepare(target: Target, read: Callable[[], bytes], cache: ImageCache) -> tuple[Outcome, CachedImage | None]:
-    """Read (``read``), verify and downscale one ref, writing nothing: its outcome, and the cache file to
-    write when it worked. The one place a ref's bytes become a cache entry, on either executor."""
-    try:
-        image = cache.encode(read())
-    except (FetchError, ImageDecodeError) as err:
-        return failed_outcome(target.ref, err), None
-    record = ImageRecord(ref=target.ref, status=ImageStatus.OK.value, cache=image.rel, width=image.width,
-                         height=image.height, bytes=image.nbytes, size=target.size, mtime_ns=target.mtime_ns)
-    return Outcome(target.ref, record, "downloaded" if target.url is not None else "local"), image
-
-
 def read_ref(ref: str, data_dir: Path, fetcher: Fetcher, max_bytes: int) -> bytes:
     """The bytes of one image reference, as this phase reads it: an http(s) URL through ``fetcher``,
     or a file inside ``data_dir``. Raises FetchError with a reason label."""
@@ -329,26 +206,6 @@ def read_ref(ref: str, data_dir: Path, fetcher: Fetcher, max_bytes: int) -> byte
 
 def _read_target(target: Target, fetcher: Fetcher, max_bytes: int) -> bytes:
     return fetcher.fetch(target.url) if target.url is not None else read_local(target, max_bytes)
-
-
-def read_local(target: Target, max_bytes: int) -> bytes:
-    assert target.path is not None and target.size is not None
-    if target.size > max_bytes:
-        raise FetchError("too large", f"{target.size} bytes > {max_bytes}")
-    try:
-        with open(target.path, "rb") as fh:
-            data = fh.read(max_bytes + 1)  # the file may have grown since it was checked
-    except OSError as exc:
-        raise FetchError("unreadable file", f"{target.path}: {exc}") from None
-    if len(data) > max_bytes:
-        raise FetchError("too large", f"more than {max_bytes} bytes")
-    return data
-
-
-def failed_outcome(ref: str, err: FetchError | ImageDecodeError) -> Outcome:
-    record = ImageRecord(ref=ref, status=ImageStatus.FAILED.value, reason=err.reason, detail=err.detail,
-                         transient=bool(getattr(err, "transient", False)))
-    return Outcome(ref, record, "failed")
 
 
 def _logged(outcome: Outcome) -> Outcome:

@@ -1,9 +1,9 @@
 """Phase 3: CLIP features for every cached view, averaged per product and written into the store.
 
-Cached images are decoded and cropped on every core (pipeline/preprocess.py), at most ``_AHEAD``
-batches ahead of the model, so memory does not grow with the catalogue; each embedded batch is
-committed to the build state, so a crash only redoes the batch in flight. Products are then
-upserted into the catalogue store by id, in chunks.
+The phase hands the views without a vector to the run's executor (pipeline/executor.py), which embeds them
+here or on Ray, and writes what comes back: each embedded batch is committed to the build state, so a crash
+only redoes the batch in flight, and the products are upserted into the catalogue store by id, in chunks,
+as soon as all their views are embedded.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ import hashlib
 import json
 import logging
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
@@ -23,15 +24,18 @@ from tqdm import tqdm
 from core.encoder import l2_normalize
 from core.head import ProjectionHead
 from core.store import Product, ProductVector, Source
-from core.types import Executor, PhaseName
+from core.types import PhaseName
 from pipeline import progress
 from pipeline.base import NothingUsableError, PhaseResult, PipelineContext, digest
-from pipeline.preprocess import Item, Preprocessor, worker_count
+from pipeline.executor import Embedded, PhaseExecutor
+from pipeline.preprocess import Item
 from pipeline.state import BuildState, StagedProduct
+
+if TYPE_CHECKING:
+    from core.encoder import ClipEncoder
 
 logger = logging.getLogger(__name__)
 
-_AHEAD = 2  # batches preprocessed ahead of the model
 _PRODUCTS = 512  # staged products upserted together (while the next ones embed)
 _WAITING = 4  # product chunks held back for their views at most (bounded memory on a mostly embedded rerun)
 
@@ -64,64 +68,53 @@ class ExtractionPhase:
 
     def run(self, ctx: PipelineContext) -> PhaseResult:
         state, key = ctx.state(), model_key(ctx)
-        failed: Counter[str] = Counter()
         upserter = _Upserter(ctx, key)
-        ray = ctx.settings.executor == Executor.RAY  # the Ray executor sets its own total
-        bar = progress.bar(ctx, f"{ctx.model}: embedding", total=None if ray else state.count_views_todo(key))
-        if ray:
-            from pipeline import ray_executor
-
-            embedded = ray_executor.embed(ctx, state, key, failed, bar, upserter.result.details)
-            for chunk in state.staged(_PRODUCTS):
-                upserter.write(chunk)
-        else:
-            embedded = _Embedder(ctx, state, key, failed, bar).run(upserter)
+        bar = progress.bar(ctx, f"{ctx.model}: embedding", total=state.count_views_todo(key))
+        views = _Views(ctx, key, bar, upserter.result.details)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="upsert") as writer:
+            if next(state.views_todo(key, 1), None) is None:  # nothing to embed: no encoder, no executor
+                upserter.write_all(state.staged(_PRODUCTS))
+            else:
+                views.run(ctx.executor(), upserter, writer)
         bar.close()
-        upserter.result.failed.update(failed)
-        upserter.result.details["embedded"] = embedded
+        upserter.result.failed.update(views.failed)
+        upserter.result.details["embedded"] = views.embedded
         return upserter.finish(state)
 
 
-class _Embedder:
-    """The local executor's embedding: the staged products' views without a vector, in batches, preprocessed on
-    every core; each batch committed as it is embedded, and each chunk of products upserted on a writer thread
-    as soon as its last view is committed, while the next batches embed."""
+class _Views:
+    """The extraction phase's work, as an executor sees it (pipeline/executor.py ``Views``): the views without a
+    vector, in product order or all at once, and what becomes of each embedded batch: its vectors committed to
+    the build state (a kill redoes only the batch in flight), and each chunk of products whose views are all
+    embedded upserted on a writer thread while the next batches embed."""
 
-    def __init__(self, ctx: PipelineContext, state: BuildState, key: str, failed: Counter[str], bar: tqdm) -> None:
-        self.ctx, self.state, self.key, self.failed, self.bar = ctx, state, key, failed, bar
-        self.queued: set[str] = set()  # views handed to the preprocessor and not yet committed (or failed)
+    def __init__(self, ctx: PipelineContext, key: str, bar: tqdm, details: dict[str, Any]) -> None:
+        self.ctx, self.state, self.key, self.bar, self.details = ctx, ctx.state(), key, bar, details
+        self.image_cache, self.backbone = ctx.paths.image_cache, ctx.backbone
+        self.failed: Counter[str] = Counter()
+        self.queued: set[str] = set()  # views handed to the executor and not yet committed (or failed)
+        self.embedded = 0
 
-    def run(self, upserter: _Upserter) -> int:
-        if next(self.state.views_todo(self.key, 1), None) is None:  # nothing to embed: no encoder is loaded
-            for chunk in self.state.staged(_PRODUCTS):
-                upserter.write(chunk)
-            return 0
-        with progress.loading_model(self.bar):  # seconds with nothing to count: the bar says why
-            encoder = self.ctx.encoder()
-        settings = self.ctx.settings
-        done = 0
+    def run(self, executor: PhaseExecutor, upserter: _Upserter, writer: ThreadPoolExecutor) -> None:
         pending: Future[None] | None = None
-        with Preprocessor[list[list[StagedProduct]]](encoder, worker_count(settings.preprocess_workers),
-                                                     policy=settings.image_policy, ahead=_AHEAD) as pre, \
-                ThreadPoolExecutor(max_workers=1, thread_name_prefix="upsert") as writer:
-            for batch, chunks in pre.map(self._batches(settings.batch_size or encoder.default_batch)):
-                for rel, reason, why in batch.failed:
-                    logger.warning("%s: cached image %s left out: %s", self.ctx.model, rel, why)
-                    self.failed[reason] += 1
-                if batch.staged is not None:  # committed batch by batch: a kill redoes only the batch in flight
-                    self.state.save_views(self.key, batch.keys, encoder.encode_staged(batch.staged))
-                    done += len(batch.keys)
-                self.queued.difference_update([*batch.keys, *(rel for rel, _, _ in batch.failed)])
-                self.bar.update(len(batch.keys) + len(batch.failed))
-                if chunks:  # every view of these products is committed: upsert them beside the next batches
+        with closing(executor.embed(self)) as batches:  # a failed write stops the executor's work at once
+            for done, products in batches:
+                self._commit(done)
+                if products:  # every view of these products is committed: upsert them beside the next batches
                     if pending is not None:
                         pending.result()  # one chunk at a time (and its errors raised here)
-                    pending = writer.submit(upserter.write_all, chunks)
-            if pending is not None:
-                pending.result()
-        return done
+                    pending = writer.submit(upserter.write_all, products)
+        if pending is not None:
+            pending.result()
 
-    def _batches(self, size: int) -> Iterator[tuple[list[Item], list[list[StagedProduct]]]]:
+    def encoder(self) -> ClipEncoder:
+        with progress.loading_model(self.bar):  # seconds with nothing to count: the bar says why
+            return self.ctx.encoder()
+
+    def unordered(self) -> tuple[list[str], Iterable[list[StagedProduct]]]:
+        return [rel for chunk in self.state.views_todo(self.key, 10_000) for rel in chunk], self.state.staged(_PRODUCTS)
+
+    def in_order(self, size: int) -> Iterator[tuple[list[Item], list[list[StagedProduct]]]]:
         """Batches of ``size`` views in product order, each with the product chunks whose last missing view it
         holds (so they can be upserted once it is committed)."""
         todo: list[str] = []
@@ -141,7 +134,17 @@ class _Embedder:
             yield self._items(todo), [c for _, c in waiting]
 
     def _items(self, caches: list[str]) -> list[Item]:
-        return [(rel, self.ctx.paths.image_cache / rel) for rel in caches]
+        return [(rel, self.image_cache / rel) for rel in caches]
+
+    def _commit(self, done: Embedded) -> None:
+        for rel, reason, why in done.failed:
+            logger.warning("%s: cached image %s left out: %s", self.ctx.model, rel, why)
+            self.failed[reason] += 1
+        if done.keys:
+            self.state.save_views(self.key, done.keys, done.vectors)
+            self.embedded += len(done.keys)
+        self.queued.difference_update([*done.keys, *(rel for rel, _, _ in done.failed)])
+        self.bar.update(len(done.keys) + len(done.failed))
 
 
 def _refs(chunk: list[StagedProduct]) -> list[str]:
@@ -166,7 +169,7 @@ class _Upserter:
         self.result = PhaseResult()
         self.written = self.deletes_kept = 0
 
-    def write_all(self, chunks: list[list[StagedProduct]]) -> None:
+    def write_all(self, chunks: Iterable[list[StagedProduct]]) -> None:
         for chunk in chunks:
             self.write(chunk)
 

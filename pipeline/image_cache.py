@@ -1,4 +1,6 @@
-"""Content-addressed cache of downscaled JPEGs: ``root/ab/<sha256 of the original bytes>.jpg``.
+"""Content-addressed cache of downscaled JPEGs: ``root/ab/<sha256 of the original bytes>.jpg``, and one image
+reference's way into it, the same on every executor: where the ref points (``classify``), a local file's bytes
+(``read_local``), and its outcome with the cache entry to write (``prepare``).
 
 Which reference maps to which file (and under which settings) is recorded in the build state, not
 beside the files: the cache holds one file per distinct image and nothing else.
@@ -8,12 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from core.config import Settings
+from pipeline.state import ImageRecord
 from utils.atomic import write_bytes_atomic
+from utils.http_fetch import FetchError, check_url
 from utils.images import ImageDecodeError, decode_image, encode_jpeg
 
 JPEG_QUALITY = 90
@@ -72,3 +79,90 @@ class ImageCache:
     def has(self, rel: object) -> bool:
         """True when ``rel`` names a well-formed cache file that exists."""
         return isinstance(rel, str) and bool(_CACHE_NAME.fullmatch(rel)) and (self.root / rel).is_file()
+
+
+class ImageStatus(StrEnum):
+    OK = "ok"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Target:
+    """One ref still to fetch: a URL, or a local file with the size and mtime it was checked against."""
+
+    ref: str
+    url: str | None = None
+    path: Path | None = None
+    size: int | None = None
+    mtime_ns: int | None = None
+
+    @property
+    def host(self) -> str:
+        return (urlsplit(self.url).hostname or "") if self.url else ""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ref: str
+    record: ImageRecord
+    source: str  # downloaded | local | reused | failed
+
+    @property
+    def transient(self) -> bool:
+        return self.record.transient
+
+
+def classify(ref: str, data_dir: Path) -> Target:
+    """A URL target, or a local file inside the model's folder. Re-checked here, whatever validation did."""
+    scheme = urlsplit(ref).scheme.lower()
+    if scheme:
+        check_url(ref)  # raises "bad scheme" for file://, ftp://, data: ...
+        return Target(ref, url=ref)
+    try:
+        base = data_dir.resolve()
+        path = (base / ref).resolve()
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise FetchError("bad path", f"{ref[:200]!r}: {exc}") from None
+    if not path.is_relative_to(base):
+        raise FetchError("path escapes model folder", f"{ref[:200]!r} resolves outside {base}")
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        raise FetchError("file not found", str(path)) from None
+    except OSError as exc:
+        raise FetchError("unreadable file", f"{path}: {exc}") from None
+    if not path.is_file():
+        raise FetchError("not a file", str(path))
+    return Target(ref, path=path, size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+
+
+def read_local(target: Target, max_bytes: int) -> bytes:
+    assert target.path is not None and target.size is not None
+    if target.size > max_bytes:
+        raise FetchError("too large", f"{target.size} bytes > {max_bytes}")
+    try:
+        with open(target.path, "rb") as fh:
+            data = fh.read(max_bytes + 1)  # the file may have grown since it was checked
+    except OSError as exc:
+        raise FetchError("unreadable file", f"{target.path}: {exc}") from None
+    if len(data) > max_bytes:
+        raise FetchError("too large", f"more than {max_bytes} bytes")
+    return data
+
+
+def prepare(target: Target, read: Callable[[], bytes], cache: ImageCache) -> tuple[Outcome, CachedImage | None]:
+    """Read (``read``), verify and downscale one ref, writing nothing: its outcome, and the cache file to
+    write when it worked. The one place a ref's bytes become a cache entry, on either executor."""
+    try:
+        image = cache.encode(read())
+    except (FetchError, ImageDecodeError) as err:
+        return failed_outcome(target.ref, err), None
+    record = ImageRecord(ref=target.ref, status=ImageStatus.OK.value, cache=image.rel, width=image.width,
+                         height=image.height, bytes=image.nbytes, size=target.size, mtime_ns=target.mtime_ns)
+    return Outcome(target.ref, record, "downloaded" if target.url is not None else "local"), image
+
+
+def failed_outcome(ref: str, err: FetchError | ImageDecodeError) -> Outcome:
+    record = ImageRecord(ref=ref, status=ImageStatus.FAILED.value, reason=err.reason, detail=err.detail,
+                         transient=bool(getattr(err, "transient", False)))
+    return Outcome(ref, record, "failed")

@@ -1,7 +1,8 @@
 """``executor=ray``: the download and extraction phases' per-item work as Ray Data pipelines.
 
-The phases stay what they are (fingerprints, triage, checkpoints, reports, summaries, progress bars);
-only where an item's work runs changes. A download is two stages: the driver's node reads the local
+The phases stay what they are (fingerprints, triage, checkpoints, reports, summaries, progress bars) and
+hand their work to this executor as to the local one (pipeline/executor.py); only where an item's work runs
+changes. A download is two stages: the driver's node reads the local
 files (it holds the model's folder), then CPU tasks anywhere fetch URLs through the guarded fetcher and
 verify and downscale every image. Extraction: the driver's node reads the cached images, then actors
 (one GPU each where the cluster has GPUs) each load the encoder once and embed batch after batch.
@@ -16,9 +17,8 @@ import logging
 import os
 import socket
 import warnings
-from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -27,16 +27,13 @@ import numpy as np
 from core.config import PROJECT_ROOT, Settings
 from core.errors import ConfigError, ImageSearchError, require_module
 from core.types import Device
-from pipeline.image_cache import CachedImage, ImageCache
+from pipeline.executor import Downloads, Embedded, Products, Views
+from pipeline.image_cache import CachedImage
 from pipeline.ray_tasks import (FATAL, Embedder, fetch_and_encode, outcome_from_json, read_cached_files,
                                 read_local_files)
 
 if TYPE_CHECKING:
-    from tqdm import tqdm
-
-    from pipeline.base import PipelineContext
-    from pipeline.download import Outcome, Target
-    from pipeline.state import BuildState
+    from pipeline.image_cache import Outcome, Target
     from pipeline.ray_tasks import Batch
 
 logger = logging.getLogger(__name__)
@@ -47,6 +44,7 @@ _CPU_BATCH, _GPU_BATCH = 64, 256  # images per actor batch when IMAGESEARCH_RAY_
 _READERS = 2  # file-reading tasks at once on the driver's node; I/O only, so they reserve no CPU
 _FETCHES_PER_THREAD = 4  # refs per download task = its threads x this
 _CODE = ("core", "pipeline", "utils")  # shipped to a cluster's workers (runtime_env py_modules)
+_UNREADABLE = "unreadable cached image"  # the reason a view an actor could not embed is counted under
 
 
 def check_available() -> None:
@@ -181,86 +179,94 @@ def _for_workers(settings: Settings) -> Settings:
     return settings.model_copy(update={"api_key": None, "milvus_token": None, "milvus_uri": ""})
 
 
-def download(ctx: PipelineContext, todo: list[Target], bar: tqdm, details: dict[str, Any]) -> Iterator[Outcome]:
-    """The download phase's fetch step on Ray: each ref's outcome as it comes back, its cache file written.
-    ``download_workers`` and ``download_per_host`` stay totals, shared by the download tasks."""
-    if not todo:
-        return
-    session = ctx.ray()
-    tasks = max(1, min(ctx.settings.download_workers, session.cpus))
-    details.update(executor=session.describe(), ray_tasks=tasks)
-    cache = ImageCache(ctx.paths.image_cache, ctx.settings)
-    for batch in _results(_download_dataset(ctx, session, todo, tasks)):
-        for text, jpeg in zip(batch["outcome"], batch["jpeg"], strict=True):
-            outcome = outcome_from_json(str(text))
-            r = outcome.record
-            if jpeg:
-                assert r.cache and r.width and r.height and r.bytes is not None
-                cache.write(CachedImage(r.cache, bytes(jpeg), r.width, r.height, r.bytes))
-            bar.update(1)
-            yield outcome
+class RayExecutor:
+    """The Ray executor (see the module's docstring): its session starts (or joins) Ray on the first work."""
 
+    def __init__(self, settings: Settings) -> None:
+        check_available()  # said when the run starts, not halfway
+        self.settings = settings
+        self._session: RaySession | None = None
 
-def _download_dataset(ctx: PipelineContext, session: RaySession, todo: list[Target], tasks: int) -> Any:
-    """Local files read on the driver's node, then fetched (URLs), verified and downscaled by ``tasks`` CPU
-    tasks anywhere, each with a share of the download threads and of the per-host limit."""
-    import ray.data
+    def session(self) -> RaySession:
+        if self._session is None:
+            self._session = RaySession(self.settings)
+        return self._session
 
-    settings = ctx.settings
-    threads = max(1, settings.download_workers // tasks)
-    per_task = threads * _FETCHES_PER_THREAD
-    ds = _items("ref", [t.ref for t in todo], per_task).map_batches(
-        partial(read_local_files, data_dir=str(ctx.paths.data), max_bytes=settings.max_image_bytes),
-        batch_size=per_task, num_cpus=0, label_selector=session.here,
-        compute=ray.data.TaskPoolStrategy(size=_READERS))
-    return ds.map_batches(
-        partial(fetch_and_encode, settings=_for_workers(settings), threads=threads,
-                per_host=max(1, settings.download_per_host // tasks)),
-        batch_size=per_task, num_cpus=1, compute=ray.data.TaskPoolStrategy(size=tasks))
+    def download(self, todo: list[Target], job: Downloads) -> Iterator[Outcome]:
+        """Each ref's outcome as it comes back, its cache file written here. ``download_workers`` and
+        ``download_per_host`` stay totals, shared by the download tasks."""
+        if not todo:
+            return
+        session = self.session()
+        tasks = max(1, min(self.settings.download_workers, session.cpus))
+        job.details.update(executor=session.describe(), ray_tasks=tasks)
+        for batch in _results(self._download_dataset(session, todo, job, tasks)):
+            for text, jpeg in zip(batch["outcome"], batch["jpeg"], strict=True):
+                outcome = outcome_from_json(str(text))
+                r = outcome.record
+                if jpeg:
+                    assert r.cache and r.width and r.height and r.bytes is not None
+                    job.cache.write(CachedImage(r.cache, bytes(jpeg), r.width, r.height, r.bytes))
+                job.bar.update(1)
+                yield outcome
 
+    def _download_dataset(self, session: RaySession, todo: list[Target], job: Downloads, tasks: int) -> Any:
+        """Local files read on the driver's node, then fetched (URLs), verified and downscaled by ``tasks`` CPU
+        tasks anywhere, each with a share of the download threads and of the per-host limit."""
+        import ray.data
 
-def embed(ctx: PipelineContext, state: BuildState, key: str, failed: Counter[str], bar: tqdm,
-          details: dict[str, Any]) -> int:
-    """The extraction phase's embedding step on Ray: every cached image without a vector for ``key``,
-    each batch's vectors committed to the build state as it comes back. Returns how many were embedded."""
-    todo = [rel for chunk in state.views_todo(key, 10_000) for rel in chunk]
-    if not todo:
-        return 0
-    session = ctx.ray()
-    plan = session.actor_plan(ctx.settings)
-    details.update(executor=session.describe(), ray_actors=plan.count, ray_device="gpu" if plan.gpus else "cpu")
-    bar.total = len(todo)
-    done = 0
-    for batch in _results(_embedding_dataset(ctx, session, plan, todo)):
-        _raise_fatal(batch["error"])
-        ok = batch["error"] == ""
-        if ok.any():
-            state.save_views(key, [str(c) for c in batch["cache"][ok]], batch["vector"][ok])
-            done += int(ok.sum())
-        for rel, error in zip(batch["cache"][~ok], batch["error"][~ok], strict=True):
-            logger.warning("%s: cached image %s unreadable: %s", ctx.model, rel, error)
-            failed["unreadable cached image"] += 1
-        bar.update(len(ok))
-    return done
+        settings = self.settings
+        threads = max(1, settings.download_workers // tasks)
+        per_task = threads * _FETCHES_PER_THREAD
+        policy = replace(job.fetcher.policy, per_host=max(1, settings.download_per_host // tasks))
+        ds = _items("ref", [t.ref for t in todo], per_task).map_batches(
+            partial(read_local_files, data_dir=str(job.data_dir), max_bytes=settings.max_image_bytes),
+            batch_size=per_task, num_cpus=0, label_selector=session.here,
+            compute=ray.data.TaskPoolStrategy(size=_READERS))
+        return ds.map_batches(
+            partial(fetch_and_encode, settings=_for_workers(settings), policy=policy, threads=threads),
+            batch_size=per_task, num_cpus=1, compute=ray.data.TaskPoolStrategy(size=tasks))
 
+    def embed(self, views: Views) -> Generator[tuple[Embedded, Products]]:
+        """Every view without a vector, batches coming back in whatever order; the products, once all are in."""
+        todo, products = views.unordered()
+        if todo:
+            session = self.session()
+            plan = session.actor_plan(self.settings)
+            views.details.update(executor=session.describe(), ray_actors=plan.count,
+                                 ray_device="gpu" if plan.gpus else "cpu")
+            views.bar.total = len(todo)
+            for batch in _results(self._embedding_dataset(session, plan, todo, views)):
+                _raise_fatal(batch["error"])
+                ok = batch["error"] == ""
+                failed = [(str(rel), _UNREADABLE, str(error))
+                          for rel, error in zip(batch["cache"][~ok], batch["error"][~ok], strict=True)]
+                yield Embedded([str(c) for c in batch["cache"][ok]], batch["vector"][ok], failed), []
+        yield Embedded([], np.zeros((0, 1), np.float32), []), products  # every view is in: write every product
 
-def _embedding_dataset(ctx: PipelineContext, session: RaySession, plan: ActorPlan, todo: list[str]) -> Any:
-    """Cached images read on the driver's node, then embedded by ``plan.count`` actors."""
-    import ray.data
+    def _embedding_dataset(self, session: RaySession, plan: ActorPlan, todo: list[str], views: Views) -> Any:
+        """Cached images read on the driver's node, then embedded by ``plan.count`` actors."""
+        import ray.data
 
-    batch = ctx.settings.ray_batch_size or (_GPU_BATCH if plan.gpus else _CPU_BATCH)
-    ds = _items("cache", todo, batch).map_batches(
-        partial(read_cached_files, cache_dir=str(ctx.paths.image_cache)), batch_size=batch,
-        num_cpus=0, label_selector=session.here, compute=ray.data.TaskPoolStrategy(size=_READERS))
-    with warnings.catch_warnings():  # max_restarts goes through Ray's deprecated **ray_remote_args
-        warnings.simplefilter("ignore", DeprecationWarning)
-        # No actor restarts: a lost actor fails the run and the rerun resumes. (Restarting actors whose
-        # constructor arguments live in the object store also makes Ray print a warning on the console.)
-        return ds.map_batches(Embedder, fn_constructor_kwargs={
-            "settings": _for_workers(ctx.settings), "backbone": ctx.backbone, "threads": plan.threads,
-            "workers": ctx.settings.preprocess_workers or plan.cpus},
-            batch_size=batch, num_cpus=plan.cpus, num_gpus=plan.gpus,
-            compute=ray.data.ActorPoolStrategy(size=plan.count), max_restarts=0)
+        settings = self.settings
+        batch = settings.ray_batch_size or (_GPU_BATCH if plan.gpus else _CPU_BATCH)
+        ds = _items("cache", todo, batch).map_batches(
+            partial(read_cached_files, cache_dir=str(views.image_cache)), batch_size=batch,
+            num_cpus=0, label_selector=session.here, compute=ray.data.TaskPoolStrategy(size=_READERS))
+        with warnings.catch_warnings():  # max_restarts goes through Ray's deprecated **ray_remote_args
+            warnings.simplefilter("ignore", DeprecationWarning)
+            # No actor restarts: a lost actor fails the run and the rerun resumes. (Restarting actors whose
+            # constructor arguments live in the object store also makes Ray print a warning on the console.)
+            return ds.map_batches(Embedder, fn_constructor_kwargs={
+                "settings": _for_workers(settings), "backbone": views.backbone, "threads": plan.threads,
+                "workers": settings.preprocess_workers or plan.cpus},
+                batch_size=batch, num_cpus=plan.cpus, num_gpus=plan.gpus,
+                compute=ray.data.ActorPoolStrategy(size=plan.count), max_restarts=0)
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
 
 
 def _items(column: str, values: list[str], batch: int) -> Any:

@@ -1,7 +1,7 @@
 """What runs on Ray's workers for ``executor=ray``: the download tasks and the embedding actors.
 
-Each reuses the local executor's code for one item (the guarded fetcher and the cache encoder of
-pipeline/download.py, the CLIP encoder of core/encoder.py). Nothing here writes to the model's folders
+Each reuses the local executor's code for one item (the guarded fetcher, and a ref's work in
+pipeline/image_cache.py; the CLIP encoder of core/encoder.py). Nothing here writes to the model's folders
 or store: results go back to the driver, which writes them, so workers need no shared filesystem.
 Batches are Ray Data numpy batches (a dict of column arrays); a row's outcome crosses as JSON.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,9 +19,8 @@ import numpy as np
 
 from core.config import Settings
 from core.errors import ImageSearchError
-from pipeline.download import Outcome, Target, classify, failed_outcome, fetch_policy, prepare, read_local
-from pipeline.image_cache import ImageCache
-from utils.http_fetch import FetchError, Fetcher
+from pipeline.image_cache import ImageCache, Outcome, Target, classify, failed_outcome, prepare, read_local
+from utils.http_fetch import FetchError, Fetcher, FetchPolicy
 
 Batch = dict[str, np.ndarray]
 FATAL = "fatal:"  # an embedding error row starting so stops the run: the actor could not load its encoder
@@ -52,10 +51,10 @@ def read_local_files(batch: Batch, *, data_dir: str, max_bytes: int) -> Batch:
     return {"ref": batch["ref"], "meta": _column(metas), "data": _column(datas)}
 
 
-def fetch_and_encode(batch: Batch, *, settings: Settings, threads: int, per_host: int) -> Batch:
-    """Download stage 2, anywhere in the cluster: fetch each URL through the guarded fetcher, verify and
-    downscale every image; returns each ref's outcome (JSON) and the cache file's bytes (empty if failed)."""
-    policy = replace(fetch_policy(settings), per_host=per_host)
+def fetch_and_encode(batch: Batch, *, settings: Settings, policy: FetchPolicy, threads: int) -> Batch:
+    """Download stage 2, anywhere in the cluster: fetch each URL through the guarded fetcher (``policy``: the
+    phase's, with this task's share of the per-host limit), verify and downscale every image; returns each ref's
+    outcome (JSON) and the cache file's bytes (empty if failed)."""
     cache = ImageCache(Path(), settings)  # encodes only; the driver writes the files
     rows = list(zip(batch["ref"], batch["meta"], batch["data"], strict=True))
     with Fetcher(policy) as fetcher, ThreadPoolExecutor(max_workers=threads) as pool:

@@ -6,7 +6,7 @@ import logging
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +15,7 @@ from enum import StrEnum
 from core.config import Settings
 from core.errors import BuildInProgressError, ImageSearchError
 from core.model_config import ModelSpec
-from core.types import Executor, PhaseName
+from core.types import PhaseName
 from pipeline.progress import phase_bars
 from pipeline.base import (PIPELINE_VERSION, NothingUsableError, Phase, PhaseResult, PipelineContext, digest,
                            file_digest, read_checkpoint, write_checkpoint)
@@ -28,6 +28,9 @@ class PhaseStatus(StrEnum):
     SKIPPED = "skipped"
     INCOMPLETE = "incomplete"
     FAILED = "failed"
+
+
+Starting = Callable[[int, int, PhaseName], None]  # (position, phases in the run, name), before each phase
 
 
 @dataclass
@@ -69,12 +72,15 @@ def _can_skip(phase: Phase, ctx: PipelineContext, fingerprint: str) -> PhaseResu
 
 
 def run_phases(ctx: PipelineContext, phases: list[Phase], *, force: bool = False,
-               outcomes: list[PhaseOutcome] | None = None) -> list[PhaseOutcome]:
+               outcomes: list[PhaseOutcome] | None = None, starting: Starting | None = None) -> list[PhaseOutcome]:
     """Run ``phases`` in order. A phase error propagates (a bad run raises); items fail softly.
     Each phase's outcome is appended to ``outcomes`` as it ends, a failed one too (status ``failed``,
-    with what it counted before it stopped), so a caller can summarise a run that raised."""
+    with what it counted before it stopped), so a caller can summarise a run that raised. ``starting``
+    (optional) is told each phase's position and name before it runs or is skipped."""
     outcomes = [] if outcomes is None else outcomes
-    for phase in phases:
+    for i, phase in enumerate(phases):
+        if starting is not None:
+            starting(i, len(phases), phase.name)
         fingerprint = phase_fingerprint(phase, ctx)
         cached = None if force else _can_skip(phase, ctx, fingerprint)
         if cached is not None:
@@ -111,22 +117,20 @@ def _run_phase(phase: Phase, ctx: PipelineContext) -> PhaseResult:
 
 
 def run_model(settings: Settings, spec: ModelSpec, *, mode: str = "all", force: bool = False,
-              progress: bool = True, drop_api_edits: bool = False,
-              outcomes: list[PhaseOutcome] | None = None) -> list[PhaseOutcome]:
+              progress: bool = True, drop_api_edits: bool = False, outcomes: list[PhaseOutcome] | None = None,
+              starting: Starting | None = None) -> list[PhaseOutcome]:
     """Run the pipeline for one model. One run per model at a time, across processes. ``outcomes``
-    (optional) collects the phases' outcomes as they end, also when the run raises."""
-    if settings.executor == Executor.RAY:  # say so before any phase runs, not halfway
-        from pipeline.ray_executor import check_available
-
-        check_available()
+    (optional) collects the phases' outcomes as they end, also when the run raises; ``starting`` (optional)
+    is told each phase's position and name as it starts (a background job's progress)."""
+    ctx = PipelineContext(settings=settings, spec=spec, progress=progress, drop_api_edits=drop_api_edits)
+    ctx.executor()  # one that cannot run (Ray not installed) says so before any phase runs, not halfway
     if mode != "data":  # a CLIP folder that is not there: said at once, not after the downloads
         from core.encoder import check_backbone_folder
 
         check_backbone_folder(spec.backbone_for(settings))
-    ctx = PipelineContext(settings=settings, spec=spec, progress=progress, drop_api_edits=drop_api_edits)
     with model_lock(ctx.paths.models, spec.name):
         try:
-            done = run_phases(ctx, default_phases(mode), force=force, outcomes=outcomes)
+            done = run_phases(ctx, default_phases(mode), force=force, outcomes=outcomes, starting=starting)
         except ImageSearchError as exc:
             _record_failure(ctx, outcomes, exc.message)
             raise
