@@ -37,7 +37,7 @@ from utils.atomic import read_json, write_json_atomic
 if TYPE_CHECKING:
     from core.config import Settings
     from core.head import ProjectionHead
-    from core.store import Product, ServedIndex
+    from core.ann import IndexInfo
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,28 @@ SELF_SHARE = 10  # positives per self pair added
 MIN_SLOPE = 1e-6  # a fit whose slope would not be positive is kept flat at this (no signal)
 TextEncoder = Callable[[Sequence[str]], Embeddings]
 Neighbours = Callable[[Embeddings, np.ndarray], np.ndarray]  # queries, own keys -> best other score per query
-_Index = TypeVar("_Index", bound="ServedIndex")
+_Index = TypeVar("_Index", bound="Built")
+
+
+class Built(Protocol):
+    """What a fit reads of the index it calibrates (``core.store.ServedIndex`` is one; not imported: the store's
+    protocol names this module's types)."""
+
+    @property
+    def info(self) -> IndexInfo: ...
+
+    @property
+    def generation(self) -> int: ...
+
+
+class Sampled(Protocol):
+    """What a fit reads of a sampled product (``core.store.Product`` is one)."""
+
+    @property
+    def title(self) -> str: ...
+
+    @property
+    def category(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -285,12 +306,12 @@ class Sample:
     """A seeded sample of a catalogue: its products, their indexed vectors and the keys ``Neighbours`` knows
     them by (row-aligned)."""
 
-    products: Sequence[Product]
+    products: Sequence[Sampled]
     vectors: Embeddings
     keys: np.ndarray
 
 
-def fit_calibration(store: Calibrated[Any], live: ServedIndex, sample: Sample, neighbours: Neighbours,
+def fit_calibration(store: Calibrated[Any], live: Built, sample: Sample, neighbours: Neighbours,
                     save: Callable[[Calibration], None]) -> Calibration | None:
     """Fit the image map (and the text map when the store has a text encoder; else the previous text map is
     kept if it was fitted for the same head) from ``sample``, for ``live``'s build, and ``save`` it. None when

@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from core.config import ENV_PREFIX, Settings
 from core.errors import ConfigError
 from utils.atomic import write_atomic
 
@@ -195,6 +194,20 @@ class KeyFile:
         return mine
 
 
+class KeySettings(Protocol):
+    """What the key table is read from (``core.config.Settings``; not imported here: config validates keys
+    with this module)."""
+
+    api_keys: list[dict[str, Any]]
+    api_key: str | None
+
+    @property
+    def keys_path(self) -> Path: ...
+
+
+KEYS_SETTING = "IMAGESEARCH_API_KEYS"  # core.config's ENV_PREFIX + "API_KEYS"
+
+
 class KeyRing:
     """The key table of some Settings, re-reading the keys file when it changes (a stat per call)."""
 
@@ -202,10 +215,10 @@ class KeyRing:
         self._lock = threading.Lock()
         self._file: tuple[object, list[ApiKey]] = (None, [])
 
-    def table(self, settings: Settings) -> KeyTable:
+    def table(self, settings: KeySettings) -> KeyTable:
         """Every key valid now: the setting's, the keys file's and the legacy single key (an admin key).
         Raises ConfigError when the keys file cannot be read."""
-        keys = parse_keys(settings.api_keys, f"{ENV_PREFIX}API_KEYS") + self._from_file(settings.keys_path)
+        keys = parse_keys(settings.api_keys, KEYS_SETTING) + self._from_file(settings.keys_path)
         if settings.api_key:
             keys.append(ApiKey(name=ENV_KEY_NAME, scopes=frozenset({ADMIN}), sha256=digest(settings.api_key)))
         return KeyTable(tuple(keys))
