@@ -10,14 +10,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
+from core.composition import ProductViews, product_vectors
 from core.config import Settings
-from core.encoder import l2_normalize
 from core.errors import BadImageError, BadRequestError, StorageFullError
-from core.head import ProjectionHead
-from core.store import Product, ProductVector, Source
+from core.store import Product, Source
 from pipeline.download import fetch_policy, read_ref
 from pipeline.image_cache import ImageCache, cache_key
 from pipeline.state import BuildState, ImageRecord
@@ -64,12 +62,10 @@ def _fetch_images(refs: list[str], settings: Settings, data_dir: Path, cache: Im
     return got
 
 
-def _record(product: ProductUpsert, preview_cache: str, clip: np.ndarray, head: ProjectionHead | None) -> ProductVector:
-    item = Product(id=product.id, title=product.title, category=product.category or "", images=tuple(product.images),
+def _product(product: ProductUpsert, preview_cache: str) -> Product:
+    return Product(id=product.id, title=product.title, category=product.category or "", images=tuple(product.images),
                    preview_image=product.images[0], preview_cache=preview_cache, extra=dict(product.extra),
                    source=Source.API)
-    vector = head.apply(clip[None])[0] if head is not None else None
-    return ProductVector(item, clip=clip, vector=vector)
 
 
 def upsert_product(catalogue: Catalogue, model: str,
@@ -83,13 +79,13 @@ def upsert_product(catalogue: Catalogue, model: str,
     paths = current.spec.paths(settings)
     fetched = _fetch_images(product.images, settings, paths.data, ImageCache(paths.image_cache, settings))
     embedder = catalogue.embedder(current.backbone)
-    clip = l2_normalize(embedder.embed_images(fetched.images).mean(axis=0, keepdims=True))[0]
+    views = ProductViews(_product(product, fetched.cached[0]), embedder.embed_images(fetched.images))
     with catalogue.admin_lock(model):
         current = catalogue.model(model)  # the latest snapshot (a reload may have swapped the store)
         store = current.require()
         existed = bool(store.get([product.id]))
         start = time.perf_counter()
-        store.upsert([_record(product, fetched.cached[0], clip, store.head)])
+        store.upsert(product_vectors([views], store.head))
         commit_ms = (time.perf_counter() - start) * 1000
         generation = store.generation()  # this edit's: writers of the model take turns under the admin lock
         BuildState(store.db).record(fetched.records, json.dumps(cache_key(settings), sort_keys=True))
