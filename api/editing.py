@@ -4,7 +4,6 @@ transaction; the store applies it to its index in place, so it is searchable whe
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -17,8 +16,7 @@ from core.config import Settings
 from core.errors import BadImageError, BadRequestError, StorageFullError
 from core.store import Product, Source
 from pipeline.download import fetch_policy, read_ref
-from pipeline.image_cache import ImageCache, cache_key
-from pipeline.state import BuildState, ImageRecord
+from pipeline.image_cache import ImageCache
 from utils.http_fetch import FetchError, Fetcher
 from utils.images import ImageDecodeError
 
@@ -34,25 +32,25 @@ class _Fetched:
     images: list[Image.Image]
     cached: list[str]  # names in the image cache, one per image
     failed: dict[str, str]
-    records: list[ImageRecord]  # the build state's row per fetched ref (so the product's views are served)
+    views: list[str]  # the cache name of each ref, in order ('' for one that failed): the product's view caches
 
 
 def _fetch_images(refs: list[str], settings: Settings, data_dir: Path, cache: ImageCache) -> _Fetched:
     """Fetch and cache each view as the download phase does; keep the cache names of those that worked."""
-    got = _Fetched(images=[], cached=[], failed={}, records=[])
+    got = _Fetched(images=[], cached=[], failed={}, views=[])
     with Fetcher(fetch_policy(settings)) as fetcher:
         for ref in refs:
             try:
                 entry = cache.store(read_ref(ref, data_dir, fetcher, settings.max_image_bytes))
             except (FetchError, ImageDecodeError) as exc:
                 got.failed[ref] = exc.reason
+                got.views.append("")
                 continue
             except OSError as exc:
                 if exc.errno == errno.ENOSPC:
                     raise StorageFullError(data_dir.name, f"the disk holding {cache.root} is full") from None
                 raise
-            got.records.append(ImageRecord(ref=ref, status="ok", cache=entry["cache"], width=entry["width"],
-                                           height=entry["height"], bytes=entry["bytes"]))
+            got.views.append(entry["cache"])
             with Image.open(cache.root / entry["cache"]) as img:  # embed the cached copy, like extraction
                 got.images.append(img.convert("RGB"))
             got.cached.append(entry["cache"])
@@ -62,10 +60,10 @@ def _fetch_images(refs: list[str], settings: Settings, data_dir: Path, cache: Im
     return got
 
 
-def _product(product: ProductUpsert, preview_cache: str) -> Product:
+def _product(product: ProductUpsert, fetched: _Fetched) -> Product:
     return Product(id=product.id, title=product.title, category=product.category or "", images=tuple(product.images),
-                   preview_image=product.images[0], preview_cache=preview_cache, extra=dict(product.extra),
-                   source=Source.API)
+                   preview_image=product.images[0], preview_cache=fetched.cached[0], extra=dict(product.extra),
+                   source=Source.API, view_caches=tuple(fetched.views))
 
 
 def upsert_product(catalogue: Catalogue, model: str,
@@ -79,7 +77,7 @@ def upsert_product(catalogue: Catalogue, model: str,
     paths = current.spec.paths(settings)
     fetched = _fetch_images(product.images, settings, paths.data, ImageCache(paths.image_cache, settings))
     embedder = catalogue.embedder(current.backbone)
-    views = ProductViews(_product(product, fetched.cached[0]), embedder.embed_images(fetched.images))
+    views = ProductViews(_product(product, fetched), embedder.embed_images(fetched.images))
     with catalogue.admin_lock(model):
         current = catalogue.model(model)  # the latest snapshot (a reload may have swapped the store)
         store = current.require()
@@ -88,7 +86,6 @@ def upsert_product(catalogue: Catalogue, model: str,
         store.upsert(product_vectors([views], store.head))
         commit_ms = (time.perf_counter() - start) * 1000
         generation = store.generation()  # this edit's: writers of the model take turns under the admin lock
-        BuildState(store.db).record(fetched.records, json.dumps(cache_key(settings), sort_keys=True))
     logger.info("admin: %s product %s in %s (%d images, %d failed)", "updated" if existed else "added",
                 product.id, model, len(fetched.images), len(fetched.failed))
     return current, fetched.failed, commit_ms, generation

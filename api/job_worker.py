@@ -59,7 +59,6 @@ def _embed(job: Job, settings: Settings, spec: ModelSpec, jobs: JobStore) -> lis
     from core.composition import ProductViews, product_vectors
     from core.encoder import ClipEncoder
     from pipeline.runner import model_lock
-    from pipeline.state import cached_refs
 
     ids = [str(i) for i in job.params.get("ids", [])]
     encoder = ClipEncoder.from_settings(settings, spec.backbone_for(settings))
@@ -73,12 +72,13 @@ def _embed(job: Job, settings: Settings, spec: ModelSpec, jobs: JobStore) -> lis
                 jobs.progress(job.task_id, n / max(1, len(ids)), "embed",
                               {"embedded": done, "failed": len(errors) - superseded, "superseded": superseded})
                 found = store.get([pid])
-                cached = cached_refs(store.db, list(found[0].images)) if found else {}
+                cached = list({ref: name for ref, name in zip(found[0].images, found[0].view_caches, strict=False)
+                               if name}.values()) if found else []
                 if not cached:
                     errors.append(f"{pid}: {'unknown product' if not found else 'no cached image'}")
                     continue
                 images = []
-                for name in cached.values():
+                for name in cached:
                     with Image.open(cache_dir / name) as img:
                         images.append(img.convert("RGB"))
                 # written only if nobody edited or deleted the product since it was read above

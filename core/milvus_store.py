@@ -12,8 +12,8 @@ upsert and delete. Reads are Session-consistent (``core.milvus_consistency``): t
 writes at its next read, other processes' writes once the server has applied them (a time tick or two);
 the API's watcher (``refresh``) makes sure of it within about a second. ``IMAGESEARCH_MILVUS_CONSISTENCY=
 strong`` makes every read wait for every write instead. The vector index type follows the catalogue's
-size, as the local store's does. The pipeline's build state (staged CSV rows, fetched images, view vectors) stays in a
-local SQLite file on the build machine (``models/<m>/build.db``), opened only when used.
+size, as the local store's does. The store opens no local database: the pipeline keeps its build state
+(staged CSV rows, fetched images, view vectors) on the build machine itself (``pipeline.state``).
 
 What Milvus cannot give: transactions across rows (a batch upsert is not atomic across processes,
 but each row is, and a rerun repairs), and the generation is read-modify-written (two writers at the
@@ -46,8 +46,8 @@ from core.head import ProjectionHead
 from core.milvus_deletes import Tombstones, machine_lock, side_collection
 from core.milvus_consistency import Pending, recent_writes
 from core.milvus_expr import expression, id_list, literal
-from core.milvus_schema import FIELDS, Layout, catalogue_schema, clip_of, encode_row, probe, product_of
-from core.sqlite_db import Database, stage_ids
+from core.milvus_schema import FIELDS, Layout, catalogue_schema, clip_of, encode_row, has_views, probe, product_of
+from core.sqlite_db import stage_ids
 from core.store import (FILTER_COLUMN, Filter, Hit, Product, ProductVector, ServedIndex, Source, StoreStats,
                         is_number, next_stamp, outlasting_delete, product_digest, row_digest)
 from core.types import Embeddings, IndexType, Metric
@@ -55,7 +55,6 @@ from utils.atomic import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
-BUILD_DB = "build.db"
 _FIELDS = FIELDS
 _STATE = ("generation", "counts", "columns")  # the write state: one upsert writes all three
 _WRITE_BATCH = 1000  # rows per upsert call (a gRPC message stays well under Milvus's 64 MB)
@@ -273,7 +272,6 @@ class MilvusStore:
         self.head = head
         self._head = head.sha256 if head is not None else None
         self.text_encoder: TextEncoder | None = None
-        self._db: Database | None = None
         self._lock = threading.RLock()
         self._index: MilvusIndex | None = None
         self._seen = -1
@@ -315,14 +313,6 @@ class MilvusStore:
                 raise StoreError(self.name, f"the Milvus store failed ({type(exc).__name__}); "
                                             "see the server log") from None
             raise
-
-    @property
-    def db(self) -> Database:
-        """The build machine's local state (staged CSV rows, fetched images, view vectors)."""
-        with self._lock:
-            if self._db is None:  # the pipeline's BuildState creates its own tables
-                self._db = Database(self.folder / BUILD_DB, "", self.name)
-            return self._db
 
     def _exists(self) -> bool:
         """Whether the collection exists (remembered once it does: only ``drop`` removes it)."""
@@ -616,7 +606,7 @@ class MilvusStore:
                 first = items[0]
                 self._call(self._create, np.asarray(first.indexed).shape[-1], np.asarray(first.clip).shape[-1])
             latest = {it.product.id: it for it in items}  # a batch naming an id twice: the last wins
-            current = {r["id"]: r for r in self._rows(list(latest), ["id", "source", "digest", "category"])}
+            current = {r["id"]: r for r in self._rows(list(latest), ["id", "source", "digest", "category", "images"])}
             deleted = self._deleted.get(list(latest))
             layout, rows, removed, ended, resolved = self.layout, [], [], [], {}
             for pid, it in latest.items():
@@ -633,7 +623,8 @@ class MilvusStore:
                         continue
                     ended.append(pid)
                 digest = it.digest or product_digest(it)
-                if old is not None and (old["source"], old["digest"]) == (it.product.source.value, digest):
+                if old is not None and (old["source"], old["digest"]) == (it.product.source.value, digest) and \
+                        (has_views(old) or not it.product.view_caches):  # a row of an earlier release learns them
                     continue
                 rows.append(encode_row(it, digest, next_stamp(old["updated_at"] if old else None), layout))
                 if old is not None:
@@ -1000,8 +991,7 @@ class MilvusStore:
         return cal
 
     def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
+        """Nothing of its own to release: the server connection is the process's (``close_clients``)."""
 
 
 def _not_kept(conn: sqlite3.Connection, ids: list[str]) -> list[str]:

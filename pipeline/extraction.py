@@ -203,5 +203,6 @@ class _Upserter:
             return None
         preview = found.get(p.preview_image, views[0])[0]
         product = Product(id=p.id, title=p.title, category=p.category, images=tuple(p.images),
-                          preview_image=p.preview_image, preview_cache=preview, extra=p.extra, source=Source.CSV)
+                          preview_image=p.preview_image, preview_cache=preview, extra=p.extra, source=Source.CSV,
+                          view_caches=tuple(found[r][0] if r in found else "" for r in p.images))
         return ProductViews(product, [v for _, v in views], caches=[c for c, _ in views])
