@@ -4,6 +4,7 @@ transaction; the store applies it to its index in place, so it is searchable whe
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -14,9 +15,10 @@ from PIL import Image
 from core.composition import ProductViews, product_vectors
 from core.config import Settings
 from core.errors import BadImageError, BadRequestError, StorageFullError
-from core.store import Product, Source
+from core.store import ModelStore, Product, Source
 from pipeline.download import fetch_policy, read_ref
-from pipeline.image_cache import ImageCache
+from pipeline.image_cache import ImageCache, cache_key
+from pipeline.state import BuildState, ImageRecord
 from utils.http_fetch import FetchError, Fetcher
 from utils.images import ImageDecodeError
 
@@ -33,11 +35,12 @@ class _Fetched:
     cached: list[str]  # names in the image cache, one per image
     failed: dict[str, str]
     views: list[str]  # the cache name of each ref, in order ('' for one that failed): the product's view caches
+    records: list[ImageRecord]  # for the build state, where this machine keeps one (a build then reuses them)
 
 
 def _fetch_images(refs: list[str], settings: Settings, data_dir: Path, cache: ImageCache) -> _Fetched:
     """Fetch and cache each view as the download phase does; keep the cache names of those that worked."""
-    got = _Fetched(images=[], cached=[], failed={}, views=[])
+    got = _Fetched(images=[], cached=[], failed={}, views=[], records=[])
     with Fetcher(fetch_policy(settings)) as fetcher:
         for ref in refs:
             try:
@@ -51,6 +54,8 @@ def _fetch_images(refs: list[str], settings: Settings, data_dir: Path, cache: Im
                     raise StorageFullError(data_dir.name, f"the disk holding {cache.root} is full") from None
                 raise
             got.views.append(entry["cache"])
+            got.records.append(ImageRecord(ref=ref, status="ok", cache=entry["cache"], width=entry["width"],
+                                           height=entry["height"], bytes=entry["bytes"]))
             with Image.open(cache.root / entry["cache"]) as img:  # embed the cached copy, like extraction
                 got.images.append(img.convert("RGB"))
             got.cached.append(entry["cache"])
@@ -86,9 +91,20 @@ def upsert_product(catalogue: Catalogue, model: str,
         store.upsert(product_vectors([views], store.head))
         commit_ms = (time.perf_counter() - start) * 1000
         generation = store.generation()  # this edit's: writers of the model take turns under the admin lock
+        _note_fetched(store, fetched.records, settings)
     logger.info("admin: %s product %s in %s (%d images, %d failed)", "updated" if existed else "added",
                 product.id, model, len(fetched.images), len(fetched.failed))
     return current, fetched.failed, commit_ms, generation
+
+
+def _note_fetched(store: ModelStore, records: list[ImageRecord], settings: Settings) -> None:
+    """Record the fetched images in the build state where this machine keeps one (a build reuses them)."""
+    state = BuildState.kept(store)
+    if state is not None:
+        try:
+            state.record(records, json.dumps(cache_key(settings), sort_keys=True))
+        finally:
+            state.close()
 
 
 def delete_product(catalogue: Catalogue, model: str, product_id: str) -> tuple[ServedModel, float, int]:

@@ -96,6 +96,16 @@ class BuildState:
             return cls(store.db)
         return cls(Database(store.folder / BUILD_DB, "", store.name), owned=True)
 
+    @classmethod
+    def kept(cls, store: ModelStore) -> BuildState | None:
+        """The build state where this machine keeps one for ``store``; None on a machine that never built the
+        model (an API replica of a Milvus catalogue keeps no database, and none is made for it)."""
+        from core.local_store import LocalStore
+
+        if not isinstance(store, LocalStore) and not (store.folder / BUILD_DB).is_file():
+            return None
+        return cls.of(store)
+
     def close(self) -> None:
         if self._owned:
             self.db.close()
