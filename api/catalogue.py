@@ -67,8 +67,8 @@ class Catalogue:
         for model in self.models():
             if model.store is not None:
                 model.store.close()
-        if "core.milvus_store" in sys.modules:  # frees an embedded milvus-lite file for the next process
-            from core.milvus_store import close_clients
+        if "core.milvus_client" in sys.modules:  # frees an embedded milvus-lite file for the next process
+            from core.milvus_client import close_clients
 
             close_clients(embedded_only=True)
 

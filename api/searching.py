@@ -1,24 +1,30 @@
-"""Nearest-neighbour search over one served model, with filters applied inside the store's search,
-turned into SearchHit rows."""
+"""The search flow, from a query (an uploaded image, words, a client's vector, a stored product) to the
+answer: the model(s) to search checked, the query embedded, each store searched off the event loop with the
+filters applied inside the store's search, the hits ranked (calibrated match, near-duplicates collapsed, an
+optional sort) and merged across models, one row in the query log. Routes hand it what they read from HTTP."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
 from typing import Literal, TypeVar
 from urllib.parse import quote
 
 import numpy as np
+from anyio import to_thread
 
 from core.calibration import IMAGE, TEXT
-from core.errors import BadRequestError
-from fastapi import Request
-
-from core.query_log import QueryRecord
+from core.errors import BadRequestError, IndexNotReadyError, ProductNotFoundError, StoreError
+from core.query_log import QueryLog, QueryRecord
 from core.store import Filter, Hit, Product, typed_extra
+from utils.image_shape import ShapePolicy
 
+from api.catalogue import Catalogue
+from api.embedder import embed_query_image
 from api.loaded import ServedModel
-from api.schemas import SearchHit
+from api.schemas import AllSearchResponse, ModelResults, SearchHit, SearchResponse
+from api.uploads import QueryImage
 
 _T = TypeVar("_T")
 SORT_POOL = 100  # a sorted search orders this many best matches (after filters, min_match and dedupe)
@@ -26,6 +32,9 @@ SORT_POOL = 100  # a sorted search orders this many best matches (after filters,
 
 @dataclass(frozen=True)
 class Filters:
+    """A search's parameters (``api.deps.SearchParams`` builds them from the query string); ``for_store`` is the
+    part the store applies inside its search."""
+
     top_k: int = 10
     min_score: float | None = None
     category: str | None = None
@@ -51,6 +60,25 @@ class Filters:
         return set(self.equals) | set(self.ranges)
 
 
+ReadImage = Callable[[], Awaitable[QueryImage]]  # reads the query image from the request, when the flow is ready
+Vectors = dict[str, np.ndarray]  # backbone -> raw CLIP query vector
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a search was asked: the address the client used (hits' image URLs) and the query log."""
+
+    base_url: str
+    query_log: QueryLog
+
+
+@dataclass(frozen=True)
+class _Asked:
+    kind: str  # the query log's kind: image, text, vector, similar
+    query: str | None = None  # the answer's query: the words, "vector", "similar:<id>"
+    filename: str | None = None  # an uploaded image's name
+
+
 def check_columns(model: ServedModel, filters: Filters, *, sort: bool = True) -> None:
     """A filter (or, with ``sort``, a sort) on a column the model does not have is a client mistake (400),
     named with the choices."""
@@ -65,6 +93,201 @@ def check_columns(model: ServedModel, filters: Filters, *, sort: bool = True) ->
     wrong = sorted(c for c in filters.ranges if known[c] != "number")
     if wrong:
         raise BadRequestError(f"column {wrong[0]!r} of model {model.name!r} is not numeric: use an equality filter")
+
+
+def _checked(catalogue: Catalogue, name: str, filters: Filters) -> ServedModel:
+    """The model to search: 404 when unknown, 503 when it cannot serve, 400 for a column it lacks."""
+    model = catalogue.model(name)
+    model.require()
+    check_columns(model, filters)
+    return model
+
+
+async def by_image(catalogue: Catalogue, name: str, filters: Filters, read: ReadImage, policy: ShapePolicy,
+                   origin: Origin) -> SearchResponse:
+    """One model searched with an uploaded image (read only once the model and the filters are checked)."""
+    model = _checked(catalogue, name, filters)
+    embedder = catalogue.embedder(model.backbone)
+    upload = await read()
+
+    async def vector() -> np.ndarray:
+        return (await embed_query_image(upload.data, [embedder], policy=policy))[model.backbone]
+
+    return await _one(model, filters, _Asked("image", filename=upload.filename), vector, origin)
+
+
+async def by_text(catalogue: Catalogue, name: str, text: str, filters: Filters, origin: Origin) -> SearchResponse:
+    """One model's images searched with words (the CLIP text tower)."""
+    model = _checked(catalogue, name, filters)
+    return await _one(model, filters, _Asked("text", query=text),
+                      lambda: catalogue.embedder(model.backbone).embed_text(text), origin)
+
+
+async def by_vector(catalogue: Catalogue, name: str, vector: list[float], filters: Filters,
+                    origin: Origin) -> SearchResponse:
+    """One model searched with the client's own CLIP embedding (normalised here, the model's head applied)."""
+    model = _checked(catalogue, name, filters)
+
+    async def query() -> np.ndarray:
+        return _clip_query(vector, model.query_dim, name)
+
+    return await _one(model, filters, _Asked("vector", query="vector"), query, origin)
+
+
+async def similar(catalogue: Catalogue, name: str, product_id: str, filters: Filters,
+                  origin: Origin) -> SearchResponse:
+    """Products that look like this one, the product itself left out."""
+    model = catalogue.model(name)
+    model.product(product_id)  # 404 when absent
+    filters = replace(filters, exclude_id=product_id)
+    check_columns(model, filters)
+
+    async def stored() -> np.ndarray:
+        try:
+            vector: np.ndarray = model.require().vectors([product_id])[0]
+        except KeyError:  # deleted since it was read, by another process
+            raise ProductNotFoundError(name, product_id) from None
+        return vector
+
+    # the stored vector is already in index space: searched without the head
+    return await _one(model, filters, _Asked("similar", query=f"similar:{product_id}"), stored, origin,
+                      projected=True)
+
+
+async def _one(model: ServedModel, filters: Filters, asked: _Asked, vector: Callable[[], Awaitable[np.ndarray]],
+               origin: Origin, *, projected: bool = False) -> SearchResponse:
+    start = time.perf_counter()
+    hits = await _search_loaded(model, await vector(), filters, origin.base_url, projected=projected)
+    took = _log(origin, model.name, asked.kind, filters, start, hits)
+    return SearchResponse(model=model.name, query_filename=asked.filename, query=asked.query, num_results=len(hits),
+                          search_time_ms=took, results=hits)
+
+
+async def _search_loaded(model: ServedModel, clip_vector: np.ndarray, filters: Filters, base: str, *,
+                         projected: bool = False) -> list[SearchHit]:
+    """Search one model with a raw CLIP query vector (or one already in index space), off the event loop."""
+    def _work() -> list[SearchHit]:
+        vector = clip_vector if projected else query_vector(model, clip_vector)
+        return to_hits(model, nearest(model, vector, filters), base, first_rank=filters.offset + 1)
+
+    return await to_thread.run_sync(_work)
+
+
+def _clip_query(vector: list[float], dim: int | None, name: str) -> np.ndarray:
+    """The client's vector as a unit float32 query; 400 when ``dim`` is given and the length differs."""
+    query = np.asarray(vector, dtype=np.float64)
+    if dim is not None and query.shape[0] != dim:
+        raise BadRequestError(f"model {name!r} takes {dim}-dim CLIP vectors, got {query.shape[0]}")
+    query = query / max(float(np.max(np.abs(query))), 1e-300)  # scaled first: 1e300 must not overflow
+    return (query / max(float(np.linalg.norm(query)), 1e-12)).astype(np.float32)
+
+
+async def all_by_image(catalogue: Catalogue, filters: Filters, merge: MergeMethod, read: ReadImage,
+                       policy: ShapePolicy, origin: Origin) -> AllSearchResponse:
+    """Every model searched with one uploaded image: one query pass per backbone."""
+    models, ready = _ready_models(catalogue)
+    embedders = {m.backbone: catalogue.embedder(m.backbone) for m in ready}
+    upload = await read()
+
+    async def vectors() -> Vectors:
+        return await embed_query_image(upload.data, list(embedders.values()), policy=policy)
+
+    return await _every(models, filters, merge, _Asked("image", filename=upload.filename), vectors, origin)
+
+
+async def all_by_text(catalogue: Catalogue, text: str, filters: Filters, merge: MergeMethod,
+                      origin: Origin) -> AllSearchResponse:
+    """Every model searched with words: the text embedded once per backbone."""
+    models, ready = _ready_models(catalogue)
+
+    async def vectors() -> Vectors:
+        return {b: await catalogue.embedder(b).embed_text(text) for b in {m.backbone for m in ready}}
+
+    return await _every(models, filters, merge, _Asked("text", query=text), vectors, origin)
+
+
+async def all_by_vector(catalogue: Catalogue, vector: list[float], filters: Filters, merge: MergeMethod,
+                        origin: Origin) -> AllSearchResponse:
+    """Every model whose CLIP dimension matches searched with the client's own embedding."""
+    models, ready = _ready_models(catalogue)
+
+    async def vectors() -> Vectors:
+        query = _clip_query(vector, None, "all")  # normalised once, shared by every model of this dimension
+        found = {m.backbone: query for m in ready if m.query_dim == len(vector)}
+        if not found:
+            raise BadRequestError(f"no model takes {len(vector)}-dim vectors")
+        return found
+
+    return await _every(models, filters, merge, _Asked("vector", query="vector"), vectors, origin)
+
+
+def _ready_models(catalogue: Catalogue) -> tuple[list[ServedModel], list[ServedModel]]:
+    models = catalogue.models()
+    ready = [m for m in models if m.searchable]
+    if not ready:
+        raise IndexNotReadyError("all", "no model has a usable index yet")
+    return models, ready
+
+
+async def _every(models: list[ServedModel], filters: Filters, merge: MergeMethod, asked: _Asked,
+                 vectors: Callable[[], Awaitable[Vectors]], origin: Origin) -> AllSearchResponse:
+    start = time.perf_counter()
+    merged, per_model = await _search_every_model(models, await vectors(), filters, origin.base_url, merge)
+    took = _log(origin, "all", asked.kind, filters, start, merged)
+    return AllSearchResponse(query_filename=asked.filename, query=asked.query, num_results=len(merged),
+                             search_time_ms=took, results=merged, per_model=per_model)
+
+
+async def _search_every_model(models: list[ServedModel], vectors: Vectors, filters: Filters, base: str,
+                              merge: MergeMethod = "match") -> tuple[list[SearchHit], dict[str, ModelResults]]:
+    """Each model searched with its backbone's query vector, then one merged ranking. A model lacking a
+    filtered column, without a vector for this query (another dimension), or whose store fails (Milvus
+    unreachable) is listed with the reason; when every searched store fails, that is the answer (503).
+    A later page (``offset``) needs every model's hits down to that depth to rank the merged page right."""
+    deep = replace(filters, top_k=filters.offset + filters.top_k, offset=0)
+    found: dict[str, list[SearchHit]] = {}
+    per_model: dict[str, ModelResults] = {}
+    failed: list[StoreError] = []
+    for model in models:
+        reason = _skip_reason(model, vectors, filters)
+        if not reason:
+            try:
+                found[model.name] = await _search_loaded(model, vectors[model.backbone], deep, base)
+            except StoreError as exc:
+                failed.append(exc)
+                reason = exc.message
+        if reason:
+            per_model[model.name] = ModelResults(model=model.name, num_results=0, results=[], error=reason)
+            continue
+        page = found[model.name][filters.offset:]
+        per_model[model.name] = ModelResults(model=model.name, num_results=len(page), results=page)
+    if failed and not found:
+        raise failed[0]
+    return merge_rankings(list(found.values()), deep.top_k, merge, filters.sort)[filters.offset:], per_model
+
+
+def _skip_reason(model: ServedModel, vectors: Vectors, filters: Filters) -> str | None:
+    if not model.searchable:
+        return model.problem or "not searchable"
+    if model.backbone not in vectors:
+        return "the query vector's dimension does not match this model"
+    try:
+        check_columns(model, filters, sort=False)  # a model without the sort column still serves, its hits last
+    except BadRequestError as exc:
+        return exc.message
+    return None
+
+
+def _log(origin: Origin, model: str, kind: str, filters: Filters, start: float, hits: list[SearchHit]) -> float:
+    """One row in the query log (never the image or the text): returns at once, a thread writes it. Returns
+    the search's time in milliseconds since ``start``, as logged and answered."""
+    latency_ms = round((time.perf_counter() - start) * 1000, 3)
+    used = {"category": filters.category, "equals": filters.equals or None, "ranges": filters.ranges or None,
+            "min_score": filters.min_score, "top_k": filters.top_k, "offset": filters.offset or None}
+    origin.query_log.record(QueryRecord(
+        model=model, kind=kind, latency_ms=latency_ms, results=len(hits), top_ids=[h.id for h in hits[:10]],
+        filters={k: v for k, v in used.items() if v is not None}))
+    return latency_ms
 
 
 def query_vector(model: ServedModel, clip_vector: np.ndarray) -> np.ndarray:
@@ -220,13 +443,3 @@ def merge_rankings(per_model: list[list[SearchHit]], top_k: int, method: MergeMe
     if sort:
         merged = ordered(merged, lambda h: h.extra.get(sort.removeprefix("-")), descending=sort.startswith("-"))
     return [h.model_copy(update={"rank": i}) for i, h in enumerate(merged[:top_k], start=1)]
-
-
-def log_search(request: Request, model: str, kind: str, filters: Filters, latency_ms: float,
-               hits: list[SearchHit]) -> None:
-    """One row in the query log (never the image or the text): returns at once, a thread writes it."""
-    used = {"category": filters.category, "equals": filters.equals or None, "ranges": filters.ranges or None,
-            "min_score": filters.min_score, "top_k": filters.top_k, "offset": filters.offset or None}
-    request.app.state.query_log.record(QueryRecord(
-        model=model, kind=kind, latency_ms=latency_ms, results=len(hits), top_ids=[h.id for h in hits[:10]],
-        filters={k: v for k, v in used.items() if v is not None}))

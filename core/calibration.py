@@ -14,6 +14,10 @@ the CLIP text tower (and the model's head, as the API does). Both classes weigh 
 the cosine at which a pair is as likely relevant as not, whatever the catalogue's category balance:
 that is what makes ``match`` comparable across models. The map is saved as ``calibration.json``
 beside ``index.json``, tagged with the head and the index build it was fitted for.
+
+Both stores calibrate through ``ensure_calibration`` and ``fit_calibration``: a store gives its sample, its
+index's nearest neighbours and where it saves the result; when a calibration is stale, how it is fitted and
+what it records live here once.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, UTC
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -31,7 +35,9 @@ from core.types import Embeddings
 from utils.atomic import read_json, write_json_atomic
 
 if TYPE_CHECKING:
+    from core.config import Settings
     from core.head import ProjectionHead
+    from core.store import Product, ServedIndex
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +48,7 @@ SELF_SHARE = 10  # positives per self pair added
 MIN_SLOPE = 1e-6  # a fit whose slope would not be positive is kept flat at this (no signal)
 TextEncoder = Callable[[Sequence[str]], Embeddings]
 Neighbours = Callable[[Embeddings, np.ndarray], np.ndarray]  # queries, own keys -> best other score per query
+_Index = TypeVar("_Index", bound="ServedIndex")
 
 
 @dataclass(frozen=True)
@@ -240,3 +247,68 @@ def text_map(encoder: TextEncoder | None, head: ProjectionHead | None, previous:
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class Calibrated(Protocol[_Index]):
+    """A store as calibration sees it (both stores are one)."""
+
+    name: str
+    settings: Settings
+    head: ProjectionHead | None
+    text_encoder: TextEncoder | None
+
+    @property
+    def calibration(self) -> Calibration | None: ...
+
+    def open_index(self) -> _Index | None: ...
+
+    def calibrate(self, live: _Index) -> Calibration | None: ...
+
+
+def _head_sha(store: Calibrated[Any]) -> str | None:
+    return store.head.sha256 if store.head is not None else None
+
+
+def ensure_calibration(store: Calibrated[_Index]) -> Calibration | None:
+    """``store``'s calibration, refitted (``store.calibrate``) when it is stale (see :func:`stale`) for the
+    store's head, index build and text encoder; None for an empty store."""
+    live = store.open_index()
+    if live is None:
+        return None
+    if stale(store.calibration, _head_sha(store), live.info.built_at, store.text_encoder is not None):
+        return store.calibrate(live)
+    return store.calibration
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A seeded sample of a catalogue: its products, their indexed vectors and the keys ``Neighbours`` knows
+    them by (row-aligned)."""
+
+    products: Sequence[Product]
+    vectors: Embeddings
+    keys: np.ndarray
+
+
+def fit_calibration(store: Calibrated[Any], live: ServedIndex, sample: Sample, neighbours: Neighbours,
+                    save: Callable[[Calibration], None]) -> Calibration | None:
+    """Fit the image map (and the text map when the store has a text encoder; else the previous text map is
+    kept if it was fitted for the same head) from ``sample``, for ``live``'s build, and ``save`` it. None when
+    the sample does not have both relevant and irrelevant pairs."""
+    rng = np.random.default_rng(store.settings.seed)
+    categories = [p.category for p in sample.products]
+    try:
+        image, method, pairs = fit_image(sample.vectors, categories, sample.keys, neighbours, rng)
+    except ValueError as exc:
+        logger.warning("%s: no calibration (%s): hits carry no match", store.name, exc)
+        return None
+    counts = {"image": pairs}
+    head = _head_sha(store)
+    text = text_map(store.text_encoder, store.head, store.calibration, head, [p.title for p in sample.products],
+                    sample.vectors, categories, rng, counts)
+    cal = Calibration(image=image, text=text, head=head, index_built_at=live.info.built_at,
+                      generation=live.generation, method=method, pairs=counts, fitted_at=now_iso())
+    save(cal)
+    logger.info("%s: calibration fitted (%s pairs, image midpoint %.3f%s)", store.name, method, image.midpoint,
+                f", text midpoint {text.midpoint:.3f}" if text else "")
+    return cal

@@ -49,7 +49,7 @@ def store_exists(settings: Settings, spec: ModelSpec) -> bool:
     """True when the model has a catalogue to open (opening one that does not creates it empty)."""
     paths = spec.paths(settings)
     if spec.store_for(settings) == StoreKind.MILVUS:
-        from core.milvus_store import client, resolve_collection
+        from core.milvus_client import client, resolve_collection
 
         return bool(client(settings).has_collection(resolve_collection(settings, spec.name)))
     return store_path(paths.models).exists() or (paths.models / "metadata.jsonl").is_file()

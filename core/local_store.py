@@ -22,7 +22,8 @@ import numpy as np
 
 from core.ann import (INDEX_JSON, LiveIndex, build, choose_index_type, exact_top, needs_training, train_size,
                       tune)
-from core.calibration import CALIBRATION_JSON, Calibration, TextEncoder, stale
+from core.calibration import (CALIBRATION_JSON, Calibration, Sample, TextEncoder, ensure_calibration,
+                              fit_calibration, save_calibration)
 from core.config import Settings
 from core.errors import CatalogueReplacedError, StorageFullError, StoreError, disk_full
 from core.head import ProjectionHead
@@ -449,32 +450,20 @@ class LocalStore:
             return None
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
-    def calibration_stale(self, live: LiveIndex) -> bool:
-        """True when there is no calibration, or it was fitted for another head or index build, or it
-        lacks the text map while a text encoder is at hand."""
-        return stale(self.calibration, self._head, live.info.built_at, self.text_encoder is not None)
-
     def ensure_calibration(self) -> Calibration | None:
-        """Refit the calibration when it is stale (see :meth:`calibration_stale`); None for an empty store."""
-        live = self.open_index()
-        if live is None:
-            return None
-        return self.calibrate(live) if self.calibration_stale(live) else self.calibration
+        """Refit the calibration when it is stale (``core.calibration.ensure_calibration``); None for an empty
+        store."""
+        return ensure_calibration(self)
 
     def calibrate(self, live: LiveIndex) -> Calibration | None:
-        """Fit and save the image map (and the text map when a text encoder is set; else the previous
-        text map is kept if it was fitted for the same head) from a sample of the catalogue. None when
-        the catalogue is too small to have both relevant and irrelevant pairs."""
-        from core.calibration import fit_image, now_iso, save_calibration, text_map
-
-        rng = np.random.default_rng(self.settings.seed)
+        """Fit and save the calibration (``core.calibration.fit_calibration``) from a sample of the catalogue,
+        with ``live``'s nearest neighbours. None when the catalogue is too small to have both relevant and
+        irrelevant pairs."""
         with self.db.snapshot() as conn:
             vids, vectors = self.table.sample_vectors(conn, _CALIBRATION_SAMPLE, self.settings.seed)
         rows = self.table.by_vids(vids.tolist())
         keep = np.array([int(v) in rows for v in vids], dtype=bool)
         vids, vectors = vids[keep], vectors[keep]
-        products = [rows[int(v)] for v in vids]
-        categories = [p.category for p in products]
 
         def neighbours(queries: np.ndarray, own: np.ndarray) -> np.ndarray:
             scores, found = live.search(queries, 2)
@@ -483,24 +472,15 @@ class LocalStore:
             other = np.where(found[:, 0] == own, scores[:, 1], scores[:, 0])
             return np.asarray(np.where((found >= 0).all(axis=1), other, np.nan))
 
-        try:
-            image, method, pairs = fit_image(vectors, categories, vids, neighbours, rng)
-        except ValueError as exc:
-            logger.warning("%s: no calibration (%s): hits carry no match", self.name, exc)
-            return None
-        counts = {"image": pairs}
-        text = text_map(self.text_encoder, self.head, self.calibration, self._head, [p.title for p in products],
-                        vectors, categories, rng, counts)
-        cal = Calibration(image=image, text=text, head=self._head, index_built_at=live.info.built_at,
-                          generation=live.generation, method=method, pairs=counts, fitted_at=now_iso())
+        sample = Sample(products=[rows[int(v)] for v in vids], vectors=vectors, keys=vids)
+        return fit_calibration(self, live, sample, neighbours, self._save_calibration)
+
+    def _save_calibration(self, cal: Calibration) -> None:
         try:
             save_calibration(self._own, cal)
         except OSError as exc:
             self._calibration = (self._calibration_signature(), cal)  # served from memory meanwhile
             raise self._write_error(exc, "calibration") from None
-        logger.info("%s: calibration fitted (%s pairs, image midpoint %.3f%s)", self.name, method,
-                    image.midpoint, f", text midpoint {text.midpoint:.3f}" if text else "")
-        return cal
 
     def install_index(self, live: ServedIndex) -> None:
         """Serve ``live`` (caught up first)."""

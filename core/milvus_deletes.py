@@ -1,6 +1,7 @@
 """What the Milvus store keeps beside a model's collection so that no write undoes a newer one: the API's
-deletes (``<collection>__deleted``: id, the deleted CSV row's digest, when; created on the first delete) and
-a write lock shared by every process of this machine.
+deletes (``<collection>__deleted``: id, the deleted CSV row's digest, when; created on the first delete), a
+write lock shared by every process of this machine, and the check that picks which of a batch's products
+a write may replace (``plan_writes``).
 
 Milvus has no transactions and no conditional writes. The lock makes a write's check (is the product still
 the version read? was it deleted?) and the write one step for every process on this machine (an API, its job
@@ -15,11 +16,14 @@ import fcntl
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 from core.errors import StoreError
 from core.milvus_expr import id_list
+from core.milvus_schema import Layout, encode_row, has_views
+from core.store import ProductVector, Source, next_stamp, outlasting_delete, product_digest
 
 _ID_BATCH = 1000
 _SCAN_BATCH = 16_384
@@ -123,3 +127,44 @@ class Tombstones:
                 yield [str(r["id"]) for r in rows]
         finally:
             it.close()
+
+
+@dataclasses.dataclass
+class WritePlan:
+    """What an upsert writes: whole rows, the (source, category) of the rows they replace, the tombstones the
+    write ends, and those whose deleted row it came to know (id -> the row's digest)."""
+
+    rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    removed: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    ended: list[str] = dataclasses.field(default_factory=list)
+    resolved: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def plan_writes(latest: Mapping[str, ProductVector], current: Mapping[str, dict[str, Any]],
+                deleted: Mapping[str, str], keep_api: bool, layout: Layout) -> WritePlan:
+    """Which of ``latest`` (id -> item) to write over the ``current`` rows (with ``source``, ``digest``,
+    ``category``, ``updated_at``, ``images``) and ``deleted``'s tombstones: not one edited or deleted since a
+    conditional write read it, not an API product under the CSV (``keep_api``), not one a delete outlasts, not
+    an unchanged one (a row of an earlier release without its views' cache names is changed by learning them)."""
+    plan = WritePlan()
+    for pid, it in latest.items():
+        old = current.get(pid)
+        if it.if_version is not None and (old is None or old["updated_at"] != it.if_version):
+            continue  # edited or deleted since it was read: the newer write stands
+        if old is not None and keep_api and old["source"] == Source.API.value:
+            continue
+        if pid in deleted:
+            kept = outlasting_delete(deleted[pid], it, keep_api)
+            if kept is not None:
+                if kept != deleted[pid]:
+                    plan.resolved[pid] = kept
+                continue
+            plan.ended.append(pid)
+        digest = it.digest or product_digest(it)
+        if old is not None and (old["source"], old["digest"]) == (it.product.source.value, digest) and \
+                (has_views(old) or not it.product.view_caches):  # a row of an earlier release learns them
+            continue
+        plan.rows.append(encode_row(it, digest, next_stamp(old["updated_at"] if old else None), layout))
+        if old is not None:
+            plan.removed.append((old["source"], old["category"]))
+    return plan

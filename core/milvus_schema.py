@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,8 @@ from core.store import FILTER_COLUMN, Product, ProductVector, Source, is_number
 FIELDS = ["id", "title", "category", "images", "preview_image", "preview_cache", "extra", "source", "updated_at"]
 _IMAGES_KEY = "list"
 _VIEWS_KEY = "views"
+_layouts: dict[str, Layout] = {}  # what each server takes natively, probed once per process
+_layouts_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,17 @@ def probe(client: Any, scratch: str) -> Layout:
     finally:
         client.drop_collection(scratch)
     return Layout(clip_vector=two, json_arrays=arrays)
+
+
+def server_layout(client: Any, uri: str, scratch: str) -> Layout:
+    """What the server at ``uri`` takes natively: probed (on ``scratch``) the first time this process asks."""
+    with _layouts_lock:
+        layout = _layouts.get(uri)
+    if layout is None:
+        layout = probe(client, scratch)
+        with _layouts_lock:
+            _layouts[uri] = layout
+    return layout
 
 
 def catalogue_schema(layout: Layout, dim: int, clip_dim: int) -> Any:

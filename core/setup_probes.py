@@ -263,7 +263,8 @@ def _check_milvus(settings: Settings, specs: list[ModelSpec]) -> Check:
     if not importable("pymilvus"):
         return Check(name, Status.FAIL, f"{', '.join(names)}: Milvus, but pymilvus is not installed", SCALE_INSTALL)
     try:  # the store's own module needs faiss too (the index kinds and calibration are shared)
-        from core.milvus_store import client, close_clients, collection_name, milvus_uri, redacted_uri
+        import core.milvus_store  # noqa: F401
+        from core.milvus_client import client, close_clients, collection_name, milvus_uri, redacted_uri
     except ImportError as exc:
         return Check(name, Status.FAIL, f"{', '.join(names)}: Milvus, but the store's code cannot load ({exc})",
                      REINSTALL)

@@ -1,9 +1,10 @@
 """The catalogue store: one model's products and vectors, durable and incremental.
 
 ``CatalogueStore`` is the protocol the pipeline and the API write to and search through. It names
-no storage engine: the embedded default (``core.sqlite_store``: SQLite + a FAISS index derived from
-it) and a distributed one plug in behind the same calls. Every write is one transaction and bumps
-the store's *generation*; ``changes_since`` lets a derived index (or another process) catch up.
+no storage engine: the embedded default (``core.local_store``: SQLite tables, ``core.sqlite_store``, and a
+FAISS index derived from them) and a distributed one (``core.milvus_store``: a Milvus collection) plug in
+behind the same calls. Every write bumps the store's *generation* (in one transaction where the engine has
+them); ``refresh`` lets a derived index (or another process) catch up.
 """
 
 from __future__ import annotations
@@ -223,7 +224,8 @@ def next_stamp(previous: float | None) -> float:
 
 
 class CatalogueStore(Protocol):
-    """One model's catalogue. Implementations: ``core.sqlite_store.LocalStore`` (default)."""
+    """One model's catalogue. Implementations: ``core.local_store.LocalStore`` (SQLite + FAISS, the default) and
+    ``core.milvus_store.MilvusStore``."""
 
     @property
     def dim(self) -> int | None:

@@ -136,7 +136,8 @@ class NothingUsableError(NoUsableProductsError):
 
 
 class Phase(Protocol):
-    """One step of the pipeline. Phases hand data on through files under the model's folders."""
+    """One step of the pipeline. Phases hand data on through the model's build state (staged rows, fetched
+    images, view vectors), its image cache and its catalogue store, never through globals."""
 
     name: PhaseName
 

@@ -1,5 +1,6 @@
-"""Phase 4: bring the model's FAISS index up to date with the store - catch up on changes, or rebuild
-(and tune) when it is missing, damaged, or of another type than the catalogue's size calls for."""
+"""Phase 4: bring the model's index (FAISS beside the local store, Milvus's own vector index) up to date with
+the store - catch up on changes, or rebuild (and tune) when it is missing, damaged, or of another type than the
+catalogue's size calls for - and refit its calibration when it is stale."""
 
 from __future__ import annotations
 

@@ -59,7 +59,7 @@ def _where(spec: ModelSpec, settings: Settings) -> str:
     """Where the model's catalogue lives: its database file, or its Milvus collection (no credentials)."""
     if spec.store_for(settings) != StoreKind.MILVUS:
         return str(spec.paths(settings).models / "catalogue.db")
-    from core.milvus_store import collection_name, redacted_uri
+    from core.milvus_client import collection_name, redacted_uri
 
     return f"Milvus collection {collection_name(settings.milvus_prefix, spec.name)} at {redacted_uri(settings)}"
 
@@ -182,7 +182,7 @@ def _milvus_count(spec: ModelSpec, settings: Settings) -> str:
     from pymilvus.exceptions import MilvusException
 
     from core.errors import ImageSearchError
-    from core.milvus_store import client, milvus_uri, resolve_collection
+    from core.milvus_client import client, milvus_uri, resolve_collection
 
     if not re.match(r"^[a-z]+://", milvus_uri(settings)) and not Path(milvus_uri(settings)).exists():
         return "-"  # no milvus-lite file yet: nothing to count, and opening it would create one

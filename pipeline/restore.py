@@ -194,7 +194,7 @@ def _sweep(settings: Settings, target: str, kind: StoreKind) -> None:
     for left in settings.models_dir.glob(f"{STAGING}{target}-*"):
         shutil.rmtree(left, ignore_errors=True)
     if kind == StoreKind.MILVUS:
-        from core.milvus_store import drop_collection, stray_collections
+        from core.milvus_client import drop_collection, stray_collections
 
         for name in stray_collections(settings, target):
             logger.info("%s: dropping collection %s left by an unfinished restore", target, name)
@@ -241,7 +241,8 @@ def _stage(settings: Settings, spec: ModelSpec, folder: Path, manifest: dict[str
 def _stage_milvus(settings: Settings, spec: ModelSpec, folder: Path, manifest: dict[str, Any], stage: Path,
                   say: Say) -> str:
     from core.local_store import LocalStore
-    from core.milvus_store import RESTORED_INFIX, MilvusStore, collection_name
+    from core.milvus_client import RESTORED_INFIX, collection_name
+    from core.milvus_store import MilvusStore
     from pipeline.copy_store import copy_build_state, copy_products
 
     files: dict[str, Any] = manifest["files"]
@@ -313,13 +314,13 @@ def _check_catalogue(staged: Path, shown: Path, manifest: dict[str, Any]) -> Non
 
 # --- switching ---------------------------------------------------------------------------------------
 def _point(settings: Settings, model: str, physical: str) -> str:
-    from core.milvus_store import switch_collection
+    from core.milvus_client import switch_collection
 
     return switch_collection(settings, model, physical)
 
 
 def _drop(settings: Settings, model: str, physical: str) -> None:
-    from core.milvus_store import drop_collection
+    from core.milvus_client import drop_collection
 
     try:
         drop_collection(settings, model, physical)

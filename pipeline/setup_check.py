@@ -77,8 +77,8 @@ def _settings_checks(settings: Settings, api_port: int | None, ui_port: int | No
     checks += stores
     checks += _guarded("ports", partial(probe.check_ports, settings, api_port, ui_port))
     checks.append(probe.check_admin_key(settings))
-    if "core.milvus_store" in sys.modules:  # stop the embedded milvus-lite a model's --list row started
-        from core.milvus_store import close_clients
+    if "core.milvus_client" in sys.modules:  # stop the embedded milvus-lite a model's --list row started
+        from core.milvus_client import close_clients
 
         close_clients()
     return checks

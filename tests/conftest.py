@@ -98,8 +98,8 @@ def milvus_standalone(tmp_path_factory) -> Iterator[str]:
     try:
         yield server.uri
     finally:
-        if "core.milvus_store" in sys.modules:  # a client left open on a stopped server keeps this process alive
-            from core.milvus_store import close_clients
+        if "core.milvus_client" in sys.modules:  # a client left open on a stopped server keeps this process alive
+            from core.milvus_client import close_clients
 
             close_clients()
         server.stop()

@@ -7,8 +7,7 @@ import time
 from anyio import to_thread
 from fastapi import APIRouter, Depends, Request
 
-from api.catalogue import Catalogue
-from api.deps import get_catalogue, require_admin
+from api.deps import CatalogueDep, require_admin
 from api.guards import AUDIT_PRODUCT
 from api.editing import delete_product, upsert_product
 from api.schemas import AdminResponse, ProductUpsert, ReloadResponse, error_responses
@@ -24,7 +23,7 @@ def _ms(start: float) -> float:
 @router.post("/{model}/products", response_model=AdminResponse,
              summary="Add or update one product: its images are fetched, embedded and indexed")
 async def add_product(model: str, product: ProductUpsert, request: Request,
-                      catalogue: Catalogue = Depends(get_catalogue)) -> AdminResponse:
+                      catalogue: CatalogueDep) -> AdminResponse:
     setattr(request.state, AUDIT_PRODUCT, product.id)
     catalogue.model(model).require()
     start = time.perf_counter()
@@ -36,7 +35,7 @@ async def add_product(model: str, product: ProductUpsert, request: Request,
 
 @router.delete("/{model}/products/{product_id}", response_model=AdminResponse, summary="Delete one product")
 async def remove_product(model: str, product_id: str, request: Request,
-                         catalogue: Catalogue = Depends(get_catalogue)) -> AdminResponse:
+                         catalogue: CatalogueDep) -> AdminResponse:
     setattr(request.state, AUDIT_PRODUCT, product_id)
     catalogue.model(model).require()
     start = time.perf_counter()
@@ -47,7 +46,7 @@ async def remove_product(model: str, product_id: str, request: Request,
 
 @router.post("/{model}/reload", response_model=ReloadResponse,
              summary="Reload the model's index from disk now (a failed reload keeps the old one serving)")
-async def reload_model(model: str, catalogue: Catalogue = Depends(get_catalogue)) -> ReloadResponse:
+async def reload_model(model: str, catalogue: CatalogueDep) -> ReloadResponse:
     catalogue.model(model)
     fresh = await to_thread.run_sync(catalogue.reload, model)
     info = fresh.index_info

@@ -9,12 +9,10 @@ from typing import Annotated, Any
 from anyio import to_thread
 from fastapi import APIRouter, Depends, Query, Request
 
-from core.config import Settings
 from core.query_log import summarize
 
 from api.analytics import AnalyticsCache, Computed
-from api.catalogue import Catalogue
-from api.deps import base_url, get_catalogue, get_settings, require_admin
+from api.deps import CatalogueDep, SettingsDep, base_url, require_admin
 from api.schemas import error_responses
 
 router = APIRouter(tags=["admin"], dependencies=[Depends(require_admin)],
@@ -32,8 +30,8 @@ def _stamp(found: Computed) -> dict[str, Any]:
 
 @router.get("/{model}/analytics/map", summary="2-D map of the catalogue (PCA then t-SNE on a sample), computed "
                                               "once per catalogue generation")
-async def catalogue_map(model: str, request: Request, sample: Annotated[int, Query(ge=2, le=5000)] = 1500,
-                        catalogue: Catalogue = Depends(get_catalogue), settings: Settings = Depends(get_settings),
+async def catalogue_map(model: str, request: Request, catalogue: CatalogueDep, settings: SettingsDep,
+                        sample: Annotated[int, Query(ge=2, le=5000)] = 1500,
                         cache: AnalyticsCache = Depends(get_analytics)) -> dict[str, Any]:
     from training.catalogue_map import map_points, sample as take
 
@@ -48,10 +46,9 @@ async def catalogue_map(model: str, request: Request, sample: Annotated[int, Que
 
 @router.get("/{model}/analytics/clusters", summary="k-means clusters: representatives and category purity, "
                                                    "computed once per catalogue generation")
-async def catalogue_clusters(model: str, k: Annotated[int, Query(ge=1, le=100)] = 8,
+async def catalogue_clusters(model: str, catalogue: CatalogueDep, settings: SettingsDep,
+                             k: Annotated[int, Query(ge=1, le=100)] = 8,
                              sample: Annotated[int, Query(ge=2, le=20000)] = 5000,
-                             catalogue: Catalogue = Depends(get_catalogue),
-                             settings: Settings = Depends(get_settings),
                              cache: AnalyticsCache = Depends(get_analytics)) -> dict[str, Any]:
     from training.catalogue_map import clusters, sample as take
 
@@ -63,9 +60,8 @@ async def catalogue_clusters(model: str, k: Annotated[int, Query(ge=1, le=100)] 
 
 
 @router.get("/analytics/queries", summary="Search analytics from the query log, per model and day")
-async def query_analytics(days: Annotated[int, Query(ge=1, le=3650)] = 30,
-                          catalogue: Catalogue = Depends(get_catalogue),
-                          settings: Settings = Depends(get_settings)) -> dict[str, Any]:
+async def query_analytics(catalogue: CatalogueDep, settings: SettingsDep,
+                          days: Annotated[int, Query(ge=1, le=3650)] = 30) -> dict[str, Any]:
     def categories(model: str, ids: list[str]) -> dict[str, str]:
         try:
             store = catalogue.model(model).require()

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from core.config import Settings
 
-from api.catalogue import Catalogue
-from api.deps import get_catalogue, get_settings
+from api.deps import CatalogueDep, SettingsDep
 from api.explaining import Explainer
 from api.responses import RedactedJSONResponse
 from api.schemas import ExplainResponse, error_responses
@@ -28,10 +26,9 @@ _PNG: dict[int | str, dict[str, Any]] = {200: {"content": {"image/png": {}, "app
              summary="Why this match: heat-maps over the query and the product (PNG, or JSON grids)")
 async def explain_match(model: str, request: Request,
                         product_id: Annotated[str, Query(min_length=1, max_length=512)],
+                        catalogue: CatalogueDep, settings: SettingsDep,
                         format: Literal["png", "json"] = "png",
-                        view: Literal["both", "hit", "query"] = "both",
-                        catalogue: Catalogue = Depends(get_catalogue),
-                        settings: Settings = Depends(get_settings)) -> Response:
+                        view: Literal["both", "hit", "query"] = "both") -> Response:
     loaded = catalogue.model(model)
     loaded.require()
     loaded.product(product_id)  # 404 before the upload is read

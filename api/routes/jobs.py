@@ -12,8 +12,7 @@ from core.keys import Action
 
 from api.auth import check
 from api.guards import AUDIT_PRODUCT
-from api.catalogue import Catalogue
-from api.deps import Caller, get_catalogue, require_admin
+from api.deps import Caller, CatalogueDep, require_admin
 from api.jobs import JobManager, job_json
 from api.schemas import EmbedJobRequest, JobAccepted, RebuildJobRequest, error_responses
 
@@ -36,7 +35,7 @@ _CONFLICT = error_responses(409)
 
 @router.post("/{model}/jobs/rebuild", response_model=JobAccepted, status_code=202, responses=_CONFLICT,
              summary="Queue a pipeline run of the model (409 while one is queued or running)")
-async def job_rebuild(model: str, body: RebuildJobRequest | None = None, catalogue: Catalogue = Depends(get_catalogue),
+async def job_rebuild(model: str, catalogue: CatalogueDep, body: RebuildJobRequest | None = None,
                       jobs: JobManager = Depends(get_jobs)) -> JobAccepted:
     catalogue.model(model)
     params = (body or RebuildJobRequest()).model_dump()
@@ -45,7 +44,7 @@ async def job_rebuild(model: str, body: RebuildJobRequest | None = None, catalog
 
 @router.post("/{model}/jobs/evaluate", response_model=JobAccepted, status_code=202,
              summary="Queue an evaluation of the model (training/evaluate.py)")
-async def job_evaluate(model: str, catalogue: Catalogue = Depends(get_catalogue),
+async def job_evaluate(model: str, catalogue: CatalogueDep,
                        jobs: JobManager = Depends(get_jobs)) -> JobAccepted:
     catalogue.model(model).require()
     return await to_thread.run_sync(accepted, jobs, JobKind.EVALUATE, model, {})
@@ -54,7 +53,7 @@ async def job_evaluate(model: str, catalogue: Catalogue = Depends(get_catalogue)
 @router.post("/{model}/jobs/embed", response_model=JobAccepted, status_code=202, responses=_CONFLICT,
              summary="Queue re-embedding these products from their cached images")
 async def job_embed(model: str, body: EmbedJobRequest, request: Request,
-                    catalogue: Catalogue = Depends(get_catalogue), jobs: JobManager = Depends(get_jobs)) -> JobAccepted:
+                    catalogue: CatalogueDep, jobs: JobManager = Depends(get_jobs)) -> JobAccepted:
     setattr(request.state, AUDIT_PRODUCT, ",".join(body.ids[:5]) + (f",... ({len(body.ids)} ids)"
                                                                      if len(body.ids) > 5 else ""))
     catalogue.model(model).require()

@@ -2,34 +2,30 @@
 
 from __future__ import annotations
 
-import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 
 from core.config import Settings
-from core.errors import ImageNotAvailableError, ProductNotFoundError
+from core.errors import ImageNotAvailableError
 from core.store import typed_extra
 
-from api.catalogue import Catalogue
-from api.deps import base_url, get_catalogue, get_settings
+from api import searching
+from api.deps import CatalogueDep, OriginDep, SearchParams, SettingsDep, base_url
 from api.loaded import ServedModel
-from api.routes.params import FilterParams, MinScore, Offset, RelevanceParams, TopK
-from api.routes.search import elapsed_ms, filters_from, search_loaded
+from api.searching import image_url
 from api.schemas import ProductInfo, SearchResponse, error_responses
-from api.searching import check_columns, image_url, log_search
 
 router = APIRouter(tags=["products"], responses=error_responses(404, 422, 503))
 
 
 @router.get("/{model}/products/{product_id}", response_model=ProductInfo, summary="One product's metadata")
 async def get_product(model: str, product_id: str, request: Request,
-                      catalogue: Catalogue = Depends(get_catalogue)) -> ProductInfo:
+                      catalogue: CatalogueDep) -> ProductInfo:
     loaded = catalogue.model(model)
     p = loaded.product(product_id)
     views = f"{base_url(request)}/{model}/products/{quote(p.id, safe='')}/views"
@@ -41,31 +37,15 @@ async def get_product(model: str, product_id: str, request: Request,
 
 @router.get("/{model}/products/{product_id}/similar", response_model=SearchResponse,
             summary="Products that look like this one (the product itself left out)")
-async def similar_products(model: str, product_id: str, request: Request, top_k: TopK = 10,
-                           min_score: MinScore = None, flt: FilterParams = Depends(), offset: Offset = 0,
-                           rel: RelevanceParams = Depends(),
-                           catalogue: Catalogue = Depends(get_catalogue)) -> SearchResponse:
-    loaded = catalogue.model(model)
-    loaded.product(product_id)  # 404 when absent
-    filters = replace(filters_from(top_k, min_score, flt, offset, rel), exclude_id=product_id)
-    check_columns(loaded, filters)
-    start = time.perf_counter()
-    try:
-        vector = loaded.require().vectors([product_id])[0]
-    except KeyError:  # deleted since it was read, by another process
-        raise ProductNotFoundError(model, product_id) from None
-    # the stored vector is already in index space: search without the head
-    hits = await search_loaded(loaded, vector, filters, base_url(request), projected=True)
-    took = elapsed_ms(start)
-    log_search(request, model, "similar", filters, took, hits)
-    return SearchResponse(model=model, query=f"similar:{product_id}", num_results=len(hits), search_time_ms=took,
-                          results=hits)
+async def similar_products(model: str, product_id: str, filters: SearchParams, catalogue: CatalogueDep,
+                           origin: OriginDep) -> SearchResponse:
+    return await searching.similar(catalogue, model, product_id, filters, origin)
 
 
 @router.get("/{model}/products/{product_id}/image", response_class=FileResponse,
             summary="The product's cached preview image (JPEG)")
-async def product_image(model: str, product_id: str, catalogue: Catalogue = Depends(get_catalogue),
-                        settings: Settings = Depends(get_settings)) -> FileResponse:
+async def product_image(model: str, product_id: str, catalogue: CatalogueDep,
+                        settings: SettingsDep) -> FileResponse:
     loaded = catalogue.model(model)
     return _cached_file(loaded, settings, loaded.product(product_id).preview_cache, product_id)
 
@@ -73,8 +53,8 @@ async def product_image(model: str, product_id: str, catalogue: Catalogue = Depe
 @router.get("/{model}/products/{product_id}/views/{n}", response_class=FileResponse,
             summary="The cached copy of the product's n-th image (0-based, in catalogue order)")
 async def product_view(model: str, product_id: str, n: Annotated[int, PathParam(ge=0, le=99)],
-                       catalogue: Catalogue = Depends(get_catalogue),
-                       settings: Settings = Depends(get_settings)) -> FileResponse:
+                       catalogue: CatalogueDep,
+                       settings: SettingsDep) -> FileResponse:
     loaded = catalogue.model(model)
     return _cached_file(loaded, settings, loaded.product(product_id).cached_view(n), product_id)
 

@@ -10,8 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from core.config import Settings
 from core.errors import ImageSearchError
 
-from api.catalogue import Catalogue
-from api.deps import get_catalogue, get_metrics
+from api.deps import CatalogueDep, get_metrics
 from api.loaded import ServedModel
 from api.metrics import Metrics
 from api.schemas import HealthResponse, ModelHealth, ModelInfo, ModelsResponse
@@ -46,7 +45,7 @@ def _info(m: ServedModel, settings: Settings) -> ModelInfo:
 
 
 @router.get("/health", response_model=HealthResponse, summary="Overall status and per-model readiness")
-async def health(catalogue: Catalogue = Depends(get_catalogue)) -> HealthResponse:
+async def health(catalogue: CatalogueDep) -> HealthResponse:
     models = catalogue.models()
     ready = [m for m in models if m.searchable]
     status = "degraded" if any(m.state == "failed" for m in models) else "healthy"
@@ -56,14 +55,14 @@ async def health(catalogue: Catalogue = Depends(get_catalogue)) -> HealthRespons
 
 
 @router.get("/models", response_model=ModelsResponse, summary="Every model, searchable or not")
-async def list_models(catalogue: Catalogue = Depends(get_catalogue)) -> ModelsResponse:
+async def list_models(catalogue: CatalogueDep) -> ModelsResponse:
     # off the event loop: a model's first counts scan its store
     infos = await to_thread.run_sync(lambda: [_info(m, catalogue.settings) for m in catalogue.models()])
     return ModelsResponse(count=len(infos), models=infos)
 
 
 @router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus text format")
-async def metrics(catalogue: Catalogue = Depends(get_catalogue),
+async def metrics(catalogue: CatalogueDep,
                   registry: Metrics = Depends(get_metrics)) -> PlainTextResponse:
     models = catalogue.models()
     gauges = {

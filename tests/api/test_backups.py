@@ -263,7 +263,7 @@ def test_a_truncated_or_unfinished_backup_is_refused_naming_the_file(one_backup,
 def test_backups_restore_across_stores_and_over_a_milvus_model(one_backup, milvus_server, built_root, tmp_path,
                                                                 tiny_clip):
     need_pymilvus()
-    from core.milvus_store import client, collection_name, resolve_collection
+    from core.milvus_client import client, collection_name, resolve_collection
 
     settings = load_settings(root=tmp_path / "root", clip_model=str(tiny_clip), milvus_uri=milvus_server.uri,
                              milvus_prefix=unique_prefix())
