@@ -10,14 +10,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
+from core.composition import ProductViews, product_vectors
 from core.config import Settings
-from core.encoder import l2_normalize
 from core.errors import BadImageError, BadRequestError, StorageFullError
-from core.head import ProjectionHead
-from core.store import Product, ProductVector, Source
+from core.store import ModelStore, Product, Source
 from pipeline.download import fetch_policy, read_ref
 from pipeline.image_cache import ImageCache, cache_key
 from pipeline.state import BuildState, ImageRecord
@@ -36,23 +34,26 @@ class _Fetched:
     images: list[Image.Image]
     cached: list[str]  # names in the image cache, one per image
     failed: dict[str, str]
-    records: list[ImageRecord]  # the build state's row per fetched ref (so the product's views are served)
+    views: list[str]  # the cache name of each ref, in order ('' for one that failed): the product's view caches
+    records: list[ImageRecord]  # for the build state, where this machine keeps one (a build then reuses them)
 
 
 def _fetch_images(refs: list[str], settings: Settings, data_dir: Path, cache: ImageCache) -> _Fetched:
     """Fetch and cache each view as the download phase does; keep the cache names of those that worked."""
-    got = _Fetched(images=[], cached=[], failed={}, records=[])
+    got = _Fetched(images=[], cached=[], failed={}, views=[], records=[])
     with Fetcher(fetch_policy(settings)) as fetcher:
         for ref in refs:
             try:
                 entry = cache.store(read_ref(ref, data_dir, fetcher, settings.max_image_bytes))
             except (FetchError, ImageDecodeError) as exc:
                 got.failed[ref] = exc.reason
+                got.views.append("")
                 continue
             except OSError as exc:
                 if exc.errno == errno.ENOSPC:
                     raise StorageFullError(data_dir.name, f"the disk holding {cache.root} is full") from None
                 raise
+            got.views.append(entry["cache"])
             got.records.append(ImageRecord(ref=ref, status="ok", cache=entry["cache"], width=entry["width"],
                                            height=entry["height"], bytes=entry["bytes"]))
             with Image.open(cache.root / entry["cache"]) as img:  # embed the cached copy, like extraction
@@ -64,12 +65,10 @@ def _fetch_images(refs: list[str], settings: Settings, data_dir: Path, cache: Im
     return got
 
 
-def _record(product: ProductUpsert, preview_cache: str, clip: np.ndarray, head: ProjectionHead | None) -> ProductVector:
-    item = Product(id=product.id, title=product.title, category=product.category or "", images=tuple(product.images),
-                   preview_image=product.images[0], preview_cache=preview_cache, extra=dict(product.extra),
-                   source=Source.API)
-    vector = head.apply(clip[None])[0] if head is not None else None
-    return ProductVector(item, clip=clip, vector=vector)
+def _product(product: ProductUpsert, fetched: _Fetched) -> Product:
+    return Product(id=product.id, title=product.title, category=product.category or "", images=tuple(product.images),
+                   preview_image=product.images[0], preview_cache=fetched.cached[0], extra=dict(product.extra),
+                   source=Source.API, view_caches=tuple(fetched.views))
 
 
 def upsert_product(catalogue: Catalogue, model: str,
@@ -83,19 +82,29 @@ def upsert_product(catalogue: Catalogue, model: str,
     paths = current.spec.paths(settings)
     fetched = _fetch_images(product.images, settings, paths.data, ImageCache(paths.image_cache, settings))
     embedder = catalogue.embedder(current.backbone)
-    clip = l2_normalize(embedder.embed_images(fetched.images).mean(axis=0, keepdims=True))[0]
+    views = ProductViews(_product(product, fetched), embedder.embed_images(fetched.images))
     with catalogue.admin_lock(model):
         current = catalogue.model(model)  # the latest snapshot (a reload may have swapped the store)
         store = current.require()
         existed = bool(store.get([product.id]))
         start = time.perf_counter()
-        store.upsert([_record(product, fetched.cached[0], clip, store.head)])
+        store.upsert(product_vectors([views], store.head))
         commit_ms = (time.perf_counter() - start) * 1000
         generation = store.generation()  # this edit's: writers of the model take turns under the admin lock
-        BuildState(store.db).record(fetched.records, json.dumps(cache_key(settings), sort_keys=True))
+        _note_fetched(store, fetched.records, settings)
     logger.info("admin: %s product %s in %s (%d images, %d failed)", "updated" if existed else "added",
                 product.id, model, len(fetched.images), len(fetched.failed))
     return current, fetched.failed, commit_ms, generation
+
+
+def _note_fetched(store: ModelStore, records: list[ImageRecord], settings: Settings) -> None:
+    """Record the fetched images in the build state where this machine keeps one (a build reuses them)."""
+    state = BuildState.kept(store)
+    if state is not None:
+        try:
+            state.record(records, json.dumps(cache_key(settings), sort_keys=True))
+        finally:
+            state.close()
 
 
 def delete_product(catalogue: Catalogue, model: str, product_id: str) -> tuple[ServedModel, float, int]:

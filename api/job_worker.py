@@ -51,10 +51,9 @@ def _embed(job: Job, settings: Settings, spec: ModelSpec, jobs: JobStore) -> lis
     from PIL import Image
 
     from core.catalogue_store import open_store
-    from core.encoder import ClipEncoder, l2_normalize
-    from core.store import ProductVector
+    from core.composition import ProductViews, product_vectors
+    from core.encoder import ClipEncoder
     from pipeline.runner import model_lock
-    from pipeline.state import cached_refs
 
     ids = [str(i) for i in job.params.get("ids", [])]
     encoder = ClipEncoder.from_settings(settings, spec.backbone_for(settings))
@@ -68,18 +67,18 @@ def _embed(job: Job, settings: Settings, spec: ModelSpec, jobs: JobStore) -> lis
                 jobs.progress(job.task_id, n / max(1, len(ids)), "embed",
                               {"embedded": done, "failed": len(errors) - superseded, "superseded": superseded})
                 found = store.get([pid])
-                cached = cached_refs(store.db, list(found[0].images)) if found else {}
+                cached = list({ref: name for ref, name in zip(found[0].images, found[0].view_caches, strict=False)
+                               if name}.values()) if found else []
                 if not cached:
                     errors.append(f"{pid}: {'unknown product' if not found else 'no cached image'}")
                     continue
                 images = []
-                for name in cached.values():
+                for name in cached:
                     with Image.open(cache_dir / name) as img:
                         images.append(img.convert("RGB"))
-                clip = l2_normalize(encoder.encode_images(images).mean(axis=0, keepdims=True))[0]
-                vector = store.head.apply(clip[None])[0] if store.head is not None else None
                 # written only if nobody edited or deleted the product since it was read above
-                if store.upsert([ProductVector(found[0], clip=clip, vector=vector, if_version=found[0].updated_at)]):
+                views = ProductViews(found[0], encoder.encode_images(images), if_version=found[0].updated_at)
+                if store.upsert(product_vectors([views], store.head)):
                     done += 1
                 elif store.get([pid]) != found:
                     superseded += 1

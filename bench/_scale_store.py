@@ -70,13 +70,13 @@ def build(store: ModelStore, syn: Synthetic) -> dict[str, Any]:
     live = store.rebuild(save=True)
     done = time.perf_counter()
     local = isinstance(store, LocalStore)
+    db_bytes = _db_bytes(store.db.path) if isinstance(store, LocalStore) else None
     return {"build_s": round(done - start, 2), "upsert_all_s": round(upserted - start, 2),
             "index_s": round(done - upserted, 2), "index_type": live.kind.value,
             "index_bytes": _file_bytes(store.folder / live.info.file) if local else None,
             "engine_index_type": live.info.tuning.get("index_type", "faiss"), "index_params": live.info.params,
             "tuned_recall_at_10": live.info.tuning.get("recall_at_10"), "tuned_ms": live.info.tuning.get("ms"),
-            "db_bytes": _db_bytes(store.db.path) if local else None,
-            "db_bytes_per_product": round(_db_bytes(store.db.path) / max(1, syn.n)) if local else None,
+            "db_bytes": db_bytes, "db_bytes_per_product": None if db_bytes is None else round(db_bytes / max(1, syn.n)),
             "build_peak_rss_mb": round(peak_rss_mb(), 1)}
 
 

@@ -74,6 +74,7 @@ class LocalStore:
             weakref.finalize(self, os.close, fd)  # the descriptor lives as long as this store
         self.table = ProductTable(self.db, settings.max_filter_columns)
         self.table.upgrade(self.name)  # float32 vectors of an earlier release become float16
+        self.table.add_view_caches(self.name)  # and its products learn their cached views' names
         self._index: LiveIndex | None = None
         self._index_lock = threading.RLock()  # serialises index maintenance (apply, rebuild), not searches
         self.head = head

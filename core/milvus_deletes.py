@@ -22,7 +22,7 @@ from typing import Any
 
 from core.errors import StoreError
 from core.milvus_expr import id_list
-from core.milvus_schema import Layout, encode_row
+from core.milvus_schema import Layout, encode_row, has_views
 from core.store import ProductVector, Source, next_stamp, outlasting_delete, product_digest
 
 _ID_BATCH = 1000
@@ -143,9 +143,9 @@ class WritePlan:
 def plan_writes(latest: Mapping[str, ProductVector], current: Mapping[str, dict[str, Any]],
                 deleted: Mapping[str, str], keep_api: bool, layout: Layout) -> WritePlan:
     """Which of ``latest`` (id -> item) to write over the ``current`` rows (with ``source``, ``digest``,
-    ``category``, ``updated_at``) and ``deleted``'s tombstones: not one edited or deleted since a conditional
-    write read it, not an API product under the CSV (``keep_api``), not one a delete outlasts, not an
-    unchanged one."""
+    ``category``, ``updated_at``, ``images``) and ``deleted``'s tombstones: not one edited or deleted since a
+    conditional write read it, not an API product under the CSV (``keep_api``), not one a delete outlasts, not
+    an unchanged one (a row of an earlier release without its views' cache names is changed by learning them)."""
     plan = WritePlan()
     for pid, it in latest.items():
         old = current.get(pid)
@@ -161,7 +161,8 @@ def plan_writes(latest: Mapping[str, ProductVector], current: Mapping[str, dict[
                 continue
             plan.ended.append(pid)
         digest = it.digest or product_digest(it)
-        if old is not None and (old["source"], old["digest"]) == (it.product.source.value, digest):
+        if old is not None and (old["source"], old["digest"]) == (it.product.source.value, digest) and \
+                (has_views(old) or not it.product.view_caches):  # a row of an earlier release learns them
             continue
         plan.rows.append(encode_row(it, digest, next_stamp(old["updated_at"] if old else None), layout))
         if old is not None:

@@ -8,7 +8,9 @@ JSON field; Milvus 2.3 takes neither ("multiple vector fields is not supported",
 - the raw CLIP vector is a second FLOAT_VECTOR field, or else its float32 bytes, base64, in a VARCHAR of
   the same row (one row per product either way: a write stays one upsert, and a product never has half of
   its vectors; the CLIP vector is only ever read back, never searched);
-- the image list is a JSON array, or else a JSON object ``{"list": [...]}``.
+- the image list is a JSON array, or else a JSON object ``{"list": [...]}``; a product whose images' cache
+  files are known is always the object, with them beside the list: ``{"list": [...], "views": [...]}`` (a
+  row written before they were kept, an array or an object without ``views``, has none).
 
 A collection made before layouts were recorded (by milvus-lite) has the native layout.
 """
@@ -27,6 +29,7 @@ from core.store import FILTER_COLUMN, Product, ProductVector, Source, is_number
 
 FIELDS = ["id", "title", "category", "images", "preview_image", "preview_cache", "extra", "source", "updated_at"]
 _IMAGES_KEY = "list"
+_VIEWS_KEY = "views"
 _layouts: dict[str, Layout] = {}  # what each server takes natively, probed once per process
 _layouts_lock = threading.Lock()
 
@@ -130,8 +133,12 @@ def encode_row(it: ProductVector, digest: str, stamp: float, layout: Layout) -> 
     num = {k: float(str(v).strip().replace(",", "")) for k, v in extra.items()
            if v not in (None, "") and is_number(v) and FILTER_COLUMN.fullmatch(k)}
     clip = np.asarray(it.clip, dtype=np.float32)
-    return {"id": p.id, "title": p.title, "category": p.category,
-            "images": list(p.images) if layout.json_arrays else {_IMAGES_KEY: list(p.images)},
+    images: Any = list(p.images)
+    if p.view_caches:
+        images = {_IMAGES_KEY: images, _VIEWS_KEY: list(p.view_caches)}
+    elif not layout.json_arrays:
+        images = {_IMAGES_KEY: images}
+    return {"id": p.id, "title": p.title, "category": p.category, "images": images,
             "preview_image": p.preview_image, "preview_cache": p.preview_cache or "", "extra": extra,
             "num": num, "source": p.source.value, "updated_at": stamp, "digest": digest,
             "vector": np.asarray(it.indexed, dtype=np.float32).tolist(),
@@ -140,13 +147,21 @@ def encode_row(it: ProductVector, digest: str, stamp: float, layout: Layout) -> 
 
 def product_of(row: dict[str, Any]) -> Product:
     """A collection row's product (either layout)."""
-    images = row.get("images") or ()
+    images: Any = row.get("images") or ()
+    views: Any = ()
     if isinstance(images, dict):
-        images = images.get(_IMAGES_KEY) or ()
+        images, views = images.get(_IMAGES_KEY) or (), images.get(_VIEWS_KEY) or ()
     return Product(id=str(row["id"]), title=str(row.get("title") or ""), category=str(row.get("category") or ""),
                    images=tuple(images), preview_image=str(row.get("preview_image") or ""),
                    preview_cache=row.get("preview_cache") or None, extra=dict(row.get("extra") or {}),
-                   source=Source(row.get("source") or Source.CSV.value), updated_at=float(row.get("updated_at") or 0))
+                   source=Source(row.get("source") or Source.CSV.value), updated_at=float(row.get("updated_at") or 0),
+                   view_caches=tuple(views))
+
+
+def has_views(row: dict[str, Any]) -> bool:
+    """Whether a collection row keeps its images' cache files (rows written before they were kept do not)."""
+    images = row.get("images")
+    return isinstance(images, dict) and _VIEWS_KEY in images
 
 
 def clip_of(value: Any) -> np.ndarray:

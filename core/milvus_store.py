@@ -14,8 +14,8 @@ one (``core.milvus_deletes``). Writes use Milvus's own upsert and delete. This p
 at its next read, other processes' writes once the server has applied them (a time tick or two); the API's
 watcher (``refresh``) makes sure of it within about a second. ``IMAGESEARCH_MILVUS_CONSISTENCY=strong``
 makes every read wait for every write instead. The vector index type follows the catalogue's size, as the
-local store's does. The pipeline's build state (staged CSV rows, fetched images, view vectors) stays in a
-local SQLite file on the build machine (``models/<m>/build.db``), opened only when used.
+local store's does. The store opens no local database: the pipeline keeps its build state (staged CSV
+rows, fetched images, view vectors) on the build machine itself (``pipeline.state``).
 
 What Milvus cannot give: transactions across rows (a batch upsert is not atomic across processes,
 but each row is, and a rerun repairs), and the generation is read-modify-written (two writers at the
@@ -51,14 +51,13 @@ from core.milvus_index import (MILVUS_INDEX, SERVED_KINDS, MilvusIndex, VectorIn
 from core.milvus_meta import Meta
 from core.milvus_schema import FIELDS, Layout, catalogue_schema, clip_of, product_of, server_layout
 from core.milvus_search import sample_ids, search
-from core.sqlite_db import Database, stage_ids
+from core.sqlite_db import stage_ids
 from core.store import Filter, Hit, Product, ProductVector, ServedIndex, Source, StoreStats, row_digest
 from core.types import Embeddings, IndexType
 from utils.atomic import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
-BUILD_DB = "build.db"
 _CALIBRATION_SAMPLE = 2000
 
 
@@ -88,7 +87,6 @@ class MilvusStore:
         self.head = head
         self._head = head.sha256 if head is not None else None
         self.text_encoder: TextEncoder | None = None
-        self._db: Database | None = None
         self._lock = threading.RLock()
         self._index: MilvusIndex | None = None
         self._seen = -1
@@ -108,14 +106,6 @@ class MilvusStore:
                 self.reproject(head)
         if open_index:
             self.open_index()
-
-    @property
-    def db(self) -> Database:
-        """The build machine's local state (staged CSV rows, fetched images, view vectors)."""
-        with self._lock:
-            if self._db is None:  # the pipeline's BuildState creates its own tables
-                self._db = Database(self.folder / BUILD_DB, "", self.name)
-            return self._db
 
     def replaced(self) -> bool:
         """True once a restore has pointed the model at another collection than the one this store reads."""
@@ -256,7 +246,8 @@ class MilvusStore:
                 first = items[0]
                 self._io.call(self._create, np.asarray(first.indexed).shape[-1], np.asarray(first.clip).shape[-1])
             latest = {it.product.id: it for it in items}  # a batch naming an id twice: the last wins
-            current = {r["id"]: r for r in self._io.rows(list(latest), ["id", "source", "digest", "category"])}
+            current = {r["id"]: r for r in self._io.rows(list(latest), ["id", "source", "digest", "category",
+                                                                        "images"])}
             plan = plan_writes(latest, current, self._deleted.get(list(latest)), keep_api, self.layout)
             self._deleted.put(plan.resolved)
             rows = plan.rows
@@ -532,8 +523,7 @@ class MilvusStore:
         write_json_atomic(self.folder / CALIBRATION_JSON, cal.to_json())
 
     def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
+        """Nothing of its own to release: the server connection is the process's (``close_clients``)."""
 
 
 def _not_kept(conn: sqlite3.Connection, ids: list[str]) -> list[str]:

@@ -47,7 +47,8 @@ CREATE TABLE IF NOT EXISTS products(
     digest TEXT NOT NULL DEFAULT '',
     clip BLOB NOT NULL,
     vector BLOB,
-    half INTEGER NOT NULL DEFAULT 0
+    half INTEGER NOT NULL DEFAULT 0,
+    view_caches TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS products_gen ON products(gen);
 CREATE INDEX IF NOT EXISTS products_category ON products(category);
@@ -58,7 +59,7 @@ CREATE TABLE IF NOT EXISTS columns(name TEXT PRIMARY KEY, kind TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS api_deletes(id TEXT PRIMARY KEY, row TEXT NOT NULL, at REAL NOT NULL);
 """
 
-_PRODUCT_COLS = "id, title, category, images, preview_image, preview_cache, extra, source, updated_at"
+_PRODUCT_COLS = "id, title, category, images, preview_image, preview_cache, extra, source, updated_at, view_caches"
 _VECTOR = "COALESCE(vector, clip)"
 SCHEMA_VERSION = 2  # 2: float16 vectors
 MAX_SQL_VARS = 30_000  # below SQLite's default limit of 32,766 bound parameters per statement
@@ -110,15 +111,26 @@ def _extra_expr(column: str, kind: str) -> str:
 
 
 def _row_to_product(row: sqlite3.Row | tuple[Any, ...]) -> Product:
-    pid, title, category, images, preview, preview_cache, extra, source, updated = row[:9]
+    pid, title, category, images, preview, preview_cache, extra, source, updated, views = row[:10]
     return Product(id=pid, title=title, category=category or "", images=tuple(json.loads(images)),
                    preview_image=preview or "", preview_cache=preview_cache, extra=json.loads(extra),
-                   source=Source(source), updated_at=updated)
+                   source=Source(source), updated_at=updated, view_caches=tuple(json.loads(views)))
 
 
 def _chunks(items: Sequence[Any], size: int = MAX_SQL_VARS) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
+
+
+def _view_caches(conn: sqlite3.Connection, rows: list[tuple[int, list[str]]]) -> list[tuple[str, int]]:
+    """(view caches as JSON, vid) for the rows with a cached image, from the pipeline's image records."""
+    refs = list({r for _, images in rows for r in images})
+    cached: dict[str, str] = {}
+    for chunk in _chunks(refs):
+        cached.update(conn.execute(f"SELECT ref, cache FROM images WHERE status='ok' AND cache IS NOT NULL AND "
+                                   f"ref IN ({','.join('?' * len(chunk))})", list(chunk)).fetchall())
+    return [(json.dumps([cached.get(r, "") for r in images]), vid) for vid, images in rows
+            if any(r in cached for r in images)]
 
 
 class ProductTable:
@@ -144,13 +156,14 @@ class ProductTable:
         ``keep_time`` keeps each product's own ``updated_at`` (a copy of another store), else it is now (and
         later than the version it replaces)."""
         ids = [it.product.id for it in items]
-        current: dict[str, tuple[int, str, str, float]] = {}
+        current: dict[str, tuple[int, str, str, float, bool]] = {}
         deleted: dict[str, str] = {}
         for chunk in _chunks(ids):
             marks = ",".join("?" * len(chunk))
-            for vid, pid, source, digest, updated in conn.execute(
-                    f"SELECT vid, id, source, digest, updated_at FROM products WHERE id IN ({marks})", list(chunk)):
-                current[pid] = (vid, source, digest, updated)
+            for vid, pid, source, digest, updated, views in conn.execute(
+                    f"SELECT vid, id, source, digest, updated_at, view_caches <> '[]' FROM products "
+                    f"WHERE id IN ({marks})", list(chunk)):
+                current[pid] = (vid, source, digest, updated, bool(views))
             deleted.update(conn.execute(f"SELECT id, row FROM api_deletes WHERE id IN ({marks})", list(chunk)))
         changed = 0
         self._note_columns(conn, items)
@@ -163,7 +176,8 @@ class ProductTable:
             if it.product.id in deleted and self._kept_deleted(conn, it, deleted[it.product.id], keep_api):
                 continue
             digest = it.digest or product_digest(it)
-            if old is not None and old[2] == digest and old[1] == it.product.source.value:
+            if old is not None and old[2] == digest and old[1] == it.product.source.value and \
+                    (old[4] or not it.product.view_caches):  # a row that never had them learns them
                 continue
             changed += 1
             when = it.product.updated_at if keep_time and it.product.updated_at else \
@@ -186,20 +200,22 @@ class ProductTable:
                    digest: str) -> None:
         p = it.product
         meta = (p.title, p.category, json.dumps(list(p.images)), p.preview_image, p.preview_cache,
-                json.dumps(dict(p.extra), ensure_ascii=False), p.source.value, stamp, gen, digest)
+                json.dumps(dict(p.extra), ensure_ascii=False), p.source.value, stamp, gen, digest,
+                json.dumps(list(p.view_caches)))
         clip, vector = blob(it.clip), None if it.vector is None else blob(it.vector)
         if old_vid is not None:
             same = conn.execute("SELECT clip = ? AND vector IS ? FROM products WHERE vid=?",
                                 (clip, vector, old_vid)).fetchone()[0]
             if same:  # metadata only: the vector, its vid and ``gen`` (when it was indexed) stay
                 conn.execute("UPDATE products SET title=?, category=?, images=?, preview_image=?, preview_cache=?,"
-                             " extra=?, source=?, updated_at=?, digest=? WHERE vid=?",
-                             (*meta[:8], meta[9], old_vid))
+                             " extra=?, source=?, updated_at=?, digest=?, view_caches=? WHERE vid=?",
+                             (*meta[:8], *meta[9:], old_vid))
                 return
             conn.execute("DELETE FROM products WHERE vid=?", (old_vid,))
             conn.execute("INSERT OR REPLACE INTO dead VALUES (?, ?, ?)", (old_vid, gen, stamp))
         conn.execute("INSERT INTO products (id, title, category, images, preview_image, preview_cache, extra,"
-                     " source, updated_at, gen, digest, clip, vector, half) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,1)",
+                     " source, updated_at, gen, digest, view_caches, clip, vector, half)"
+                     " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,1)",
                      (p.id, *meta, clip, vector))
 
     def _note_columns(self, conn: sqlite3.Connection, items: Sequence[ProductVector]) -> None:
@@ -289,6 +305,36 @@ class ProductTable:
                 logger.info("%s: %d vectors rewritten as float16 so far", name, done)
         if done:
             self._compact_after_upgrade(name, done)
+        return done
+
+    def add_view_caches(self, name: str) -> int:
+        """Give a database of an earlier release its products' view caches: the column, filled from the
+        pipeline's image records in the same file, a batch per transaction (a kill resumes where it stopped).
+        Returns how many products got theirs."""
+        conn = self.db.reader()
+        if "view_caches" in {r[1] for r in conn.execute("PRAGMA table_info(products)")} and \
+                conn.execute("SELECT 1 FROM meta WHERE key='view_caches_from'").fetchone() is None:
+            return 0
+        with self.db.write() as w:
+            if "view_caches" not in {r[1] for r in w.execute("PRAGMA table_info(products)")}:
+                w.execute("ALTER TABLE products ADD COLUMN view_caches TEXT NOT NULL DEFAULT '[]'")
+                w.execute("INSERT OR REPLACE INTO meta VALUES ('view_caches_from', '-1')")
+            last = int(w.execute("SELECT value FROM meta WHERE key='view_caches_from'").fetchone()[0])
+            records = w.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='images'").fetchone()
+        done = 0
+        while True:
+            with self.db.write() as w:
+                rows = w.execute("SELECT vid, images FROM products WHERE vid > ? ORDER BY vid LIMIT ?",
+                                 (last, _UPGRADE_BATCH // 4)).fetchall()
+                if not rows:
+                    w.execute("DELETE FROM meta WHERE key='view_caches_from'")
+                    break
+                found = _view_caches(w, [(vid, json.loads(images)) for vid, images in rows]) if records else []
+                w.executemany("UPDATE products SET view_caches=? WHERE vid=?", found)
+                last, done = rows[-1][0], done + len(found)
+                w.execute("UPDATE meta SET value=? WHERE key='view_caches_from'", (str(last),))
+        if done:
+            logger.info("%s: %d products given their cached views' names", name, done)
         return done
 
     def _compact_after_upgrade(self, name: str, done: int) -> None:

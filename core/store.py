@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from core.calibration import Calibration, TextEncoder
     from core.config import Settings
     from core.head import ProjectionHead
-    from core.sqlite_db import Database
 
 ExtraValue = str | int | float | bool | None
 
@@ -45,7 +44,10 @@ class Source(StrEnum):
 
 @dataclass(frozen=True)
 class Product:
-    """A product's metadata as stored and served (no vector)."""
+    """A product's metadata as stored and served (no vector).
+
+    ``view_caches``: the image cache's file for each of ``images``, in order ('' where that image could not
+    be used); empty when the store was never told (a catalogue written before they were kept)."""
 
     id: str
     title: str
@@ -56,6 +58,11 @@ class Product:
     extra: Mapping[str, ExtraValue] = field(default_factory=dict)
     source: Source = Source.CSV
     updated_at: float = 0.0
+    view_caches: tuple[str, ...] = ()
+
+    def cached_view(self, n: int) -> str | None:
+        """The cache file of the product's ``n``-th image, None when it has none."""
+        return (self.view_caches[n] or None) if 0 <= n < len(self.view_caches) else None
 
 
 @dataclass(frozen=True)
@@ -300,17 +307,14 @@ class ServedIndex(Protocol):
 class ModelStore(CatalogueStore, Protocol):
     """A model's store as the pipeline, the API and the training tools use it: the catalogue plus its
     index upkeep, calibration and head. Implementations: ``core.local_store.LocalStore`` (SQLite + FAISS,
-    the default) and ``core.milvus_store.MilvusStore``. ``db`` is the build machine's SQLite file for
-    the pipeline's own state (staged rows, fetched images, view vectors), whatever holds the catalogue."""
+    the default) and ``core.milvus_store.MilvusStore``. It hands out no database: the pipeline keeps its own
+    build state (``pipeline.state``), and a product's cached views are part of the product."""
 
     name: str
     folder: Path
     settings: Settings
     head: ProjectionHead | None
     text_encoder: TextEncoder | None
-
-    @property
-    def db(self) -> Database: ...
 
     @property
     def live_index(self) -> ServedIndex | None: ...

@@ -231,7 +231,11 @@ def _backup_milvus(settings: Settings, spec: ModelSpec, out: Path, say: Say) -> 
             write_json_atomic(out / CALIBRATION_JSON, calibration.to_json())
         if (store.folder / BUILD_DB).is_file():
             say("copying the build state (SQLite online backup)")
-            store.db.backup(out / BUILD_DB, lambda _conn: None)
+            build = Database(store.folder / BUILD_DB, "", store.name)
+            try:
+                build.backup(out / BUILD_DB, lambda _conn: None)
+            finally:
+                build.close()
         live = store.live_index
         index = live.info.to_json() if live is not None else {}
         for attempt in range(_ATTEMPTS):

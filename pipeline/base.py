@@ -80,7 +80,7 @@ class PipelineContext:
         if self._state is None:
             from pipeline.state import BuildState
 
-            self._state = BuildState(self.store().db)
+            self._state = BuildState.of(self.store())
         return self._state
 
     def executor(self) -> PhaseExecutor:
@@ -100,9 +100,12 @@ class PipelineContext:
         if self._executor is not None:
             self._executor.close()
             self._executor = None
+        if self._state is not None:
+            self._state.close()
+            self._state = None
         if self._store is not None:
             self._store.close()
-            self._store, self._state = None, None
+            self._store = None
 
 
 @dataclass

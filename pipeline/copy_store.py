@@ -79,8 +79,11 @@ def copy_store(settings: Settings, spec: ModelSpec, target: StoreKind) -> CopyRe
             if not source.count():
                 raise MissingInputError(spec.name, "the catalogue holds no product; nothing to copy")
             copied = copy_products(source, dest)
-            BuildState(source.db)
-            copy_build_state(source.db.path, dest)
+            state = BuildState.of(source)
+            try:
+                copy_build_state(state.db.path, dest)
+            finally:
+                state.close()
             dest.rebuild(save=True)
             identical, overlap, queries = _compare(source, dest, settings.seed)
             report = CopyReport(spec.name, source_kind, target, copied, dest.count(), queries, identical, overlap,
@@ -132,10 +135,11 @@ def copy_build_state(source: Path, dest: ModelStore) -> None:
     """The build machine's state (staged rows, fetched images, view vectors) from the SQLite file ``source``
     into ``dest``'s, table by table (the pipeline's own schema is created first)."""
 
-    BuildState(dest.db)
-    if source.resolve() == dest.db.path.resolve():
+    state = BuildState.of(dest)
+    state.close()
+    if source.resolve() == state.db.path.resolve():
         return
-    conn = sqlite3.connect(dest.db.path, timeout=60, isolation_level=None)  # ATTACH needs no open transaction
+    conn = sqlite3.connect(state.db.path, timeout=60, isolation_level=None)  # ATTACH needs no open transaction
     try:
         conn.execute("ATTACH DATABASE ? AS src", (str(source),))
         present = {r[0] for r in conn.execute("SELECT name FROM src.sqlite_master WHERE type = 'table'")}

@@ -8,8 +8,6 @@ as soon as all their views are embedded.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -21,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
-from core.encoder import l2_normalize
+from core.composition import ProductViews, product_vectors
 from core.head import ProjectionHead
-from core.store import Product, ProductVector, Source
+from core.store import Product, Source
 from core.types import PhaseName
 from pipeline import progress
 from pipeline.base import NothingUsableError, PhaseResult, PipelineContext, digest
@@ -179,7 +177,7 @@ class _Upserter:
         items = [it for it in (self._item(p, found) for p in chunk) if it is not None]
         if items:
             keep_api = not self.ctx.drop_api_edits
-            self.written += self.store.upsert(self._project(items), keep_api=keep_api)
+            self.written += self.store.upsert(product_vectors(items, self.head, build_key=self.key), keep_api=keep_api)
             ids = [it.product.id for it in items]
             self.state.mark_usable(ids)
             # CSV products an API delete keeps out (their rows unchanged since): counted for the summary
@@ -199,25 +197,15 @@ class _Upserter:
                                     "api_deletes_kept": self.deletes_kept})
         return self.result
 
-    def _item(self, p: StagedProduct, found: dict[str, tuple[str, np.ndarray]]) -> ProductVector | None:
+    def _item(self, p: StagedProduct, found: dict[str, tuple[str, np.ndarray]]) -> ProductViews | None:
         views = [found[r] for r in p.images if r in found]
         if not views:
             self.result.failed["no usable image"] += 1
             self.result.example("no usable image", f"row {p.row}: {p.id}")
             logger.warning("%s: product %s (row %s) has no usable image; left out", self.ctx.model, p.id, p.row)
             return None
-        clip = l2_normalize(np.mean([v for _, v in views], axis=0))
         preview = found.get(p.preview_image, views[0])[0]
         product = Product(id=p.id, title=p.title, category=p.category, images=tuple(p.images),
-                          preview_image=p.preview_image, preview_cache=preview, extra=p.extra, source=Source.CSV)
-        sig = hashlib.sha256(json.dumps([p.id, p.title, p.category, p.images, p.preview_image, p.extra, preview,
-                                         self.key, self.head.sha256 if self.head else None,
-                                         [c for c, _ in views]], sort_keys=True, default=str).encode()).hexdigest()
-        return ProductVector(product, clip=clip.astype(np.float32), digest=sig)
-
-    def _project(self, items: list[ProductVector]) -> list[ProductVector]:
-        if self.head is None:
-            return items
-        projected = self.head.apply(np.stack([it.clip for it in items]))
-        return [ProductVector(it.product, clip=it.clip, vector=v, digest=it.digest)
-                for it, v in zip(items, projected, strict=True)]
+                          preview_image=p.preview_image, preview_cache=preview, extra=p.extra, source=Source.CSV,
+                          view_caches=tuple(found[r][0] if r in found else "" for r in p.images))
+        return ProductViews(product, [v for _, v in views], caches=[c for c, _ in views])

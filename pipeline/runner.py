@@ -113,7 +113,7 @@ def _run_phase(phase: Phase, ctx: PipelineContext) -> PhaseResult:
     try:
         return phase.run(ctx)
     except sqlite3.DatabaseError as exc:  # the build state's reads meet a damaged file as one typed error
-        raise ctx.store().db.failure(exc, "read") from None
+        raise ctx.state().db.failure(exc, "read") from None
 
 
 def run_model(settings: Settings, spec: ModelSpec, *, mode: str = "all", force: bool = False,

@@ -1,4 +1,5 @@
-"""The pipeline's working state, in the model's catalogue database beside the products:
+"""The pipeline's working state, on the build machine: in the local store's catalogue file beside the products
+(one file to back up and restore), or in ``models/<m>/build.db`` beside a store that keeps none (Milvus):
 
 - ``csv_products``: the validated rows of products.csv (replaced whole by each validation run);
 - ``images``: every image reference's download state (status, reason, cache file, the settings and
@@ -13,12 +14,17 @@ import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from core.sqlite_db import Database, now
 from core.sqlite_store import MAX_SQL_VARS, blob, unblob_one
+
+if TYPE_CHECKING:
+    from core.store import ModelStore
+
+BUILD_DB = "build.db"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS csv_products(
@@ -70,14 +76,39 @@ def _marks(n: int) -> str:
 
 
 class BuildState:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, owned: bool = False) -> None:
         self.db = db
+        self._owned = owned  # closed with the state (else it is the store's, closed with the store)
         with db.write() as conn:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
             if "half" not in {row[1] for row in conn.execute("PRAGMA table_info(views)")}:  # an earlier release's
                 conn.execute("ALTER TABLE views ADD COLUMN half INTEGER NOT NULL DEFAULT 0")
+
+    @classmethod
+    def of(cls, store: ModelStore) -> BuildState:
+        """The build state kept beside ``store``: in the local store's own file, else in ``build.db`` in the
+        model's folder (opened, and made, only here: a serving process never needs it)."""
+        from core.local_store import LocalStore
+
+        if isinstance(store, LocalStore):
+            return cls(store.db)
+        return cls(Database(store.folder / BUILD_DB, "", store.name), owned=True)
+
+    @classmethod
+    def kept(cls, store: ModelStore) -> BuildState | None:
+        """The build state where this machine keeps one for ``store``; None on a machine that never built the
+        model (an API replica of a Milvus catalogue keeps no database, and none is made for it)."""
+        from core.local_store import LocalStore
+
+        if not isinstance(store, LocalStore) and not (store.folder / BUILD_DB).is_file():
+            return None
+        return cls.of(store)
+
+    def close(self) -> None:
+        if self._owned:
+            self.db.close()
 
     # --- staged CSV rows ----------------------------------------------------------------------------
     def replace_staged(self, conn: sqlite3.Connection) -> None:
@@ -225,15 +256,3 @@ class BuildState:
     def set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
         conn.execute("INSERT OR REPLACE INTO state_meta VALUES (?, ?)", (key, value))
 
-
-def cached_refs(db: Database, refs: Sequence[str]) -> dict[str, str]:
-    """ref -> cache file for the refs that downloaded fine; a read only (no schema set-up), so the API can
-    call it per request. Empty where the pipeline never ran."""
-    if not refs:
-        return {}
-    try:
-        rows = db.reader().execute(f"SELECT ref, cache FROM images WHERE status='ok' AND ref IN ({_marks(len(refs))})",
-                                   list(refs)).fetchall()
-    except sqlite3.OperationalError:  # no images table yet
-        return {}
-    return {ref: cache for ref, cache in rows if cache}

@@ -13,7 +13,6 @@ from fastapi.responses import FileResponse
 from core.config import Settings
 from core.errors import ImageNotAvailableError
 from core.store import typed_extra
-from pipeline.state import cached_refs
 
 from api import searching
 from api.deps import CatalogueDep, OriginDep, SearchParams, SettingsDep, base_url
@@ -29,12 +28,11 @@ async def get_product(model: str, product_id: str, request: Request,
                       catalogue: CatalogueDep) -> ProductInfo:
     loaded = catalogue.model(model)
     p = loaded.product(product_id)
-    cached = cached_refs(loaded.require().db, list(p.images))
     views = f"{base_url(request)}/{model}/products/{quote(p.id, safe='')}/views"
     return ProductInfo(model=model, id=p.id, title=p.title, category=p.category or None,
                        preview_image=p.preview_image or None, image_url=image_url(base_url(request), model, p),
                        images=list(p.images), extra=typed_extra(p.extra, loaded.require().columns()),
-                       view_urls=[f"{views}/{n}" if ref in cached else None for n, ref in enumerate(p.images)])
+                       view_urls=[f"{views}/{n}" if p.cached_view(n) else None for n in range(len(p.images))])
 
 
 @router.get("/{model}/products/{product_id}/similar", response_model=SearchResponse,
@@ -58,9 +56,7 @@ async def product_view(model: str, product_id: str, n: Annotated[int, PathParam(
                        catalogue: CatalogueDep,
                        settings: SettingsDep) -> FileResponse:
     loaded = catalogue.model(model)
-    refs = list(loaded.product(product_id).images[n:n + 1])
-    cached = cached_refs(loaded.require().db, refs)
-    return _cached_file(loaded, settings, cached.get(refs[0]) if refs else None, product_id)
+    return _cached_file(loaded, settings, loaded.product(product_id).cached_view(n), product_id)
 
 
 def _cached_file(loaded: ServedModel, settings: Settings, cached: str | None, product_id: str) -> FileResponse:

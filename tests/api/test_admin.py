@@ -227,3 +227,29 @@ def test_admin_edits_survive_reruns_force_and_csv_changes_until_dropped(copy_bui
             assert c.get(f"/general/products/{racing[0]}").status_code == 200
     finally:
         stop_server(server)
+
+
+@pytest.mark.parametrize("store", ["milvus-server"], indirect=True)
+def test_an_api_replica_on_milvus_opens_no_database_of_its_own(copy_built, tmp_path, image_host):
+    """An API process on a Milvus catalogue - searching, serving products and their views, an admin upsert -
+    needs no local SQLite file: the build state stays with the build machine, and none is made."""
+    settings = copy_built(tmp_path / "replica", ("general",), api_key=API_KEY, download_timeout=3.0,
+                          download_retries=0)
+    for built in settings.models_dir.glob("*/build.db*"):
+        built.unlink()  # the build machine's: this replica never had it
+    image_host.routes["/replica.jpg"] = Reply(_poster(5))
+    server = start_server(settings)
+    try:
+        with server.client() as c:
+            info = c.get(f"/general/products/{_search_top(c, _poster(6))['id']}").json()
+            assert info["view_urls"] and all(info["view_urls"])
+            assert c.get(info["view_urls"][0]).status_code == 200
+            body = {"id": "REPLICA-1", "title": "Replica poster",
+                    "images": [image_host.url("/replica.jpg"), image_host.url("/missing.jpg")]}
+            assert c.post("/general/products", json=body, headers=KEY).status_code == 200
+            added = c.get("/general/products/REPLICA-1").json()
+            assert added["view_urls"][0] and added["view_urls"][1] is None
+            assert c.get(added["view_urls"][0]).status_code == 200
+    finally:
+        stop_server(server)
+    assert not list(settings.models_dir.glob("*/build.db*"))

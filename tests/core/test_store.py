@@ -291,6 +291,50 @@ CREATE TABLE columns(name TEXT PRIMARY KEY, kind TEXT NOT NULL);
 """
 
 
+def test_a_products_cached_views_are_kept_with_it_and_learnt_by_a_row_that_never_had_them(make_store):
+    store = make_store()
+    x = _vectors(2, seed=31)
+    old = Product(id="p0", title="Shirt", images=("a.jpg", "b.jpg"))  # as an earlier release wrote it
+    assert store.upsert([ProductVector(old, clip=x[0], digest="d0")]) == 1
+    assert store.get(["p0"])[0].view_caches == ()
+    seen = Product(id="p0", title="Shirt", images=("a.jpg", "b.jpg"), view_caches=("ab/a1.jpg", ""))
+    assert store.upsert([ProductVector(seen, clip=x[0], digest="d0")]) == 1  # same build, now with its views
+    got = store.get(["p0"])[0]
+    assert got.view_caches == ("ab/a1.jpg", "") and got.cached_view(0) == "ab/a1.jpg" and got.cached_view(1) is None
+    assert store.upsert([ProductVector(seen, clip=x[0], digest="d0")]) == 0  # nothing new: nothing written
+    assert store.search(x[:1], 1)[0][0].product.view_caches == ("ab/a1.jpg", "")
+
+
+def _float32_release(tmp_path, columns: tuple[str, ...], rows: list[tuple]):
+    """A catalogue.db as the float32 release wrote it, holding ``rows`` of CSV products (an open connection)."""
+    import sqlite3
+
+    folder = tmp_path / "models" / "m"
+    folder.mkdir(parents=True)
+    conn = sqlite3.connect(folder / "catalogue.db")
+    conn.executescript(_FLOAT32_RELEASE_SCHEMA)
+    conn.executemany(f"INSERT INTO products ({', '.join(columns)}, source, updated_at, gen) "
+                     f"VALUES ({', '.join('?' * len(columns))}, 'csv', 0, 1)", rows)
+    return conn
+
+
+def test_a_catalogue_of_an_earlier_release_learns_its_products_cached_views_on_open(tmp_path, settings):
+    x = _vectors(3, seed=33)
+    conn = _float32_release(tmp_path, ("id", "title", "images", "clip"), [
+        (f"p{i}", f"P{i}", json.dumps(refs), v.tobytes())
+        for i, (refs, v) in enumerate(zip([["a", "b"], ["c"], ["b", "d"]], x, strict=True))])
+    # the pipeline's image records, which that release kept in the same file (and the API read per request)
+    conn.execute("CREATE TABLE images(ref TEXT PRIMARY KEY, status TEXT NOT NULL, cache TEXT)")
+    conn.executemany("INSERT INTO images VALUES (?,?,?)", [("a", "ok", "0a.jpg"), ("b", "ok", "0b.jpg"),
+                                                           ("c", "failed", None)])
+    conn.commit()
+    conn.close()
+    store = _store(tmp_path, settings)
+    assert [p.view_caches for p in store.get(["p0", "p1", "p2"])] == [("0a.jpg", "0b.jpg"), (), ("0b.jpg", "")]
+    store.close()
+    assert [p.view_caches for p in _store(tmp_path, settings).get(["p2"])] == [("0b.jpg", "")]  # once is enough
+
+
 def test_vectors_are_stored_as_float16_and_read_back_as_float32(tmp_path, settings):
     store = _store(tmp_path, settings)
     x = _vectors(50, seed=21)
@@ -303,7 +347,6 @@ def test_vectors_are_stored_as_float16_and_read_back_as_float32(tmp_path, settin
 
 
 def test_a_catalogue_of_the_float32_release_is_upgraded_on_open_and_keeps_serving(tmp_path, settings, caplog):
-    import sqlite3
 
     from core.ann import build
     from core.sqlite_db import Database
@@ -311,13 +354,9 @@ def test_a_catalogue_of_the_float32_release_is_upgraded_on_open_and_keeps_servin
     from core.types import Metric
 
     folder = tmp_path / "models" / "m"
-    folder.mkdir(parents=True)
     x = _vectors(400, seed=23)
-    conn = sqlite3.connect(folder / "catalogue.db")
-    conn.executescript(_FLOAT32_RELEASE_SCHEMA)
-    conn.executemany("INSERT INTO products (id, title, category, extra, source, updated_at, gen, clip) "
-                     "VALUES (?, ?, ?, '{}', 'csv', 0, 1, ?)",
-                     [(f"p{i}", f"Product {i}", f"c{i % 5}", v.astype(np.float32).tobytes()) for i, v in enumerate(x)])
+    conn = _float32_release(tmp_path, ("id", "title", "category", "clip"), [
+        (f"p{i}", f"Product {i}", f"c{i % 5}", v.astype(np.float32).tobytes()) for i, v in enumerate(x)])
     # a killed upgrade: the column is there and the first rows are float16 already, the rest float32
     conn.execute("ALTER TABLE products ADD COLUMN half INTEGER NOT NULL DEFAULT 0")
     conn.executemany("UPDATE products SET clip=?, half=1 WHERE id=?", [(blob(x[i]), f"p{i}") for i in range(150)])
