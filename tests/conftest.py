@@ -121,3 +121,18 @@ def store_overrides(request, store) -> dict[str, str]:
     if store == "local":
         return {}
     return milvus_overrides(request.getfixturevalue("milvus_uri"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (the suite runs on several workers, ``--dist loadgroup``), the tests that share what one
+    machine has only one of run on one worker: the real Milvus standalone (its etcd binds port 2379) and a local
+    Ray instance."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        params = list(getattr(getattr(item, "callspec", None), "params", {}).values())
+        fixtures = getattr(item, "fixturenames", ())
+        if "milvus_standalone" in fixtures or "milvus-server" in params:
+            item.add_marker(pytest.mark.xdist_group("milvus-server"))
+        elif item.nodeid.startswith("tests/pipeline/test_ray_executor.py"):
+            item.add_marker(pytest.mark.xdist_group("ray"))
