@@ -123,6 +123,7 @@ def store_overrides(request, store) -> dict[str, str]:
     return milvus_overrides(request.getfixturevalue("milvus_uri"))
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under pytest-xdist (the suite runs on several workers, ``--dist loadgroup``), the tests that share what one
     machine has only one of run on one worker: the real Milvus standalone (its etcd binds port 2379) and a local

@@ -215,5 +215,6 @@ def test_pytest_collects_nothing_from_the_script(tmp_path):
     """The script is named like a test module: pytest (which only looks under tests/) finds no test in it."""
     env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}  # collection is pytest's own; plugins only cost time
     proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                           "-o", "addopts=",
                            str(SCRIPT)], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 5 and "no tests collected" in proc.stdout, proc.stdout + proc.stderr
