@@ -218,14 +218,10 @@ class _Guard:
         self._leave()
 
 
-class LiveIndex:
-    """A FAISS index over the store's vids, kept current by :meth:`apply`."""
+class Described:
+    """A served index's kind and generation, read from its ``info`` (the local and the Milvus store's alike)."""
 
-    def __init__(self, index: faiss.Index, info: IndexInfo, dead: int = 0) -> None:
-        self.index = index
-        self.info = info
-        self.dead = dead  # HNSW tombstones (upper bound)
-        self._lock = _RWLock()
+    info: IndexInfo
 
     @property
     def kind(self) -> IndexType:
@@ -234,6 +230,16 @@ class LiveIndex:
     @property
     def generation(self) -> int:
         return self.info.generation
+
+
+class LiveIndex(Described):
+    """A FAISS index over the store's vids, kept current by :meth:`apply`."""
+
+    def __init__(self, index: faiss.Index, info: IndexInfo, dead: int = 0) -> None:
+        self.index = index
+        self.info = info
+        self.dead = dead  # HNSW tombstones (upper bound)
+        self._lock = _RWLock()
 
     @property
     def ntotal(self) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from core.ann import IndexInfo, choose_index_type, ivf_nlist
+from core.ann import Described, IndexInfo, choose_index_type, ivf_nlist
 from core.config import Settings
 from core.errors import StoreError
 from core.milvus_collection import Collection
@@ -26,21 +26,13 @@ SERVED_KINDS = {k.value for k in MILVUS_INDEX}
 
 
 @dataclass
-class MilvusIndex:
+class MilvusIndex(Described):
     """What the API and the pipeline read of a served index (the local store's ``LiveIndex`` has the same)."""
 
     info: IndexInfo
     wanted: IndexType | None = None  # the kind the catalogue's size calls for, when it differs
     dead: int = 0
     lossy: bool = False
-
-    @property
-    def kind(self) -> IndexType:
-        return self.info.kind
-
-    @property
-    def generation(self) -> int:
-        return self.info.generation
 
     @property
     def ntotal(self) -> int:
