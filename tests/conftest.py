@@ -12,8 +12,15 @@ from pathlib import Path
 import pytest
 
 from core.config import Settings, load_settings
-from tests.stores import (OUTSIDE_URI, REQUIRE_SERVER, MilvusServer, MilvusStandalone, milvus_overrides,
-                          need_pymilvus, standalone_unavailable)
+from tests.stores import (
+    OUTSIDE_URI,
+    REQUIRE_SERVER,
+    MilvusServer,
+    MilvusStandalone,
+    milvus_overrides,
+    need_pymilvus,
+    standalone_unavailable,
+)
 
 # The suite's image servers live on 127.0.0.1, so its fetches must be let through the address guard.
 # Set for the whole session (module- and session-scoped fixtures build Settings before any function

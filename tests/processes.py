@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import TINY_DUPLICATE_THRESHOLD
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,12 +56,6 @@ def peak_rss_command(peak_file: Path, script: Path, *args: str) -> list[str]:
     """The command running ``script args`` as its own ``__main__`` that writes its peak RSS (bytes) to
     ``peak_file`` as it exits."""
     return [sys.executable, "-c", _PEAK_AT_EXIT, str(peak_file), str(script), *args]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class ApiProcess:

@@ -32,6 +32,8 @@ from typing import Any
 
 import pytest
 
+from tests.ports import free_port
+
 STORES = ("local", "milvus", "milvus-server")
 both_stores = pytest.mark.parametrize("store", ("local", "milvus-server"), indirect=True)
 NO_PYMILVUS = "the Milvus store needs pymilvus (pip install -r requirements-scale.txt)"
@@ -61,19 +63,13 @@ def as_env(overrides: dict[str, Any]) -> dict[str, str]:
     return {f"IMAGESEARCH_{key.upper()}": str(value) for key, value in overrides.items()}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class MilvusServer:
     """A milvus-lite gRPC server on 127.0.0.1 (its data in ``data_dir``): what several processes - the API,
     the pipeline, job workers - share, as they would a Milvus standalone."""
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
-        self.port = _free_port()
+        self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -148,7 +144,7 @@ class MilvusStandalone:
     def __init__(self, data_dir: Path, binaries: Path | None = None) -> None:
         self.data_dir = data_dir
         self.binaries = binaries
-        self.port = _free_port()
+        self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.log = data_dir / "wrapper.log"
         self.proc: subprocess.Popen[bytes] | None = None

@@ -5,7 +5,6 @@ parametrised with ``tests.stores.both_stores`` (each build is made once per sess
 from __future__ import annotations
 
 import shutil
-import socket
 import threading
 import time
 import uuid
@@ -17,15 +16,10 @@ import httpx
 import pytest
 
 from core.config import Settings, load_settings
+from tests.ports import free_port
 from tests.stores import milvus_overrides
 
 API_KEY = "test-admin-key"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def build_models(settings: Settings, names: tuple[str, ...] = ("general", "shirts")) -> None:
@@ -55,7 +49,7 @@ def start_server(settings: Settings, *, watch_interval: float = 0.2) -> LiveServ
     from api.server import server_config
 
     app = create_app(settings, watch_interval=watch_interval)
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(server_config(app, settings, "127.0.0.1", port, lifespan="on"))
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()

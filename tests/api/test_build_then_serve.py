@@ -86,7 +86,6 @@ def _an_index_rebuilt_elsewhere_is_served(c: httpx.Client, settings, query: byte
     the API could notice): the running API describes and searches it as that type."""
     from core.catalogue_store import open_store
     from core.model_config import ModelRegistry
-
     from core.types import IndexType
 
     store = open_store(settings.model_copy(update={"index_type": IndexType.HNSW}),

@@ -7,15 +7,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from api.loaded import ServedModel
+from api.searching import Filters, merge_rankings, nearest, to_hits
 from core.calibration import TEXT, fit_logistic, load_calibration
 from core.head import ProjectionHead
 from core.local_store import LocalStore
 from core.model_config import ModelSpec
 from core.store import ModelStore, Product, ProductVector
 from tests.stores import both_stores, need_pymilvus
-
-from api.loaded import ServedModel
-from api.searching import Filters, merge_rankings, nearest, to_hits
 
 DIM, CLUSTERS, PER_CLUSTER = 16, 8, 12
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -11,6 +10,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -36,9 +37,7 @@ def test_bad_setting_is_one_line_and_exit_1(tmp_path):
 
 @pytest.mark.slow
 def test_real_start_serves_and_logs(built_root, tiny_clip, tmp_path):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     env = _env(IMAGESEARCH_ROOT=str(built_root), IMAGESEARCH_CLIP_MODEL=str(tiny_clip), IMAGESEARCH_DEVICE="cpu")
     proc = subprocess.Popen([sys.executable, str(REPO / "run_api.py"), "--port", str(port)], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -9,8 +9,16 @@ import sys
 import tomllib
 
 from core.config import PROJECT_ROOT
-from core.setup_check import (MIN_PYTHON, Check, SetupReport, Status, check_packages, check_python, importable,
-                              read_requirements)
+from core.setup_check import (
+    MIN_PYTHON,
+    Check,
+    SetupReport,
+    Status,
+    check_packages,
+    check_python,
+    importable,
+    read_requirements,
+)
 from core.setup_probes import check_folder, check_port, check_stores
 
 

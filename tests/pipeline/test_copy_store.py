@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from core.config import PROJECT_ROOT, load_settings
 from core.catalogue_store import open_store
+from core.config import PROJECT_ROOT, load_settings
 from core.model_config import ModelRegistry
 from core.types import StoreKind
 from tests.stores import as_env, milvus_overrides

@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,10 +21,11 @@ from core.errors import MissingInputError
 from core.model_config import ModelSpec
 from pipeline.base import PipelineContext
 from pipeline.download import USER_AGENT, DownloadPhase, download_report_path
-from pipeline.state import StagedProduct
 from pipeline.runner import PhaseStatus, run_phases
+from pipeline.state import StagedProduct
 from tests.fake_images import huge_png, jpeg_bytes, png_bytes
 from tests.http_server import Reply
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = dict(download_timeout=0.5, download_retries=2, download_backoff=0.01, cache_image_size=64,
@@ -233,9 +233,7 @@ def test_slow_drip_body_is_cut_by_the_per_image_deadline(http_server, make_ctx):
 
 def test_connection_failures_are_transient(http_server, make_ctx):
     ctx = make_ctx(download_retries=1)
-    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens there
-        sock.bind(("127.0.0.1", 0))
-        closed_port = sock.getsockname()[1]
+    closed_port = free_port()  # nothing listens there
     http_server.routes["/hangup.jpg"] = Reply(abort=True)
     http_server.routes["/short.jpg"] = Reply(jpeg_bytes()[:100], length=5000)
     refs = [f"http://127.0.0.1:{closed_port}/a.jpg", http_server.url("/hangup.jpg"), http_server.url("/short.jpg")]

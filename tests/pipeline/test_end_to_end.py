@@ -11,9 +11,9 @@ import sys
 
 import pytest
 
+from core.catalogue_store import open_store
 from core.config import PROJECT_ROOT
 from core.model_config import ModelRegistry, ModelSpec
-from core.catalogue_store import open_store
 from core.store import Product
 from pipeline.base import PipelineContext
 from pipeline.extraction import model_key

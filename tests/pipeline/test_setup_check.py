@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 
 from core.config import PROJECT_ROOT
-from core.setup_check import importable
 from core.model_config import ModelRegistry
+from core.setup_check import importable
 from pipeline.report import MODEL_LIST_COLUMNS, model_row
 from pipeline.runner import run_model
 from tests.fake_images import jpeg_bytes
-from tests.processes import free_port
+from tests.ports import free_port
 
 SCRIPT = PROJECT_ROOT / "test_setup.py"
 KEY = "k3y-that-must-never-show-0123456789"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from tests.http_server import http_server  # noqa: F401 - re-exported pytest fixture
-
 import csv
 import socket
 import subprocess
@@ -16,7 +14,11 @@ import pytest
 from core.config import Settings, load_settings
 from tests.api.conftest import API_KEY, LiveServer, build_models, start_server, stop_server
 from tests.fake_images import huge_png, jpeg_bytes
-from tests.http_server import HttpServer, Reply
+from tests.http_server import (
+    HttpServer,
+    Reply,
+    http_server,  # noqa: F401 - re-exported pytest fixture
+)
 from tests.processes import REPO, ApiProcess, env, peak_rss_command
 
 KEY = {"X-API-Key": API_KEY}
@@ -48,13 +50,6 @@ def guarded(sec_root, tiny_clip) -> Iterator[LiveServer]:
     server = start_server(guarded_settings(sec_root, tiny_clip))
     yield server
     stop_server(server)
-
-
-def closed_port() -> int:
-    """A port on 127.0.0.1 where nothing listens."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def raw_connect(url: str) -> socket.socket:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-import time
 import subprocess
 import sys
+import time
 
 from core.config import PROJECT_ROOT
 from utils.atomic import read_json

@@ -8,9 +8,10 @@ import pytest
 
 from tests.api import images
 from tests.http_server import Reply
-from tests.security.conftest import KEY, closed_port
+from tests.ports import free_port
+from tests.security.conftest import KEY
 from utils.address_guard import AddressGuard
-from utils.http_fetch import FetchError, Fetcher, FetchPolicy
+from utils.http_fetch import Fetcher, FetchError, FetchPolicy
 
 
 def _reason(url: str, guard: AddressGuard | None = None) -> str:
@@ -39,7 +40,7 @@ def test_private_link_local_multicast_reserved_literals_are_refused(address):
 
 def test_refusal_is_the_same_for_an_open_and_a_closed_port(http_server):
     http_server.routes["/a.jpg"] = Reply(images.jpeg())
-    assert _reason(http_server.url("/a.jpg")) == _reason(f"http://127.0.0.1:{closed_port()}/a.jpg")
+    assert _reason(http_server.url("/a.jpg")) == _reason(f"http://127.0.0.1:{free_port()}/a.jpg")
 
 
 def test_redirect_to_a_private_address_is_refused_on_that_hop(http_server):
@@ -83,7 +84,7 @@ def test_admin_edit_refuses_private_urls_with_one_reason(guarded, http_server):
     http_server.routes["/a.jpg"] = Reply(images.jpeg())
     with guarded.client() as client:
         bodies = []
-        for url in (http_server.url("/a.jpg"), f"http://127.0.0.1:{closed_port()}/a.jpg"):
+        for url in (http_server.url("/a.jpg"), f"http://127.0.0.1:{free_port()}/a.jpg"):
             r = client.post("/general/products", headers=KEY, json={"id": "X1", "title": "x", "images": [url]})
             assert r.status_code == 400 and "address not allowed" in r.json()["detail"]
             bodies.append(r.json()["detail"].replace(url, "URL"))

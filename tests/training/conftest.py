@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from core.model_config import ModelSpec
 from core.catalogue_store import open_store
+from core.model_config import ModelSpec
 from core.store import Product, ProductVector, Source
 
 PALETTE = {"red": (200, 30, 30), "green": (30, 180, 60), "blue": (40, 60, 210), "yellow": (230, 210, 40)}

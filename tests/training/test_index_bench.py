@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from core.ann import choose_index_type
 from core.errors import ConfigError, MissingInputError
 from core.model_config import ModelSpec
-from core.ann import choose_index_type
 from training.index_bench import recommendation, run_index_bench, synthetic_vectors
 from training.report import format_bench
 

@@ -7,8 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from training.metrics import (QueryMetrics, encode_labels, hit_rate, per_category, query_metrics, summarize,
-                              top_k)
+from training.metrics import QueryMetrics, encode_labels, hit_rate, per_category, query_metrics, summarize, top_k
 
 
 def test_top_k_breaks_ties_by_index_even_across_the_cut():

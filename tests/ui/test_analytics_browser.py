@@ -16,7 +16,8 @@ import requests
 from core.config import PROJECT_ROOT, load_settings
 from core.model_config import ModelRegistry
 from pipeline.runner import run_model
-from tests.ui.test_e2e_browser import CHROMIUM_ARGS, _chromium, _free_port, _start, _stop, _wait_http
+from tests.ports import free_port
+from tests.ui.test_e2e_browser import CHROMIUM_ARGS, _chromium, _start, _stop, _wait_http
 from utils.demo_catalogue import write_demo
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -34,7 +35,7 @@ def app(tiny_clip, tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGESEARCH_")}
     env.update(IMAGESEARCH_ROOT=str(root), IMAGESEARCH_CLIP_MODEL=str(tiny_clip), IMAGESEARCH_DEVICE="cpu",
                IMAGESEARCH_TORCH_THREADS="1", HF_HUB_OFFLINE="1", IMAGESEARCH_API_KEY=KEY)
-    api_port, ui_port = _free_port(), _free_port()
+    api_port, ui_port = free_port(), free_port()
     api_url, ui_url = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{ui_port}"
     (root / "logs").mkdir(exist_ok=True)
     api = _start([str(PROJECT_ROOT / "run_api.py"), "--port", str(api_port)], env, root, root / "logs" / "a.out")

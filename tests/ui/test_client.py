@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import socket
 
 import pytest
 
+from tests.ports import free_port
 from tests.ui.fake_api import FakeApi, FakeCatalogue
 from ui.client import ApiClient, ApiError, ApiUnavailable, api_url_from_env
 from utils.demo_catalogue import write_demo
@@ -27,12 +27,6 @@ def catalogue(data_dir):
 def api(catalogue):
     with FakeApi(catalogue) as server:
         yield ApiClient(server.url, timeout=5)
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_health_and_models(api):
@@ -79,7 +73,7 @@ def test_api_errors_carry_status_and_message(api, call, status, text):
 
 
 def test_api_down_is_a_typed_error():
-    client = ApiClient(f"http://127.0.0.1:{_closed_port()}", timeout=2)
+    client = ApiClient(f"http://127.0.0.1:{free_port()}", timeout=2)
     with pytest.raises(ApiUnavailable, match="unreachable"):
         client.health()
 

@@ -6,7 +6,6 @@ import csv
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import requests
 from core.config import PROJECT_ROOT, load_settings
 from core.model_config import ModelRegistry
 from pipeline.runner import PhaseStatus, run_model
+from tests.ports import free_port
 from utils.demo_catalogue import write_demo
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -42,12 +42,6 @@ def _chromium() -> str:
         return found
     pytest.skip("Debian chromium is not installed (no /usr/bin/chromium); "
                 "`apt-get install -y chromium` enables this test (.ci/run does it)")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _start(args: list[str], env: dict, cwd: Path, log: Path) -> subprocess.Popen:
@@ -130,7 +124,7 @@ def stack(built_root, tiny_clip):
                IMAGESEARCH_MAX_UPLOAD_BYTES=str(UPLOAD_LIMIT),
                IMAGESEARCH_UI_DEFAULT_MODEL="shirts")  # the setting, not the first catalogue alphabetically
     # no IMAGESEARCH_DUPLICATE_THRESHOLD: the tiny CLIP's folder says what it needs, as in the README's demo
-    api_port, ui_port = _free_port(), _free_port()
+    api_port, ui_port = free_port(), free_port()
     api_url, ui_url = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{ui_port}"
     logs = built_root / "logs"
     logs.mkdir(exist_ok=True)
