@@ -115,10 +115,11 @@ def _connect_hint(settings: Settings, exc: Exception) -> str:
     return f"cannot reach Milvus at {where} ({type(exc).__name__}); check IMAGESEARCH_MILVUS_URI and the token"
 
 
-def ensure_meta_collection(cl: Any, name: str) -> None:
-    """Create (unless it exists) and load a ``<collection>__meta`` collection: key -> JSON value."""
-    side_collection(cl, name, key=("VARCHAR", {"is_primary": True, "max_length": 64}),
-                    value=("VARCHAR", {"max_length": 65_535}))
+def ensure_meta_collection(cl: Any, name: str, *, wait: bool = True) -> bool:
+    """Create (unless it exists) and load a ``<collection>__meta`` collection: key -> JSON value (``wait``: as
+    ``side_collection``'s)."""
+    return side_collection(cl, name, wait=wait, key=("VARCHAR", {"is_primary": True, "max_length": 64}),
+                           value=("VARCHAR", {"max_length": 65_535}))
 
 
 def pointed(cl: Any, base: str, *, load: bool = True) -> str:

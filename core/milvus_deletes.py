@@ -53,12 +53,15 @@ def machine_lock(folder: Path, name: str, timeout: float = LOCK_TIMEOUT_S) -> It
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def side_collection(client: Any, name: str, **fields: tuple[str, dict[str, Any]]) -> None:
+def side_collection(client: Any, name: str, *, wait: bool = True, **fields: tuple[str, dict[str, Any]]) -> bool:
     """Create (unless it exists) and load a small collection of scalar ``fields`` (name -> (DataType name,
-    options)) beside a model's, with the one vector field Milvus requires (2-d, unused)."""
+    options)) beside a model's, with the one vector field Milvus requires (2-d, unused). ``wait=False``: a new
+    collection's load is only started (loading takes seconds on a Milvus server; writes need none, and the
+    catalogue's own collection can be created meanwhile); returns True when the caller must still wait for it
+    (``client.load_collection(name)``) before its first read."""
     if client.has_collection(name):
         client.load_collection(name)
-        return
+        return False
     from pymilvus import DataType, MilvusClient
 
     schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
@@ -67,8 +70,10 @@ def side_collection(client: Any, name: str, **fields: tuple[str, dict[str, Any]]
     schema.add_field("v", DataType.FLOAT_VECTOR, dim=2)
     params = client.prepare_index_params()
     params.add_index(field_name="v", index_type="FLAT", metric_type="L2")
-    client.create_collection(name, schema=schema, index_params=params)
-    client.load_collection(name)
+    client.create_collection(name, schema=schema)
+    client.create_index(name, params)
+    client.load_collection(name, _async=not wait)
+    return not wait
 
 
 class Tombstones:
