@@ -3,7 +3,6 @@ pull the results toward what they find alone, ``not`` pushes them away, bad valu
 
 from __future__ import annotations
 
-import json
 
 import pytest
 
