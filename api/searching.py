@@ -137,12 +137,15 @@ def _added(filters: Filters) -> str | None:
 
 async def with_words(embedder: Embedder, image: np.ndarray, words: Words | None) -> np.ndarray:
     """A photo's raw CLIP vector refined by words, each embedded by the text search's own path (its tokenizer
-    and truncation, the micro-batcher: ``add`` and ``avoid`` share one forward pass)."""
+    and truncation, the micro-batcher), ``add`` and ``avoid`` at once."""
     if words is None or not (words.add or words.avoid):
         return image
-    texts = [t for t in (words.add, words.avoid) if t]
-    embedded = dict(zip(texts, await asyncio.gather(*(embedder.embed_text(t) for t in texts)), strict=True))
-    return compose(image, embedded.get(words.add or ""), embedded.get(words.avoid or ""), words.weight)
+
+    async def embedded(text: str | None) -> np.ndarray | None:
+        return await embedder.embed_text(text) if text else None
+
+    add, avoid = await asyncio.gather(embedded(words.add), embedded(words.avoid))
+    return compose(image, add, avoid, words.weight)
 
 
 def compose(image: np.ndarray, add: np.ndarray | None, avoid: np.ndarray | None, weight: float) -> np.ndarray:
