@@ -124,8 +124,8 @@ async def by_image(catalogue: Catalogue, name: str, filters: Filters, read: Read
     upload = await read()
 
     async def vector() -> np.ndarray:
-        image = (await embed_query_image(upload.data, [embedder], policy=policy))[model.backbone]
-        return await with_words(embedder, image, filters.words)
+        photo = embed_query_image(upload.data, [embedder], policy=policy)
+        return (await refined(photo, {model.backbone: embedder}, filters.words))[model.backbone]
 
     return await _one(model, filters, _Asked("image", query=_added(filters), filename=upload.filename), vector,
                       origin)
@@ -135,17 +135,20 @@ def _added(filters: Filters) -> str | None:
     return filters.words.add if filters.words else None
 
 
-async def with_words(embedder: Embedder, image: np.ndarray, words: Words | None) -> np.ndarray:
-    """A photo's raw CLIP vector refined by words, each embedded by the text search's own path (its tokenizer
-    and truncation, the micro-batcher), ``add`` and ``avoid`` at once."""
+async def refined(images: Awaitable[Vectors], embedders: dict[str, Embedder], words: Words | None) -> Vectors:
+    """A photo's raw CLIP vectors (backbone -> vector, from ``images``) refined by words (``compose``). The words
+    take the text search's own path (its tokenizer and truncation, the micro-batcher), embedded while the photo
+    decodes: the batcher runs them before the photo's pass."""
     if words is None or not (words.add or words.avoid):
-        return image
+        return await images
 
-    async def embedded(text: str | None) -> np.ndarray | None:
+    async def embedded(embedder: Embedder, text: str | None) -> np.ndarray | None:
         return await embedder.embed_text(text) if text else None
 
-    add, avoid = await asyncio.gather(embedded(words.add), embedded(words.avoid))
-    return compose(image, add, avoid, words.weight)
+    backbones = list(embedders)
+    photo, *texts = await asyncio.gather(images, *(embedded(embedders[b], t) for b in backbones
+                                                   for t in (words.add, words.avoid)))
+    return {b: compose(photo[b], texts[2 * i], texts[2 * i + 1], words.weight) for i, b in enumerate(backbones)}
 
 
 def compose(image: np.ndarray, add: np.ndarray | None, avoid: np.ndarray | None, weight: float) -> np.ndarray:
@@ -239,8 +242,8 @@ async def all_by_image(catalogue: Catalogue, filters: Filters, merge: MergeMetho
     upload = await read()
 
     async def vectors() -> Vectors:
-        images = await embed_query_image(upload.data, list(embedders.values()), policy=policy)
-        return {b: await with_words(embedders[b], v, filters.words) for b, v in images.items()}
+        photo = embed_query_image(upload.data, list(embedders.values()), policy=policy)
+        return await refined(photo, embedders, filters.words)
 
     return await _every(models, filters, merge, _Asked("image", query=_added(filters), filename=upload.filename),
                         vectors, origin)

@@ -5,23 +5,28 @@ served in-process. The direction of a phrase is what it finds on its own: the te
 single-photo product (every ``--stride``-th) and each phrase, it compares the photo alone with the photo plus
 ``q`` and with the photo plus ``not``: how many ranks those 10 rise and sink (medians), in how many cases they
 moved the right way, how much of the photo's own top 10 stays, and how often the photo's product is still first.
-Quality, not speed: no baseline to race. Ends with one JSON line (the figures per weight).
+Then the cost of the words, side by side in one process: a 1000x800 JPEG embedded alone (the baseline) and with
+``q`` and ``not`` (ViT-B/32-sized random CLIP, or ``IMAGESEARCH_BENCH_MODEL``), medians and their ratio. Ends with
+one JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import csv
 import json
 import os
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.config import load_settings  # noqa: E402 - after the path set-up above
+from bench._common import photo_jpegs, vit_b32_folder  # noqa: E402 - after the path set-up above
+from core.config import load_settings  # noqa: E402
 
 PHRASES = ("red", "blue lamp", "green backpack", "white sneaker", "yellow mug")
 WEIGHTS = (0.1, 0.3, 0.5, 1.0)
@@ -66,9 +71,42 @@ def _figures(client, photos: list[tuple[str, bytes]], weight: float) -> dict[str
             "photo_top10_kept": round(statistics.mean(kept), 3), "photo_still_first": round(statistics.mean(first), 3)}
 
 
+def _latency(repeats: int) -> dict[str, float]:
+    """Median ms of a photo query's embedding alone and with words (the API's own Embedder and steps)."""
+    from api.embedder import Embedder, embed_query_image
+    from api.searching import Words, refined
+    from utils.image_shape import ShapePolicy
+
+    folder = vit_b32_folder(Path(tempfile.gettempdir()) / "imagesearch-bench-vitb32")
+    embedder = Embedder.load(load_settings(clip_model=str(folder), device="cpu"), str(folder))
+    with tempfile.TemporaryDirectory(prefix="bench-image-text-jpegs-") as tmp:
+        photos = [p.read_bytes() for p in photo_jpegs(Path(tmp), 8)]
+    words = Words("red canvas", "leather")
+    times: dict[str, list[float]] = {"photo": [], "photo_words": []}
+
+    async def one(data: bytes, refine: Words | None) -> None:
+        await refined(embed_query_image(data, [embedder], policy=ShapePolicy()), {embedder.backbone: embedder}, refine)
+
+    async def run() -> None:
+        for i in range(repeats + 2):
+            for name, refine in (("photo", None), ("photo_words", words)):  # alternated: load hits both alike
+                start = time.perf_counter()
+                await one(photos[i % len(photos)], refine)
+                if i >= 2:  # two warm-up rounds
+                    times[name].append((time.perf_counter() - start) * 1000)
+
+    try:
+        asyncio.run(run())
+    finally:
+        embedder.stop()
+    photo, both = statistics.median(times["photo"]), statistics.median(times["photo_words"])
+    return {"photo_ms_p50": round(photo, 2), "photo_words_ms_p50": round(both, 2), "ratio": round(both / photo, 3)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stride", type=int, default=4, help="every n-th single-photo product is a query")
+    parser.add_argument("--repeats", type=int, default=30, help="timed photo queries, each way")
     args = parser.parse_args(argv)
     from fastapi.testclient import TestClient
 
@@ -87,7 +125,11 @@ def main(argv: list[str] | None = None) -> int:
             figures = {str(w): _figures(client, photos, w) for w in WEIGHTS}
     for weight, row in figures.items():
         print(f"text_weight {weight}: {row}")
-    print(json.dumps({"photos": len(photos), "phrases": len(PHRASES), "catalogue": DEPTH, "weights": figures}))
+    cost = _latency(args.repeats)
+    print(f"embedding a photo: {cost['photo_ms_p50']} ms alone, {cost['photo_words_ms_p50']} ms with q and not "
+          f"(p50, ratio {cost['ratio']}x)")
+    print(json.dumps({"benchmark": "image_text", "photos": len(photos), "phrases": len(PHRASES), "catalogue": DEPTH,
+                      "weights": figures, **cost}))
     return 0
 
 
