@@ -595,6 +595,15 @@ def _api_ids(stack, image: Path, **params) -> list[str]:
     return [h["id"] for h in r.json()["results"]]
 
 
+def _shows(page, ids: list[str]) -> None:
+    """Wait until the visible cards are exactly these products, in this order (a redrawn page replaces the last
+    one's cards in place, so a single read could catch the old ones)."""
+    _idle(page)
+    page.wait_for_function(
+        """ids => JSON.stringify([...document.querySelectorAll('[data-testid=result-card]')]
+             .filter(e => e.offsetParent !== null).map(e => e.dataset.productId)) === JSON.stringify(ids)""", arg=ids)
+
+
 def _refine(page, words: str, avoid: str = "") -> None:
     page.get_by_label("Refine with words").fill(words)
     page.get_by_label("Words to avoid").fill(avoid)
@@ -610,11 +619,13 @@ def test_refine_a_photo_with_words_then_sort_and_price_it(page, stack, query_pro
     _refine(page, "blue lamp")
     page.get_by_test_id("query-panel").filter(has_text="“blue lamp”").wait_for()
     toward = _api_ids(stack, query_product.image, q="blue lamp")
-    assert toward != photo and [c["productId"] for c in _cards(page, PAGE, first=toward[0])] == toward
+    assert toward != photo
+    _shows(page, toward)
     _refine(page, "blue lamp", "mug")
     page.get_by_test_id("query-panel").filter(has_text="without “mug”").wait_for()
     both = _api_ids(stack, query_product.image, q="blue lamp", **{"not": "mug"})
-    assert [c["productId"] for c in _cards(page, PAGE, first=both[0])] == both
+    assert both != toward
+    _shows(page, both)
     page.get_by_test_id("stSelectbox").nth(2).click()
     page.get_by_role("option", name="Price: high to low").click()
     _prices_become(page, "dearest first", "p => p.every((v, i) => !i || p[i - 1] >= v)")
