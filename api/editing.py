@@ -12,12 +12,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from core.composition import ProductViews, product_vectors
 from core.config import Settings
 from core.errors import BadImageError, BadRequestError, StorageFullError
-from core.store import ModelStore, Product, Source
-from pipeline.download import fetch_policy, read_ref
-from pipeline.image_cache import ImageCache, cache_key
+from core.store import ModelStore, Product, ProductViews, Source, product_vectors
+from pipeline.image_cache import ImageCache, cache_key, fetch_policy, read_ref
 from pipeline.state import BuildState, ImageRecord
 from utils.http_fetch import FetchError, Fetcher
 from utils.images import ImageDecodeError

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from core.config import Settings
     from core.encoder import ClipEncoder
-    from utils.image_shape import ShapePolicy
+    from utils.images import ShapePolicy
 
 logger = logging.getLogger(__name__)
 

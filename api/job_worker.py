@@ -51,7 +51,7 @@ def _embed(job: Job, settings: Settings, spec: ModelSpec, jobs: JobStore) -> lis
     from PIL import Image
 
     from core.catalogue_store import open_store
-    from core.composition import ProductViews, product_vectors
+    from core.store import ProductViews, product_vectors
     from core.encoder import ClipEncoder
     from pipeline.runner import model_lock
 

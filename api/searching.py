@@ -19,7 +19,7 @@ from core.calibration import IMAGE, TEXT
 from core.errors import BadRequestError, IndexNotReadyError, ProductNotFoundError, StoreError
 from core.query_log import QueryLog, QueryRecord
 from core.store import Filter, Hit, Product, typed_extra
-from utils.image_shape import ShapePolicy
+from utils.images import ShapePolicy
 
 from api.catalogue import Catalogue
 from api.embedder import Embedder, embed_query_image

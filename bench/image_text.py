@@ -75,7 +75,7 @@ def _latency(repeats: int) -> dict[str, float]:
     """Median ms of a photo query's embedding alone and with words (the API's own Embedder and steps)."""
     from api.embedder import Embedder, embed_query_image
     from api.searching import Words, refined
-    from utils.image_shape import ShapePolicy
+    from utils.images import ShapePolicy
 
     folder = vit_b32_folder(Path(tempfile.gettempdir()) / "imagesearch-bench-vitb32")
     embedder = Embedder.load(load_settings(clip_model=str(folder), device="cpu"), str(folder))

@@ -10,7 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.errors import ConfigError
 from core.types import Device, Executor, IndexType, Metric, Precision, StoreKind
-from utils.image_shape import ShapePolicy
+from utils.images import ShapePolicy
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"

@@ -20,8 +20,7 @@ import numpy as np
 from core.config import Settings
 from core.errors import BackboneLoadError
 from core.types import Device, Embeddings, Precision
-from utils.image_shape import ShapePolicy
-from utils.images import model_view, read_model_view
+from utils.images import ShapePolicy, model_view, read_model_view
 
 if TYPE_CHECKING:
     import torch

@@ -19,7 +19,6 @@ from urllib.parse import urlsplit
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from core.config import Settings
 from core.errors import MissingInputError
 from core.model_config import ModelPaths
 from core.types import PhaseName
@@ -27,22 +26,18 @@ from pipeline import progress
 from pipeline.base import PhaseResult, PipelineContext, write_report
 from pipeline.executor import Downloads
 from pipeline.image_cache import (ImageCache, ImageStatus, Outcome, Target, cache_key, classify, failed_outcome,
-                                  read_local)
+                                  fetch_policy)
 from pipeline.state import BuildState, ImageRecord
-from utils.address_guard import AddressGuard
-from utils.http_fetch import FetchError, Fetcher, FetchPolicy
-from utils.image_shape import ShapePolicy
+from utils.http_fetch import FetchError, Fetcher
+from utils.images import ShapePolicy
 from utils.redact import redact_text
 
 logger = logging.getLogger(__name__)
 
-USER_AGENT = "imagesearch-downloader/1.0 (product image indexing)"
 REPORT_JSON = "download_report.json"
 _CHUNK = 5000  # refs triaged, fetched and recorded together (bounded memory at any catalogue size)
 _EXAMPLES = 3
 _FLUSH_EVERY = 200
-_DEADLINE_FACTOR = 4  # an attempt may take this many read timeouts in total (slow-drip guard)
-_MAX_BACKOFF = 60.0
 
 
 def download_report_path(paths: ModelPaths) -> Path:
@@ -198,16 +193,6 @@ def _triage(ref: str, data_dir: Path, cache: ImageCache, known: dict[str, Any] |
     return Outcome(ref, record, "reused"), None
 
 
-def read_ref(ref: str, data_dir: Path, fetcher: Fetcher, max_bytes: int) -> bytes:
-    """The bytes of one image reference, as this phase reads it: an http(s) URL through ``fetcher``,
-    or a file inside ``data_dir``. Raises FetchError with a reason label."""
-    return _read_target(classify(ref, data_dir), fetcher, max_bytes)
-
-
-def _read_target(target: Target, fetcher: Fetcher, max_bytes: int) -> bytes:
-    return fetcher.fetch(target.url) if target.url is not None else read_local(target, max_bytes)
-
-
 def _logged(outcome: Outcome) -> Outcome:
     if outcome.source == "failed":
         r = outcome.record
@@ -228,18 +213,6 @@ def _interleave_by_host(todo: list[Target]) -> list[Target]:
             if not queues[host]:
                 del queues[host]
     return ordered
-
-
-def fetch_policy(settings: Settings) -> FetchPolicy:
-    """The fetch limits the download settings describe (shared with the API's admin edits)."""
-    attempts = settings.download_retries + 1
-    backoff = sum(min(settings.download_backoff * 2 ** i, _MAX_BACKOFF) for i in range(settings.download_retries))
-    return FetchPolicy(timeout=settings.download_timeout, retries=settings.download_retries,
-                       backoff=settings.download_backoff, max_redirects=settings.max_redirects,
-                       max_bytes=settings.max_image_bytes, per_host=settings.download_per_host,
-                       deadline=_DEADLINE_FACTOR * settings.download_timeout * attempts + backoff,
-                       user_agent=USER_AGENT,
-                       guard=AddressGuard.from_text(settings.allow_private_urls, settings.fetch_allowlist))
 
 
 def _finish(ctx: PipelineContext, tally: _Tally) -> PhaseResult:

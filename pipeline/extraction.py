@@ -19,9 +19,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
-from core.composition import ProductViews, product_vectors
 from core.head import ProjectionHead
-from core.store import Product, Source
+from core.store import Product, ProductViews, Source, product_vectors
 from core.types import PhaseName
 from pipeline import progress
 from pipeline.base import NothingUsableError, PhaseResult, PipelineContext, digest

@@ -1,6 +1,7 @@
 """Content-addressed cache of downscaled JPEGs: ``root/ab/<sha256 of the original bytes>.jpg``, and one image
 reference's way into it, the same on every executor: where the ref points (``classify``), a local file's bytes
-(``read_local``), and its outcome with the cache entry to write (``prepare``).
+(``read_local``) or any ref's (``read_ref``, under ``fetch_policy``: the build's download and the API's admin
+edits read alike), and its outcome with the cache entry to write (``prepare``).
 
 Which reference maps to which file (and under which settings) is recorded in the build state, not
 beside the files: the cache holds one file per distinct image and nothing else.
@@ -20,10 +21,13 @@ from urllib.parse import urlsplit
 from core.config import Settings
 from pipeline.state import ImageRecord
 from utils.atomic import write_bytes_atomic
-from utils.http_fetch import FetchError, check_url
+from utils.http_fetch import AddressGuard, FetchError, Fetcher, FetchPolicy, check_url
 from utils.images import ImageDecodeError, decode_image, encode_jpeg
 
 JPEG_QUALITY = 90
+USER_AGENT = "imagesearch-downloader/1.0 (product image indexing)"
+_DEADLINE_FACTOR = 4  # an attempt may take this many read timeouts in total (slow-drip guard)
+_MAX_BACKOFF = 60.0
 _CACHE_NAME = re.compile(r"[0-9a-f]{2}/[0-9a-f]{64}\.jpg")
 
 
@@ -166,3 +170,25 @@ def failed_outcome(ref: str, err: FetchError | ImageDecodeError) -> Outcome:
     record = ImageRecord(ref=ref, status=ImageStatus.FAILED.value, reason=err.reason, detail=err.detail,
                          transient=bool(getattr(err, "transient", False)))
     return Outcome(ref, record, "failed")
+
+
+def read_ref(ref: str, data_dir: Path, fetcher: Fetcher, max_bytes: int) -> bytes:
+    """The bytes of one image reference: an http(s) URL through ``fetcher``, or a file inside ``data_dir``.
+    Raises FetchError with a reason label."""
+    return _read_target(classify(ref, data_dir), fetcher, max_bytes)
+
+
+def _read_target(target: Target, fetcher: Fetcher, max_bytes: int) -> bytes:
+    return fetcher.fetch(target.url) if target.url is not None else read_local(target, max_bytes)
+
+
+def fetch_policy(settings: Settings) -> FetchPolicy:
+    """The fetch limits the download settings describe (shared with the API's admin edits)."""
+    attempts = settings.download_retries + 1
+    backoff = sum(min(settings.download_backoff * 2 ** i, _MAX_BACKOFF) for i in range(settings.download_retries))
+    return FetchPolicy(timeout=settings.download_timeout, retries=settings.download_retries,
+                       backoff=settings.download_backoff, max_redirects=settings.max_redirects,
+                       max_bytes=settings.max_image_bytes, per_host=settings.download_per_host,
+                       deadline=_DEADLINE_FACTOR * settings.download_timeout * attempts + backoff,
+                       user_agent=USER_AGENT,
+                       guard=AddressGuard.from_text(settings.allow_private_urls, settings.fetch_allowlist))

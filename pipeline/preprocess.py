@@ -31,8 +31,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 
 import numpy as np
 
-from utils.image_shape import ShapePolicy
-from utils.images import ImageDecodeError
+from utils.images import ImageDecodeError, ShapePolicy
 
 if TYPE_CHECKING:
     from core.encoder import ClipEncoder, Staged, View

@@ -10,7 +10,7 @@ from core.config import Settings
 from core.model_config import ModelSpec
 from core.types import PhaseName, StoreKind
 from pipeline.runner import PhaseOutcome
-from utils.address_guard import REFUSED_REASON
+from utils.http_fetch import REFUSED_REASON
 from utils.atomic import read_json
 
 

@@ -7,8 +7,7 @@ import os
 from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
-from utils.address_guard import REFUSED_REASON, AddressGuard
-from utils.http_fetch import Fetcher, FetchError, FetchPolicy
+from utils.http_fetch import REFUSED_REASON, AddressGuard, FetchError, FetchPolicy, Fetcher
 
 MAX_QUERY_BYTES = 10_000_000
 MAX_WORDS = 200  # refining words a shopper types (the API takes up to 1000 characters)

@@ -17,7 +17,7 @@ from ui.filters import ANY_CATEGORY, Refinements, nothing_found, refinements
 from ui.grid import ALL, img_src, show_results
 from ui.landing import landing
 from ui.query import MAX_WORDS, Query, QueryError, fetch_image, refine, similar_query, text_query
-from utils.image_shape import ShapePolicy
+from utils.images import ShapePolicy
 
 logger = logging.getLogger(__name__)
 

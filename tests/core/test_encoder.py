@@ -75,7 +75,7 @@ def test_tiny_clip_cli_writes_a_loadable_folder(tmp_path):
 @pytest.fixture(scope="module")
 def cached_copies(tmp_path_factory):
     """Three photo-like images as the download phase caches them (shorter side 384, JPEG)."""
-    from utils.image_shape import ShapePolicy
+    from utils.images import ShapePolicy
     from utils.images import decode_image, encode_jpeg
 
     folder, rng = tmp_path_factory.mktemp("cache"), np.random.default_rng(1)

@@ -20,7 +20,8 @@ from core.config import load_settings
 from core.errors import MissingInputError
 from core.model_config import ModelSpec
 from pipeline.base import PipelineContext
-from pipeline.download import USER_AGENT, DownloadPhase, download_report_path
+from pipeline.download import DownloadPhase, download_report_path
+from pipeline.image_cache import USER_AGENT
 from pipeline.runner import PhaseStatus, run_phases
 from pipeline.state import StagedProduct
 from tests.fake_images import huge_png, jpeg_bytes, png_bytes

@@ -10,7 +10,7 @@ from core.encoder import ClipEncoder
 from core.types import Precision
 from pipeline.preprocess import Preprocessor
 from tests.fake_images import jpeg_bytes
-from utils.image_shape import ShapePolicy
+from utils.images import ShapePolicy
 
 
 @pytest.fixture(scope="module")

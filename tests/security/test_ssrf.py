@@ -10,8 +10,7 @@ from tests.api import images
 from tests.http_server import Reply
 from tests.ports import free_port
 from tests.security.conftest import KEY
-from utils.address_guard import AddressGuard
-from utils.http_fetch import Fetcher, FetchError, FetchPolicy
+from utils.http_fetch import AddressGuard, FetchError, FetchPolicy, Fetcher
 
 
 def _reason(url: str, guard: AddressGuard | None = None) -> str:

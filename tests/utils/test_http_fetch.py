@@ -9,8 +9,7 @@ import pytest
 
 from tests.fake_images import jpeg_bytes
 from tests.http_server import Reply
-from utils.address_guard import AddressGuard
-from utils.http_fetch import Fetcher, FetchError, FetchPolicy, _retry_after, check_url
+from utils.http_fetch import AddressGuard, FetchError, FetchPolicy, Fetcher, _retry_after, check_url
 
 
 @pytest.mark.parametrize("url, reason", [

@@ -6,8 +6,7 @@ import pytest
 
 from tests.fake_images import huge_png
 from tests.utils.test_images import bomb_png
-from utils.image_shape import MAX_SIDE, ShapePolicy
-from utils.images import ImageDecodeError, decode_image
+from utils.images import MAX_SIDE, ImageDecodeError, ShapePolicy, decode_image
 
 POLICY = ShapePolicy(max_pixels=40_000_000, max_aspect=20)
 

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from utils.image_shape import ShapePolicy
-from utils.images import ImageDecodeError, decode_image, encode_jpeg
+from utils.images import ImageDecodeError, ShapePolicy, decode_image, encode_jpeg
 
 
 def _bytes(img: Image.Image, fmt: str, **kw) -> bytes:
