@@ -18,7 +18,7 @@ from api.auth import AdminRoute, admin_route, admit
 from api.catalogue import Catalogue
 from api.guards import CALLER
 from api.metrics import Metrics
-from api.searching import SORT_POOL, Filters, Origin
+from api.searching import SORT_POOL, TEXT_WEIGHT, Filters, Origin, Words
 
 
 def get_settings(request: Request) -> Settings:
@@ -149,3 +149,27 @@ def _text_search_params(filters: SearchParams) -> Filters:
 
 
 TextSearchParams = Annotated[Filters, Depends(_text_search_params)]  # the same parameters, for a text query
+
+
+def _photo_search_params(
+    filters: SearchParams,
+    q: Annotated[str | None, Query(max_length=1000, description=(
+        "words to add to the photo: the query moves toward them in CLIP space (\"this, but in red\"); "
+        "blank: none"))] = None,
+    not_: Annotated[str | None, Query(alias="not", max_length=1000, description=(
+        "words to move away from (\"this, but not striped\"); blank: none"))] = None,
+    text_weight: Annotated[float, Query(ge=0.0, le=1.0, allow_inf_nan=False, description=(
+        f"how far the words pull (0-1, default {TEXT_WEIGHT}): the query is the unit photo vector plus "
+        "text_weight times the unit vector of q, minus text_weight times the unit vector of not, made unit again; "
+        "0 searches by the photo alone"))] = TEXT_WEIGHT,
+) -> Filters:
+    """A photo search's parameters plus its refining words (blank words are none: the photo alone)."""
+    add, avoid = _words(q), _words(not_)
+    return replace(filters, words=Words(add, avoid, text_weight) if add or avoid else None)
+
+
+def _words(text: str | None) -> str | None:
+    return " ".join(text.split()) or None if text else None
+
+
+PhotoSearchParams = Annotated[Filters, Depends(_photo_search_params)]  # a photo search, optionally refined by words

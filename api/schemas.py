@@ -62,7 +62,7 @@ class SearchHit(BaseModel):
 class SearchResponse(BaseModel):
     model: str
     query_filename: str | None = None
-    query: str | None = Field(None, description="the text query (text search)")
+    query: str | None = Field(None, description="the text query (text search), or the words added to a photo (q)")
     num_results: int
     search_time_ms: float
     results: list[SearchHit]
@@ -78,7 +78,7 @@ class ModelResults(BaseModel):
 class AllSearchResponse(BaseModel):
     model: str = "all"
     query_filename: str | None = None
-    query: str | None = Field(None, description="the text query (text search)")
+    query: str | None = Field(None, description="the text query (text search), or the words added to a photo (q)")
     num_results: int
     search_time_ms: float
     results: list[SearchHit] = Field(description="one ranking merged across models")

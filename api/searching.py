@@ -5,6 +5,7 @@ optional sort) and merged across models, one row in the query log. Routes hand i
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -21,13 +22,24 @@ from core.store import Filter, Hit, Product, typed_extra
 from utils.images import ShapePolicy
 
 from api.catalogue import Catalogue
-from api.embedder import embed_query_image
+from api.embedder import Embedder, embed_query_image
 from api.loaded import ServedModel
 from api.schemas import AllSearchResponse, ModelResults, SearchHit, SearchResponse
 from api.uploads import QueryImage
 
 _T = TypeVar("_T")
 SORT_POOL = 100  # a sorted search orders this many best matches (after filters, min_match and dedupe)
+TEXT_WEIGHT = 0.3  # how far a photo's refining words pull the query by default (Words.weight)
+
+
+@dataclass(frozen=True)
+class Words:
+    """Words refining a photo query: ``add`` to move toward, ``avoid`` to move away from, each pulling the
+    query vector by ``weight`` (``compose``); the lexical step (``lexical_refine``) sees them too."""
+
+    add: str | None = None
+    avoid: str | None = None
+    weight: float = TEXT_WEIGHT
 
 
 @dataclass(frozen=True)
@@ -46,6 +58,7 @@ class Filters:
     dedupe: bool = True  # collapse near-duplicates (cosine >= the model's threshold) into one hit
     kind: str = IMAGE  # what the query was: image or text (a client vector counts as image)
     sort: str | None = None  # None: by relevance; "price": the best matches by price, "-price": descending
+    words: Words | None = None  # a photo query's refining words (photo routes only)
 
     @property
     def sort_column(self) -> str | None:
@@ -111,9 +124,48 @@ async def by_image(catalogue: Catalogue, name: str, filters: Filters, read: Read
     upload = await read()
 
     async def vector() -> np.ndarray:
-        return (await embed_query_image(upload.data, [embedder], policy=policy))[model.backbone]
+        photo = embed_query_image(upload.data, [embedder], policy=policy)
+        return (await refined(photo, {model.backbone: embedder}, filters.words))[model.backbone]
 
-    return await _one(model, filters, _Asked("image", filename=upload.filename), vector, origin)
+    return await _one(model, filters, _Asked("image", query=_added(filters), filename=upload.filename), vector,
+                      origin)
+
+
+def _added(filters: Filters) -> str | None:
+    return filters.words.add if filters.words else None
+
+
+async def refined(images: Awaitable[Vectors], embedders: dict[str, Embedder], words: Words | None) -> Vectors:
+    """A photo's raw CLIP vectors (backbone -> vector, from ``images``) refined by words (``compose``). The words
+    take the text search's own path (its tokenizer and truncation, the micro-batcher), embedded while the photo
+    decodes: the batcher runs them before the photo's pass."""
+    if words is None or not (words.add or words.avoid):
+        return await images
+
+    async def embedded(embedder: Embedder, text: str | None) -> np.ndarray | None:
+        return await embedder.embed_text(text) if text else None
+
+    backbones = list(embedders)
+    photo, *texts = await asyncio.gather(images, *(embedded(embedders[b], t) for b in backbones
+                                                   for t in (words.add, words.avoid)))
+    return {b: compose(photo[b], texts[2 * i], texts[2 * i + 1], words.weight) for i, b in enumerate(backbones)}
+
+
+def compose(image: np.ndarray, add: np.ndarray | None, avoid: np.ndarray | None, weight: float) -> np.ndarray:
+    """The query of "this photo, more like ``add``, less like ``avoid``" in CLIP space: the unit image vector
+    plus ``weight`` times the unit ``add`` vector minus ``weight`` times the unit ``avoid`` vector, made unit
+    again (it then goes through the model's head like any image query)."""
+    query = _unit(image)
+    if add is not None:
+        query = query + weight * _unit(add)
+    if avoid is not None:
+        query = query - weight * _unit(avoid)
+    return _unit(query)
+
+
+def _unit(vector: np.ndarray) -> np.ndarray:
+    v = np.asarray(vector, dtype=np.float32).reshape(-1)
+    return v / max(float(np.linalg.norm(v)), 1e-12)
 
 
 async def by_text(catalogue: Catalogue, name: str, text: str, filters: Filters, origin: Origin) -> SearchResponse:
@@ -190,9 +242,11 @@ async def all_by_image(catalogue: Catalogue, filters: Filters, merge: MergeMetho
     upload = await read()
 
     async def vectors() -> Vectors:
-        return await embed_query_image(upload.data, list(embedders.values()), policy=policy)
+        photo = embed_query_image(upload.data, list(embedders.values()), policy=policy)
+        return await refined(photo, embedders, filters.words)
 
-    return await _every(models, filters, merge, _Asked("image", filename=upload.filename), vectors, origin)
+    return await _every(models, filters, merge, _Asked("image", query=_added(filters), filename=upload.filename),
+                        vectors, origin)
 
 
 async def all_by_text(catalogue: Catalogue, text: str, filters: Filters, merge: MergeMethod,
@@ -344,6 +398,8 @@ def nearest(model: ServedModel, vector: np.ndarray, filters: Filters) -> list[Fo
     found = calibrated(model, hits, filters.kind)
     if filters.min_match is not None:
         found = [f for f in found if f.match is None or f.match >= filters.min_match]
+    if filters.words is not None:
+        found = lexical_refine(model, filters.words, found)
     if filters.dedupe and len(found) > 1:
         found = collapse(found, store.hit_vectors([f.hit for f in found]), duplicate_threshold(model))
     if filters.sort:
@@ -351,6 +407,13 @@ def nearest(model: ServedModel, vector: np.ndarray, filters: Filters) -> list[Fo
         found = ordered(found[:depth], lambda f: typed_extra(f.product.extra, columns).get(filters.sort_column or ""),
                         descending=filters.sort.startswith("-"))
     return found[filters.offset:want]
+
+
+def lexical_refine(model: ServedModel, words: Words, found: list[Found]) -> list[Found]:
+    """The lexical step of a photo query refined by words: given the words and the candidate hits (best first,
+    after filters and min_match, before near-duplicates collapse and the page is cut), the hits to keep, in
+    order. A hook: it returns them unchanged until the lexical index (issue 22) filters or boosts by words."""
+    return found
 
 
 def ordered(items: list[_T], value: Callable[[_T], object], *, descending: bool = False) -> list[_T]:

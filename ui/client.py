@@ -131,17 +131,18 @@ class ApiClient:
         return self._json("GET", path, params=_params(**params), headers={"X-API-Key": api_key})
 
     def search(self, model: str, image: bytes, filename: str = "query.jpg", *, top_k: int = 10, offset: int = 0,
-               **filters: Any) -> dict:
-        """Image search in one model (``POST /<model>/search``); ``offset`` skips earlier pages; ``filters``:
-        category, min_score, min_match, sort, price_min, price_max (None: not sent)."""
+               words: str = "", avoid: str = "", **filters: Any) -> dict:
+        """Image search in one model (``POST /<model>/search``); ``offset`` skips earlier pages; ``words`` and
+        ``avoid`` refine the photo (the API's q and not); ``filters``: category, min_score, min_match, sort,
+        price_min, price_max, text_weight (None: not sent)."""
         return self._json("POST", f"/{quote(model)}/search",
-                          params=_params(top_k=top_k, offset=offset or None, **filters),
+                          params=_params(top_k=top_k, offset=offset or None, q=words, **{"not": avoid}, **filters),
                           files={"file": (filename or "query.jpg", image)})
 
     def search_all(self, image: bytes, filename: str = "query.jpg", *, top_k: int = 10, offset: int = 0,
-                   **filters: Any) -> dict:
+                   words: str = "", avoid: str = "", **filters: Any) -> dict:
         """Image search in every built model plus a merged ranking (``POST /all/search``)."""
-        return self.search("all", image, filename, top_k=top_k, offset=offset, **filters)
+        return self.search("all", image, filename, top_k=top_k, offset=offset, words=words, avoid=avoid, **filters)
 
     def search_text(self, model: str, query: str, *, top_k: int = 10, offset: int = 0, **filters: Any) -> dict:
         """Text-to-image search (``GET /<model>/search/text?q=``); ``model="all"`` searches every model."""

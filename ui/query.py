@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
 from utils.http_fetch import REFUSED_REASON, AddressGuard, FetchError, FetchPolicy, Fetcher
 
 MAX_QUERY_BYTES = 10_000_000
+MAX_WORDS = 200  # refining words a shopper types (the API takes up to 1000 characters)
 _FETCH_TIMEOUT = 10.0
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -29,17 +30,30 @@ class Query:
     product_model: str = ""
     product_id: str = ""
     product_title: str = ""
+    words: str = ""  # a photo refined by words: toward these
+    avoid: str = ""  # and away from these
 
     @property
     def signature(self) -> tuple:
         digest = hashlib.sha1(self.image).hexdigest() if self.image else ""
-        return (self.kind, digest, self.text, self.product_model, self.product_id)
+        return (self.kind, digest, self.text, self.product_model, self.product_id, self.words, self.avoid)
+
+    @property
+    def refinement(self) -> str:
+        """The refining words as the shopper reads them: “in red”, without “stripes”."""
+        parts = ([f"“{self.words}”"] if self.words else []) + ([f"without “{self.avoid}”"] if self.avoid else [])
+        return ", ".join(parts)
 
 
 def image_query(data: bytes, filename: str) -> Query:
     if len(data) > MAX_QUERY_BYTES:
         raise QueryError(f"that image is {len(data) / 1e6:.1f} MB; the limit is {MAX_QUERY_BYTES / 1e6:.0f} MB")
     return Query(kind="image", image=data, filename=filename or "query.jpg")
+
+
+def refine(query: Query, words: str, avoid: str) -> Query:
+    """A photo query with words to move toward and words to avoid (blank: the photo alone)."""
+    return replace(query, words=" ".join(words.split())[:MAX_WORDS], avoid=" ".join(avoid.split())[:MAX_WORDS])
 
 
 def text_query(text: str) -> Query | None:

@@ -16,7 +16,7 @@ from ui.client import ApiClient, ApiError, ApiUnavailable, api_url_from_env, upl
 from ui.filters import ANY_CATEGORY, Refinements, nothing_found, refinements
 from ui.grid import ALL, img_src, show_results
 from ui.landing import landing
-from ui.query import Query, QueryError, fetch_image, similar_query, text_query
+from ui.query import MAX_WORDS, Query, QueryError, fetch_image, refine, similar_query, text_query
 from utils.images import ShapePolicy
 
 logger = logging.getLogger(__name__)
@@ -159,6 +159,18 @@ def _query_input() -> Query | None:
         return None
 
 
+def _refine_box(query: Query) -> Query:
+    """Under the photo: words that steer its search ("in red") and words to avoid ("stripes"), sent together."""
+    with st.form("refine", border=False, enter_to_submit=True), \
+            st.container(horizontal=True, vertical_alignment="bottom", gap="small", key="refine-box"):
+        st.text_input("Refine with words", key="words", max_chars=MAX_WORDS, label_visibility="collapsed",
+                      placeholder="Refine with words, e.g. in red")
+        st.text_input("Words to avoid", key="avoid", max_chars=MAX_WORDS, label_visibility="collapsed",
+                      placeholder="Avoid, e.g. stripes")
+        st.form_submit_button("Refine", on_click=_new_search)
+    return refine(query, str(st.session_state.get("words") or ""), str(st.session_state.get("avoid") or ""))
+
+
 def _similar_from_url(client: ApiClient, catalogues: list[dict[str, Any]]) -> Query | None:
     """``?similar=<model>/<id>``: "more like this" lives in the URL, so Back, refresh and links keep it."""
     raw = st.query_params.get("similar") or ""
@@ -183,6 +195,7 @@ def _search(client: ApiClient, model: str, query: Query, refined: Refinements, o
         return client.similar(query.product_model, query.product_id, **opts)
     if query.kind == "text":
         return client.search_text(model, query.text, **opts)
+    opts.update(words=query.words, avoid=query.avoid)
     if model == ALL:
         return client.search_all(query.image or b"", query.filename, **opts)
     return client.search(model, query.image or b"", query.filename, **opts)
@@ -245,7 +258,7 @@ def _query_strip(client: ApiClient, query: Query) -> None:
     elif query.kind == "text":
         _html(render.query_panel("You searched for", text=f"“{query.text}”"))
     else:
-        _html(render.query_panel("Your photo", render.image_src(query.image)))
+        _html(render.query_panel("Your photo", render.image_src(query.image), query.refinement or None))
 
 
 def _scroll_to_query() -> None:
@@ -270,6 +283,8 @@ def shop_page() -> None:
         return
     model = catalogue_choice.selector(catalogues, _model_changed)
     typed = _query_input()  # always drawn, so an upload survives a "more like this" detour and outages
+    if typed is not None and typed.kind == "image":
+        typed = _refine_box(typed)
     query = _similar_from_url(client, catalogues) or typed
     if query is None:
         st.caption("Upload a photo, take one, paste a link or describe a product to start shopping.")

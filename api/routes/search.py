@@ -8,7 +8,8 @@ from fastapi import APIRouter, Request
 from core.config import Settings
 
 from api import searching
-from api.deps import CatalogueDep, MergeParam, OriginDep, SearchParams, SettingsDep, TextQuery, TextSearchParams
+from api.deps import (CatalogueDep, MergeParam, OriginDep, PhotoSearchParams, SearchParams, SettingsDep, TextQuery,
+                      TextSearchParams)
 from api.schemas import AllSearchResponse, SearchResponse, VectorQuery, error_responses
 from api.uploads import UPLOAD_OPENAPI, QueryImage, read_query_image
 
@@ -28,8 +29,9 @@ def _reader(request: Request, settings: Settings) -> searching.ReadImage:
 
 
 @router.post("/all/search", response_model=AllSearchResponse, openapi_extra=UPLOAD_OPENAPI, responses=_IMAGE_ERRORS,
-             summary="Search every model with one image; per-model results and one merged ranking")
-async def search_all(request: Request, filters: SearchParams, catalogue: CatalogueDep, settings: SettingsDep,
+             summary="Search every model with one image (optionally refined by words); per-model results and one "
+                     "merged ranking")
+async def search_all(request: Request, filters: PhotoSearchParams, catalogue: CatalogueDep, settings: SettingsDep,
                      origin: OriginDep, merge: MergeParam = "match") -> AllSearchResponse:
     return await searching.all_by_image(catalogue, filters, merge, _reader(request, settings), settings.image_policy,
                                         origin)
@@ -44,15 +46,16 @@ async def search_all_text(q: TextQuery, filters: TextSearchParams, catalogue: Ca
 
 @router.post("/search_products/", response_model=SearchResponse, openapi_extra=UPLOAD_OPENAPI, responses=_IMAGE_ERRORS,
              summary="Legacy route: the same as /general/search")
-async def search_products_legacy(request: Request, filters: SearchParams, catalogue: CatalogueDep,
+async def search_products_legacy(request: Request, filters: PhotoSearchParams, catalogue: CatalogueDep,
                                  settings: SettingsDep, origin: OriginDep) -> SearchResponse:
     return await searching.by_image(catalogue, LEGACY_MODEL, filters, _reader(request, settings),
                                     settings.image_policy, origin)
 
 
 @router.post("/{model}/search", response_model=SearchResponse, openapi_extra=UPLOAD_OPENAPI, responses=_IMAGE_ERRORS,
-             summary="Search one model by image (multipart field 'file' or a raw image/* body)")
-async def search_model(model: str, request: Request, filters: SearchParams, catalogue: CatalogueDep,
+             summary="Search one model by image (multipart field 'file' or a raw image/* body), optionally refined "
+                     "by words (q, not, text_weight)")
+async def search_model(model: str, request: Request, filters: PhotoSearchParams, catalogue: CatalogueDep,
                        settings: SettingsDep, origin: OriginDep) -> SearchResponse:
     return await searching.by_image(catalogue, model, filters, _reader(request, settings), settings.image_policy,
                                     origin)

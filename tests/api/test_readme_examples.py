@@ -45,9 +45,10 @@ def test_the_readme_api_examples_run_as_pasted(built_root, tiny_clip, tmp_path):
     finally:
         stop_server(server)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    photo, every, words, vector, admin = _bodies(proc.stdout)
+    photo, every, refined, words, vector, admin = _bodies(proc.stdout)
     assert photo["num_results"] == 5 and photo["results"][0]["id"] == "G1034"
     assert every["results"] and {h["category"] for h in every["results"]} == {"sneakers"}
+    assert refined["query"] == "red canvas" and refined["num_results"] == 5
     prices = [h["extra"]["price"] for h in words["results"]]
     assert prices and prices == sorted(prices) and max(prices) <= 60
     assert {h["model"] for h in words["results"]} == {"shirts"}

@@ -584,3 +584,55 @@ def test_price_sort_and_filter(page):
     page.wait_for_url("**price_min=100*")
     _prices_become(page, "from 100, cheapest first", "p => p.every((v, i) => v >= 100 && (!i || p[i - 1] <= v))")
     _no_traceback(page)
+
+
+def _api_ids(stack, image: Path, **params) -> list[str]:
+    """What the API answers a photo (and words) with, on its own: the page the shop must show."""
+    with image.open("rb") as fh:
+        r = requests.post(f"{stack.api_url}/general/search", params={"top_k": PAGE, **params},
+                          files={"file": ("q.jpg", fh)}, timeout=30)
+    r.raise_for_status()
+    return [h["id"] for h in r.json()["results"]]
+
+
+def _shows(page, ids: list[str]) -> None:
+    """Wait until the visible cards are exactly these products, in this order (a redrawn page replaces the last
+    one's cards in place, so a single read could catch the old ones)."""
+    _idle(page)
+    page.wait_for_function(
+        """ids => JSON.stringify([...document.querySelectorAll('[data-testid=result-card]')]
+             .filter(e => e.offsetParent !== null).map(e => e.dataset.productId)) === JSON.stringify(ids)""", arg=ids)
+
+
+def _refine(page, words: str, avoid: str = "") -> None:
+    page.get_by_label("Refine with words").fill(words)
+    page.get_by_label("Words to avoid").fill(avoid)
+    page.get_by_role("button", name="Refine", exact=True).click()
+
+
+def test_refine_a_photo_with_words_then_sort_and_price_it(page, stack, query_product):
+    """The refine box under the photo sends its words with the photo (the page is the API's answer to both),
+    words to avoid too; then the price sort and range order and narrow that refined search."""
+    _choose(page, "General products")
+    _upload(page, query_product.image)
+    photo = [c["productId"] for c in _cards(page, PAGE, first=query_product.id)]
+    _refine(page, "blue lamp")
+    page.get_by_test_id("query-panel").filter(has_text="“blue lamp”").wait_for()
+    toward = _api_ids(stack, query_product.image, q="blue lamp")
+    assert toward != photo
+    _shows(page, toward)
+    _refine(page, "blue lamp", "mug")
+    page.get_by_test_id("query-panel").filter(has_text="without “mug”").wait_for()
+    both = _api_ids(stack, query_product.image, q="blue lamp", **{"not": "mug"})
+    assert both != toward
+    _shows(page, both)
+    page.get_by_test_id("stSelectbox").nth(2).click()
+    page.get_by_role("option", name="Price: high to low").click()
+    _prices_become(page, "dearest first", "p => p.every((v, i) => !i || p[i - 1] >= v)")
+    page.get_by_role("button", name="Price").click()
+    page.get_by_role("spinbutton", name="To").fill("50")
+    page.get_by_role("spinbutton", name="To").press("Enter")
+    _prices_become(page, "up to 50, dearest first", "p => p.every((v, i) => v <= 50 && (!i || p[i - 1] >= v))")
+    assert "“blue lamp”" in page.get_by_test_id("query-panel").text_content()  # the words stay with the photo
+    _shop_words_only(page)
+    _no_traceback(page)

@@ -6,7 +6,7 @@ import pytest
 
 from tests.ui.fake_api import FakeApi, FakeCatalogue
 from ui import query as query_mod
-from ui.query import QueryError, fetch_image, image_query, similar_query, text_query
+from ui.query import QueryError, fetch_image, image_query, refine, similar_query, text_query
 from utils.demo_catalogue import write_demo
 
 
@@ -46,4 +46,8 @@ def test_oversized_images_are_refused(server, monkeypatch):
 def test_signatures_change_with_the_query():
     assert text_query("  red   mug ").text == "red mug" and text_query("   ") is None
     assert image_query(b"a", "").signature != image_query(b"b", "").signature
-    assert similar_query("general", "G1", "Mug").signature == ("similar", "", "", "general", "G1")
+    assert similar_query("general", "G1", "Mug").signature == ("similar", "", "", "general", "G1", "", "")
+    photo = image_query(b"a", "")
+    refined = refine(photo, "  in   red ", "x" * 500)
+    assert refined.words == "in red" and len(refined.avoid) == 200 and refined.signature != photo.signature
+    assert refine(photo, " ", "").signature == photo.signature and refined.refinement.startswith("“in red”, without")
