@@ -118,7 +118,7 @@ async def by_image(catalogue: Catalogue, name: str, filters: Filters, read: Read
 
 
 async def by_text(catalogue: Catalogue, name: str, text: str, filters: Filters, origin: Origin,
-                  mode: TextMode = "semantic") -> SearchResponse:
+                  mode: TextMode = "hybrid") -> SearchResponse:
     """One model searched with words: by its pictures (the CLIP text tower), by its products' words, or both
     fused (``mode``: see :func:`by_words`)."""
     model = _checked(catalogue, name, filters)
@@ -215,7 +215,7 @@ async def all_by_image(catalogue: Catalogue, filters: Filters, merge: MergeMetho
 
 
 async def all_by_text(catalogue: Catalogue, text: str, filters: Filters, merge: MergeMethod,
-                      origin: Origin, mode: TextMode = "semantic") -> AllSearchResponse:
+                      origin: Origin, mode: TextMode = "hybrid") -> AllSearchResponse:
     """Every model searched with words: the text embedded once per backbone; each model searched as
     :func:`by_text` does in ``mode``, the answers merged (by ``match`` by default)."""
     models, ready = _ready_models(catalogue)
@@ -424,8 +424,9 @@ def by_words(model: ServedModel, vector: np.ndarray, text: str, mode: TextMode, 
         best = max((m for m in (item.match, word_match) if m is not None), default=None)
         found.append(replace(item, match=None if best is None else round(best, 6), matched=came, words=tuple(held)))
     blend = fusion == "blend"
-    found.sort(key=lambda f: (f.product.id not in why["id"], -(f.match or 0.0) if blend else 0.0,
-                              -fused.get(f.product.id, 0.0)))
+    if mode != "semantic":  # semantic: the picture search's own order, as before words were indexed
+        found.sort(key=lambda f: (f.product.id not in why["id"], -(f.match or 0.0) if blend else 0.0,
+                                  -fused.get(f.product.id, 0.0)))
     return _page(model, found, filters, depth)
 
 

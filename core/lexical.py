@@ -46,6 +46,8 @@ class LexicalConfig:
 
 def fold(text: str) -> str:
     """Text as the index compares it: diacritics removed, case folded ("Crème" -> "creme")."""
+    if text.isascii():  # most titles: nothing to decompose
+        return text.lower()
     decomposed = unicodedata.normalize("NFKD", text)
     return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
 
@@ -136,10 +138,13 @@ def rebuild(conn: sqlite3.Connection, config: LexicalConfig) -> None:
 
 def search_sql(columns: str, where: str) -> str:
     """Products matching a MATCH expression (first parameter), filtered by ``where`` (the products table's
-    columns), best BM25 first, at most a LIMIT (last parameter); the BM25 relevance last (higher: better)."""
-    return (f"SELECT {columns}, -bm25({TABLE}, {', '.join(map(str, WEIGHTS))}) FROM {TABLE} "
-            f"JOIN products ON products.vid = {TABLE}.rowid WHERE {TABLE} MATCH ?"
-            + (f" AND {where}" if where else "") + f" ORDER BY bm25({TABLE}, {', '.join(map(str, WEIGHTS))}) LIMIT ?")
+    columns), best BM25 first, at most a LIMIT (last parameter); the BM25 relevance last (higher: better).
+    Unfiltered, FTS5 ranks alone (``ORDER BY rank LIMIT``: no product row is read but those returned)."""
+    if not where:
+        return (f"SELECT {columns}, -m.rank FROM (SELECT rowid, rank FROM {TABLE} WHERE {TABLE} MATCH ? "
+                f"ORDER BY rank LIMIT ?) AS m JOIN products ON products.vid = m.rowid ORDER BY m.rank")
+    return (f"SELECT {columns}, -{TABLE}.rank FROM {TABLE} JOIN products ON products.vid = {TABLE}.rowid "
+            f"WHERE {TABLE} MATCH ? AND {where} ORDER BY {TABLE}.rank LIMIT ?")
 
 
 def index_bytes(conn: sqlite3.Connection) -> int | None:

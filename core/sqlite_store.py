@@ -278,7 +278,8 @@ class ProductTable:
         if flt is not None and flt.empty:
             return []
         where, params = self.where(flt)
-        rows = self.db.reader().execute(search_sql(f"products.vid, {_PRODUCT_COLS}", where), [match, *params, k])
+        sql = search_sql(f"products.vid, {_PRODUCT_COLS}", where)
+        rows = self.db.reader().execute(sql, [match, k] if not where else [match, *params, k])
         return [(r[0], _row_to_product(r[1:11]), float(r[11])) for r in rows]
 
     def identified(self, value: str, columns: Sequence[str], flt: Filter | None) -> list[tuple[int, Product]]:
