@@ -232,7 +232,11 @@ class LocalStore:
     def _ensure_lexical(self) -> None:
         """Build the lexical index when it is missing, built for other columns or out of step (one SQL
         statement over the rows, in one transaction: a kill leaves the old state, the next open redoes it)."""
-        if self.db.read_only or in_step(self.db.reader(), self.lexical_config):
+        if in_step(self.db.reader(), self.lexical_config):
+            return
+        if self.db.read_only:  # a full disk: served as it is, words included only once built
+            if self.db.reader().execute("SELECT 1 FROM sqlite_master WHERE name='lexical'").fetchone() is None:
+                self.lexical_note = "words are not indexed yet: the catalogue is read-only (a full disk?)"
             return
         with self.db.write() as conn:
             if not in_step(conn, self.lexical_config):
@@ -245,7 +249,7 @@ class LocalStore:
         """Products holding every word of ``text`` (the last typed one also as a prefix), then those holding
         some, best BM25 first; a hit's ``score`` is its BM25 relevance (higher: better)."""
         words = query_words(text)
-        if not words:
+        if not words or self.lexical_note is not None:
             return []
         rows = self.table.lexical(match_expression(words, every=True), k, flt)
         if len(rows) < k and len(words) > 1:
