@@ -369,9 +369,10 @@ class MilvusStore:
 
     # --- lexical ---------------------------------------------------------------------------------
     # Milvus 2.3 (the standalone server this project runs) has no full-text search; BM25 functions arrived in
-    # Milvus 2.5. Text search on this store is by picture, exact identifiers aside: said in the model's info.
-    lexical_note: str | None = ("words are not indexed on the Milvus store (no full-text search before Milvus "
-                                "2.5): text search finds by picture, and exact ids/identifiers")
+    # Milvus 2.5 (milvus-lite 3.x has them too, but a collection must be created with them: not wired yet).
+    # Text search on this store is by picture, exact identifiers aside: said in the model's info and log.
+    lexical_note: str | None = ("words are not indexed on the Milvus store (Milvus 2.3 has no full-text search): "
+                                "text search finds by picture, and exact ids and identifier columns")
 
     def find_words(self, text: str, k: int, flt: Filter | None = None) -> list[Hit]:
         return []
