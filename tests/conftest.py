@@ -16,10 +16,10 @@ from tests.stores import (
     OUTSIDE_URI,
     REQUIRE_SERVER,
     MilvusServer,
-    MilvusStandalone,
     milvus_overrides,
     need_pymilvus,
-    standalone_unavailable,
+    session_standalone,
+    stop_session_standalone,
 )
 
 # The suite's image servers live on 127.0.0.1, so its fetches must be let through the address guard.
@@ -83,34 +83,35 @@ def milvus_server(tmp_path_factory) -> Iterator[MilvusServer]:
 
 @pytest.fixture(scope="session")
 def milvus_standalone(tmp_path_factory) -> Iterator[str]:
-    """The URI of a real Milvus server for the session: IMAGESEARCH_TEST_MILVUS_URI's, or a Milvus standalone
-    started here (stopped at the end, Ctrl-C included). Skips saying why where it cannot start, and fails
-    instead under IMAGESEARCH_TEST_REQUIRE_MILVUS_SERVER=1."""
+    """The URI of a real Milvus server for the session: IMAGESEARCH_TEST_MILVUS_URI's, or the session's Milvus
+    standalone (``tests.stores.session_standalone``: one for all xdist workers, stopped as the session ends,
+    Ctrl-C included). Skips saying why where it cannot start, and fails instead under
+    IMAGESEARCH_TEST_REQUIRE_MILVUS_SERVER=1."""
     if OUTSIDE_URI:
         yield OUTSIDE_URI
         return
-    why = standalone_unavailable()
-    if why is not None:
-        if REQUIRE_SERVER:
-            pytest.fail(f"IMAGESEARCH_TEST_REQUIRE_MILVUS_SERVER is set but {why}", pytrace=False)
-        pytest.skip(why)
-    kept = tmp_path_factory.getbasetemp().parent / "milvus-standalone-bin"  # beside pytest's numbered folders
-    server = MilvusStandalone(tmp_path_factory.mktemp("milvus-standalone"), binaries=kept)
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the session's folder
+    kept = shared.parent / "milvus-standalone-bin"  # beside pytest's numbered folders
     try:
-        server.start()
+        uri = session_standalone(shared / "milvus-standalone", kept)
     except RuntimeError as exc:
         if REQUIRE_SERVER:
-            pytest.fail(str(exc), pytrace=False)
+            pytest.fail(f"IMAGESEARCH_TEST_REQUIRE_MILVUS_SERVER is set but {exc}", pytrace=False)
         pytest.skip(str(exc))
     try:
-        yield server.uri
+        yield uri
     finally:
         if "core.milvus_client" in sys.modules:  # a client left open on a stopped server keeps this process alive
             from core.milvus_client import close_clients
 
             close_clients()
-        server.stop()
-        server.remove_data()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The session's controlling process stops the Milvus standalone a worker started."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        stop_session_standalone()
 
 
 @pytest.fixture
@@ -132,15 +133,29 @@ def store_overrides(request, store) -> dict[str, str]:
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (the suite runs on several workers, ``--dist loadgroup``), the tests that share what one
-    machine has only one of run on one worker: the real Milvus standalone (its etcd binds port 2379) and a local
-    Ray instance."""
+    """Under pytest-xdist (the suite runs on several workers, ``--dist loadgroup``), tests that share something
+    costly keep to one worker, which builds it once: the browser tests' stacks (a built catalogue, run_api.py and
+    Streamlit: one a viewport, so the two viewports run side by side), the hostile catalogue tests/security
+    serves from a process of its own, the API tests on the real Milvus standalone (their built catalogue) and a
+    local Ray instance (one a machine). The standalone itself is one for all workers (``milvus_standalone``)."""
     if not config.pluginmanager.hasplugin("xdist"):
         return
     for item in items:
-        params = list(getattr(getattr(item, "callspec", None), "params", {}).values())
+        module = item.nodeid.split("::", 1)[0]
+        callspec = getattr(item, "callspec", None)
+        params = getattr(callspec, "params", {})
         fixtures = getattr(item, "fixturenames", ())
-        if "milvus_standalone" in fixtures or "milvus-server" in params:
-            item.add_marker(pytest.mark.xdist_group("milvus-server"))
-        elif item.nodeid.startswith("tests/pipeline/test_ray_executor.py"):
-            item.add_marker(pytest.mark.xdist_group("ray"))
+        if module in _OWN_STACK:
+            group = f"{module}:{params.get('viewport', '')}"
+        elif "hostile_build" in fixtures:
+            group = "hostile"
+        elif module.startswith("tests/api/") and "milvus-server" in params.values():
+            group = "milvus-server-api"
+        elif module == "tests/pipeline/test_ray_executor.py":
+            group = "ray"
+        else:
+            continue
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
+_OWN_STACK = ("tests/ui/test_e2e_browser.py", "tests/ui/test_analytics_browser.py")

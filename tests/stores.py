@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import importlib.util
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -100,12 +103,20 @@ class MilvusServer:
 
 
 # The wrapper (``milvus-server``) runs ``milvus run standalone`` and stops it on SIGINT, but not on SIGTERM or
-# when it dies: this launcher asks the kernel to send the wrapper a SIGINT when the test process that started
-# it goes, however it goes (a Ctrl-C that skipped the teardown, a kill -9).
-_LAUNCH = """import ctypes, os, signal, sys
-ctypes.CDLL(None).prctl(1, signal.SIGINT)  # PR_SET_PDEATHSIG
-if os.getppid() != int(sys.argv[1]):
-    sys.exit(0)
+# when it dies: this launcher sends the wrapper a SIGINT when the test session that owns it goes, however it
+# goes (a Ctrl-C that skipped the teardown, a kill -9). The owner is the session's controlling pytest process,
+# not the xdist worker that happened to start the server: every worker's tests use it until the session ends.
+_LAUNCH = """import os, signal, sys, threading, time
+owner = int(sys.argv[1])
+def watch():
+    while True:
+        try:
+            os.kill(owner, 0)
+        except ProcessLookupError:
+            os.kill(os.getpid(), signal.SIGINT)
+            return
+        time.sleep(1)
+threading.Thread(target=watch, daemon=True).start()
 import milvus
 sys.argv = ["milvus-server", *sys.argv[2:]]
 milvus.main()
@@ -139,15 +150,17 @@ def standalone_unavailable() -> str | None:
 class MilvusStandalone:
     """A real Milvus standalone server (C++, with its embedded etcd and message queue) on a free 127.0.0.1 port,
     its data and logs in ``data_dir``. Started in a process group of its own, stopped by SIGINT to the wrapper
-    and then a SIGKILL to whatever is left of the group; never outlives this process."""
+    and then a SIGKILL to whatever is left of the group; never outlives its ``owner`` process (default: this
+    one)."""
 
-    def __init__(self, data_dir: Path, binaries: Path | None = None) -> None:
+    def __init__(self, data_dir: Path, binaries: Path | None = None, owner: int | None = None) -> None:
         self.data_dir = data_dir
         self.binaries = binaries
+        self.owner = owner or os.getpid()
         self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.log = data_dir / "wrapper.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.pid: int | None = None
 
     def start(self, timeout: float = 300) -> MilvusStandalone:
         """Start it and wait until it answers. The wrapper unpacks its binaries (250 MB) into ``<data>/bin``
@@ -157,13 +170,15 @@ class MilvusStandalone:
             self.binaries.mkdir(parents=True, exist_ok=True)
             (self.data_dir / "bin").symlink_to(self.binaries, target_is_directory=True)
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-c", _LAUNCH, str(os.getpid()), "--data", str(self.data_dir),
-                                          "--proxy-port", str(self.port), *_QUICK_COORDINATOR],
-                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        atexit.register(self.stop)
+            proc = subprocess.Popen([sys.executable, "-c", _LAUNCH, str(self.owner), "--data", str(self.data_dir),
+                                     "--proxy-port", str(self.port), *_QUICK_COORDINATOR],
+                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.pid = proc.pid
+        if self.owner == os.getpid():
+            atexit.register(self.stop)
         deadline = time.monotonic() + timeout
         while not self._answers():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"the Milvus standalone did not start; see {self.log} and {self.data_dir / 'logs'}")
             time.sleep(1)
@@ -187,20 +202,93 @@ class MilvusStandalone:
         return True
 
     def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)  # the wrapper stops `milvus run standalone`, then exits
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(30)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # anything the wrapper left behind
-        proc.wait(10)
-        deadline = time.monotonic() + 30  # the next start needs the etcd port back
-        while standalone_unavailable() is not None and time.monotonic() < deadline:
-            time.sleep(0.2)
+        pid, self.pid = self.pid, None
+        if pid is not None:
+            _end_group(pid)
 
     def remove_data(self) -> None:
         """Delete the server's data (its logs stay, for a failed run)."""
         shutil.rmtree(self.data_dir / "data", ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie does not: reaped here if it is this process's child)."""
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _end_group(pid: int) -> None:
+    """Stop the wrapper ``pid`` (SIGINT: it stops ``milvus run standalone``, then exits), SIGKILL whatever is left
+    of its process group, and wait for the etcd port to come back (the next start needs it)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGINT)
+    deadline = time.monotonic() + 30
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    _alive(pid)  # reap it if it is this process's child
+    deadline = time.monotonic() + 30
+    while standalone_unavailable() is not None and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+# One standalone a test session: its etcd binds port 2379, so only one runs on a machine, and pytest-xdist's
+# workers share it (each test in a collection prefix of its own). The first worker to need it starts it; the
+# session's controlling process (an xdist worker's parent, or the one process of a serial run) owns it and
+# stops it as the session ends. What the workers share - a lock and the server's URI, or why it cannot start -
+# lies in a folder named after that process.
+
+
+def session_owner() -> int:
+    """The test session's controlling process: an xdist worker's parent, else this process."""
+    return os.getppid() if os.environ.get("PYTEST_XDIST_WORKER") else os.getpid()
+
+
+def _session_folder(owner: int) -> Path:
+    return Path(tempfile.gettempdir()) / f"imagesearch-tests-{owner}"
+
+
+def session_standalone(data_dir: Path, binaries: Path) -> str:
+    """The URI of the session's Milvus standalone, started here (data in ``data_dir``) unless another worker has
+    started it. Raises RuntimeError saying why where it cannot start; every worker then reads the same reason."""
+    shared = _session_folder(session_owner())
+    shared.mkdir(exist_ok=True)
+    state = shared / "standalone.json"
+    with open(shared / "standalone.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # held while one worker starts it; released as the file closes
+        if state.exists():
+            found = json.loads(state.read_text())
+            if "failed" in found:
+                raise RuntimeError(found["failed"])
+            return str(found["uri"])
+        server = MilvusStandalone(data_dir, binaries=binaries, owner=session_owner())
+        try:
+            why = standalone_unavailable()
+            if why is not None:
+                raise RuntimeError(why)
+            server.start()
+        except RuntimeError as exc:
+            state.write_text(json.dumps({"failed": str(exc)}))
+            raise
+        state.write_text(json.dumps({"uri": server.uri, "pid": server.pid, "data": str(data_dir)}))
+        return server.uri
+
+
+def stop_session_standalone() -> None:
+    """In the session's controlling process as the session ends: stop the standalone a worker started, if any,
+    and delete its data (its logs stay, for a failed run)."""
+    shared = _session_folder(os.getpid())
+    state = shared / "standalone.json"
+    if state.exists():
+        found = json.loads(state.read_text())
+        if "pid" in found:
+            _end_group(int(found["pid"]))
+            shutil.rmtree(Path(found["data"]) / "data", ignore_errors=True)
+    shutil.rmtree(shared, ignore_errors=True)
