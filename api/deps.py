@@ -78,7 +78,14 @@ Category = Annotated[str | None, Query(max_length=200, description="only product
 MergeParam = Annotated[Literal["match", "score", "rrf"], Query(
     description="how /all/search merges models: match (default: calibrated match, comparable across models), "
                 "score (raw cosine) or rrf (reciprocal-rank fusion)")]
-TextQuery = Annotated[str, Query(min_length=1, max_length=1000, description="what to look for, in words")]
+TextQuery = Annotated[str, Query(min_length=1, max_length=10_000, description="what to look for, in words (up to "
+                                                                           "10,000 characters; the first 32 words "
+                                                                           "count)")]
+TextModeParam = Annotated[Literal["hybrid", "semantic", "lexical"], Query(
+    description="hybrid (default): products found by their words (title, category, text columns; BM25) and by "
+                "their pictures (CLIP), fused; semantic: by pictures only; lexical: by words only. A query equal "
+                "to a product's id or identifier column (sku, barcode, gtin, mpn) returns that product first. "
+                "What you type is always plain words (quotes, *, NEAR, - are not query syntax)")]
 
 
 _COLUMN = r"[A-Za-z0-9_][A-Za-z0-9_ .-]{0,63}"  # core.store.FILTER_COLUMN

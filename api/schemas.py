@@ -57,6 +57,13 @@ class SearchHit(BaseModel):
     extra: dict[str, Any] = Field(default_factory=dict,
                                   description="the product's extra CSV columns; those the model's filters list as "
                                               "number come as JSON numbers")
+    matched: list[Literal["id", "words", "picture"]] | None = Field(
+        None, description="why a text search returned it: its id or identifier column (sku...) is the query (id), "
+                          "its words (words), its picture (picture); a photo refined by words (q) says picture and "
+                          "words for the products holding any of them; null for other searches")
+    matched_words: list[str] | None = Field(None, description="which of the query's words the product holds "
+                                                              "(lower case, accents removed; a text search, or "
+                                                              "a photo search's q)")
 
 
 class SearchResponse(BaseModel):
@@ -134,6 +141,8 @@ class ModelInfo(BaseModel):
     recall_at_10: float | None = Field(None, description="the index's measured recall@10 against exact search")
     vector_dim: int | None = Field(None, description="length of the CLIP vectors /<model>/search/vector takes "
                                                      "(null until the model is built)")
+    words: str | None = Field(None, description="whether text search finds products by their words: indexed, or "
+                                                "why not (the Milvus store before Milvus 2.5)")
 
 
 class ModelsResponse(BaseModel):

@@ -18,7 +18,8 @@ from anyio import to_thread
 from core.calibration import IMAGE, TEXT
 from core.errors import BadRequestError, IndexNotReadyError, ProductNotFoundError, StoreError
 from core.query_log import QueryLog, QueryRecord
-from core.store import Filter, Hit, Product, typed_extra
+from core.lexical import matched_words, query_words, reciprocal_rank_fusion
+from core.store import Filter, Hit, ModelStore, Product, typed_extra
 from utils.images import ShapePolicy
 
 from api.catalogue import Catalogue
@@ -168,11 +169,13 @@ def _unit(vector: np.ndarray) -> np.ndarray:
     return v / max(float(np.linalg.norm(v)), 1e-12)
 
 
-async def by_text(catalogue: Catalogue, name: str, text: str, filters: Filters, origin: Origin) -> SearchResponse:
-    """One model's images searched with words (the CLIP text tower)."""
+async def by_text(catalogue: Catalogue, name: str, text: str, filters: Filters, origin: Origin,
+                  mode: TextMode = "hybrid") -> SearchResponse:
+    """One model searched with words: by its pictures (the CLIP text tower), by its products' words, or both
+    fused (``mode``: see :func:`by_words`)."""
     model = _checked(catalogue, name, filters)
-    return await _one(model, filters, _Asked("text", query=text),
-                      lambda: catalogue.embedder(model.backbone).embed_text(text), origin)
+    return await _one_words(model, text, filters, mode, origin,
+                            lambda: catalogue.embedder(model.backbone).embed_text(text))
 
 
 async def by_vector(catalogue: Catalogue, name: str, vector: list[float], filters: Filters,
@@ -216,13 +219,29 @@ async def _one(model: ServedModel, filters: Filters, asked: _Asked, vector: Call
 
 
 async def _search_loaded(model: ServedModel, clip_vector: np.ndarray, filters: Filters, base: str, *,
-                         projected: bool = False) -> list[SearchHit]:
-    """Search one model with a raw CLIP query vector (or one already in index space), off the event loop."""
+                         projected: bool = False, words: tuple[str, TextMode] | None = None) -> list[SearchHit]:
+    """Search one model with a raw CLIP query vector (or one already in index space), off the event loop;
+    with ``words`` (the text and its mode), by the products' words too (:func:`by_words`)."""
     def _work() -> list[SearchHit]:
         vector = clip_vector if projected else query_vector(model, clip_vector)
-        return to_hits(model, nearest(model, vector, filters), base, first_rank=filters.offset + 1)
+        found = by_words(model, vector, *words, filters) if words else nearest(model, vector, filters)
+        return to_hits(model, found, base, first_rank=filters.offset + 1)
 
     return await to_thread.run_sync(_work)
+
+
+async def _one_words(model: ServedModel, text: str, filters: Filters, mode: TextMode, origin: Origin,
+                     vector: Callable[[], Awaitable[np.ndarray]]) -> SearchResponse:
+    start = time.perf_counter()
+    clip = await vector()
+
+    def _work() -> list[SearchHit]:
+        found = by_words(model, query_vector(model, clip), text, mode, filters)
+        return to_hits(model, found, origin.base_url, first_rank=filters.offset + 1)
+
+    hits = await to_thread.run_sync(_work)
+    took = _log(origin, model.name, "text", filters, start, hits)
+    return SearchResponse(model=model.name, query=text, num_results=len(hits), search_time_ms=took, results=hits)
 
 
 def _clip_query(vector: list[float], dim: int | None, name: str) -> np.ndarray:
@@ -250,14 +269,15 @@ async def all_by_image(catalogue: Catalogue, filters: Filters, merge: MergeMetho
 
 
 async def all_by_text(catalogue: Catalogue, text: str, filters: Filters, merge: MergeMethod,
-                      origin: Origin) -> AllSearchResponse:
-    """Every model searched with words: the text embedded once per backbone."""
+                      origin: Origin, mode: TextMode = "hybrid") -> AllSearchResponse:
+    """Every model searched with words: the text embedded once per backbone; each model searched as
+    :func:`by_text` does in ``mode``, the answers merged (by ``match`` by default)."""
     models, ready = _ready_models(catalogue)
 
     async def vectors() -> Vectors:
         return {b: await catalogue.embedder(b).embed_text(text) for b in {m.backbone for m in ready}}
 
-    return await _every(models, filters, merge, _Asked("text", query=text), vectors, origin)
+    return await _every(models, filters, merge, _Asked("text", query=text), vectors, origin, words=(text, mode))
 
 
 async def all_by_vector(catalogue: Catalogue, vector: list[float], filters: Filters, merge: MergeMethod,
@@ -284,16 +304,19 @@ def _ready_models(catalogue: Catalogue) -> tuple[list[ServedModel], list[ServedM
 
 
 async def _every(models: list[ServedModel], filters: Filters, merge: MergeMethod, asked: _Asked,
-                 vectors: Callable[[], Awaitable[Vectors]], origin: Origin) -> AllSearchResponse:
+                 vectors: Callable[[], Awaitable[Vectors]], origin: Origin, *,
+                 words: tuple[str, TextMode] | None = None) -> AllSearchResponse:
     start = time.perf_counter()
-    merged, per_model = await _search_every_model(models, await vectors(), filters, origin.base_url, merge)
+    merged, per_model = await _search_every_model(models, await vectors(), filters, origin.base_url, merge,
+                                                  words=words)
     took = _log(origin, "all", asked.kind, filters, start, merged)
     return AllSearchResponse(query_filename=asked.filename, query=asked.query, num_results=len(merged),
                              search_time_ms=took, results=merged, per_model=per_model)
 
 
 async def _search_every_model(models: list[ServedModel], vectors: Vectors, filters: Filters, base: str,
-                              merge: MergeMethod = "match") -> tuple[list[SearchHit], dict[str, ModelResults]]:
+                              merge: MergeMethod = "match", *, words: tuple[str, TextMode] | None = None,
+                              ) -> tuple[list[SearchHit], dict[str, ModelResults]]:
     """Each model searched with its backbone's query vector, then one merged ranking. A model lacking a
     filtered column, without a vector for this query (another dimension), or whose store fails (Milvus
     unreachable) is listed with the reason; when every searched store fails, that is the answer (503).
@@ -306,7 +329,7 @@ async def _search_every_model(models: list[ServedModel], vectors: Vectors, filte
         reason = _skip_reason(model, vectors, filters)
         if not reason:
             try:
-                found[model.name] = await _search_loaded(model, vectors[model.backbone], deep, base)
+                found[model.name] = await _search_loaded(model, vectors[model.backbone], deep, base, words=words)
             except StoreError as exc:
                 failed.append(exc)
                 reason = exc.message
@@ -366,6 +389,8 @@ class Found:
     hit: Hit
     match: float | None = None
     duplicates: tuple[str, ...] = ()
+    matched: tuple[str, ...] = ()  # why it came (a text search): "id", "words", "picture"
+    words: tuple[str, ...] = ()  # which of the query's words it holds (a text search)
 
     @property
     def product(self) -> Product:
@@ -395,7 +420,13 @@ def nearest(model: ServedModel, vector: np.ndarray, filters: Filters) -> list[Fo
     hits = store.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), fetch, filters.for_store())[0]
     if filters.min_score is not None:
         hits = [h for h in hits if h.score >= filters.min_score]
-    found = calibrated(model, hits, filters.kind)
+    return _page(model, calibrated(model, hits, filters.kind), filters, depth)
+
+
+def _page(model: ServedModel, found: list[Found], filters: Filters, depth: int) -> list[Found]:
+    """The ranked hits' tail: min_match, near-duplicates collapsed, the sort over the best ``depth``, the page."""
+    store = model.require()
+    want = filters.offset + filters.top_k
     if filters.min_match is not None:
         found = [f for f in found if f.match is None or f.match >= filters.min_match]
     if filters.words is not None:
@@ -410,10 +441,89 @@ def nearest(model: ServedModel, vector: np.ndarray, filters: Filters) -> list[Fo
 
 
 def lexical_refine(model: ServedModel, words: Words, found: list[Found]) -> list[Found]:
-    """The lexical step of a photo query refined by words: given the words and the candidate hits (best first,
-    after filters and min_match, before near-duplicates collapse and the page is cut), the hits to keep, in
-    order. A hook: it returns them unchanged until the lexical index (issue 22) filters or boosts by words."""
-    return found
+    """The lexical step of a photo refined by words. Of the candidates (best first, after filters and min_match,
+    before near-duplicates collapse and the page is cut) those whose own words hold any of ``words.add`` come
+    first and say which (``matched``: picture and words), those holding any of ``words.avoid`` come last; each group
+    keeps the picture's order. ``weight`` 0 is the photo alone, words included."""
+    add, avoid = query_words(words.add or ""), query_words(words.avoid or "")
+    if words.weight <= 0 or not (add or avoid):
+        return found
+    ahead: list[Found] = []
+    middle: list[Found] = []
+    behind: list[Found] = []
+    for item in found:
+        text = product_texts(item.product)
+        held = matched_words(add, text) if add else []
+        if avoid and matched_words(avoid, text):
+            behind.append(item)
+        elif held:
+            ahead.append(replace(item, matched=(*(item.matched or ("picture",)), "words"), words=tuple(held)))
+        else:
+            middle.append(item)
+    return ahead + middle + behind
+
+
+def product_texts(p: Product) -> list[str]:
+    """The texts a product's words are read from here (as the lexical index reads them by default): its title,
+    category and text columns."""
+    return [p.title, p.category, *(v for v in p.extra.values() if isinstance(v, str))]
+
+
+TextMode = Literal["hybrid", "semantic", "lexical"]
+Fusion = Literal["blend", "rrf"]
+WORD_MATCH = 0.9  # the match a hit holding every query word gets from its words (an exact identifier: 1.0)
+FUSION: Fusion = "blend"  # how by_words orders its candidates: bench/hybrid.py measures both
+
+
+def by_words(model: ServedModel, vector: np.ndarray, text: str, mode: TextMode, filters: Filters, *,
+             fusion: Fusion = FUSION) -> list[Found]:
+    """A text search by the products' words (``lexical``), their pictures (``semantic``: the CLIP text tower
+    alone, as before words were indexed) or both (``hybrid``): a product whose
+    id or identifier column (sku, barcode...) is exactly ``text`` first, then the products found by their words
+    (BM25) and, hybrid, by their pictures (the CLIP text tower); then as :func:`nearest`. Every candidate's
+    ``score`` is its cosine with the query; its ``match`` the better of the picture's calibrated match and its
+    words' (the share of the query's words it holds, times WORD_MATCH); ``matched`` says why it came, ``words``
+    which words. ``fusion`` orders them: ``blend`` by that match (ties by reciprocal rank), ``rrf`` by the
+    reciprocal-rank fusion of the word and picture rankings alone."""
+    store = model.require()
+    _one_faiss_thread()
+    depth = SORT_POOL if filters.sort else filters.offset + filters.top_k
+    fetch = depth * _DEDUPE_FETCH + 8 if filters.dedupe else depth
+    flt, query = filters.for_store(), np.asarray(vector, dtype=np.float32).reshape(1, -1)
+    exact = store.find_identifier(text, flt) if mode != "semantic" else []
+    lexical = store.find_words(text, fetch, flt) if mode != "semantic" else []
+    pictures = store.search(query, fetch, flt)[0] if mode != "lexical" else []
+    if filters.min_score is not None:
+        pictures = [h for h in pictures if h.score >= filters.min_score]
+    hits = _with_cosines(store, query[0], pictures, [*exact, *lexical])
+    fused = reciprocal_rank_fusion([[h.product.id for h in pictures], [h.product.id for h in lexical]])
+    why = {"id": {h.product.id for h in exact}, "words": {h.product.id for h in lexical},
+           "picture": {h.product.id for h in pictures}}
+    words = query_words(text)
+    found = []
+    for item in calibrated(model, list(hits.values()), TEXT):
+        p = item.product
+        held = matched_words(words, product_texts(p))
+        came = tuple(k for k, ids in why.items() if p.id in ids)
+        word_match = 1.0 if "id" in came else WORD_MATCH * len(held) / len(words) if "words" in came and words else None
+        best = max((m for m in (item.match, word_match) if m is not None), default=None)
+        found.append(replace(item, match=None if best is None else round(best, 6), matched=came, words=tuple(held)))
+    blend = fusion == "blend"
+    if mode != "semantic":  # semantic: the picture search's own order, as before words were indexed
+        found.sort(key=lambda f: (f.product.id not in why["id"], -(f.match or 0.0) if blend else 0.0,
+                                  -fused.get(f.product.id, 0.0)))
+    return _page(model, found, filters, depth)
+
+
+def _with_cosines(store: ModelStore, query: np.ndarray, pictures: list[Hit], others: list[Hit]) -> dict[str, Hit]:
+    """Every candidate once, by id, scored by its cosine with ``query`` (the picture hits have theirs)."""
+    hits = {h.product.id: h for h in pictures}
+    missing = list({h.product.id: h for h in others if h.product.id not in hits}.values())
+    if missing:
+        cosines = np.einsum("id,d->i", np.asarray(store.hit_vectors(missing), dtype=np.float32), query)
+        hits.update((h.product.id, Hit(h.product, float(c), key=h.key)) for h, c in zip(missing, cosines,
+                                                                                           strict=True))
+    return hits
 
 
 def ordered(items: list[_T], value: Callable[[_T], object], *, descending: bool = False) -> list[_T]:
@@ -458,7 +568,7 @@ def collapse(found: list[Found], vectors: np.ndarray, threshold: float) -> list[
             kept.append(i)
         else:
             extra.setdefault(owner, []).append(found[i].product.id)
-    return [Found(found[k].hit, found[k].match, tuple(extra.get(k, ()))) for k in kept]
+    return [replace(found[k], duplicates=tuple(extra.get(k, ()))) for k in kept]
 
 
 def image_url(base_url: str, model: str, product: Product) -> str | None:
@@ -478,7 +588,8 @@ def to_hits(model: ServedModel, found: list[Found], base_url: str, *, first_rank
                               score=round(float(item.score), 6), match=item.match,
                               duplicates=list(item.duplicates), preview_image=p.preview_image or None,
                               image_url=image_url(base_url, model.name, p), model=model.name,
-                              extra=typed_extra(p.extra, columns)))
+                              extra=typed_extra(p.extra, columns), matched=list(item.matched) or None,
+                              matched_words=list(item.words) if item.matched else None))
     return hits
 
 

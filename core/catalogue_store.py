@@ -37,7 +37,7 @@ def open_store(settings: Settings, spec: ModelSpec, *, open_index: bool = True) 
                            head=load_head(paths.head), open_index=open_index)
     legacy = not store_path(paths.models).exists() and (paths.models / "metadata.jsonl").is_file()
     store = LocalStore(paths.models, settings, name=spec.name, index_type=spec.index_type_for(settings),
-                       head=load_head(paths.head), open_index=False)
+                       head=load_head(paths.head), open_index=False, lexical=spec.lexical())
     if legacy:
         migrate_legacy(store, paths)
     if open_index:

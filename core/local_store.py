@@ -27,6 +27,9 @@ from core.calibration import (CALIBRATION_JSON, Calibration, Sample, TextEncoder
 from core.config import Settings
 from core.errors import CatalogueReplacedError, StorageFullError, StoreError, disk_full
 from core.head import ProjectionHead
+from core.lexical import LexicalConfig, identifier_columns, identifier_text, in_step, index_bytes, \
+    match_expression, query_words
+from core.lexical import rebuild as rebuild_lexical
 from core.sqlite_db import Database
 from core.sqlite_store import SCHEMA, ProductTable, store_path
 from core.store import Changes, Filter, Hit, Product, ProductVector, ServedIndex, Source, StoreStats
@@ -60,7 +63,8 @@ class LocalStore:
     """SQLite + FAISS under ``models/<m>/``. Thread-safe; many readers, one writer at a time."""
 
     def __init__(self, folder: Path, settings: Settings, *, name: str = "", index_type: IndexType | None = None,
-                 head: ProjectionHead | None = None, open_index: bool = True) -> None:
+                 head: ProjectionHead | None = None, open_index: bool = True,
+                 lexical: LexicalConfig | None = None) -> None:
         self.folder = Path(folder)
         self.name = name or self.folder.name
         self.settings = settings
@@ -75,6 +79,8 @@ class LocalStore:
         self.table = ProductTable(self.db, settings.max_filter_columns)
         self.table.upgrade(self.name)  # float32 vectors of an earlier release become float16
         self.table.add_view_caches(self.name)  # and its products learn their cached views' names
+        self.lexical_config = lexical or LexicalConfig()
+        self._ensure_lexical()
         self._index: LiveIndex | None = None
         self._index_lock = threading.RLock()  # serialises index maintenance (apply, rebuild), not searches
         self.head = head
@@ -219,6 +225,51 @@ class LocalStore:
                 shortlist = live.rescore_factor if live is not None and not live.lossy else 0
                 return [self._exact(q, k, vids, vectors, shortlist) for q in queries]
         return [self._approximate(q, k, flt) for q in queries]
+
+    # --- lexical: the products by their words (core.lexical) ---------------------------------------
+    lexical_note: str | None = None  # the local store has its own full-text index: nothing to say
+
+    def _ensure_lexical(self) -> None:
+        """Build the lexical index when it is missing, built for other columns or out of step (one SQL
+        statement over the rows, in one transaction: a kill leaves the old state, the next open redoes it)."""
+        if in_step(self.db.reader(), self.lexical_config):
+            return
+        if self.db.read_only:  # a full disk: served as it is, words included only once built
+            if self.db.reader().execute("SELECT 1 FROM sqlite_master WHERE name='lexical'").fetchone() is None:
+                self.lexical_note = "words are not indexed yet: the catalogue is read-only (a full disk?)"
+            return
+        with self.db.write() as conn:
+            if not in_step(conn, self.lexical_config):
+                rebuild_lexical(conn, self.lexical_config)
+                logger.info("%s: lexical index built over %d products", self.name,
+                            conn.execute("SELECT count(*) FROM products").fetchone()[0])
+
+    @_guarded
+    def find_words(self, text: str, k: int, flt: Filter | None = None) -> list[Hit]:
+        """Products holding every word of ``text`` (the last typed one also as a prefix), or, where none holds
+        them all, those holding some; best BM25 first; a hit's ``score`` is its BM25 relevance (higher: better).
+        (Any word is asked only then: a common word's every product would be ranked, 30 ms at 1M products.)"""
+        words = query_words(text)
+        if not words or self.lexical_note is not None:
+            return []
+        rows = self.table.lexical(match_expression(words, every=True), k, flt)
+        if not rows and len(words) > 1:
+            rows = self.table.lexical(match_expression(words, every=False), k, flt)
+        return [Hit(product, score, key=vid) for vid, product, score in rows]
+
+    @_guarded
+    def find_identifier(self, text: str, flt: Filter | None = None) -> list[Hit]:
+        """The products whose id, or an identifier column's value (sku, barcode...), is exactly ``text``."""
+        value = identifier_text(text)
+        if value is None:
+            return []
+        columns = identifier_columns(self.lexical_config, self.table.columns())
+        return [Hit(product, 1.0, key=vid) for vid, product in self.table.identified(value, columns, flt)]
+
+    @_guarded
+    def lexical_bytes(self) -> int | None:
+        """The lexical index's size on disk."""
+        return index_bytes(self.db.reader())
 
     def _subset_vectors(self, vids: np.ndarray) -> Embeddings:
         """The subset's vectors: from the index in memory where it holds them (exactly for flat, HNSW and

@@ -42,6 +42,7 @@ from core.calibration import (CALIBRATION_JSON, Calibration, Sample, TextEncoder
 from core.config import Settings
 from core.errors import CatalogueReplacedError, StoreError
 from core.head import ProjectionHead
+from core.lexical import LexicalConfig, identifier_columns, identifier_text
 from core.milvus_client import client, collection_name, milvus_uri, pointed
 from core.milvus_collection import SCAN_BATCH, Collection, milvus_call
 from core.milvus_deletes import Tombstones, machine_lock, plan_writes
@@ -95,6 +96,7 @@ class MilvusStore:
         self._layout: Layout | None = None
         self._deleted = Tombstones(self.client, self.collection, self._io.call)
         self._meta.ensure()
+        logger.info("%s: %s", self.name, self.lexical_note)
         if self._io.exists():
             self._io.call(self.client.load_collection, self.collection)  # a no-op where it is loaded already
             if self._meta.get("head") != (self._head or ""):
@@ -364,6 +366,36 @@ class MilvusStore:
             raise StoreError(self.name, "the catalogue is empty: nothing to search yet")
         expr = expression(flt, self.columns() if flt is not None and (flt.equals or flt.ranges) else {})
         return search(self._io, queries, k, expr, self._index, self.settings)
+
+    # --- lexical ---------------------------------------------------------------------------------
+    # Milvus 2.3 (the standalone server this project runs) has no full-text search; BM25 functions arrived in
+    # Milvus 2.5 (milvus-lite 3.x has them too, but a collection must be created with them: not wired yet).
+    # Text search on this store is by picture, exact identifiers aside: said in the model's info and log.
+    lexical_note: str | None = ("words are not indexed on the Milvus store (Milvus 2.3 has no full-text search): "
+                                "text search finds by picture, and exact ids and identifier columns")
+
+    def find_words(self, text: str, k: int, flt: Filter | None = None) -> list[Hit]:
+        return []
+
+    def find_identifier(self, text: str, flt: Filter | None = None) -> list[Hit]:
+        """The product whose id, or identifier column, is exactly ``text`` (a primary-key or scalar query)."""
+        value = identifier_text(text)
+        if value is None or (flt is not None and flt.empty) or not self._io.exists():
+            return []
+        columns = self.columns()
+        base = flt or Filter()
+        exprs = [f"id == {literal(value)}"]
+        for column in identifier_columns(LexicalConfig(), columns):
+            if column not in base.equals and columns.get(column) != "number":
+                exprs.append(expression(Filter(equals={column: value}), columns))
+        where = expression(base, columns)
+        expr = f"({' or '.join(f'({e})' for e in exprs)})" + (f" and ({where})" if where else "")
+        rows = self._io.call(self.client.query, self.collection, filter=expr, output_fields=FIELDS, limit=10,
+                             consistency_level=self._io.fast())
+        return [Hit(product_of(row), 1.0) for row in rows]
+
+    def lexical_bytes(self) -> int | None:
+        return None
 
     # --- the index -------------------------------------------------------------------------------
     def wanted_kind(self, n: int) -> IndexType:

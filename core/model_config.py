@@ -12,6 +12,7 @@ from typing import Any
 
 from core.config import Settings
 from core.errors import ConfigError, InvalidModelNameError, UnknownModelError
+from core.lexical import DEFAULT_IDENTIFIERS, LexicalConfig
 from core.types import IndexType, StoreKind
 
 _NAME_RE = re.compile(r"[a-z0-9_-]{1,64}")
@@ -89,6 +90,8 @@ class ModelSpec:
     currency: str = ""
     url_template: str = ""
     duplicate_threshold: float | None = None  # None: the duplicate_threshold setting
+    lexical_columns: tuple[str, ...] | None = None  # extra columns text search finds words in; None: every text one
+    identifier_columns: tuple[str, ...] | None = None  # columns whose exact value finds its product first
     builtin: bool = False
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -108,6 +111,13 @@ class ModelSpec:
     def currency_for(self, settings: Settings) -> str:
         """The ISO code of the catalogue's prices: model.json's ``currency``, else the currency setting."""
         return (self.currency or settings.currency).upper()
+
+    def lexical(self) -> LexicalConfig:
+        """What the model's text search finds by words: model.json's ``lexical_columns`` (default every text
+        extra column) and ``identifier_columns`` (default sku, barcode, gtin, mpn, ean, upc)."""
+        return LexicalConfig(columns=self.lexical_columns,
+                             identifiers=DEFAULT_IDENTIFIERS if self.identifier_columns is None
+                             else self.identifier_columns)
 
     def duplicate_threshold_for(self, settings: Settings) -> float:
         """The cosine at or above which two hits are near-duplicates: model.json's ``duplicate_threshold``,
@@ -146,7 +156,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
 )
 
 _MODEL_JSON_KEYS = {"display_name", "description", "categories", "backbone", "index_type", "store", "currency",
-                    "url_template", "duplicate_threshold"}
+                    "url_template", "duplicate_threshold", "lexical_columns", "identifier_columns"}
 
 
 def read_model_json(path: Path, base: ModelSpec) -> ModelSpec:
@@ -183,6 +193,12 @@ def spec_from_json(raw: Any, path: Path, base: ModelSpec) -> ModelSpec:
         if isinstance(value, bool) or not isinstance(value, int | float) or not -1 <= value <= 1:
             raise ConfigError(f"{path}: 'duplicate_threshold' must be a cosine between -1 and 1")
         updates["duplicate_threshold"] = float(value)
+    for key in ("lexical_columns", "identifier_columns"):
+        if key in raw:
+            names = raw[key]
+            if not isinstance(names, list) or not all(isinstance(c, str) for c in names):
+                raise ConfigError(f"{path}: {key!r} must be a list of column names")
+            updates[key] = tuple(names)
     if "index_type" in raw:
         try:
             updates["index_type"] = IndexType(raw["index_type"])

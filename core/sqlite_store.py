@@ -17,11 +17,13 @@ import json
 import logging
 import sqlite3
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from core.lexical import search_sql
 from core.sqlite_db import Database, now, stage_ids
 from core.store import (FILTER_COLUMN, Changes, Filter, Product, ProductVector, Source, StoreStats, column_kinds,
                         next_stamp, outlasting_delete, product_digest, row_digest)
@@ -115,6 +117,15 @@ def _row_to_product(row: sqlite3.Row | tuple[Any, ...]) -> Product:
     return Product(id=pid, title=title, category=category or "", images=tuple(json.loads(images)),
                    preview_image=preview or "", preview_cache=preview_cache, extra=json.loads(extra),
                    source=Source(source), updated_at=updated, view_caches=tuple(json.loads(views)))
+
+
+def _plain_number(text: str) -> bool:
+    """True for text the numeric equality filter reads as a number (``float``: no thousands separators)."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _chunks(items: Sequence[Any], size: int = MAX_SQL_VARS) -> Iterator[Sequence[Any]]:
@@ -260,6 +271,35 @@ class ProductTable:
             conn.execute(f"DELETE FROM products WHERE id IN ({marks})", list(chunk))
             removed += len(rows)
         return removed
+
+    def lexical(self, match: str, k: int, flt: Filter | None) -> list[tuple[int, Product, float]]:
+        """(vid, product, BM25 relevance) of the products whose words match the FTS5 expression ``match`` and
+        that ``flt`` admits, best first (``core.lexical``)."""
+        if flt is not None and flt.empty:
+            return []
+        where, params = self.where(flt)
+        sql = search_sql(f"products.vid, {_PRODUCT_COLS}", where)
+        rows = self.db.reader().execute(sql, [match, k] if not where else [match, *params, k])
+        return [(r[0], _row_to_product(r[1:11]), float(r[11])) for r in rows]
+
+    def identified(self, value: str, columns: Sequence[str], flt: Filter | None) -> list[tuple[int, Product]]:
+        """(vid, product) of the product whose id is ``value``, then those whose identifier ``columns`` hold it
+        exactly (each an indexed lookup: the id's unique index, the columns' expression indexes)."""
+        flt = flt or Filter()
+        if flt.empty:
+            return []
+        found: dict[int, Product] = {}
+        where, params = self.where(flt)
+        sql = f"SELECT vid, {_PRODUCT_COLS} FROM products WHERE id = ?" + (f" AND {where}" if where else "")
+        found.update((r[0], _row_to_product(r[1:])) for r in self.db.reader().execute(sql, [value, *params]))
+        kinds = self.columns()
+        for column in columns:
+            if column in flt.equals or (kinds.get(column) == "number" and not _plain_number(value)):
+                continue
+            where, params = self.where(replace(flt, equals={**flt.equals, column: value}))
+            found.update((r[0], _row_to_product(r[1:])) for r in self.db.reader().execute(
+                f"SELECT vid, {_PRODUCT_COLS} FROM products WHERE {where} LIMIT 10", params))
+        return list(found.items())
 
     def deleted_ids(self, ids: Sequence[str]) -> list[str]:
         found: set[str] = set()

@@ -386,3 +386,15 @@ class ModelStore(CatalogueStore, Protocol):
 
     def sample_vectors(self, n: int, seed: int) -> tuple[list[str], Embeddings]:
         """A seeded sample of up to ``n`` products' ids and indexed vectors."""
+
+    lexical_note: str | None  # why the store finds no words (an engine without full-text search); None: it does
+
+    def find_words(self, text: str, k: int, flt: Filter | None = None) -> list[Hit]:
+        """The best ``k`` products by the words of ``text`` (``core.lexical``: what the user typed is words, never
+        query syntax) that ``flt`` admits; a hit's ``score`` is its word relevance (higher: better)."""
+
+    def find_identifier(self, text: str, flt: Filter | None = None) -> list[Hit]:
+        """The products whose id or identifier column (sku, barcode...) is exactly ``text``: indexed lookups."""
+
+    def lexical_bytes(self) -> int | None:
+        """The lexical index's size on disk (None: not known, or none)."""

@@ -8,8 +8,8 @@ from fastapi import APIRouter, Request
 from core.config import Settings
 
 from api import searching
-from api.deps import (CatalogueDep, MergeParam, OriginDep, PhotoSearchParams, SearchParams, SettingsDep, TextQuery,
-                      TextSearchParams)
+from api.deps import (CatalogueDep, MergeParam, OriginDep, PhotoSearchParams, SearchParams, SettingsDep, TextModeParam,
+                      TextQuery, TextSearchParams)
 from api.schemas import AllSearchResponse, SearchResponse, VectorQuery, error_responses
 from api.uploads import UPLOAD_OPENAPI, QueryImage, read_query_image
 
@@ -40,8 +40,8 @@ async def search_all(request: Request, filters: PhotoSearchParams, catalogue: Ca
 @router.get("/all/search/text", response_model=AllSearchResponse, responses=_TEXT_ERRORS,
             summary="Search every model with a text query; per-model results and one merged ranking")
 async def search_all_text(q: TextQuery, filters: TextSearchParams, catalogue: CatalogueDep, origin: OriginDep,
-                          merge: MergeParam = "match") -> AllSearchResponse:
-    return await searching.all_by_text(catalogue, q, filters, merge, origin)
+                          merge: MergeParam = "match", mode: TextModeParam = "hybrid") -> AllSearchResponse:
+    return await searching.all_by_text(catalogue, q, filters, merge, origin, mode)
 
 
 @router.post("/search_products/", response_model=SearchResponse, openapi_extra=UPLOAD_OPENAPI, responses=_IMAGE_ERRORS,
@@ -62,10 +62,10 @@ async def search_model(model: str, request: Request, filters: PhotoSearchParams,
 
 
 @router.get("/{model}/search/text", response_model=SearchResponse, responses=_TEXT_ERRORS,
-            summary="Search one model's images with a text query (CLIP text tower)")
+            summary="Search one model with a text query: by words and pictures (hybrid), pictures or words")
 async def search_text(model: str, q: TextQuery, filters: TextSearchParams, catalogue: CatalogueDep,
-                      origin: OriginDep) -> SearchResponse:
-    return await searching.by_text(catalogue, model, q, filters, origin)
+                      origin: OriginDep, mode: TextModeParam = "hybrid") -> SearchResponse:
+    return await searching.by_text(catalogue, model, q, filters, origin, mode)
 
 
 @router.post("/all/search/vector", response_model=AllSearchResponse, responses=_TEXT_ERRORS,

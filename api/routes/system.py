@@ -41,7 +41,8 @@ def _info(m: ServedModel, settings: Settings) -> ModelInfo:
                      currency=m.spec.currency_for(settings), url_template=m.spec.url_template,
                      filters=dict(stats.columns) if stats else {},
                      recall_at_10=(info.get("tuning") or {}).get("recall_at_10"),
-                     vector_dim=m.query_dim if m.searchable else None)
+                     vector_dim=m.query_dim if m.searchable else None,
+                     words=(m.store.lexical_note or "indexed") if m.store is not None else None)
 
 
 @router.get("/health", response_model=HealthResponse, summary="Overall status and per-model readiness")

@@ -58,3 +58,28 @@ def test_bad_refining_values_are_422_json(client, built_root, params):
     r = client.post("/general/search", params={"q": "red", **params}, files={"file": ("q.jpg", _photo(built_root))})
     assert r.status_code == 422 and r.json()["error"] == "ValidationError"
     assert r.json()["errors"][0]["loc"][-1] == next(iter(params))
+
+
+def _hits(client, data: bytes, **params) -> list[dict]:
+    r = client.post("/general/search", params={"top_k": DEPTH, "dedupe": "false", **params},
+                    files={"file": ("q.jpg", data)})
+    assert r.status_code == 200, r.text
+    return r.json()["results"]
+
+
+def test_products_holding_the_added_words_come_first_and_those_holding_avoided_ones_last(client, built_root):
+    """The words also act lexically: a lamp refined with "lamp" lists every lamp first (saying so), one refined
+    away from "lamp" lists them last; each group keeps the picture's order, and weight 0 is the photo alone."""
+    data = _photo(built_root)
+    lamps = {h["id"] for h in _hits(client, data) if "lamp" in h["title"].lower()}
+    assert len(lamps) == 11  # the demo's general catalogue: 11 lamps of 66 products
+
+    toward = _hits(client, data, q="lamp")
+    assert {h["id"] for h in toward[:len(lamps)]} == lamps
+    assert all(h["matched"] == ["picture", "words"] and h["matched_words"] == ["lamp"] for h in toward[:len(lamps)])
+    assert all(h["matched"] is None for h in toward[len(lamps):])
+
+    away = _hits(client, data, **{"not": "lamp"})
+    assert {h["id"] for h in away[-len(lamps):]} == lamps
+
+    assert [h["id"] for h in _hits(client, data, q="lamp", text_weight=0)] == [h["id"] for h in _hits(client, data)]

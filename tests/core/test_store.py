@@ -494,3 +494,19 @@ def test_hnsw_counts_stay_true_through_edits_and_a_restart(tmp_path, settings):
     store.close()
     reopened = _store(tmp_path, settings)
     assert reopened.live_index.kind == IndexType.HNSW and reopened.live_index.info.count == reopened.count() == 589
+
+
+def test_exact_ids_and_identifier_columns_are_found_on_every_store(make_store):
+    store = make_store()
+    vectors = _vectors(2)
+    store.upsert([ProductVector(Product(id=f"p{i}", title=f"Merino jumper {i}", category="knitwear",
+                                        extra={"sku": f"AX-20{i}", "vendor": "Woolly"}), clip=v)
+                  for i, v in enumerate(vectors)])
+    assert [h.product.id for h in store.find_identifier("AX-201")] == ["p1"]
+    assert [h.product.id for h in store.find_identifier("p0")] == ["p0"]
+    assert store.find_identifier("AX-201", Filter(category="shoes")) == []
+    assert store.find_identifier("Merino") == []
+    if store.lexical_note is None:  # the local store indexes words; Milvus says why it does not
+        assert [h.product.id for h in store.find_words("merino 1", 5)][0] == "p1"
+    else:
+        assert "Milvus" in store.lexical_note and store.find_words("merino", 5) == []
