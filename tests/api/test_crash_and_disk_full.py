@@ -23,7 +23,7 @@ from tests.fake_images import jpeg_bytes
 from tests.processes import ApiProcess, training
 
 KEY = {"X-API-Key": API_KEY}
-KILLS = 6  # each round starts run_api.py afresh (about 4 s of CPU); CI runs it every landing
+KILLS = 5  # each round starts run_api.py afresh (about 4 s of CPU); CI runs it every landing
 
 
 def _copy(built_root: Path, root: Path) -> Path:

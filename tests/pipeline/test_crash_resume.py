@@ -20,7 +20,7 @@ from tests.processes import training
 
 pytestmark = pytest.mark.slow
 
-KILLS = 8  # two CSV editions (every 4th kill), each phase killed in; CI runs it every landing
+KILLS = 6  # two CSV editions (every 4th kill), each phase killed in; CI runs it every landing
 
 
 def _catalogue(root: Path, refs: list[list[str]], titles: str = "Product") -> None:

@@ -166,9 +166,10 @@ def test_failed_admin_keys_are_rate_limited_per_client(sec_root, tiny_clip):
 
 
 @pytest.mark.slow
-def test_metrics_stay_small_after_10000_junk_requests(guarded):
+def test_metrics_stay_small_after_2000_junk_requests(guarded):
+    # a label per junk path would be 2,000 series of a dozen lines each: megabytes, where the cap is 100 kB
     with httpx.Client(base_url=guarded.url, timeout=30) as client:
-        for i in range(10_000):
+        for i in range(2_000):
             path = (f"/junk{i}/search/text?q=a", f"/junk{i}/products/p{i}", f"/x{i}/y{i}")[i % 3]
             client.request(("GET", "DELETE", "PATCH")[i % 3], path)
         r = client.get("/metrics")
