@@ -223,13 +223,14 @@ def _text_search(page, words: str) -> None:
 
 def _cards(page, count: int, first: str | None = None, grid: str = "") -> list[dict]:
     """Wait until exactly ``count`` visible result cards (in grid ``grid``) show, ``first`` at rank 1."""
-    _idle(page)
     sel = f"[class*=st-key-grid-{grid}] [data-testid=result-card]" if grid else "[data-testid=result-card]"
-    page.wait_for_function(
-        """([sel, n, first]) => {
-             const cards = [...document.querySelectorAll(sel)].filter(e => e.offsetParent !== null);
-             return cards.length === n && (!first || cards[0].dataset.productId === first);
-           }""", arg=[sel, count, first])
+    for _ in range(2):  # the cards can show while the rerun that drew them still runs (the last screen's
+        _idle(page)     # elements above them not yet removed): measure once that run has ended
+        page.wait_for_function(
+            """([sel, n, first]) => {
+                 const cards = [...document.querySelectorAll(sel)].filter(e => e.offsetParent !== null);
+                 return cards.length === n && (!first || cards[0].dataset.productId === first);
+               }""", arg=[sel, count, first])
     return page.eval_on_selector_all(sel, """els => els.filter(e => e.offsetParent !== null).map(e => {
         const r = e.getBoundingClientRect();
         return {...e.dataset, x: r.x, y: r.y, bottom: r.bottom,
@@ -477,6 +478,8 @@ def test_links_name_catalogues_in_any_case_and_say_when_one_is_missing(page, sta
 def test_the_landing_shows_each_category_and_a_tile_opens_it(page, viewport):
     tiles = page.get_by_test_id("category-tile")
     tiles.first.wait_for()
+    _idle(page)  # the tiles draw one by one
+    page.wait_for_function("() => document.querySelectorAll('[data-testid=category-tile]').length >= 5")
     assert tiles.count() == 5 and {t.get_attribute("data-model") for t in tiles.all()} == {"shirts"}
     assert all(t.locator("img").get_attribute("src").startswith("data:image/jpeg") for t in tiles.all())
     per_row = len({round(t.bounding_box()["y"]) for t in tiles.all()[:2]})
