@@ -17,7 +17,10 @@ CONFIG = Path(__file__).with_name("schemathesis.toml")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("headers", [[], ["-H", f"X-API-Key: {API_KEY}"]], ids=["anonymous", "admin"])
+# Without a key the admin routes answer 401 whatever the body, so the anonymous run draws half as many examples
+# (the admin run, with the key, also covers every public route at the full count).
+@pytest.mark.parametrize("headers", [["--max-examples", "4"], ["-H", f"X-API-Key: {API_KEY}"]],
+                         ids=["anonymous", "admin"])
 def test_schemathesis_all_checks_pass(sec_root, tiny_clip, tmp_path, headers):
     st = shutil.which("st") or shutil.which("schemathesis")
     assert st, "schemathesis is in requirements-dev.txt"
