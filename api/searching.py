@@ -18,7 +18,7 @@ from anyio import to_thread
 from core.calibration import IMAGE, TEXT
 from core.errors import BadRequestError, IndexNotReadyError, ProductNotFoundError, StoreError
 from core.query_log import QueryLog, QueryRecord
-from core.lexical import matched_words, query_words, reciprocal_rank_fusion
+from core.lexical import LexicalConfig, indexed_texts, matched_words, query_words, reciprocal_rank_fusion
 from core.store import Filter, Hit, ModelStore, Product, typed_extra
 from utils.images import ShapePolicy
 
@@ -448,11 +448,12 @@ def lexical_refine(model: ServedModel, words: Words, found: list[Found]) -> list
     add, avoid = query_words(words.add or ""), query_words(words.avoid or "")
     if words.weight <= 0 or not (add or avoid):
         return found
+    config = model.require().lexical_config
     ahead: list[Found] = []
     middle: list[Found] = []
     behind: list[Found] = []
     for item in found:
-        text = product_texts(item.product)
+        text = product_texts(item.product, config)
         held = matched_words(add, text) if add else []
         if avoid and matched_words(avoid, text):
             behind.append(item)
@@ -463,10 +464,9 @@ def lexical_refine(model: ServedModel, words: Words, found: list[Found]) -> list
     return ahead + middle + behind
 
 
-def product_texts(p: Product) -> list[str]:
-    """The texts a product's words are read from here (as the lexical index reads them by default): its title,
-    category and text columns."""
-    return [p.title, p.category, *(v for v in p.extra.values() if isinstance(v, str))]
+def product_texts(p: Product, config: LexicalConfig) -> list[str]:
+    """The texts a product's words are read from (as the lexical index reads them, ``core.lexical``)."""
+    return indexed_texts(p.title, p.category, p.extra, config)
 
 
 TextMode = Literal["hybrid", "semantic", "lexical"]
@@ -491,7 +491,7 @@ def by_words(model: ServedModel, vector: np.ndarray, text: str, mode: TextMode, 
     fetch = depth * _DEDUPE_FETCH + 8 if filters.dedupe else depth
     flt, query = filters.for_store(), np.asarray(vector, dtype=np.float32).reshape(1, -1)
     exact = store.find_identifier(text, flt) if mode != "semantic" else []
-    lexical = store.find_words(text, fetch, flt) if mode != "semantic" else []
+    lexical = store.find_words(text, fetch, flt, query[0]) if mode != "semantic" else []
     pictures = store.search(query, fetch, flt)[0] if mode != "lexical" else []
     if filters.min_score is not None:
         pictures = [h for h in pictures if h.score >= filters.min_score]
@@ -503,7 +503,7 @@ def by_words(model: ServedModel, vector: np.ndarray, text: str, mode: TextMode, 
     found = []
     for item in calibrated(model, list(hits.values()), TEXT):
         p = item.product
-        held = matched_words(words, product_texts(p))
+        held = matched_words(words, product_texts(p, store.lexical_config))
         came = tuple(k for k, ids in why.items() if p.id in ids)
         word_match = 1.0 if "id" in came else WORD_MATCH * len(held) / len(words) if "words" in came and words else None
         best = max((m for m in (item.match, word_match) if m is not None), default=None)

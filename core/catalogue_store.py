@@ -34,7 +34,7 @@ def open_store(settings: Settings, spec: ModelSpec, *, open_index: bool = True) 
         from core.milvus_store import MilvusStore
 
         return MilvusStore(paths.models, settings, name=spec.name, index_type=spec.index_type_for(settings),
-                           head=load_head(paths.head), open_index=open_index)
+                           head=load_head(paths.head), open_index=open_index, lexical=spec.lexical())
     legacy = not store_path(paths.models).exists() and (paths.models / "metadata.jsonl").is_file()
     store = LocalStore(paths.models, settings, name=spec.name, index_type=spec.index_type_for(settings),
                        head=load_head(paths.head), open_index=False, lexical=spec.lexical())

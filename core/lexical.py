@@ -82,6 +82,26 @@ def matched_words(words: Iterable[str], texts: Iterable[object]) -> list[str]:
     return found
 
 
+def indexed_texts(title: str, category: str, extra: Mapping[str, object], config: LexicalConfig) -> list[str]:
+    """The texts a product is found by (as the FTS5 index reads them): its title, its category and the text values
+    of its extra columns (``config.columns`` only, when set)."""
+    wanted = None if config.columns is None else set(config.columns)
+    return [title, category, *(v for k, v in extra.items() if isinstance(v, str) and (wanted is None or k in wanted))]
+
+
+def words_text(texts: Iterable[str], limit: int) -> str:
+    """``texts`` as one line of folded words, space-separated, cut to ``limit`` UTF-8 bytes at a word's end: what
+    an engine that tokenises on spaces (Milvus's BM25) indexes, so it reads the words :func:`query_words` asks."""
+    out: list[str] = []
+    size = 0
+    for word in _WORD.findall(fold(" ".join(t for t in texts if t))):
+        size += len(word.encode()) + (1 if out else 0)
+        if size > limit:
+            break
+        out.append(word)
+    return " ".join(out)
+
+
 def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 

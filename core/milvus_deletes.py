@@ -22,6 +22,7 @@ from typing import Any
 
 from core.errors import StoreError
 from core.milvus_expr import id_list
+from core.lexical import LexicalConfig
 from core.milvus_schema import Layout, encode_row, has_views
 from core.store import ProductVector, Source, next_stamp, outlasting_delete, product_digest
 
@@ -146,7 +147,7 @@ class WritePlan:
 
 
 def plan_writes(latest: Mapping[str, ProductVector], current: Mapping[str, dict[str, Any]],
-                deleted: Mapping[str, str], keep_api: bool, layout: Layout) -> WritePlan:
+                deleted: Mapping[str, str], keep_api: bool, layout: Layout, lexical: LexicalConfig) -> WritePlan:
     """Which of ``latest`` (id -> item) to write over the ``current`` rows (with ``source``, ``digest``,
     ``category``, ``updated_at``, ``images``) and ``deleted``'s tombstones: not one edited or deleted since a
     conditional write read it, not an API product under the CSV (``keep_api``), not one a delete outlasts, not
@@ -169,7 +170,8 @@ def plan_writes(latest: Mapping[str, ProductVector], current: Mapping[str, dict[
         if old is not None and (old["source"], old["digest"]) == (it.product.source.value, digest) and \
                 (has_views(old) or not it.product.view_caches):  # a row of an earlier release learns them
             continue
-        plan.rows.append(encode_row(it, digest, next_stamp(old["updated_at"] if old else None), layout))
+        plan.rows.append(encode_row(it, digest, next_stamp(old["updated_at"] if old else None), layout,
+                                    lexical))
         if old is not None:
             plan.removed.append((old["source"], old["category"]))
     return plan

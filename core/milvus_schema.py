@@ -12,7 +12,11 @@ JSON field; Milvus 2.3 takes neither ("multiple vector fields is not supported",
   files are known is always the object, with them beside the list: ``{"list": [...], "views": [...]}`` (a
   row written before they were kept, an array or an object without ``views``, has none).
 
-A collection made before layouts were recorded (by milvus-lite) has the native layout.
+- a product's words (``core.lexical``) are a VARCHAR that Milvus's analyzer splits and a BM25 function turns
+  into a sparse vector field, in the same row (Milvus 2.5 and newer, and milvus-lite 3; one upsert writes a
+  product and its words); a server without full-text search (Milvus 2.3, 2.4) gets no words fields.
+
+A collection made before layouts were recorded (by milvus-lite) has the native layout, without words.
 """
 
 from __future__ import annotations
@@ -25,9 +29,14 @@ from typing import Any
 
 import numpy as np
 
+from core.lexical import LexicalConfig, indexed_texts, words_text
 from core.store import FILTER_COLUMN, Product, ProductVector, Source, is_number
 
 FIELDS = ["id", "title", "category", "images", "preview_image", "preview_cache", "extra", "source", "updated_at"]
+WORDS = "words"  # the product's folded words, split on spaces by Milvus's analyzer
+WORDS_BM25 = "words_bm25"  # their BM25 sparse vector, computed by the server from WORDS
+_WORDS_BYTES = 65_535  # a VARCHAR's most
+_ANALYZER = {"tokenizer": "standard", "filter": ["lowercase"]}  # our words come folded and split on spaces
 _IMAGES_KEY = "list"
 _VIEWS_KEY = "views"
 _layouts: dict[str, Layout] = {}  # what each server takes natively, probed once per process
@@ -40,19 +49,23 @@ class Layout:
 
     clip_vector: bool = True  # a second vector field; else base64 float32 in a VARCHAR
     json_arrays: bool = True  # images as a JSON array; else {"list": [...]}
+    words: bool = False  # the product's words and their BM25 vector (full-text search); else none
 
     def to_json(self) -> dict[str, str]:
-        return {"clip": "vector" if self.clip_vector else "base64", "images": "array" if self.json_arrays else "object"}
+        return {"clip": "vector" if self.clip_vector else "base64", "images": "array" if self.json_arrays else "object",
+                "words": "bm25" if self.words else "none"}
 
     @classmethod
     def from_json(cls, raw: Any) -> Layout:
         raw = raw if isinstance(raw, dict) else {}
-        return cls(clip_vector=raw.get("clip", "vector") == "vector", json_arrays=raw.get("images", "array") == "array")
+        return cls(clip_vector=raw.get("clip", "vector") == "vector", json_arrays=raw.get("images", "array") == "array",
+                   words=raw.get("words") == "bm25")
 
 
 def probe(client: Any, scratch: str) -> Layout:
     """What the server takes natively, tried on a scratch collection (created and dropped here): a second
-    vector field, then a JSON array in a JSON field. A refusal is a fallback; any other failure raises."""
+    vector field, then a JSON array in a JSON field, then (where a second vector field is taken) a BM25
+    function. A refusal is a fallback; any other failure raises."""
     from pymilvus import DataType, MilvusClient
     from pymilvus.exceptions import MilvusException
 
@@ -81,7 +94,51 @@ def probe(client: Any, scratch: str) -> Layout:
             arrays = False
     finally:
         client.drop_collection(scratch)
-    return Layout(clip_vector=two, json_arrays=arrays)
+    return Layout(clip_vector=two, json_arrays=arrays, words=two and _takes_words(client, scratch))
+
+
+def _takes_words(client: Any, scratch: str) -> bool:
+    """Whether the server indexes words: a collection with a BM25 function and its index is created and takes
+    a row (Milvus 2.5+, milvus-lite 3). A refusal at either step is a no."""
+    from pymilvus import DataType, MilvusClient
+    from pymilvus.exceptions import MilvusException
+
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=16)
+    schema.add_field("v", DataType.FLOAT_VECTOR, dim=2)
+    try:
+        _add_words(schema)
+        client.create_collection(scratch, schema=schema)  # not loaded: an insert needs no index
+    except (MilvusException, AttributeError, TypeError, ValueError):  # an older pymilvus or server
+        return False
+    try:
+        client.insert(scratch, [{"id": "probe", "v": [1.0, 0.0], WORDS: "merino probe"}])
+        return True
+    except MilvusException:
+        return False
+    finally:
+        client.drop_collection(scratch)
+
+
+def _add_words(schema: Any) -> None:
+    from pymilvus import DataType, Function, FunctionType
+
+    schema.add_field(WORDS, DataType.VARCHAR, max_length=_WORDS_BYTES, enable_analyzer=True,
+                     analyzer_params=_ANALYZER)
+    schema.add_field(WORDS_BM25, DataType.SPARSE_FLOAT_VECTOR)
+    schema.add_function(Function(name="words_bm25", function_type=FunctionType.BM25, input_field_names=[WORDS],
+                                 output_field_names=[WORDS_BM25]))
+
+
+def _index_words(params: Any) -> None:
+    params.add_index(field_name=WORDS_BM25, index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
+
+
+def index_words(params: Any, layout: Layout) -> None:
+    """Add the words' BM25 index to a new collection's ``params`` (Milvus loads a collection only with every
+    vector field indexed), where ``layout`` has words."""
+    if layout.words:
+        _index_words(params)
 
 
 def server_layout(client: Any, uri: str, scratch: str) -> Layout:
@@ -116,6 +173,8 @@ def catalogue_schema(layout: Layout, dim: int, clip_dim: int) -> Any:
         schema.add_field("clip", DataType.FLOAT_VECTOR, dim=clip_dim)
     else:
         schema.add_field("clip", DataType.VARCHAR, max_length=_base64_length(clip_dim))
+    if layout.words:
+        _add_words(schema)
     return schema
 
 
@@ -126,8 +185,8 @@ def _base64_length(dim: int) -> int:
     return length
 
 
-def encode_row(it: ProductVector, digest: str, stamp: float, layout: Layout) -> dict[str, Any]:
-    """A product as one collection row."""
+def encode_row(it: ProductVector, digest: str, stamp: float, layout: Layout, lexical: LexicalConfig) -> dict[str, Any]:
+    """A product as one collection row (with its words, ``lexical``'s, where the layout has them)."""
     p = it.product
     extra = {str(k): v for k, v in p.extra.items()}
     num = {k: float(str(v).strip().replace(",", "")) for k, v in extra.items()
@@ -138,11 +197,20 @@ def encode_row(it: ProductVector, digest: str, stamp: float, layout: Layout) -> 
         images = {_IMAGES_KEY: images, _VIEWS_KEY: list(p.view_caches)}
     elif not layout.json_arrays:
         images = {_IMAGES_KEY: images}
-    return {"id": p.id, "title": p.title, "category": p.category, "images": images,
-            "preview_image": p.preview_image, "preview_cache": p.preview_cache or "", "extra": extra,
-            "num": num, "source": p.source.value, "updated_at": stamp, "digest": digest,
-            "vector": np.asarray(it.indexed, dtype=np.float32).tolist(),
-            "clip": clip.tolist() if layout.clip_vector else base64.b64encode(clip.astype("<f4").tobytes()).decode()}
+    row = {"id": p.id, "title": p.title, "category": p.category, "images": images,
+           "preview_image": p.preview_image, "preview_cache": p.preview_cache or "", "extra": extra,
+           "num": num, "source": p.source.value, "updated_at": stamp, "digest": digest,
+           "vector": np.asarray(it.indexed, dtype=np.float32).tolist(),
+           "clip": clip.tolist() if layout.clip_vector else base64.b64encode(clip.astype("<f4").tobytes()).decode()}
+    if layout.words:
+        row[WORDS] = row_words(row, lexical)
+    return row
+
+
+def row_words(row: dict[str, Any], lexical: LexicalConfig) -> str:
+    """A row's words, as ``lexical`` picks them (title, category, text extra columns)."""
+    return words_text(indexed_texts(str(row.get("title") or ""), str(row.get("category") or ""),
+                                    dict(row.get("extra") or {}), lexical), _WORDS_BYTES)
 
 
 def product_of(row: dict[str, Any]) -> Product:

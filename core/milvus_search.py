@@ -1,6 +1,7 @@
 """Searching a catalogue collection: the request (the filter as an expression, ``core.milvus_expr``, and the
 served index's search parameters), the answer as hits scored as cosine similarity, as the local store scores
-them, and seeded samples of the catalogue found by search (no scan)."""
+them; searches by words (BM25, where the collection has them); and seeded samples of the catalogue found by
+search (no scan)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 from core.config import Settings
 from core.milvus_collection import Collection
 from core.milvus_index import MilvusIndex, metric_name
-from core.milvus_schema import FIELDS, product_of
+from core.milvus_schema import FIELDS, WORDS_BM25, product_of
 from core.store import Hit
 from core.types import Embeddings, IndexType, Metric
 
@@ -30,6 +31,16 @@ def search(io: Collection, queries: Embeddings, k: int, expr: str, live: MilvusI
     return [[Hit(product_of(h["entity"] | {"id": h["id"]}), score(float(h["distance"]), settings.metric),
                  vector=np.asarray(h["entity"]["vector"], dtype=np.float32)) for h in row]
             for row in found]
+
+
+def search_words(io: Collection, words: str, k: int, expr: str) -> list[Hit]:
+    """The best ``k`` rows admitted by ``expr`` by BM25 over ``words`` (folded, space-separated), best first,
+    each scored by its relevance (higher: better; milvus-lite reports it negated) and carrying its vector."""
+    found = io.read(io.writes.rows, io.client.search, io.name, data=[words], anns_field=WORDS_BM25,
+                    limit=min(k, MAX_TOPK), filter=expr, output_fields=[*FIELDS, "vector"],
+                    search_params={"metric_type": "BM25"})
+    return [Hit(product_of(h["entity"] | {"id": h["id"]}), abs(float(h["distance"])),
+                vector=np.asarray(h["entity"]["vector"], dtype=np.float32)) for h in (found[0] if found else [])]
 
 
 def search_params(live: MilvusIndex | None, k: int, settings: Settings) -> dict[str, int]:

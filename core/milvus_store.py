@@ -42,7 +42,7 @@ from core.calibration import (CALIBRATION_JSON, Calibration, Sample, TextEncoder
 from core.config import Settings
 from core.errors import CatalogueReplacedError, StoreError
 from core.head import ProjectionHead
-from core.lexical import LexicalConfig, identifier_columns, identifier_text
+from core.lexical import LexicalConfig, identifier_columns, identifier_text, query_words
 from core.milvus_client import client, collection_name, milvus_uri, pointed
 from core.milvus_collection import SCAN_BATCH, Collection, milvus_call
 from core.milvus_deletes import Tombstones, machine_lock, plan_writes
@@ -50,8 +50,9 @@ from core.milvus_expr import expression, literal
 from core.milvus_index import (MILVUS_INDEX, SERVED_KINDS, MilvusIndex, VectorIndex, add_vector_index, metric_name,
                                search_defaults, wanted_kind)
 from core.milvus_meta import Meta
-from core.milvus_schema import FIELDS, Layout, catalogue_schema, clip_of, product_of, server_layout
-from core.milvus_search import sample_ids, search
+from core.milvus_schema import (FIELDS, WORDS, Layout, catalogue_schema, clip_of, index_words, product_of, row_words,
+                                 server_layout)
+from core.milvus_search import sample_ids, search, search_words
 from core.sqlite_db import stage_ids
 from core.store import Filter, Hit, Product, ProductVector, ServedIndex, Source, StoreStats, row_digest
 from core.types import Embeddings, IndexType
@@ -68,10 +69,12 @@ class MilvusStore:
     damaged: str | None = None  # Milvus guards its own files: a failing call is a StoreError, not damage here
 
     def __init__(self, folder: Path, settings: Settings, *, name: str = "", index_type: IndexType | None = None,
-                 head: ProjectionHead | None = None, open_index: bool = True, collection: str | None = None) -> None:
+                 head: ProjectionHead | None = None, open_index: bool = True, collection: str | None = None,
+                 lexical: LexicalConfig | None = None) -> None:
         self.folder = Path(folder)
         self.name = name or self.folder.name
         self.settings = settings
+        self.lexical_config = lexical or LexicalConfig()
         self._index_type = index_type or settings.index_type
         self.client = client(settings)
         self.base = collection_name(settings.milvus_prefix, self.name)
@@ -96,8 +99,9 @@ class MilvusStore:
         self._layout: Layout | None = None
         self._deleted = Tombstones(self.client, self.collection, self._io.call)
         self._meta.ensure()
-        logger.info("%s: %s", self.name, self.lexical_note)
         if self._io.exists():
+            if self.lexical_note is not None:
+                logger.info("%s: %s", self.name, self.lexical_note)
             self._io.call(self.client.load_collection, self.collection)  # a no-op where it is loaded already
             if self._meta.get("head") != (self._head or ""):
                 if open_index:  # a serving process (a replica) never rewrites the shared collection
@@ -134,16 +138,19 @@ class MilvusStore:
         add_vector_index(params, IndexType.FLAT, 0, self.settings)
         if layout.clip_vector:  # Milvus loads a collection only with every vector field indexed
             params.add_index(field_name="clip", index_type="FLAT", metric_type=metric_name(self.settings.metric))
+        index_words(params, layout)
         self.client.create_collection(self.collection, schema=catalogue_schema(layout, dim, clip_dim),
                                       index_params=params)
         self.client.load_collection(self.collection)
         # the collection is created with its (flat) vector index: that is the index's build time
         self._meta.set({"head": self._head or "", "dim": dim, "layout": layout.to_json(),
+                        "lexical": self.lexical_config.signature,
                         "index": {"kind": IndexType.FLAT.value, "params": {}, "built_at": now_iso()}})
         self._layout, self._dim = layout, dim
-        logger.info("%s: Milvus collection %s created (%d-dim vectors; CLIP vectors %s, images as a JSON %s)",
+        logger.info("%s: Milvus collection %s created (%d-dim vectors; CLIP vectors %s, images as a JSON %s, %s)",
                     self.name, self.collection, dim, "as a vector field" if layout.clip_vector else "in base64",
-                    "array" if layout.json_arrays else "object")
+                    "array" if layout.json_arrays else "object",
+                    "words by BM25" if layout.words else self.lexical_note)
 
     @property
     def layout(self) -> Layout:
@@ -250,7 +257,8 @@ class MilvusStore:
             latest = {it.product.id: it for it in items}  # a batch naming an id twice: the last wins
             current = {r["id"]: r for r in self._io.rows(list(latest), ["id", "source", "digest", "category",
                                                                         "images"])}
-            plan = plan_writes(latest, current, self._deleted.get(list(latest)), keep_api, self.layout)
+            plan = plan_writes(latest, current, self._deleted.get(list(latest)), keep_api, self.layout,
+                               self.lexical_config)
             self._deleted.put(plan.resolved)
             rows = plan.rows
             if not rows:
@@ -333,7 +341,7 @@ class MilvusStore:
                 if head is not None and dim is not None and out_dim is not None and out_dim != dim:
                     raise StoreError(self.name, f"head.safetensors gives {out_dim}-dim vectors but the Milvus "
                                                 f"collection holds {dim}; copy the model again (--copy-store)")
-                for rows in self._io.scan(FIELDS + ["digest", "num", "clip"]):
+                for rows in self._io.scan(self._whole_row):
                     clips = np.asarray([clip_of(r["clip"]) for r in rows], dtype=np.float32)
                     self._check_fits(head, clips.shape[1], dim)  # on the first batch: nothing written yet
                     vectors = head.apply(clips) if head is not None else clips
@@ -368,14 +376,38 @@ class MilvusStore:
         return search(self._io, queries, k, expr, self._index, self.settings)
 
     # --- lexical ---------------------------------------------------------------------------------
-    # Milvus 2.3 (the standalone server this project runs) has no full-text search; BM25 functions arrived in
-    # Milvus 2.5 (milvus-lite 3.x has them too, but a collection must be created with them: not wired yet).
-    # Text search on this store is by picture, exact identifiers aside: said in the model's info and log.
-    lexical_note: str | None = ("words are not indexed on the Milvus store (Milvus 2.3 has no full-text search): "
-                                "text search finds by picture, and exact ids and identifier columns")
+    # Words are Milvus's own full-text search where the server has it (Milvus 2.5+, milvus-lite 3): each row's
+    # folded words, a BM25 function and its sparse index (``core.milvus_schema``). Milvus 2.3 and 2.4 have none:
+    # text search there is by picture and by exact ids and identifier columns, said in one line (the model's
+    # /status and the log). Unlike the local index, the last word typed is not also a prefix.
+    @property
+    def lexical_note(self) -> str | None:
+        """Why this store finds no words (None: it does). Before the collection exists: nothing to say yet."""
+        if not self._io.exists() or self.layout.words:
+            return None
+        if not server_layout(self.client, self._uri, self.collection + "__probe").words:
+            return ("words are not indexed: this Milvus server has no full-text search (Milvus 2.5 and newer "
+                    "have it); text search finds by picture, and by exact ids and identifier columns")
+        return ("words are not indexed: this Milvus collection was created before word search; back the model up "
+                f"and restore it over itself (python run_training.py {self.name} --backup, then --restore) to "
+                "index them; until then text search finds by picture, and by exact ids and identifier columns")
 
-    def find_words(self, text: str, k: int, flt: Filter | None = None) -> list[Hit]:
-        return []
+    @property
+    def _whole_row(self) -> list[str]:
+        """Every field a whole-row upsert writes (the BM25 vector is the server's)."""
+        return [*FIELDS, "digest", "num", "vector", "clip", *([WORDS] if self.layout.words else [])]
+
+    def find_words(self, text: str, k: int, flt: Filter | None = None, vector: np.ndarray | None = None
+                   ) -> list[Hit]:
+        """The best ``k`` products by BM25 over the words of ``text`` (any of them; most matched first, as BM25
+        sums them), among those ``flt`` admits; a hit's ``score`` is its BM25 relevance. None where the
+        collection holds no words (``lexical_note`` says why). (``vector`` is not needed: Milvus's sparse index
+        ranks common words without scoring every product that holds them.)"""
+        words = query_words(text)
+        if not words or (flt is not None and flt.empty) or not self._io.exists() or not self.layout.words:
+            return []
+        expr = expression(flt, self.columns() if flt is not None and (flt.equals or flt.ranges) else {})
+        return search_words(self._io, " ".join(words), k, expr)
 
     def find_identifier(self, text: str, flt: Filter | None = None) -> list[Hit]:
         """The product whose id, or identifier column, is exactly ``text`` (a primary-key or scalar query)."""
@@ -385,7 +417,7 @@ class MilvusStore:
         columns = self.columns()
         base = flt or Filter()
         exprs = [f"id == {literal(value)}"]
-        for column in identifier_columns(LexicalConfig(), columns):
+        for column in identifier_columns(self.lexical_config, columns):
             if column not in base.equals and columns.get(column) != "number":
                 exprs.append(expression(Filter(equals={column: value}), columns))
         where = expression(base, columns)
@@ -393,6 +425,23 @@ class MilvusStore:
         rows = self._io.call(self.client.query, self.collection, filter=expr, output_fields=FIELDS, limit=10,
                              consistency_level=self._io.fast())
         return [Hit(product_of(row), 1.0) for row in rows]
+
+    def _reindex_words(self) -> None:
+        """Rewrite every row's words when model.json's text columns changed since they were written (the build
+        machine's index phase does this; a batch at a time, each row whole, keeping its stamp)."""
+        wanted = self.lexical_config.signature
+        if not self.layout.words or self._meta.get("lexical", None) == wanted:
+            return
+        rewritten = 0
+        for rows in self._io.scan(self._whole_row):
+            for row in rows:
+                row[WORDS] = row_words(row, self.lexical_config)
+            self._io.call(self.client.upsert, self.collection, rows)
+            self._io.writes.wrote_unstamped()
+            rewritten += len(rows)
+        self._meta.set({"lexical": wanted})
+        logger.info("%s: words of %d products indexed again (model.json's text columns changed)", self.name,
+                    rewritten)
 
     def lexical_bytes(self) -> int | None:
         return None
@@ -432,6 +481,7 @@ class MilvusStore:
             n = self.count()
             if not n:
                 raise StoreError(self.name, "the catalogue is empty: nothing to index")
+            self._reindex_words()
             kind = self.wanted_kind(n)
             params = self.client.prepare_index_params()
             build = add_vector_index(params, kind, n, self.settings)

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from core.lexical import TABLE as LEXICAL
 from core.lexical import search_sql
 from core.sqlite_db import Database, now, stage_ids
 from core.store import (FILTER_COLUMN, Changes, Filter, Product, ProductVector, Source, StoreStats, column_kinds,
@@ -281,6 +282,19 @@ class ProductTable:
         sql = search_sql(f"products.vid, {_PRODUCT_COLS}", where)
         rows = self.db.reader().execute(sql, [match, k] if not where else [match, *params, k])
         return [(r[0], _row_to_product(r[1:11]), float(r[11])) for r in rows]
+
+    def word_vids(self, match: str, flt: Filter | None, limit: int) -> np.ndarray | None:
+        """vids of the products whose words match the FTS5 expression ``match`` and that ``flt`` admits, unranked
+        (no BM25: reading a match is cheap, ranking it is not), or None when more than ``limit`` do."""
+        if flt is not None and flt.empty:
+            return np.zeros(0, dtype=np.int64)
+        where, params = self.where(flt)
+        sql = (f"SELECT rowid FROM {LEXICAL} WHERE {LEXICAL} MATCH ? LIMIT ?" if not where else
+               f"SELECT products.vid FROM {LEXICAL} JOIN products ON products.vid = {LEXICAL}.rowid "
+               f"WHERE {LEXICAL} MATCH ? AND {where} LIMIT ?")
+        rows = self.db.reader().execute(sql, [match, *params, limit + 1])
+        vids = np.fromiter((r[0] for r in rows), dtype=np.int64)
+        return None if len(vids) > limit else vids
 
     def identified(self, value: str, columns: Sequence[str], flt: Filter | None) -> list[tuple[int, Product]]:
         """(vid, product) of the product whose id is ``value``, then those whose identifier ``columns`` hold it

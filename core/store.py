@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from core.calibration import Calibration, TextEncoder
     from core.config import Settings
     from core.head import ProjectionHead
+    from core.lexical import LexicalConfig
 
 ExtraValue = str | int | float | bool | None
 
@@ -387,11 +388,17 @@ class ModelStore(CatalogueStore, Protocol):
     def sample_vectors(self, n: int, seed: int) -> tuple[list[str], Embeddings]:
         """A seeded sample of up to ``n`` products' ids and indexed vectors."""
 
-    lexical_note: str | None  # why the store finds no words (an engine without full-text search); None: it does
+    lexical_config: LexicalConfig  # which texts find a product by its words, and which columns are identifiers
 
-    def find_words(self, text: str, k: int, flt: Filter | None = None) -> list[Hit]:
+    @property
+    def lexical_note(self) -> str | None:
+        """Why the store finds no words (an engine without full-text search); None: it does."""
+
+    def find_words(self, text: str, k: int, flt: Filter | None = None, vector: np.ndarray | None = None
+                   ) -> list[Hit]:
         """The best ``k`` products by the words of ``text`` (``core.lexical``: what the user typed is words, never
-        query syntax) that ``flt`` admits; a hit's ``score`` is its word relevance (higher: better)."""
+        query syntax) that ``flt`` admits, best first. With the query's ``vector`` a store may rank products
+        holding words too common to rank by (held by thousands) by their picture instead."""
 
     def find_identifier(self, text: str, flt: Filter | None = None) -> list[Hit]:
         """The products whose id or identifier column (sku, barcode...) is exactly ``text``: indexed lookups."""
