@@ -75,6 +75,9 @@ class Settings(BaseSettings):
                                    description="auto-tuning: per-query latency budget while raising nprobe / efSearch")
     filter_exact_max: int = Field(10_000, ge=0, le=1_000_000,
                                   description="filters admitting at most this many products are searched exactly")
+    words_ranked_max: int = Field(4096, ge=0, le=1_000_000,
+                                  description="text search: words held by at most this many products are ranked by "
+                                              "BM25; more holders are ranked by their picture")
     max_filter_columns: int = Field(64, ge=0, le=100_000,
                                     description="extra columns per model that become filterable (each is indexed, "
                                                 "which every write pays for); later new ones are kept as plain "

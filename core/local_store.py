@@ -39,7 +39,6 @@ logger = logging.getLogger(__name__)
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 _MAX_FETCH = 8192  # widest candidate list an over-fetching (broad-filter) search asks the index for
-WORDS_RANKED = 4096  # most products a search by words ranks by BM25; more: by the picture
 _TUNE_QUERIES = 200
 _IVFPQ_MIN_TRAIN = 5_000  # 6-bit codes: 64 centroids x 39 points; and more vectors than dimensions
 _IVF_MIN_TRAIN = 100
@@ -250,17 +249,18 @@ class LocalStore:
                    ) -> list[Hit]:
         """Products holding every word of ``text`` (the last typed one also as a prefix), or, where none holds
         them all, those holding some; best BM25 first; a hit's ``score`` is its BM25 relevance (higher: better).
-        With the query's ``vector``, words held by more than WORDS_RANKED products ("red", "mug") are not ranked
-        by BM25 over them all (a microsecond a product: 100 ms for a word 100k of 1M products hold), which
-        would say little anyway: those products are ranked by the picture (:meth:`_by_picture`)."""
+        With the query's ``vector``, words held by more than ``words_ranked_max`` products ("red", "mug") are
+        not ranked by BM25 over them all (a microsecond a product: 100 ms for a word 100k of 1M products hold),
+        which would say little anyway: those products are ranked by the picture (:meth:`_by_picture`)."""
         words = query_words(text)
         if not words or self.lexical_note is not None:
             return []
         for every in (True, False) if len(words) > 1 else (True,):  # any word is asked only where none has all
             match = match_expression(words, every=every)
             if vector is not None:  # how many hold them, first (reading a match is cheap, ranking it is not)
-                held = self.table.word_vids(match, flt, max(WORDS_RANKED, self.settings.filter_exact_max))
-                if held is None or len(held) > WORDS_RANKED:
+                ranked = self.settings.words_ranked_max
+                held = self.table.word_vids(match, flt, max(ranked, self.settings.filter_exact_max))
+                if held is None or len(held) > ranked:
                     return self._by_picture(words, every, held, k, flt, vector)
                 if not len(held):
                     continue

@@ -70,13 +70,10 @@ def test_typed_syntax_is_quoted_words():
     assert len(query_words("word " * 5000)) == 1 and len(query_words(" ".join(f"w{i}" for i in range(99)))) == 32
 
 
-def test_words_too_common_to_rank_are_ranked_by_the_picture(tmp_path, monkeypatch):
+def test_words_too_common_to_rank_are_ranked_by_the_picture(tmp_path):
     """Where more products hold the words than a search ranks by BM25 ("mug" in 100k of 1M took 130 ms over
     HTTP), the products holding them come by their picture: the nearest holders first (scored exactly where few
     enough hold them, else by a widening look at the picture's neighbours), never one without the words."""
-    import core.local_store
-
-    monkeypatch.setattr(core.local_store, "WORDS_RANKED", 4)
     rng = np.random.default_rng(5)
     vectors = rng.standard_normal((60, 8)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -84,7 +81,8 @@ def test_words_too_common_to_rank_are_ranked_by_the_picture(tmp_path, monkeypatc
                            clip=v) for i, v in enumerate(vectors)]
     for exact_max in (100, 10):  # 30 hold "mug": every holder scored, then the picture's nearest looked at
         root = tmp_path / str(exact_max)
-        store = LocalStore(root / "m", load_settings(root=root, filter_exact_max=exact_max), name="m")
+        settings = load_settings(root=root, filter_exact_max=exact_max, words_ranked_max=4)
+        store = LocalStore(root / "m", settings, name="m")
         store.upsert(items)
         store.open_index()
         for target in (7, 31):
