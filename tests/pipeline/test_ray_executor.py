@@ -174,7 +174,7 @@ def _views(root: Path) -> set[str]:
 
 
 def test_killed_ray_run_resumes_without_redoing_finished_work(make_settings, tmp_path, tiny_clip, ray_address):
-    root, n, spec = tmp_path / "root", 60, ModelSpec(name="shop")
+    root, n, spec = tmp_path / "root", 30, ModelSpec(name="shop")  # the kill lands after 5 of the 30
     reference = make_settings(root=tmp_path / "reference")
     with HttpServer() as server:
         for i in range(n):
