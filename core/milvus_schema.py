@@ -152,6 +152,12 @@ def server_layout(client: Any, uri: str, scratch: str) -> Layout:
     return layout
 
 
+def known_layout(uri: str) -> Layout | None:
+    """What this process has probed the server at ``uri`` to take (None: not probed yet; nothing is asked)."""
+    with _layouts_lock:
+        return _layouts.get(uri)
+
+
 def catalogue_schema(layout: Layout, dim: int, clip_dim: int) -> Any:
     """The catalogue collection's fields (its vector indexes are added by the store)."""
     from pymilvus import DataType, MilvusClient

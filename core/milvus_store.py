@@ -50,8 +50,8 @@ from core.milvus_expr import expression, literal
 from core.milvus_index import (MILVUS_INDEX, SERVED_KINDS, MilvusIndex, VectorIndex, add_vector_index, metric_name,
                                search_defaults, wanted_kind)
 from core.milvus_meta import Meta
-from core.milvus_schema import (FIELDS, WORDS, Layout, catalogue_schema, clip_of, index_words, product_of, row_words,
-                                 server_layout)
+from core.milvus_schema import (FIELDS, WORDS, Layout, catalogue_schema, clip_of, index_words, known_layout,
+                                 product_of, row_words, server_layout)
 from core.milvus_search import sample_ids, search, search_words
 from core.sqlite_db import stage_ids
 from core.store import Filter, Hit, Product, ProductVector, ServedIndex, Source, StoreStats, row_digest
@@ -382,15 +382,22 @@ class MilvusStore:
     # /status and the log). Unlike the local index, the last word typed is not also a prefix.
     @property
     def lexical_note(self) -> str | None:
-        """Why this store finds no words (None: it does). Before the collection exists: nothing to say yet."""
+        """Why this store finds no words (None: it does). Before the collection exists: nothing to say yet. The
+        server is not probed for it (replicas opening at once would race on the scratch collection): where this
+        process has not probed it, both possible reasons are said."""
         if not self._io.exists() or self.layout.words:
             return None
-        if not server_layout(self.client, self._uri, self.collection + "__probe").words:
-            return ("words are not indexed: this Milvus server has no full-text search (Milvus 2.5 and newer "
-                    "have it); text search finds by picture, and by exact ids and identifier columns")
-        return ("words are not indexed: this Milvus collection was created before word search; back the model up "
-                f"and restore it over itself (python run_training.py {self.name} --backup, then --restore) to "
-                "index them; until then text search finds by picture, and by exact ids and identifier columns")
+        fallback = "text search finds by picture, and by exact ids and identifier columns"
+        restore = (f"back the model up and restore it over itself (python run_training.py {self.name} --backup, "
+                   "then --restore) to index them")
+        server = known_layout(self._uri)
+        if server is not None and not server.words:
+            return f"words are not indexed: this Milvus server has no full-text search (Milvus 2.5+ has it); {fallback}"
+        if server is not None:
+            return f"words are not indexed: this Milvus collection was made before word search; {restore}; until " \
+                   f"then {fallback}"
+        return ("words are not indexed in this Milvus collection: the server has no full-text search (Milvus 2.5+ "
+                f"has it), or the collection was made before word search ({restore}); {fallback}")
 
     @property
     def _whole_row(self) -> list[str]:
