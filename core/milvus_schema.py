@@ -98,8 +98,8 @@ def probe(client: Any, scratch: str) -> Layout:
 
 
 def _takes_words(client: Any, scratch: str) -> bool:
-    """Whether the server indexes words: a collection with a BM25 function and its index is created and takes
-    a row (Milvus 2.5+, milvus-lite 3). A refusal at either step is a no."""
+    """Whether the server indexes words: a collection with a BM25 function is created and takes a row (Milvus
+    2.5+, milvus-lite 3). A refusal at either step is a no."""
     from pymilvus import DataType, MilvusClient
     from pymilvus.exceptions import MilvusException
 
@@ -130,15 +130,11 @@ def _add_words(schema: Any) -> None:
                                  output_field_names=[WORDS_BM25]))
 
 
-def _index_words(params: Any) -> None:
-    params.add_index(field_name=WORDS_BM25, index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
-
-
 def index_words(params: Any, layout: Layout) -> None:
     """Add the words' BM25 index to a new collection's ``params`` (Milvus loads a collection only with every
     vector field indexed), where ``layout`` has words."""
     if layout.words:
-        _index_words(params)
+        params.add_index(field_name=WORDS_BM25, index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
 
 
 def server_layout(client: Any, uri: str, scratch: str) -> Layout:
