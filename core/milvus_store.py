@@ -29,7 +29,7 @@ import logging
 import sqlite3
 import threading
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -341,14 +341,15 @@ class MilvusStore:
                 if head is not None and dim is not None and out_dim is not None and out_dim != dim:
                     raise StoreError(self.name, f"head.safetensors gives {out_dim}-dim vectors but the Milvus "
                                                 f"collection holds {dim}; copy the model again (--copy-store)")
-                for rows in self._io.scan(self._whole_row):
+
+                def project(rows: list[dict[str, Any]]) -> None:
                     clips = np.asarray([clip_of(r["clip"]) for r in rows], dtype=np.float32)
                     self._check_fits(head, clips.shape[1], dim)  # on the first batch: nothing written yet
                     vectors = head.apply(clips) if head is not None else clips
                     for row, vec in zip(rows, vectors, strict=True):
                         row["vector"] = np.asarray(vec, dtype=np.float32).tolist()
-                    self._io.call(self.client.upsert, self.collection, rows)
-                    self._io.writes.wrote_unstamped()  # the rows keep their stamps: point reads wait a while
+
+                self._rewrite_rows(project)
                 self._meta.set({"head": sha or ""})
                 gen = self._commit((), ())
                 logger.info("%s: stored vectors re-projected through head %s", self.name, sha or "none")
@@ -356,6 +357,19 @@ class MilvusStore:
                 gen = self.generation()
         self.head, self._head = head, sha
         return gen
+
+    def _rewrite_rows(self, edit: Callable[[list[dict[str, Any]]], None]) -> int:
+        """Every row read whole, a batch at a time, changed in place by ``edit`` and upserted whole again
+        (the BM25 vector is the server's); each row keeps its stamp, so point reads wait a while. Returns the
+        number of rows rewritten."""
+        fields = [*FIELDS, "digest", "num", "vector", "clip", *([WORDS] if self.layout.words else [])]
+        rewritten = 0
+        for rows in self._io.scan(fields):
+            edit(rows)
+            self._io.call(self.client.upsert, self.collection, rows)
+            self._io.writes.wrote_unstamped()
+            rewritten += len(rows)
+        return rewritten
 
     def _check_fits(self, head: ProjectionHead | None, clip_dim: int, dim: int | None) -> None:
         if head is not None and head.input_dim != clip_dim:
@@ -399,11 +413,6 @@ class MilvusStore:
         return ("words are not indexed in this Milvus collection: the server has no full-text search (Milvus 2.5+ "
                 f"has it), or the collection was made before word search ({restore}); {fallback}")
 
-    @property
-    def _whole_row(self) -> list[str]:
-        """Every field a whole-row upsert writes (the BM25 vector is the server's)."""
-        return [*FIELDS, "digest", "num", "vector", "clip", *([WORDS] if self.layout.words else [])]
-
     def find_words(self, text: str, k: int, flt: Filter | None = None, vector: np.ndarray | None = None
                    ) -> list[Hit]:
         """The best ``k`` products by BM25 over the words of ``text`` (any of them; most matched first, as BM25
@@ -439,13 +448,12 @@ class MilvusStore:
         wanted = self.lexical_config.signature
         if not self.layout.words or self._meta.get("lexical", None) == wanted:
             return
-        rewritten = 0
-        for rows in self._io.scan(self._whole_row):
+
+        def reword(rows: list[dict[str, Any]]) -> None:
             for row in rows:
                 row[WORDS] = row_words(row, self.lexical_config)
-            self._io.call(self.client.upsert, self.collection, rows)
-            self._io.writes.wrote_unstamped()
-            rewritten += len(rows)
+
+        rewritten = self._rewrite_rows(reword)
         self._meta.set({"lexical": wanted})
         logger.info("%s: words of %d products indexed again (model.json's text columns changed)", self.name,
                     rewritten)

@@ -512,7 +512,8 @@ def test_exact_ids_and_identifier_columns_are_found_on_every_store(make_store):
 def test_words_find_products_on_every_store_that_has_full_text_search(make_store, request):
     """By words on the local store (FTS5), milvus-lite and Milvus 2.5+ (BM25): an edit is findable by its new
     words at once and not by its old ones, a delete takes its words away, accents and case do not count, only
-    model.json's text columns count, filters hold. The Milvus 2.3 server has no full-text search: it says so."""
+    model.json's text columns count (a change of them re-indexes every product at the next build), filters
+    hold. The Milvus 2.3 server has no full-text search: it says so."""
     store = make_store(lexical=LexicalConfig(columns=("vendor",)))
     vectors = _vectors(4)
     titles = ["Merino jumper", "Crème wool scarf", "Cotton socks", "Levi's 501 jeans"]
@@ -535,3 +536,7 @@ def test_words_find_products_on_every_store_that_has_full_text_search(make_store
     assert found("alpaca") == ["p0"] and found("merino") == []
     store.delete(["p1"])
     assert found("creme") == []
+    # model.json's text columns change: the next build's index phase indexes every product's words again
+    store = make_store(lexical=LexicalConfig(columns=()))
+    store.rebuild(save=False)
+    assert found("woolly") == [] and found("socko") == [] and found("alpaca") == ["p0"]
