@@ -135,9 +135,10 @@ def store_overrides(request, store) -> dict[str, str]:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under pytest-xdist (the suite runs on several workers, ``--dist loadgroup``), tests that share something
     costly keep to one worker, which builds it once: the browser tests' stacks (a built catalogue, run_api.py and
-    Streamlit: one a viewport, so the two viewports run side by side), the hostile catalogue tests/security
-    serves from a process of its own, the API tests on the real Milvus standalone (their built catalogue) and a
-    local Ray instance (one a machine). The standalone itself is one for all workers (``milvus_standalone``)."""
+    Streamlit, one for both viewports: a second stack cost more than running the viewports side by side saved),
+    the hostile catalogue tests/security serves from a process of its own, the API tests on the real Milvus
+    standalone (their built catalogue) and a local Ray instance (one a machine). The standalone itself is one for
+    all workers (``milvus_standalone``)."""
     if not config.pluginmanager.hasplugin("xdist"):
         return
     for item in items:
@@ -146,7 +147,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         params = getattr(callspec, "params", {})
         fixtures = getattr(item, "fixturenames", ())
         if module in _OWN_STACK:
-            group = f"{module}:{params.get('viewport', '')}"
+            group = module
         elif "hostile_build" in fixtures:
             group = "hostile"
         elif module.startswith("tests/api/") and "milvus-server" in params.values():

@@ -152,6 +152,10 @@ def browser(chromium_path):
         launched.close()
 
 
+# for what does not depend on the screen's size
+DESKTOP = pytest.mark.parametrize("viewport", ["desktop"], indirect=True)
+
+
 @pytest.fixture(params=list(VIEWPORTS))
 def viewport(request) -> str:
     return request.param
@@ -403,6 +407,7 @@ def test_status_page_keeps_operator_details_for_the_admin_key(page, stack):
     _no_traceback(page)
 
 
+@DESKTOP  # the outage banner and the retry are the same at any size
 def test_outage_retries_on_its_own_and_keeps_the_photo(page, stack, query_product):
     """While the API is down, "More like this" still names the product it started from, and the page
     comes back on its own, the photo kept."""
@@ -435,8 +440,6 @@ def _title(page, product_id: str, stack) -> str:
 
 
 # --- round two: what first-time shoppers tripped on ------------------------------------------------
-
-DESKTOP = pytest.mark.parametrize("viewport", ["desktop"], indirect=True)
 
 
 @DESKTOP
