@@ -18,7 +18,8 @@ from api.auth import AdminRoute, admin_route, admit
 from api.catalogue import Catalogue
 from api.guards import CALLER
 from api.metrics import Metrics
-from api.searching import SORT_POOL, TEXT_WEIGHT, Filters, Origin, Words
+from api.ranking import SORT_POOL, TEXT_WEIGHT, Filters, Words
+from api.searching import Origin
 
 
 def get_settings(request: Request) -> Settings:

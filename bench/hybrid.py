@@ -7,7 +7,7 @@ The catalogue: ``--products`` products whose titles hold a brand, a model and a 
 vocabulary (plus a noun and a colour), with clustered synthetic vectors (no CLIP runs on images) of the tiny
 CLIP's width; the queries go through the tiny CLIP's text tower (``python -m utils.tiny_clip``). Reported:
 
-* quality, in process (``api.searching.by_words``, the API's own step): P@1 and recall@10 of SKU queries and of
+* quality, in process (``api.ranking.by_words``, the API's own step): P@1 and recall@10 of SKU queries and of
   brand + model queries, hybrid (both fusions: a blend of matches, the default, and reciprocal-rank fusion)
   vs semantic-only;
 * latency over HTTP (run_api.py, a real uvicorn on 127.0.0.1): hybrid, lexical and semantic p50/p99, and
@@ -134,7 +134,7 @@ def in_process(root: Path, clip: Path, asked: list[tuple[str, str, int]], vocab:
     """Quality per fusion and semantic-only, through the API's own search step."""
     from api.embedder import Embedder
     from api.loaded import load_model
-    from api.searching import Filters, Fusion, TextMode, by_words, query_vector
+    from api.ranking import Filters, Fusion, TextMode, by_words, query_vector
     from core.calibration import TEXT
     from core.config import load_settings
     from core.model_config import ModelRegistry

@@ -74,7 +74,8 @@ def _figures(client, photos: list[tuple[str, bytes]], weight: float) -> dict[str
 def _latency(repeats: int) -> dict[str, float]:
     """Median ms of a photo query's embedding alone and with words (the API's own Embedder and steps)."""
     from api.embedder import Embedder, embed_query_image
-    from api.searching import Words, refined
+    from api.ranking import Words
+    from api.searching import refined
     from utils.images import ShapePolicy
 
     folder = vit_b32_folder(Path(tempfile.gettempdir()) / "imagesearch-bench-vitb32")

@@ -17,7 +17,7 @@ from core.store import typed_extra
 from api import searching
 from api.deps import CatalogueDep, OriginDep, SearchParams, SettingsDep, base_url
 from api.loaded import ServedModel
-from api.searching import image_url
+from api.ranking import image_url
 from api.schemas import ProductInfo, SearchResponse, error_responses
 
 router = APIRouter(tags=["products"], responses=error_responses(404, 422, 503))

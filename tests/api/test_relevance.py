@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from api.loaded import ServedModel
-from api.searching import Filters, merge_rankings, nearest, to_hits
+from api.ranking import Filters, merge_rankings, nearest, to_hits
 from core.calibration import TEXT, fit_logistic, load_calibration
 from core.head import ProjectionHead
 from core.local_store import LocalStore
