@@ -14,8 +14,10 @@ IMAGESEARCH_BENCH_MODEL names a real checkpoint) and the same photo-like 1000x80
 
 Then, with the tiny CLIP (model cost near zero), the extraction phase's preprocessing and the download
 phase on every core against one worker (preprocess_scaling, download_scaling; the whole extraction
-phase's ratio too). Medians of --repeats rounds, the paths
-interleaved within each round. Prints a table and ends with one JSON line.
+phase's ratio too); and the build process's own CPU time per image in the extraction phase with the model
+removed, as a GPU build sees a ViT-B/32 (host_ms_per_image: one build process feeds a GPU at most
+1000 / that images/s, whatever the model). Medians of --repeats rounds, the paths interleaved within each
+round. Prints a table and ends with one JSON line.
 """
 
 from __future__ import annotations
@@ -81,7 +83,8 @@ class Catalogue:
                                       **self.overrides)
         self.spec = ModelSpec(name="bench")
         self.paths = self.spec.paths(self.settings)
-        self.encoder = ClipEncoder.from_settings(self.settings)
+        self.encoder: Any = ClipEncoder.from_settings(self.settings)
+        self.cpu_seconds = 0.0
         data = self.paths.data
         data.mkdir(parents=True, exist_ok=True)
         for f in self.files:
@@ -113,10 +116,11 @@ class Catalogue:
 
         ctx = PipelineContext(settings=self.settings, spec=self.spec, progress=False, _encoder=self.encoder)
         try:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             for phase in phases:
                 phase.run(ctx)
             seconds = time.perf_counter() - start
+            self.cpu_seconds = time.process_time() - cpu  # this process's threads only, never its workers
             return seconds, ctx.store().vectors(list(ids), clip=True) if ids else None
         finally:
             ctx.close()
@@ -136,7 +140,7 @@ class Catalogue:
         def extraction() -> float:
             self.clear(cache=False)
             shutil.copytree(snapshot, self.paths.models)
-            return self.run([ExtractionPhase()])[0]
+            return self.run([ExtractionPhase()])[0]  # and self.cpu_seconds: the build process's own CPU time
 
         return extraction
 
@@ -328,12 +332,49 @@ def _preprocessing(cat: Catalogue, workers: int) -> Callable[[], float]:
 
     def run() -> float:
         start = time.perf_counter()
-        with Preprocessor[None](cat.encoder, workers) as pre:
+        with Preprocessor[None](cat.encoder, workers, batch=batch) as pre:  # as the local executor makes it
             for _ in pre.map((items[i:i + batch], None) for i in range(0, len(items), batch)):
                 pass
         return time.perf_counter() - start
 
     return run
+
+
+def _model_removed(encoder: Any) -> Any:
+    """``encoder`` (the tiny CLIP's) as a GPU build's process sees a ViT-B/32-sized backbone, minus the model: the
+    224 px view left at its decoded size for the device to resize, the GPU's batch size, each batch copied once
+    as into pinned memory, and no forward pass (every vector the same unit vector)."""
+    import copy
+    import dataclasses
+
+    from core.encoder import DEFAULT_BATCH, l2_normalize, stack
+
+    fake = copy.copy(encoder)
+    fake._pre = dataclasses.replace(encoder._pre, size=224, crop=224)
+    fake.resize_on_device, fake.default_batch = True, DEFAULT_BATCH["cuda"]
+    unit = l2_normalize(np.ones((1, encoder.dim), dtype=np.float32))
+    fake.stage = lambda pixels: stack(list(pixels), pin=encoder.pin)  # the staging copy (pinned on CUDA)
+    fake.encode_staged = lambda staged: np.repeat(unit, staged.size, axis=0)
+    return fake
+
+
+def bench_host(files: list[Path], work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """What the build process itself spends per image in the extraction phase on a GPU machine, the model
+    removed (``_model_removed``): its own CPU time (its threads; the preprocessing workers are other processes),
+    so 1000 / that is the most images/s one build process can feed a GPU whatever the model, on any machine."""
+    from utils.tiny_clip import write_tiny_clip
+
+    cat = Catalogue(work / "root-host", files, write_tiny_clip(work / "tiny"), args.device)
+    cat.encoder = _model_removed(cat.encoder)
+    extraction = cat.cached()
+    extraction()  # warm-up
+    walls, cpus = [], []
+    for _ in range(args.repeats):
+        walls.append(extraction())
+        cpus.append(cat.cpu_seconds)
+    host_ms = 1000 * float(np.median(cpus)) / len(files)
+    return {"images": len(files), "host_ms_per_image": host_ms, "host_ceiling_images_per_s": 1000 / host_ms,
+            "host_images_per_s": _median_rate(walls, len(files))}
 
 
 def bench_scaling(files: list[Path], work: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -361,8 +402,8 @@ def bench_scaling(files: list[Path], work: Path, args: argparse.Namespace) -> di
             "download_scaling": rates["dl_all"] / rates["dl_one"]}
 
 
-def _table(results: list[dict[str, Any]], scaling: dict[str, Any] | None, args: argparse.Namespace,
-           images: int) -> str:
+def _table(results: list[dict[str, Any]], scaling: dict[str, Any] | None, host: dict[str, Any] | None,
+           args: argparse.Namespace, images: int) -> str:
     def row(label: str, key: str, fmt: str = "{:,.0f}") -> str:
         return f"| {label} | " + " | ".join(fmt.format(r[key]) for r in results) + " |"
 
@@ -396,6 +437,12 @@ def _table(results: list[dict[str, Any]], scaling: dict[str, Any] | None, args: 
                   f"download_scaling {scaling['download_scaling']:.2f}x",
                   f"- whole extraction phase {scaling['extraction_all']:,.0f} vs {scaling['extraction_one']:,.0f}: "
                   f"{scaling['extraction_scaling']:.2f}x"]
+    if host:
+        lines += ["", f"host side, the model removed (a GPU build's ViT-B/32 view and batch, {host['images']} images):",
+                  f"- host ms per image in the build process {host['host_ms_per_image']:.3f}: at most "
+                  f"{host['host_ceiling_images_per_s']:,.0f} images/s from one build process, whatever the model",
+                  f"- the extraction phase with the model removed: {host['host_images_per_s']:,.0f} images/s "
+                  f"({CORES} workers)"]
     return "\n".join(lines)
 
 
@@ -452,14 +499,17 @@ def main(argv: list[str] | None = None) -> int:
             results.append(bench_model(shape, files, work, args))
             _progress(f"{NAMES[shape]}: {json.dumps(_rounded(results[-1]))}")
         scaling = bench_scaling(every[:args.scaling_images], work, args) if args.scaling_images else None
-    print(_table(results, scaling, args, len(files)))
+        host = bench_host(every[:args.scaling_images], work, args) if args.scaling_images else None
+    print(_table(results, scaling, host, args, len(files)))
     first = results[0]
     summary = {"benchmark": "extraction", "device": args.device, "cores": CORES, "images": len(files),
                "repeats": args.repeats, "load": round(os.getloadavg()[0], 2),
                **first,
                "preprocess_scaling": scaling["preprocess_scaling"] if scaling else None,
                "download_scaling": scaling["download_scaling"] if scaling else None,
-               "scaling": scaling, "models": results}
+               "host_ms_per_image": host["host_ms_per_image"] if host else None,
+               "host_ceiling_images_per_s": host["host_ceiling_images_per_s"] if host else None,
+               "scaling": scaling, "host": host, "models": results}
     print(json.dumps(_rounded(summary)))
     return 0
 

@@ -12,7 +12,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 KEYS = ("device", "model", "images", "ceiling_images_per_s", "ours_images_per_s", "utilisation",
         "download_images_per_s", "reference_images_per_s", "naive_images_per_s", "ratio", "min_cosine",
-        "preprocess_scaling", "download_scaling", "end_to_end_images_per_s", "end_to_end_vs_reference")
+        "preprocess_scaling", "download_scaling", "end_to_end_images_per_s", "end_to_end_vs_reference",
+        "host_ms_per_image", "host_ceiling_images_per_s")
 
 
 @pytest.mark.slow
@@ -23,6 +24,7 @@ def test_extraction_bench_measures_every_path_and_ends_with_its_figures(tmp_path
                           env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "| ours: extraction phase from the cache |" in done.stdout
+    assert "host ms per image in the build process" in done.stdout  # what caps one build process on a GPU
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert all(key in result for key in KEYS), sorted(set(KEYS) - set(result))
     assert (result["device"], result["model"], result["images"]) == ("cpu", "tiny CLIP", 12)
