@@ -48,9 +48,10 @@ class LocalExecutor:
         """The views in product order, preprocessed on every core, embedded batch after batch."""
         encoder = views.encoder()
         settings = self.settings
+        size = settings.batch_size or encoder.default_batch
         with Preprocessor[list[list[StagedProduct]]](encoder, worker_count(settings.preprocess_workers),
-                                                     policy=settings.image_policy, ahead=_AHEAD) as pre:
-            for batch, products in pre.map(views.in_order(settings.batch_size or encoder.default_batch)):
+                                                     policy=settings.image_policy, ahead=_AHEAD, batch=size) as pre:
+            for batch, products in pre.map(views.in_order(size)):
                 vectors = (encoder.encode_staged(batch.staged) if batch.staged is not None
                            else np.zeros((0, encoder.dim), np.float32))
                 yield Embedded(batch.keys, vectors, batch.failed), products

@@ -18,8 +18,10 @@ def encoder(tiny_clip):
     return ClipEncoder(str(tiny_clip), precision=Precision.FP32, threads=1)
 
 
-@pytest.mark.parametrize("processes", [True, False], ids=["processes", "threads"])
-def test_batches_come_back_in_order_and_a_bad_copy_is_left_out_with_its_reason(encoder, tmp_path, processes):
+@pytest.mark.parametrize(("processes", "arena"), [(True, 3), (True, 0), (False, 0)],
+                         ids=["processes-shared-memory", "processes-pipe", "threads"])
+def test_batches_come_back_in_order_and_a_bad_copy_is_left_out_with_its_reason(encoder, tmp_path, processes, arena):
+    """(The shared memory has places for 3 images a batch: the second batch's last two come through the pipe.)"""
     good = []
     for i in range(7):
         good.append(tmp_path / f"{i}.jpg")
@@ -30,7 +32,7 @@ def test_batches_come_back_in_order_and_a_bad_copy_is_left_out_with_its_reason(e
     items = [(p.name, p) for p in good]
     batches = [(items[:3] + [("broken.jpg", tmp_path / "broken.jpg")], "first"),
                ([("strip.jpg", strip.read_bytes()), *items[3:]], "second"), ([], "empty")]
-    with Preprocessor[str](encoder, 2, policy=ShapePolicy(), processes=processes) as pre:
+    with Preprocessor[str](encoder, 2, policy=ShapePolicy(), processes=processes, batch=arena) as pre:
         out = list(pre.map(batches))
     assert [tag for _, tag in out] == ["first", "second", "empty"]
     first, second, empty = (batch for batch, _ in out)
