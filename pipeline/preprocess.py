@@ -118,6 +118,16 @@ class _Arena:
             self.map.close()
 
 
+def _arena(slots: int, batch: int, image_bytes: int) -> _Arena | None:
+    """An arena with a place for each image of ``slots`` batches, within ``_ARENA_MAX`` bytes (past that, a batch's
+    last images come through the pipe); None without a batch size."""
+    images = min(batch, _ARENA_MAX // (slots * image_bytes))
+    return _Arena(slots, images, image_bytes) if images > 0 else None
+
+
+_ARENA_MAX = 2 << 30  # bytes of shared memory at most (4 slots of 256 GPU views of 448 px: 616 MB)
+
+
 def _image_bytes(view: View) -> int:
     """A place in the arena: the crop on a host that resizes; else the square at its decoded size, which JPEG
     draft decoding keeps under twice the model's input side."""
@@ -184,7 +194,7 @@ class Preprocessor(Generic[T]):
         self.workers, self.ahead = max(1, workers), ahead
         # a slot for each batch ``map`` keeps in flight and one being staged; ``batch`` (the images a batch holds
         # at most) sizes them, 0: no arena
-        self._arena = _Arena(ahead + 2, batch, _image_bytes(self.view)) if processes and batch and can_fork() else None
+        self._arena = _arena(ahead + 2, batch, _image_bytes(self.view)) if processes and can_fork() else None
         self._pool = process_pool(self.workers, self._arena.map if self._arena else None) if processes else \
             ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="preprocess")
         self._stager = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stage")
