@@ -74,12 +74,13 @@ def test_rebuild_evaluate_and_embed_jobs_run_the_real_code(own):
         assert c.get("/jobs").status_code == 401
 
 
-def _freeze_outside_writes(pid: int, folder) -> None:
+def _freeze_outside_writes(pid: int, folder, jobs_db) -> None:
     """SIGSTOP the worker at a moment it holds no write lock (frozen inside one, it would hold up the API's edits
-    until they time out): stopped, released and stopped again until the store's locks are free."""
+    until they time out): stopped, released and stopped again until the store's locks are free, and the jobs
+    database's (the worker writes its progress there, and the connection that closes last checkpoints it)."""
     for _ in range(500):
         os.killpg(pid, signal.SIGSTOP)
-        if _free(folder):
+        if _free(folder) and _sqlite_free(jobs_db):
             return
         os.killpg(pid, signal.SIGCONT)
         time.sleep(0.01)
@@ -97,15 +98,20 @@ def _free(folder) -> bool:
         except BlockingIOError:
             return False
         fcntl.flock(fh, fcntl.LOCK_UN)
-    if (folder / "catalogue.db").is_file():  # the local store's: SQLite's write lock
-        conn = sqlite3.connect(folder / "catalogue.db", timeout=0)
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.rollback()
-        except sqlite3.OperationalError:
-            return False
-        finally:
-            conn.close()
+    return _sqlite_free(folder / "catalogue.db")  # the local store's: SQLite's write lock
+
+
+def _sqlite_free(db) -> bool:
+    if not db.is_file():
+        return True
+    conn = sqlite3.connect(db, timeout=0)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.rollback()
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        conn.close()
     return True
 
 
@@ -122,7 +128,7 @@ def test_an_embed_job_never_reverts_edits_or_deletes_made_while_it_runs(copy_bui
         with server.client() as c:
             task = c.post("/general/jobs/embed", json={"ids": ids}, headers=KEY).json()["task_id"]
             job = _wait(c, task, lambda j: j["status"] == "running" and j["pid"] and j["progress"] > 0)
-            _freeze_outside_writes(job["pid"], settings.models_dir / "general")
+            _freeze_outside_writes(job["pid"], settings.models_dir / "general", settings.jobs_path)
             try:
                 at = min(round(c.get(f"/jobs/{task}", headers=KEY).json()["progress"] * 66), 62)
                 edited, gone = ids[at:at + 2], ids[at + 2:at + 4]
