@@ -83,8 +83,18 @@ def test_why_this_match_shows_a_heat_map_on_the_card(app, page):
 
 
 def _unlock(page, key: str) -> None:
-    page.get_by_label("Admin key").fill(key)
-    page.get_by_role("button", name="Unlock").click()
+    """Give ``key`` in the admin form and wait until the page answers: the form gone (accepted) or an error
+    shown. A click on the form's button that lands while Streamlit re-renders the page can be dropped (seen in
+    CI: no request reached the API); only then, the form still there and unanswered, is the key given again."""
+    field, answer = page.get_by_label("Admin key"), page.locator("[data-testid=stAlert]")
+    for _ in range(3):
+        field.fill(key)
+        page.get_by_role("button", name="Unlock").click()
+        for _ in range(100):  # 10 s
+            if field.count() == 0 or answer.count() > 0:
+                return
+            page.wait_for_timeout(100)
+    raise AssertionError("the admin form never answered an Unlock click")
 
 
 def _main_text(page) -> str:
