@@ -232,8 +232,10 @@ class ClipEncoder:
         model, self.tokenizer, processor = _load_pretrained(backbone)
         self.model = model.eval().to(device=self.device, dtype=self.dtype)
         self._pre = _preprocess_spec(processor)
-        self._mean = torch.tensor(self._pre.mean, device=self.device).reshape(1, 3, 1, 1)
-        self._std = torch.tensor(self._pre.std, device=self.device).reshape(1, 3, 1, 1)
+        mean = torch.tensor(self._pre.mean, device=self.device).reshape(1, 3, 1, 1)
+        std = torch.tensor(self._pre.std, device=self.device).reshape(1, 3, 1, 1)
+        # (x / 255 - mean) / std as one multiply and one add on the 0-255 pixels
+        self._scale, self._shift = 1 / (255 * std), -mean / std
         self.pin = self.device == "cuda"  # uint8 batches cross from pinned memory, asynchronously
         self.resize_on_device = self.device != "cpu"  # a GPU resizes for free; a CPU host resizes once, in PIL
         self.default_batch = DEFAULT_BATCH.get(self.device, DEFAULT_BATCH["cpu"])
@@ -290,11 +292,13 @@ class ClipEncoder:
         crop = self._pre.crop
         out = torch.empty((staged.size, 3, crop, crop), dtype=self.dtype, device=self.device)
         for idx, host in staged.groups:
-            x = host.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+            # channels first in memory while still uint8 (a quarter of the bytes to move): the model's first
+            # convolution is slower on a channels-last batch (measured on CPU, ViT-B/32 bf16: 1.7% a pass)
+            x = host.to(self.device, non_blocking=True).permute(0, 3, 1, 2).contiguous().float()
             if tuple(x.shape[-2:]) != (crop, crop):
                 x = F.interpolate(x, size=(crop, crop), mode="bicubic", antialias=True, align_corners=False)
                 x = x.clamp_(0, 255)
-            x = x.mul_(1 / 255).sub_(self._mean).div_(self._std).to(self.dtype)
+            x = x.mul_(self._scale).add_(self._shift).to(self.dtype)
             if len(idx) == staged.size:
                 return x
             out[idx] = x
