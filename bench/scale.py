@@ -66,6 +66,11 @@ TARGETS: dict[str, float] = {
 # On a Milvus server (issue 19): search p50 <= 30 ms at 100k x 512 and <= 50 ms at 1M, an admin edit <= 100 ms.
 MILVUS_TARGETS: dict[str, float] = {"delete_p50_ms": 100, "upsert_commit_p50_ms": 100, "delete_commit_p50_ms": 100,
                   "store_upsert_p50_ms": 100, "store_delete_p50_ms": 100}
+# Past 1M on one box (issue 19's 10M asks): serving RSS <= 8 GB, a 0.1% filter <= 50 ms, a database smaller per
+# product than the previous release's 2.9 KB; recall@10 >= 0.95 as everywhere. No build-time target is asked there.
+LARGE_TARGETS: dict[str, float] = {
+    **{k: v for k, v in TARGETS.items() if k not in ("build_s", "build_peak_rss_mb")},
+    "api_rss_mb": 8192, "filtered_p50_ms": 50, "db_bytes_per_product": 2900}
 Server = MilvusServer | OutsideMilvus
 
 
@@ -188,7 +193,7 @@ def serve(args: argparse.Namespace, env: dict[str, str], syn: Synthetic, server:
 
 def _targets(result: dict[str, Any]) -> dict[str, float]:
     if result.get("store") != "milvus":
-        return TARGETS
+        return TARGETS if result["products"] <= 1_000_000 else LARGE_TARGETS
     search = 30 if result["products"] <= 100_000 else 50
     return {**MILVUS_TARGETS, "search_p50_ms": search, "filtered_p50_ms": search}
 
