@@ -78,7 +78,8 @@ def _ahead(encoder: ClipEncoder, workers: int) -> int:
     the model's threads all take, none: the next batch is preprocessed on every core between two forward
     passes. Beside a pass, a worker takes a core from one of the model's threads, and every thread of a pass
     waits for the slowest, so the pass loses at least what the worker spends (ViT-B/32 on 2 cores, 128 images,
-    7 alternated rounds: 0.998 of the model-only rate in lockstep against 0.985 two batches ahead)."""
+    7 alternated rounds: 0.998 of the model-only rate in lockstep against 0.985 two batches ahead, a gap within
+    this shared machine's noise)."""
     import torch
 
     if encoder.device != "cpu" or torch.get_num_threads() < min(workers, len(os.sched_getaffinity(0))):
