@@ -61,9 +61,9 @@ class LocalExecutor:
         encoder = views.encoder()
         settings = self.settings
         size = settings.batch_size or encoder.default_batch
-        workers = worker_count(settings.preprocess_workers)
-        with Preprocessor[list[list[StagedProduct]]](encoder, workers, policy=settings.image_policy,
-                                                     ahead=_ahead(encoder, workers), batch=size) as pre:
+        with Preprocessor[list[list[StagedProduct]]](encoder, worker_count(settings.preprocess_workers),
+                                                     policy=settings.image_policy, ahead=_ahead(encoder),
+                                                     batch=size) as pre:
             for batch, products in pre.map(views.in_order(size)):
                 vectors = (encoder.encode_staged(batch.staged) if batch.staged is not None
                            else np.zeros((0, encoder.dim), np.float32))
@@ -73,7 +73,7 @@ class LocalExecutor:
         pass
 
 
-def _ahead(encoder: ClipEncoder, workers: int) -> int:
+def _ahead(encoder: ClipEncoder) -> int:
     """Batches preprocessed ahead of the model. On a GPU, ``_AHEAD``, so it never waits. On a CPU whose cores
     the model's threads all take, none: the next batch is preprocessed on every core between two forward
     passes. Beside a pass, a worker takes a core from one of the model's threads, and every thread of a pass
@@ -82,7 +82,7 @@ def _ahead(encoder: ClipEncoder, workers: int) -> int:
     this shared machine's noise)."""
     import torch
 
-    if encoder.device != "cpu" or torch.get_num_threads() < min(workers, len(os.sched_getaffinity(0))):
+    if encoder.device != "cpu" or torch.get_num_threads() < len(os.sched_getaffinity(0)):
         return _AHEAD
     return 0
 
