@@ -354,11 +354,23 @@ def _model_removed(encoder: Any) -> Any:
 
     from core.encoder import DEFAULT_BATCH, l2_normalize, stack
 
+    import torch
+
     fake = copy.copy(encoder)
     fake._pre = dataclasses.replace(encoder._pre, size=224, crop=224)
     fake.resize_on_device, fake.default_batch = True, DEFAULT_BATCH["cuda"]
     unit = l2_normalize(np.ones((1, encoder.dim), dtype=np.float32))
-    fake.stage = lambda pixels: stack(list(pixels), pin=encoder.pin)  # the staging copy (pinned on CUDA)
+    blocks: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def reused(shape: tuple[int, ...], **_: Any) -> torch.Tensor:
+        """CUDA's pinned staging memory comes from torch's caching host allocator, so a GPU build copies each
+        batch into blocks it has used before; a fresh CPU block each batch would add page faults a GPU build
+        does not pay (measured here: 0.28 against 0.05 ms an image of 384 px). Nothing reads these pixels."""
+        if shape not in blocks:
+            blocks[shape] = torch.empty(shape, dtype=torch.uint8)
+        return blocks[shape]
+
+    fake.stage = lambda pixels: stack(list(pixels), empty=reused)  # the staging copy
     fake.encode_staged = lambda staged: np.repeat(unit, staged.size, axis=0)
     return fake
 

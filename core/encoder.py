@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from urllib.parse import urlparse
 
 import numpy as np
@@ -190,10 +190,13 @@ def _check_uint8(pixels: np.ndarray) -> None:
         raise ValueError(f"expected uint8 RGB images (HWC), got {pixels.dtype} of shape {pixels.shape}")
 
 
-def stack(pixels: Sequence[np.ndarray] | np.ndarray, *, pin: bool = False) -> Staged:
+def stack(pixels: Sequence[np.ndarray] | np.ndarray, *, pin: bool = False,
+          empty: Callable[..., torch.Tensor] | None = None) -> Staged:
     """uint8 HWC images stacked for the device, one tensor per shape (in pinned memory with ``pin``, so that the
-    copy to a GPU is asynchronous)."""
+    copy to a GPU is asynchronous), each from ``empty`` (default ``torch.empty``)."""
     import torch
+
+    empty = empty or torch.empty
 
     if isinstance(pixels, np.ndarray) and pixels.ndim == 4 and not pin:
         _check_uint8(pixels)
@@ -204,7 +207,7 @@ def stack(pixels: Sequence[np.ndarray] | np.ndarray, *, pin: bool = False) -> St
         by_shape.setdefault(image.shape, []).append(i)
     groups = []
     for shape, idx in by_shape.items():
-        host = torch.empty((len(idx), *shape), dtype=torch.uint8, pin_memory=pin)
+        host = empty((len(idx), *shape), dtype=torch.uint8, pin_memory=pin)
         np.stack([pixels[i] for i in idx], out=host.numpy())
         groups.append((idx, host))
     return Staged(len(pixels), groups)
