@@ -372,7 +372,7 @@ def _model_removed(encoder: Any) -> Any:
         return blocks[shape]
 
     # the staging copy: pinned on CUDA, as a GPU build makes it
-    fake.stage = lambda pixels: stack(list(pixels), pin=True) if encoder.pin else stack(list(pixels), empty=reused)
+    fake.stage = lambda pixels: stack(list(pixels), pin=encoder.pin, empty=None if encoder.pin else reused)
     fake.encode_staged = lambda staged: np.repeat(unit, staged.size, axis=0)
     return fake
 
