@@ -27,7 +27,7 @@ import os
 import queue
 import signal
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,11 +82,18 @@ def keep_freed_memory() -> bool:
     batch 32, passes paying 65,000-77,000 page faults took 1.71-1.75 s of CPU against 1.54-1.59 s without.
     Memory a pass frees stays the process's until it ends (at most ``_KEEP_FREED`` at the heap's top). False where
     the C library has no ``mallopt`` (not glibc)."""
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+    mallopt = _libc("mallopt")
+    if mallopt is None:
         return False
     return bool(mallopt(_M_TRIM_THRESHOLD, _KEEP_FREED)) and bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_ABOVE))
+
+
+def _libc(name: str) -> Callable[..., int] | None:
+    """A function of this process's C library (None where it has none by that name)."""
+    try:
+        return getattr(ctypes.CDLL(None), name)  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
 
 
 def _tied_to(parent: int, arena: mmap.mmap | None = None) -> None:
@@ -96,12 +103,12 @@ def _tied_to(parent: int, arena: mmap.mmap | None = None) -> None:
     as the parent's next pass writes there (its first pass after the fork took 10-25% more CPU than the next)."""
     global _worker_arena
     _worker_arena = arena
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).malloc_trim(0)  # glibc: free pages in every arena back to the kernel
+    if (prctl := _libc("prctl")) is not None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # the build died before the line above
         os._exit(1)
+    if (malloc_trim := _libc("malloc_trim")) is not None:  # glibc: free pages in every arena back to the kernel
+        malloc_trim(0)
 
 
 class _Arena:

@@ -53,17 +53,29 @@ def test_batches_come_back_in_order_and_a_bad_copy_is_left_out_with_its_reason(e
     assert np.allclose(got, expected, atol=1e-6)
 
 
-_PASS_LIKE = """
-import resource, sys
+_GLIBC = platform.libc_ver()[0] == "glibc"
+_A_PASS = """
+import os, resource, sys
 import numpy as np
-if sys.argv[1] == "keep":
-    from pipeline.preprocess import keep_freed_memory
-    assert keep_freed_memory()
+from pipeline.preprocess import keep_freed_memory, process_pool
 
-def forward_pass():  # like a model's: many activations alive together, all freed at the end
+def forward_pass():  # like a model's: 60 MB of activations alive together, all freed at the end
     live = [np.ones(3 << 20, np.uint8) for _ in range(20)]
     del live
+"""
+_PAGES = (60 << 20) // 4096
 
+
+def _run(script: str, *args: str) -> float:
+    """What ``_A_PASS`` + ``script`` prints, run in a fresh process (an allocator no test has used yet)."""
+    done = subprocess.run([sys.executable, "-c", _A_PASS + script, *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, check=True)
+    return float(done.stdout.strip())
+
+
+_REPEATED = """
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
 forward_pass()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(5):
@@ -72,28 +84,18 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)
 """
 
 
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator thresholds only")
+@pytest.mark.skipif(not _GLIBC, reason="glibc's allocator thresholds only")
 def test_the_embedding_process_reuses_what_a_pass_frees_instead_of_faulting_it_in_again():
     """60 MB of activations a pass: by default glibc hands them back to the kernel and every later pass faults all
     15,360 pages in again; in a process that embeds (``keep_freed_memory``, which ``Preprocessor`` calls), later
     passes reuse them."""
-    def faults(mode: str) -> float:
-        done = subprocess.run([sys.executable, "-c", _PASS_LIKE, mode], cwd=REPO, capture_output=True, text=True,
-                              timeout=120, check=True)
-        return float(done.stdout.strip())
-
-    pages = (60 << 20) // 4096
-    assert faults("default") > pages / 2  # the control: what a pass costs without it
-    assert faults("keep") < pages / 20
+    assert _run(_REPEATED, "default") > _PAGES / 2  # the control: what a pass costs without it
+    assert _run(_REPEATED, "keep") < _PAGES / 20
 
 
-_FORKED_AFTER_A_PASS = """
-import os
-import numpy as np
-from pipeline.preprocess import keep_freed_memory, process_pool
+_FORKED = """
 assert keep_freed_memory()
-live = [np.ones(3 << 20, np.uint8) for _ in range(20)]
-del live  # a pass's 60 MB, freed and kept by this process
+forward_pass()  # its 60 MB freed, and kept by this process
 
 def resident_mb(pid):
     with open(f"/proc/{pid}/status") as fh:
@@ -105,12 +107,9 @@ pool.shutdown()
 """
 
 
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc" or not Path("/proc/self/status").exists(),
-                    reason="glibc and Linux's /proc only")
+@pytest.mark.skipif(not _GLIBC or not Path("/proc/self/status").exists(), reason="glibc and Linux's /proc only")
 def test_a_forked_worker_gives_up_the_memory_its_parent_keeps_free():
     """A worker forked after a pass hands back its copy of the heap the parent keeps free: else that memory stays
     shared, and the parent's next pass copies every page of it as it writes there (measured: its first pass after
     the fork 10-25% more CPU than the next)."""
-    done = subprocess.run([sys.executable, "-c", _FORKED_AFTER_A_PASS], cwd=REPO, capture_output=True, text=True,
-                          timeout=120, check=True)
-    assert float(done.stdout.strip()) > 50  # the worker's resident memory lacks the pass's 60 MB
+    assert _run(_FORKED) > 50  # the worker's resident memory lacks the pass's 60 MB
